@@ -1,0 +1,177 @@
+"""Loading specs: shipped YAML (package data), user YAML files, HF ``config.json`` files,
+and ``--set`` / ``--hw-set`` what-ifs. All user mistakes become one-line CostsimError
+messages naming the file and field.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from costsim.errors import CostsimError
+from costsim.specs import HardwareProfile, ModelSpec
+
+T = TypeVar("T", bound=BaseModel)
+
+_MODEL_PKG = "costsim.model_specs"
+_HW_PKG = "costsim.hardware_profiles"
+
+
+def format_validation_error(where: str, err: ValidationError) -> str:
+    """One line: ``WHERE: field.path: message`` for the first error (+ count of others)."""
+    errs = err.errors()
+    e = errs[0]
+    tags = {"mha", "gqa", "mqa", "mla", "dense", "moe"}  # discriminator tags pydantic puts in the path
+    loc = ".".join(str(p) for p in e["loc"] if str(p) not in tags and not str(p).startswith("function-"))
+    msg = e["msg"].replace("\n", " ")
+    if e["type"] == "missing":
+        msg = "missing required field"
+    elif e["type"] == "extra_forbidden":
+        msg = "unknown field (not part of the schema)"
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    more = f" (and {len(errs) - 1} more error{'s' * (len(errs) > 2)})" if len(errs) > 1 else ""
+    return f"{where}: {loc or '<top level>'}: {msg}{more}"
+
+
+def validate(cls: type[T], data: Any, where: str) -> T:
+    """Build ``cls`` from ``data`` or raise a one-line CostsimError naming ``where``."""
+    if not isinstance(data, dict):
+        raise CostsimError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise CostsimError(format_validation_error(where, err)) from None
+
+
+def read_yaml(path: Path | str, text: str | None = None) -> Any:
+    """``yaml.safe_load`` a file; malformed YAML -> CostsimError with the line number."""
+    try:
+        if text is None:
+            text = Path(path).read_text()
+        return yaml.safe_load(text)
+    except OSError as e:
+        raise CostsimError(f"{path}: cannot read file ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise CostsimError(f"{path}: malformed YAML{line}: {problem}") from None
+
+
+def read_json(path: Path | str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as e:
+        raise CostsimError(f"{path}: cannot read file ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise CostsimError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+
+
+@lru_cache(maxsize=None)
+def _shipped(pkg: str) -> dict[str, str]:
+    """Map of slug -> YAML text for the files shipped in ``pkg``."""
+    out = {}
+    for f in resources.files(pkg).iterdir():
+        if f.name.endswith(".yaml"):
+            out[f.name[: -len(".yaml")].lower()] = f.read_text()
+    return out
+
+
+@lru_cache(maxsize=None)
+def _load_shipped(pkg: str, slug: str, cls_name: str):
+    cls = {"ModelSpec": ModelSpec, "HardwareProfile": HardwareProfile}[cls_name]
+    where = f"{pkg.replace('.', '/')}/{slug}.yaml"
+    return validate(cls, read_yaml(where, _shipped(pkg)[slug]), where)
+
+
+def model_names() -> list[str]:
+    return sorted(_shipped(_MODEL_PKG))
+
+
+def hardware_names() -> list[str]:
+    return sorted(_shipped(_HW_PKG))
+
+
+def _looks_like_path(ref: str) -> bool:
+    return ref.endswith((".yaml", ".yml", ".json")) or "/" in ref or Path(ref).is_file()
+
+
+def load_model(ref: str) -> ModelSpec:
+    """Resolve a model name (case-insensitive slug), a spec YAML path or an HF config.json path."""
+    if _looks_like_path(ref):
+        p = Path(ref)
+        if not p.is_file():
+            raise CostsimError(f"{ref}: no such file")
+        if p.suffix == ".json":
+            from costsim.hf import spec_from_hf_config
+
+            return spec_from_hf_config(read_json(p), where=str(p))
+        return validate(ModelSpec, read_yaml(p), str(p))
+    slug = ref.strip().lower()
+    if slug not in _shipped(_MODEL_PKG):
+        raise CostsimError(
+            f"unknown model {ref!r}: expected one of {', '.join(model_names())}, or a path to a spec .yaml or config.json"
+        )
+    return _load_shipped(_MODEL_PKG, slug, "ModelSpec")
+
+
+def load_hardware(ref: str) -> HardwareProfile:
+    """Resolve a hardware name (case-insensitive slug) or a profile YAML path."""
+    if _looks_like_path(ref):
+        p = Path(ref)
+        if not p.is_file():
+            raise CostsimError(f"{ref}: no such file")
+        return validate(HardwareProfile, read_yaml(p), str(p))
+    slug = ref.strip().lower()
+    if slug not in _shipped(_HW_PKG):
+        raise CostsimError(f"unknown hardware {ref!r}: expected one of {', '.join(hardware_names())}, or a path to a profile .yaml")
+    return _load_shipped(_HW_PKG, slug, "HardwareProfile")
+
+
+def apply_sets(spec: T, assignments: list[str] | None, flag: str) -> T:
+    """Apply ``path.to.field=value`` what-ifs to a spec and re-validate the whole spec.
+
+    Values are parsed with ``yaml.safe_load`` (``256`` -> int, ``null`` -> None, ``8TB/s``
+    stays a string for the unit parser). Paths walk the same pydantic model the YAML fills.
+    Raises CostsimError naming the flag, the path and what was expected.
+    """
+    if not assignments:
+        return spec
+    data = spec.model_dump(mode="python", exclude_unset=False)
+    for item in assignments:
+        if "=" not in item:
+            raise CostsimError(f"{flag} {item!r}: expected PATH=VALUE, e.g. attention.kv_lora_rank=256")
+        path, raw = item.split("=", 1)
+        keys = [k for k in path.strip().split(".")]
+        if not all(keys):
+            raise CostsimError(f"{flag} {item!r}: empty field name in path {path!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        for depth, k in enumerate(keys):
+            last = depth == len(keys) - 1
+            if not isinstance(node, dict):
+                raise CostsimError(f"{flag} {path}: {'.'.join(keys[:depth])} is a value, not a group of fields")
+            if k not in node:
+                where = ".".join(keys[:depth]) or "top level"
+                opts = ", ".join(sorted(node))
+                raise CostsimError(f"{flag} {path}: no field {k!r} at {where} (expected one of: {opts})")
+            if last:
+                old = node[k]
+                if isinstance(old, dict) and "value" in old and not isinstance(value, dict):
+                    # a sourced quantity: replace value, mark it as a what-if
+                    node[k] = {**old, "value": value, "source": f"what-if ({flag})", "provenance": "assumed"}
+                else:
+                    node[k] = value
+            else:
+                node = node[k]
+    return validate(type(spec), data, f"{flag}")

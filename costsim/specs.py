@@ -1,0 +1,337 @@
+"""Validated, frozen specs: model architectures and hardware profiles (pydantic v2).
+
+Field names follow the HuggingFace ``config.json`` keys where those exist
+(``num_attention_heads``, ``kv_lora_rank``, ``n_routed_experts``, ...). Unknown keys are
+rejected, so a typo in a YAML file or a ``--set`` path is an error, not a silent default.
+
+Nothing here reads files: ``costsim.registry`` loads YAML and HF configs into these models.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Callable, ClassVar, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, NonNegativeInt, field_validator, model_validator
+
+from costsim import units
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ======================================================================================
+# Model spec
+# ======================================================================================
+
+
+class GQAAttention(_Frozen):
+    """Multi-head (mha), grouped-query (gqa) or multi-query (mqa) attention.
+
+    KV cache per token per layer: 2 * num_key_value_heads * head_dim elements
+    (DeepSeek-V2 paper, arXiv 2405.04434, Table 1).
+    """
+
+    kind: Literal["mha", "gqa", "mqa"]
+    num_attention_heads: PositiveInt
+    num_key_value_heads: PositiveInt
+    head_dim: PositiveInt  # may differ from hidden_size / num_attention_heads (Qwen3, gpt-oss)
+    qkv_bias: bool = False
+    o_bias: bool = False
+    qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3): 2 * head_dim weights per layer
+    sinks: bool = False  # one learned attention-sink logit per head (gpt-oss)
+
+    @model_validator(mode="after")
+    def _check_heads(self):
+        h, kv = self.num_attention_heads, self.num_key_value_heads
+        if self.kind == "mha" and kv != h:
+            raise ValueError(f"kind mha needs num_key_value_heads == num_attention_heads ({h}), got {kv}")
+        if self.kind == "mqa" and kv != 1:
+            raise ValueError(f"kind mqa needs num_key_value_heads == 1, got {kv}")
+        if h % kv:
+            raise ValueError(f"num_attention_heads ({h}) must be a multiple of num_key_value_heads ({kv})")
+        return self
+
+
+class MLAAttention(_Frozen):
+    """Multi-head Latent Attention (DeepSeek-V2, arXiv 2405.04434, §2.1, eqs. 9-19).
+
+    KV cache per token per layer: kv_lora_rank (d_c) + qk_rope_head_dim (d_h^R) elements
+    (Table 1: (d_c + d_h^R) * l). ``q_lora_rank`` (d'_c) is None when queries are not
+    compressed (DeepSeek-V2-Lite).
+    """
+
+    kind: Literal["mla"]
+    num_attention_heads: PositiveInt
+    q_lora_rank: Optional[PositiveInt] = None
+    kv_lora_rank: PositiveInt
+    qk_rope_head_dim: PositiveInt
+    qk_nope_head_dim: PositiveInt
+    v_head_dim: PositiveInt
+
+
+Attention = Annotated[Union[GQAAttention, MLAAttention], Field(discriminator="kind")]
+
+
+class DenseFFN(_Frozen):
+    """A dense FFN: gated (SwiGLU: gate, up, down = 3 matrices) or not (up, down = 2)."""
+
+    kind: Literal["dense"]
+    intermediate_size: PositiveInt
+    gated: bool = True
+    bias: bool = False
+
+
+class MoEFFN(_Frozen):
+    """DeepSeekMoE-style FFN: routed experts (top-k) plus always-on shared experts.
+
+    Layer i is MoE when ``i >= first_k_dense_replace and i % moe_layer_freq == 0`` (the HF
+    DeepSeek-V2/V3 rule); other layers use a dense FFN of ``dense_intermediate_size``.
+    Sources: DeepSeekMoE (arXiv 2401.06066) §3; DeepSeek-V2 §2.2; HF config keys.
+    """
+
+    kind: Literal["moe"]
+    n_routed_experts: PositiveInt
+    num_experts_per_tok: PositiveInt  # routed top-k
+    moe_intermediate_size: PositiveInt
+    n_shared_experts: NonNegativeInt = 0
+    shared_expert_intermediate_size: Optional[PositiveInt] = None  # per shared expert; default moe_intermediate_size
+    first_k_dense_replace: NonNegativeInt = 0
+    moe_layer_freq: PositiveInt = 1
+    dense_intermediate_size: Optional[PositiveInt] = None  # HF `intermediate_size` of the dense layers
+    n_group: Optional[PositiveInt] = None  # router groups (device/node-limited routing)
+    topk_group: Optional[PositiveInt] = None
+    gated: bool = True
+    expert_bias: bool = False  # biases inside each expert (gpt-oss)
+    router_bias: bool = False
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.num_experts_per_tok > self.n_routed_experts:
+            raise ValueError(
+                f"num_experts_per_tok ({self.num_experts_per_tok}) exceeds n_routed_experts ({self.n_routed_experts})"
+            )
+        if (self.n_group is None) != (self.topk_group is None):
+            raise ValueError("n_group and topk_group must be given together")
+        if self.n_group is not None:
+            if self.n_routed_experts % self.n_group:
+                raise ValueError(f"n_group ({self.n_group}) must divide n_routed_experts ({self.n_routed_experts})")
+            if self.topk_group > self.n_group:
+                raise ValueError(f"topk_group ({self.topk_group}) exceeds n_group ({self.n_group})")
+        return self
+
+    @property
+    def shared_size(self) -> int:
+        return self.shared_expert_intermediate_size or self.moe_intermediate_size
+
+
+FFN = Annotated[Union[DenseFFN, MoEFFN], Field(discriminator="kind")]
+
+
+class SlidingWindow(_Frozen):
+    """Sliding-window attention on some layers: those layers cache at most ``window`` tokens."""
+
+    window: PositiveInt
+    layers: list[NonNegativeInt]  # 0-based layer indices that use the window
+
+
+class ModelSpec(_Frozen):
+    """A decoder-only transformer, as published (HF config keys where they exist).
+
+    ``source`` names the paper section / config file the values were copied from.
+    """
+
+    name: str
+    source: str
+    vocab_size: PositiveInt
+    hidden_size: PositiveInt
+    num_hidden_layers: PositiveInt
+    attention: Attention
+    ffn: FFN
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    tie_word_embeddings: bool = False
+    num_nextn_predict_layers: NonNegativeInt = 0  # MTP modules (DeepSeek-V3 §2.2)
+    sliding_window: Optional[SlidingWindow] = None
+    max_position_embeddings: Optional[PositiveInt] = None
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        v = v.strip().lower()
+        if not v:
+            raise ValueError("name must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self):
+        if isinstance(self.ffn, MoEFFN):
+            has_dense = any(not self.is_moe_layer(i) for i in range(self.num_hidden_layers))
+            if has_dense and self.ffn.dense_intermediate_size is None:
+                raise ValueError("ffn.dense_intermediate_size is required when some layers are dense")
+        if self.sliding_window is not None:
+            bad = [i for i in self.sliding_window.layers if i >= self.num_hidden_layers]
+            if bad:
+                raise ValueError(f"sliding_window.layers {bad} out of range 0..{self.num_hidden_layers - 1}")
+        return self
+
+    def is_moe_layer(self, i: int) -> bool:
+        f = self.ffn
+        return isinstance(f, MoEFFN) and i >= f.first_k_dense_replace and i % f.moe_layer_freq == 0
+
+    @property
+    def n_moe_layers(self) -> int:
+        return sum(self.is_moe_layer(i) for i in range(self.num_hidden_layers))
+
+    @property
+    def n_dense_layers(self) -> int:
+        return self.num_hidden_layers - self.n_moe_layers
+
+    @property
+    def n_window_layers(self) -> int:
+        return len(set(self.sliding_window.layers)) if self.sliding_window else 0
+
+
+# ======================================================================================
+# Hardware profile
+# ======================================================================================
+
+Provenance = Literal["datasheet", "measured", "calibrated", "derived", "assumed", "unverified"]
+
+
+class _Sourced(_Frozen):
+    """A value with its unit parsed to SI and where it came from.
+
+    In YAML: ``{value: "3.35 TB/s", source: "NVIDIA H100 datasheet", provenance: datasheet}``.
+    A bare value (``"8TB/s"``, e.g. from ``--hw-set``) is accepted with provenance ``assumed``.
+    """
+
+    value: float
+    source: str = "what-if (--hw-set)"
+    provenance: Provenance = "assumed"
+    note: str = ""
+
+    _parser: ClassVar[Callable] = staticmethod(float)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _wrap(cls, data):
+        if not isinstance(data, dict):
+            data = {"value": data}
+        if "value" in data:
+            data = dict(data)
+            data["value"] = cls._parser(data["value"])
+        return data
+
+    @field_validator("value")
+    @classmethod
+    def _nonneg(cls, v: float) -> float:
+        if not v >= 0:  # also rejects NaN
+            raise ValueError(f"must be >= 0, got {v}")
+        return v
+
+
+class FlopRate(_Sourced):
+    """FLOP/s (dense tensor-core peak unless stated; never a with-sparsity figure)."""
+
+    _parser: ClassVar[Callable] = staticmethod(units.parse_flops_rate)
+
+
+class Bandwidth(_Sourced):
+    """Bytes/s. ``direction`` says whether a link figure is per direction or both summed."""
+
+    _parser: ClassVar[Callable] = staticmethod(units.parse_bandwidth)
+    direction: Literal["unidirectional", "bidirectional", "n/a"] = "n/a"
+
+
+class Bytes(_Sourced):
+    _parser: ClassVar[Callable] = staticmethod(units.parse_bytes)
+
+
+class Seconds(_Sourced):
+    _parser: ClassVar[Callable] = staticmethod(units.parse_time)
+
+
+class Fraction(_Sourced):
+    """An efficiency factor in (0, 1]: achievable / peak."""
+
+    @field_validator("value")
+    @classmethod
+    def _unit_interval(cls, v: float) -> float:
+        if not 0 < v <= 1:
+            raise ValueError(f"efficiency must be in (0, 1], got {v}")
+        return v
+
+
+class PeakFlops(_Frozen):
+    """Dense peak FLOP/s per dtype. Missing dtypes are unsupported on the device."""
+
+    fp32: Optional[FlopRate] = None
+    tf32: Optional[FlopRate] = None
+    bf16: Optional[FlopRate] = None
+    fp16: Optional[FlopRate] = None
+    fp8: Optional[FlopRate] = None
+    int8: Optional[FlopRate] = None
+    fp4: Optional[FlopRate] = None
+
+
+class Efficiency(_Frozen):
+    """Achievable fraction of each peak, with sources (kernel benchmarks or calibration)."""
+
+    compute: Fraction  # GEMM FLOP/s over peak
+    memory: Fraction  # streaming bandwidth over peak
+    intra_node: Fraction  # achieved over peak link bandwidth (NVLink / xGMI)
+    inter_node: Fraction  # achieved over NIC line rate
+    kernel_overhead: Seconds = Field(default_factory=lambda: Seconds(value=0.0, provenance="assumed"))
+
+
+class HardwareProfile(_Frozen):
+    """One accelerator (or CPU) and the links around it.
+
+    Link bandwidths are stored per device and per direction (``unidirectional``) for the
+    engine; the YAML says which direction its figure is and the loader checks it.
+    """
+
+    name: str
+    full_name: str = ""
+    source: str
+    kind: Literal["gpu", "cpu", "tpu"] = "gpu"
+    peak_flops: PeakFlops
+    memory_capacity: Bytes
+    memory_bandwidth: Bandwidth
+    intra_node_bandwidth: Optional[Bandwidth] = None  # per GPU, one direction
+    inter_node_bandwidth: Optional[Bandwidth] = None  # per GPU, one direction (NIC)
+    intra_node_latency: Seconds = Field(default_factory=lambda: Seconds(value=0.0))
+    inter_node_latency: Seconds = Field(default_factory=lambda: Seconds(value=0.0))
+    devices_per_node: PositiveInt = 8
+    efficiency: Efficiency
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        return v.strip().lower()
+
+    @model_validator(mode="after")
+    def _check(self):
+        for field in ("intra_node_bandwidth", "inter_node_bandwidth"):
+            bw = getattr(self, field)
+            if bw is not None and bw.direction != "unidirectional":
+                raise ValueError(
+                    f"{field}.direction must be 'unidirectional' (per direction, per device); "
+                    f"halve a bidirectional figure and say so in its note"
+                )
+        return self
+
+    def peak(self, dtype: str) -> float:
+        """Dense peak FLOP/s for a compute dtype. Raises CostsimError if the profile lacks it."""
+        from costsim.errors import CostsimError
+
+        rate = getattr(self.peak_flops, dtype, None)
+        if rate is None:
+            # fp16 and bf16 share tensor-core rates on every shipped device
+            alt = {"fp16": "bf16", "bf16": "fp16"}.get(dtype)
+            rate = getattr(self.peak_flops, alt, None) if alt else None
+        if rate is None:
+            have = [k for k, v in self.peak_flops if v is not None]
+            raise CostsimError(f"hardware {self.name}: no peak_flops.{dtype} (has {', '.join(have)})")
+        return rate.value
