@@ -1,0 +1,105 @@
+"""KV cache size: elements and bytes per token, per layer and per model, for a batch x context.
+
+Per token per layer (DeepSeek-V2, arXiv 2405.04434, Table 1):
+  MHA 2*n_h*d_h, GQA 2*n_g*d_h, MQA 2*d_h, MLA d_c + d_h^R.
+Real layouts: block-scaled formats carry their scales (``NumberFormat.bytes_for``); the
+FlashMLA FP8 layout keeps the RoPE key in BF16 (656 B/token/layer for d_c=512, d_h^R=64);
+paged caches round each sequence up to whole blocks; sliding-window layers stop growing at
+the window; under tensor parallelism each device holds ceil(n_kv / TP) KV heads (heads are
+replicated when TP > n_kv) and an MLA latent is not divided at all.
+
+All functions accept scalars or numpy arrays for ``context`` and ``batch`` (broadcasting).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from costsim.errors import CostsimError
+from costsim.specs import GQAAttention, MLAAttention, ModelSpec
+from costsim.units import NumberFormat
+
+
+def kv_elements_per_token_per_layer(spec: ModelSpec) -> int:
+    """Elements cached per token in one layer (Table 1 of the DeepSeek-V2 paper)."""
+    a = spec.attention
+    if isinstance(a, MLAAttention):
+        return a.kv_lora_rank + a.qk_rope_head_dim
+    return 2 * a.num_key_value_heads * a.head_dim
+
+
+def kv_elements_per_token(spec: ModelSpec) -> int:
+    """Elements cached per token over all layers (ignores sliding windows: a token inside
+    every window). DeepSeek-V2: (512 + 64) * 60 = 34,560."""
+    return kv_elements_per_token_per_layer(spec) * spec.num_hidden_layers
+
+
+def kv_heads_per_device(spec: ModelSpec, tp: int = 1) -> int:
+    """KV heads each TP rank stores: ceil(n_kv / TP), replicated when TP > n_kv.
+
+    Raises CostsimError when neither of TP and n_kv divides the other.
+    """
+    a = spec.attention
+    if isinstance(a, MLAAttention):
+        return 1  # one latent "head", replicated on every TP rank
+    kv = a.num_key_value_heads
+    if tp > kv and tp % kv:
+        raise CostsimError(f"TP={tp} is not a multiple of num_key_value_heads={kv}")
+    if tp <= kv and kv % tp:
+        raise CostsimError(f"TP={tp} does not divide num_key_value_heads={kv}")
+    return max(1, kv // tp)
+
+
+def kv_bytes_per_token_per_layer(spec: ModelSpec, fmt: NumberFormat, tp: int = 1) -> float:
+    """Bytes per token per layer on one device, in format ``fmt`` (scales included).
+
+    MLA: latent (d_c) in ``fmt``; the RoPE key (d_h^R) in ``fmt.rope_bits`` if set, else in
+    ``fmt``. GQA under TP: ``kv_heads_per_device`` heads of 2 * head_dim elements.
+    """
+    a = spec.attention
+    if isinstance(a, MLAAttention):
+        latent = fmt.bytes_for(a.kv_lora_rank)
+        if fmt.rope_bits is not None:
+            return float(latent + a.qk_rope_head_dim * fmt.rope_bits / 8.0)
+        return float(fmt.bytes_for(a.kv_lora_rank + a.qk_rope_head_dim))
+    if fmt.rope_bits is not None:
+        raise CostsimError(f"KV format {fmt.name} is an MLA cache layout; {spec.name} uses {a.kind}")
+    # K and V are stored (and block-scaled) per head, each head_dim long.
+    return float(2 * kv_heads_per_device(spec, tp) * fmt.bytes_for(a.head_dim))
+
+
+def kv_bytes_per_token(spec: ModelSpec, fmt: NumberFormat, tp: int = 1) -> float:
+    """Bytes per token over all layers on one device (every layer holds the token).
+
+    DeepSeek-V3 in BF16: 576 * 2 * 61 = 70,272 B (ISCA 2025, arXiv 2505.09343, Table 1).
+    """
+    return kv_bytes_per_token_per_layer(spec, fmt, tp) * spec.num_hidden_layers
+
+
+def cached_tokens(context, block_size: int | None = None):
+    """Token slots a sequence of ``context`` tokens occupies: rounded up to whole blocks."""
+    context = np.asarray(context, dtype=float)
+    if block_size:
+        return np.ceil(context / block_size) * block_size
+    return context
+
+
+def kv_cache_bytes(spec: ModelSpec, fmt: NumberFormat, context, batch=1, *, tp: int = 1,
+                   block_size: int | None = None):
+    """Bytes of KV cache for ``batch`` sequences of ``context`` tokens, on one device.
+
+    Sliding-window layers hold min(context, window) tokens. Paged caches (``block_size``
+    tokens per block) round each sequence's tokens up to whole blocks, per layer.
+    Shapes: ``context`` and ``batch`` broadcast (numpy); returns float or ndarray, bytes.
+    """
+    per_layer = kv_bytes_per_token_per_layer(spec, fmt, tp)
+    context = np.asarray(context, dtype=float)
+    if np.any(context < 0) or np.any(np.asarray(batch) < 0):
+        raise CostsimError("context and batch must be >= 0")
+    n_win = spec.n_window_layers
+    n_full = spec.num_hidden_layers - n_win
+    tokens = n_full * cached_tokens(context, block_size)
+    if n_win:
+        tokens = tokens + n_win * cached_tokens(np.minimum(context, spec.sliding_window.window), block_size)
+    out = per_layer * tokens * np.asarray(batch, dtype=float)
+    return float(out) if np.ndim(out) == 0 else out

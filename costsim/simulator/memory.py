@@ -1,0 +1,116 @@
+"""Device memory: weights after sharding, KV cache per device, activation workspace, and
+the largest batch that fits.
+
+Sharding (``Deployment``): attention, dense FFN and shared experts split by TP (the MLA
+down-projection W^DKV|W^KR and the latent cache are replicated on every TP rank); routed
+experts split over EP x expert-TP (= devices / PP); embedding and LM head split by TP
+(vocab-parallel); layers split over PP; norms and router replicated. Matmul weights are in
+``weight_format``; embedding, LM head, norms and router stay in ``high_precision``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from costsim.errors import CostsimError
+from costsim.simulator.deployment import Deployment
+from costsim.simulator.kv import kv_cache_bytes
+from costsim.simulator.operators import StepShape, step_operators
+from costsim.simulator.params import param_counts
+from costsim.specs import HardwareProfile, MLAAttention, ModelSpec
+
+
+def weight_bytes_per_device(spec: ModelSpec, dep: Deployment) -> float:
+    """Bytes of weights on the busiest device (first pipeline stage: embedding + its layers)."""
+    p = param_counts(spec)
+    w, hp = dep.weight_format.bytes_per_element, dep.high_precision.bytes_per_element
+    a = spec.attention
+    replicated_attn = 0
+    if isinstance(a, MLAAttention):  # W^DKV|W^KR + kv_a_layernorm replicated on every TP rank
+        replicated_attn = spec.num_hidden_layers * (spec.hidden_size * (a.kv_lora_rank + a.qk_rope_head_dim) + a.kv_lora_rank)
+    sharded_tp = (p.attention - replicated_attn) / dep.tp + replicated_attn + (p.dense_ffn + p.shared_experts) / dep.tp
+    experts = p.routed_experts / (dep.ep * dep.moe_tp)
+    layers = (sharded_tp + experts) * w / dep.pp
+    small = (p.norms + p.router) * hp / dep.pp
+    vocab = max(p.embedding, p.lm_head) * hp / dep.tp  # one of the two ends sits on this stage
+    if dep.pp == 1:
+        vocab = (p.embedding + p.lm_head) * hp / dep.tp
+    return float(layers + small + vocab)
+
+
+def kv_bytes_per_device(spec: ModelSpec, dep: Deployment, batch, context):
+    """KV cache bytes on one device: its DP group's sequences, its PP share of layers."""
+    per_dev_seqs = np.asarray(batch, dtype=float) / dep.dp
+    return kv_cache_bytes(spec, dep.kv_format, context, per_dev_seqs, tp=dep.tp, block_size=dep.block_size) / dep.pp
+
+
+def workspace_bytes(spec: ModelSpec, dep: Deployment, step: StepShape):
+    """Peak transient activation bytes of a step on one device: the largest operator's
+    activation inputs + outputs (weights and KV excluded), plus FP32 logits."""
+    ops = step_operators(spec, dep, step, include_comm=False)
+    peak = 0.0
+    for o in ops:
+        if o.kind in ("gemm", "grouped_gemm"):
+            M = np.asarray(o.shape["M"], dtype=float)
+            act = M * (o.shape["K"] + o.shape["N"]) * dep.act_bytes * o.shape.get("batch", 1)
+        elif o.kind == "elementwise":
+            act = o.bytes_moved
+        else:
+            continue
+        peak = np.maximum(peak, act)
+    b = np.asarray(step.batch, dtype=float) / dep.dp
+    logits = b * np.asarray(step.logit_tokens, dtype=float) * spec.vocab_size / dep.tp * 4.0
+    return peak + logits
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """Bytes per device and the largest batch (sequences per replica) that fits."""
+
+    capacity_bytes: float
+    usable_bytes: float
+    weight_bytes: float
+    kv_bytes: object
+    workspace_bytes: object
+    max_batch: object  # sequences per replica at the given context
+    limit: str  # what limits the batch
+
+    @property
+    def fits(self):
+        return np.asarray(self.weight_bytes + self.kv_bytes + self.workspace_bytes) <= self.usable_bytes
+
+
+def memory_report(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, context,
+                  new_tokens=1) -> MemoryReport:
+    """Memory per device for ``batch`` sequences at ``context`` tokens, and the largest
+    batch that fits in ``gpu_memory_utilization`` of the device memory.
+
+    The batch is limited by memory (weights + KV + workspace); the report says
+    "weights do not fit" when even batch 0 does not.
+    """
+    cap = hw.memory_capacity.value
+    usable = cap * dep.gpu_memory_utilization
+    wb = weight_bytes_per_device(spec, dep)
+    kvb = kv_bytes_per_device(spec, dep, batch, context)
+    ws = workspace_bytes(spec, dep, StepShape(batch, new_tokens, context, 1))
+    per_seq_kv = kv_bytes_per_device(spec, dep, dep.dp, context)  # one sequence per DP rank
+    per_seq_ws = workspace_bytes(spec, dep, StepShape(dep.dp, new_tokens, context, 1))
+    free = usable - wb
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_rank = np.floor(np.maximum(free, 0) / (per_seq_kv + per_seq_ws))
+    max_b = per_rank * dep.dp
+    limit = "weights do not fit" if free <= 0 else "memory: KV cache" if np.all(per_seq_kv >= per_seq_ws) else "memory: workspace"
+    return MemoryReport(cap, usable, wb, kvb, ws, max_b, limit)
+
+
+def require_fit(spec: ModelSpec, hw: HardwareProfile, dep: Deployment) -> None:
+    """Raise CostsimError when the weights alone exceed the usable memory of a device."""
+    wb = weight_bytes_per_device(spec, dep)
+    usable = hw.memory_capacity.value * dep.gpu_memory_utilization
+    if wb > usable:
+        raise CostsimError(
+            f"{spec.name} does not fit on {hw.name}: {wb / 1e9:.1f} GB of weights per device "
+            f"> {usable / 1e9:.1f} GB usable ({dep.devices} devices, tp={dep.tp}, ep={dep.ep}, pp={dep.pp}, "
+            f"weights {dep.weight_format.name}); add devices or use a narrower --weight-dtype")

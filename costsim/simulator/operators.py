@@ -1,0 +1,286 @@
+"""The operator model: each layer as a list of operators with shapes, FLOPs and bytes moved.
+
+One list serves every consumer (FLOPs per token, roofline time, the breakdown table, the
+kernel cross-checks): write each formula once, here.
+
+A *step* processes ``batch`` sequences (per replica), each adding ``new_tokens`` tokens on
+top of ``context`` tokens already cached: prefill is (batch, prompt, 0), decode is
+(batch, 1, L). ``batch`` and ``context`` may be numpy arrays (broadcast together).
+
+Per operator, per occurrence, on ONE device (the busiest, for MoE):
+  ``flops``         2 FLOPs per multiply-add; matmuls and attention only (norms/activations
+                    are 0, as ``torch.utils.flop_counter.FlopCounterMode`` counts them)
+  ``bytes_read``    weights + activations + KV cache read from device memory
+  ``bytes_written`` activations + KV cache written
+  ``count``         how many times it runs per step on the device (layers of that type)
+Communication operators carry ``comm_bytes`` (sent per device) and ``link`` instead.
+
+Sources: MLA projections and absorption, DeepSeek-V2 (arXiv 2405.04434) §2.1.2-2.1.3 and
+eqs. 9-19; MoE routing, DeepSeekMoE (arXiv 2401.06066) §3; expected distinct experts
+E*(1-(1-k/E)^T) for T uniformly routed tokens (each expert picked with probability k/E).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from costsim.simulator.deployment import Deployment
+from costsim.simulator.kv import kv_bytes_per_token_per_layer, kv_heads_per_device
+from costsim.specs import GQAAttention, MLAAttention, MoEFFN, ModelSpec
+from costsim.units import NumberFormat
+
+
+@dataclass(frozen=True)
+class Operator:
+    """One kernel (or one collective) of a step, per device. See module docstring for units."""
+
+    name: str
+    kind: str  # gemm | grouped_gemm | attention | elementwise | comm
+    group: str  # embedding | attention | ffn | moe | lm_head | comm
+    count: int
+    flops: Any = 0.0
+    bytes_read: Any = 0.0
+    bytes_written: Any = 0.0
+    dtype: str = "bf16"  # peak_flops key of the compute
+    shape: dict = field(default_factory=dict)
+    comm_bytes: Any = 0.0  # bytes each device sends (comm only)
+    link: str = ""  # intra_node | inter_node (comm only)
+    hops: Any = 0  # latency terms (comm only)
+
+    @property
+    def bytes_moved(self):
+        return self.bytes_read + self.bytes_written
+
+    @property
+    def intensity(self):
+        """Arithmetic intensity, FLOPs per byte moved to/from device memory."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(np.asarray(self.bytes_moved) > 0, np.asarray(self.flops) / np.asarray(self.bytes_moved), np.inf)
+
+
+def attended_pairs(context, new_tokens, window: int | None = None):
+    """Number of (query, key) pairs for causal attention of ``new_tokens`` queries placed
+    after ``context`` cached tokens; each query sees itself and everything before it, or
+    only the last ``window`` keys. Shapes broadcast; returns float/ndarray.
+
+    Without a window: s*L + s(s+1)/2. With a window W: sum over positions p = L+1..L+s of
+    min(p, W).
+    """
+    L = np.asarray(context, dtype=float)
+    s = np.asarray(new_tokens, dtype=float)
+    full = s * L + s * (s + 1) / 2
+    if window is None:
+        return full
+    W = float(window)
+    lo, hi = L + 1, L + s  # positions of the queries
+    # positions <= W contribute p, the rest contribute W
+    k = np.clip(W - lo + 1, 0, s)  # number of queries with p <= W
+    part1 = k * lo + k * (k - 1) / 2
+    return part1 + (s - k) * W + 0 * hi
+
+
+def expected_distinct_experts(n_experts: int, top_k: int, tokens):
+    """Expected number of distinct experts hit by ``tokens`` tokens routed uniformly at
+    random to ``top_k`` of ``n_experts``: E*(1 - (1 - k/E)^T).
+
+    Group-limited (device/node-limited) routing keeps each expert's marginal probability
+    k/E, so this expectation is unchanged; what it limits is the number of nodes a token is
+    sent to (see ``costsim.simulator.parallel``).
+    """
+    T = np.asarray(tokens, dtype=float)
+    return n_experts * (1.0 - (1.0 - top_k / n_experts) ** T)
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """A step, per replica: ``batch`` sequences x ``new_tokens`` each, after ``context``.
+
+    ``logit_tokens``: tokens per sequence that need logits (1 when serving; all
+    ``new_tokens`` for training and for the per-token FLOP convention).
+    """
+
+    batch: Any
+    new_tokens: Any
+    context: Any
+    logit_tokens: Any = 1
+
+
+def _gemm(name, group, M, N, K, wfmt: NumberFormat, act: float, count: int, batch_dims: int = 1,
+          weight_shared_across_batch: bool = True):
+    """A (batched) GEMM [M,K] x [K,N]: 2*M*N*K FLOPs per batch; weights N*K per batch."""
+    M = np.asarray(M, dtype=float)
+    flops = 2.0 * M * N * K * batch_dims
+    w_bytes = wfmt.bytes_for(N * K) * batch_dims
+    return Operator(
+        name=name, kind="gemm", group=group, count=count, flops=flops,
+        bytes_read=w_bytes + M * K * act * batch_dims, bytes_written=M * N * act * batch_dims,
+        dtype=wfmt.compute, shape=dict(M=M, N=N, K=K, batch=batch_dims),
+    )
+
+
+def _elementwise(name, group, elements_in, elements_out, act, count):
+    return Operator(name=name, kind="elementwise", group=group, count=count, flops=0.0,
+                    bytes_read=np.asarray(elements_in, dtype=float) * act,
+                    bytes_written=np.asarray(elements_out, dtype=float) * act,
+                    dtype="", shape=dict(elements=elements_in))
+
+
+def _attention_ops(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: int, window: int | None,
+                   form: str, tag: str) -> list[Operator]:
+    """Projections + core attention of ``n_layers`` identical layers (per device)."""
+    a, h, act = spec.attention, spec.hidden_size, dep.act_bytes
+    w = dep.weight_format
+    b = np.asarray(step.batch, dtype=float) / dep.dp  # sequences on this device's DP group
+    s = np.asarray(step.new_tokens, dtype=float)
+    L = np.asarray(step.context, dtype=float)
+    T = b * s
+    kv_len = L + s if window is None else np.minimum(L + s, window)
+    pairs = attended_pairs(L, s, window) * b
+    kv_tok = kv_bytes_per_token_per_layer(spec, dep.kv_format, dep.tp)
+    kv_read = b * kv_len * kv_tok
+    kv_write = T * kv_tok
+    ops: list[Operator] = []
+    sfx = f"[{tag}]" if tag else ""
+    if isinstance(a, MLAAttention):
+        nh = a.num_attention_heads // dep.tp
+        dc, dr, dn, dv = a.kv_lora_rank, a.qk_rope_head_dim, a.qk_nope_head_dim, a.v_head_dim
+        if a.q_lora_rank:
+            ops.append(_gemm("attn.q_a_proj" + sfx, "attention", T, a.q_lora_rank, h, w, act, n_layers))
+            ops.append(_gemm("attn.q_b_proj" + sfx, "attention", T, nh * (dn + dr), a.q_lora_rank, w, act, n_layers))
+        else:
+            ops.append(_gemm("attn.q_proj" + sfx, "attention", T, nh * (dn + dr), h, w, act, n_layers))
+        # latent + rope key, replicated on every TP rank (not divided by TP)
+        ops.append(_gemm("attn.kv_a_proj" + sfx, "attention", T, dc + dr, h, w, act, n_layers))
+        if form == "absorbed":
+            ops.append(_gemm("attn.q_absorb(W_UK)" + sfx, "attention", T, dc, dn, w, act, n_layers, batch_dims=nh))
+            flops = 2.0 * nh * (dc + dr) * pairs + 2.0 * nh * dc * pairs
+            ops.append(Operator(
+                name="attn.core(latent)" + sfx, kind="attention", group="attention", count=n_layers, flops=flops,
+                bytes_read=kv_read + T * nh * (dc + dr) * act, bytes_written=kv_write + T * nh * dc * act,
+                dtype="bf16", shape=dict(batch=b, heads=nh, kv_heads=1, q_len=s, kv_len=kv_len, qk_dim=dc + dr, v_dim=dc)))
+            ops.append(_gemm("attn.o_absorb(W_UV)" + sfx, "attention", T, dv, dc, w, act, n_layers, batch_dims=nh))
+        else:  # naive: decompress K_nope and V for every cached token, every step
+            ctx_tokens = b * kv_len
+            ops.append(_gemm("attn.kv_b_proj(decompress)" + sfx, "attention", ctx_tokens, nh * (dn + dv), dc, w, act, n_layers))
+            flops = 2.0 * nh * (dn + dr) * pairs + 2.0 * nh * dv * pairs
+            kv_dec = ctx_tokens * (nh * (dn + dv) + dr) * act
+            ops.append(Operator(
+                name="attn.core(mha)" + sfx, kind="attention", group="attention", count=n_layers, flops=flops,
+                bytes_read=kv_read + kv_dec + T * nh * (dn + dr) * act, bytes_written=kv_write + T * nh * dv * act,
+                dtype="bf16", shape=dict(batch=b, heads=nh, kv_heads=nh, q_len=s, kv_len=kv_len, qk_dim=dn + dr, v_dim=dv)))
+        ops.append(_gemm("attn.o_proj" + sfx, "attention", T, h, nh * dv, w, act, n_layers))
+    else:
+        assert isinstance(a, GQAAttention)
+        nh = a.num_attention_heads // dep.tp
+        nkv = kv_heads_per_device(spec, dep.tp)
+        d = a.head_dim
+        ops.append(_gemm("attn.qkv_proj" + sfx, "attention", T, (nh + 2 * nkv) * d, h, w, act, n_layers))
+        flops = 4.0 * nh * d * pairs
+        ops.append(Operator(
+            name="attn.core" + sfx, kind="attention", group="attention", count=n_layers, flops=flops,
+            bytes_read=kv_read + T * nh * d * act, bytes_written=kv_write + T * nh * d * act,
+            dtype="bf16", shape=dict(batch=b, heads=nh, kv_heads=nkv, q_len=s, kv_len=kv_len, qk_dim=d, v_dim=d)))
+        ops.append(_gemm("attn.o_proj" + sfx, "attention", T, h, nh * d, w, act, n_layers))
+    ops.append(_elementwise("norms" + sfx, "attention", 2 * T * h, 2 * T * h, act, n_layers))
+    return ops
+
+
+def _ffn_ops(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: int, moe: bool) -> list[Operator]:
+    f, h, act, w = spec.ffn, spec.hidden_size, dep.act_bytes, dep.weight_format
+    b = np.asarray(step.batch, dtype=float) / dep.dp
+    T = b * np.asarray(step.new_tokens, dtype=float)
+    ops: list[Operator] = []
+    if not moe:
+        inter = f.dense_intermediate_size if isinstance(f, MoEFFN) else f.intermediate_size
+        i_dev = inter // dep.tp
+        up = 2 * i_dev if f.gated else i_dev
+        ops.append(_gemm("ffn.gate_up_proj" if f.gated else "ffn.up_proj", "ffn", T, up, h, w, act, n_layers))
+        ops.append(_elementwise("ffn.act", "ffn", T * up, T * i_dev, act, n_layers))
+        ops.append(_gemm("ffn.down_proj", "ffn", T, h, i_dev, w, act, n_layers))
+        return ops
+    assert isinstance(f, MoEFFN)
+    E, k = f.n_routed_experts, f.num_experts_per_tok
+    ops.append(_gemm("moe.router", "moe", T, E, h, dep.high_precision, act, n_layers))
+    if f.n_shared_experts:
+        i_sh = f.n_shared_experts * f.shared_size // dep.tp
+        up = 2 * i_sh if f.gated else i_sh
+        ops.append(_gemm("moe.shared.gate_up_proj", "moe", T, up, h, w, act, n_layers))
+        ops.append(_gemm("moe.shared.down_proj", "moe", T, h, i_sh, w, act, n_layers))
+    # routed experts on the busiest EP rank
+    T_stage = np.asarray(step.batch, dtype=float) * np.asarray(step.new_tokens, dtype=float)
+    e_local = E // dep.ep
+    assign = T_stage * k / dep.ep * dep.imbalance  # token-expert pairs on this rank
+    distinct = np.minimum(expected_distinct_experts(E, k, T_stage) / dep.ep * dep.imbalance, e_local)
+    distinct = np.maximum(distinct, np.minimum(1.0, e_local))  # at least one expert is busy
+    i_e = f.moe_intermediate_size // dep.moe_tp
+    up = 2 * i_e if f.gated else i_e
+    for name, N, K in (("moe.experts.gate_up_proj", up, h), ("moe.experts.down_proj", h, i_e)):
+        ops.append(Operator(
+            name=name, kind="grouped_gemm", group="moe", count=n_layers, flops=2.0 * assign * N * K,
+            bytes_read=distinct * w.bytes_for(N * K) + assign * K * act, bytes_written=assign * N * act,
+            dtype=w.compute, shape=dict(M=assign, N=N, K=K, groups=distinct, tokens_per_expert=assign / distinct)))
+    return ops
+
+
+def layer_groups(spec: ModelSpec, pp: int = 1) -> list[tuple[bool, int | None, int]]:
+    """(is_moe, window or None, number of layers) groups on one pipeline stage (the busiest:
+    layers are split as evenly as possible, the first stage takes the remainder)."""
+    per_stage = -(-spec.num_hidden_layers // pp)
+    win = set(spec.sliding_window.layers) if spec.sliding_window else set()
+    groups: dict[tuple, int] = {}
+    # representative stage: a uniform share of each layer type, rounded up
+    for i in range(spec.num_hidden_layers):
+        key = (spec.is_moe_layer(i), spec.sliding_window.window if i in win else None)
+        groups[key] = groups.get(key, 0) + 1
+    if pp == 1:
+        return [(m, w, n) for (m, w), n in groups.items()]
+    out = []
+    left = per_stage
+    for (m, w), n in sorted(groups.items(), key=lambda kv: -kv[1]):
+        share = min(left, -(-n // pp))
+        out.append((m, w, share))
+        left -= share
+    return [g for g in out if g[2] > 0]
+
+
+def step_operators(spec: ModelSpec, dep: Deployment, step: StepShape, *, form: str | None = None,
+                   include_comm: bool = True) -> list[Operator]:
+    """All operators one device runs for a step (one pipeline stage's share of layers).
+
+    ``form`` overrides ``dep.mla_form`` ("absorbed" | "naive"); "auto" is resolved by the
+    roofline (``costsim.simulator.roofline``), not here.
+    """
+    form = form or dep.mla_form
+    if form == "auto":
+        form = "absorbed"
+    act, h = dep.act_bytes, spec.hidden_size
+    b = np.asarray(step.batch, dtype=float) / dep.dp
+    T = b * np.asarray(step.new_tokens, dtype=float)
+    ops: list[Operator] = [
+        Operator(name="embedding", kind="elementwise", group="embedding", count=1, flops=0.0,
+                 bytes_read=T * h * dep.high_precision.bytes_per_element, bytes_written=T * h * act, dtype="")
+    ]
+    groups = layer_groups(spec, dep.pp)
+    for is_moe, window, n in groups:
+        tag = ("moe" if is_moe else "dense") + (f",window={window}" if window else "")
+        ops += _attention_ops(spec, dep, step, n, window, form, tag if len(groups) > 1 else "")
+    for is_moe in (False, True):
+        n = sum(g[2] for g in groups if g[0] == is_moe)
+        if n:
+            ops += _ffn_ops(spec, dep, step, n, is_moe)
+    V = spec.vocab_size // dep.tp if spec.vocab_size % dep.tp == 0 else -(-spec.vocab_size // dep.tp)
+    lt = b * np.asarray(step.logit_tokens, dtype=float)
+    ops.append(_gemm("lm_head", "lm_head", lt, V, h, dep.high_precision, act, 1))
+    if include_comm:
+        from costsim.simulator.parallel import comm_operators
+
+        ops += comm_operators(spec, dep, step, groups)
+    return ops
+
+
+def total(ops: list[Operator], attr: str = "flops", kinds: tuple[str, ...] | None = None):
+    """Sum ``attr`` x count over operators (optionally only some kinds)."""
+    return sum(np.asarray(getattr(o, attr)) * o.count for o in ops if kinds is None or o.kind in kinds)

@@ -1,0 +1,115 @@
+"""Communication between devices: TP all-reduce, EP all-to-all, PP send/recv.
+
+Formulas (per device, per occurrence):
+- TP ring all-reduce of an [T, h] activation: sends 2*(TP-1)/TP * T*h*act bytes, with
+  2*(TP-1) latency terms (Patarasuk & Yuan 2009; Megatron-LM, arXiv 1909.08053, §3: two
+  all-reduces per layer in the forward pass).
+- EP dispatch and combine (one-shot all-to-all as DeepEP does it): each token goes once to
+  every remote rank holding one of its experts: T * D * h * bytes, where D is the expected
+  number of distinct remote ranks (hypergeometric over expert placement). When EP spans
+  nodes, the NIC carries one copy per remote *node* (DeepEP forwards inside the node over
+  NVLink), capped at ``topk_group`` nodes when the model routes node-limited (DeepSeek-V3
+  §2.1.2: each token to at most 4 nodes). The busiest rank's bytes scale with the load
+  imbalance.
+- PP: each stage sends its [T, h] activation to the next once per step.
+"""
+
+from __future__ import annotations
+
+from math import comb
+
+import numpy as np
+
+from costsim.simulator.deployment import Deployment
+from costsim.specs import MoEFFN, ModelSpec
+
+
+def _p_unit_missed(n_experts: int, per_unit: int, top_k: int) -> float:
+    """Probability that a unit holding ``per_unit`` of ``n_experts`` gets none of a token's
+    ``top_k`` experts (uniform routing without replacement)."""
+    return comb(n_experts - per_unit, top_k) / comb(n_experts, top_k)
+
+
+def ep_destinations(spec: ModelSpec, dep: Deployment, devices_per_node: int) -> tuple[float, float]:
+    """(remote ranks, remote nodes) a token is sent to, expected, under uniform routing."""
+    f = spec.ffn
+    assert isinstance(f, MoEFFN)
+    E, k, ep = f.n_routed_experts, f.num_experts_per_tok, dep.ep
+    ranks = (ep - 1) * (1 - _p_unit_missed(E, E // ep, k))
+    nodes_in_ep = max(1, ep // devices_per_node)
+    nodes = 0.0
+    if nodes_in_ep > 1:
+        nodes = (nodes_in_ep - 1) * (1 - _p_unit_missed(E, E // nodes_in_ep, k))
+        if f.topk_group is not None and f.n_group == nodes_in_ep:
+            nodes = min(nodes, f.topk_group)  # node-limited routing
+    return ranks, nodes
+
+
+def ep_alltoall_seconds(tokens, destinations, hidden: int, bytes_per_elem: float, bandwidth: float,
+                        latency: float = 0.0):
+    """Seconds for one dispatch or combine: tokens * destinations * hidden * bytes / bandwidth
+    + latency. ``bandwidth`` in bytes/s per device, one direction."""
+    return np.asarray(tokens, dtype=float) * destinations * hidden * bytes_per_elem / bandwidth + latency
+
+
+def comm_operators(spec: ModelSpec, dep: Deployment, step, groups) -> list:
+    """Communication operators of one device for a step (see module docstring)."""
+    from costsim.simulator.operators import Operator
+
+    ops = []
+    h, act = spec.hidden_size, dep.act_bytes
+    b = np.asarray(step.batch, dtype=float) / dep.dp
+    T = b * np.asarray(step.new_tokens, dtype=float)
+    n_layers = sum(g[2] for g in groups)
+    n_moe = sum(g[2] for g in groups if g[0])
+    if dep.tp > 1:
+        ops.append(Operator(
+            name="comm.tp_allreduce", kind="comm", group="comm", count=2 * n_layers,
+            comm_bytes=2 * (dep.tp - 1) / dep.tp * T * h * act, link=f"group:{dep.tp}", hops=2 * (dep.tp - 1),
+            dtype="", shape=dict(tokens=T, hidden=h, tp=dep.tp)))
+    if dep.ep > 1 and n_moe and isinstance(spec.ffn, MoEFFN):
+        for name, nbytes in (("comm.ep_dispatch", dep.dispatch_bytes), ("comm.ep_combine", dep.combine_bytes)):
+            ops.append(Operator(
+                name=name, kind="comm", group="comm", count=n_moe, comm_bytes=T * h * nbytes * dep.imbalance,
+                link=f"ep:{dep.ep}", hops=1, dtype="", shape=dict(tokens=T, hidden=h, ep=dep.ep, bytes_per_elem=nbytes)))
+    if dep.pp > 1:
+        ops.append(Operator(
+            name="comm.pp_send", kind="comm", group="comm", count=1, comm_bytes=T * h * act,
+            link=f"pp:{dep.devices // dep.pp}", hops=1, dtype="", shape=dict(tokens=T, hidden=h)))
+    return ops
+
+
+def comm_seconds(op, spec: ModelSpec, dep: Deployment, hw) -> np.ndarray:
+    """Seconds for a comm operator on ``hw`` (per occurrence), including latency terms.
+
+    The link is chosen at timing time from the hardware's ``devices_per_node``: a group that
+    fits in a node uses the intra-node link, otherwise the NIC.
+    """
+    dpn = hw.devices_per_node
+    eff = hw.efficiency
+
+    def rate(inter: bool):
+        bw = hw.inter_node_bandwidth if inter else hw.intra_node_bandwidth
+        if bw is None:
+            from costsim.errors import CostsimError
+
+            raise CostsimError(f"hardware {hw.name} has no {'inter' if inter else 'intra'}_node_bandwidth for {op.name}")
+        e = eff.inter_node.value if inter else eff.intra_node.value
+        lat = hw.inter_node_latency.value if inter else hw.intra_node_latency.value
+        return bw.value * e, lat
+
+    kind, _, size = op.link.partition(":")
+    size = int(size)
+    if kind == "ep":
+        ranks, nodes = ep_destinations(spec, dep, dpn)
+        per_token = op.comm_bytes  # tokens * h * bytes (* imbalance)
+        if size > dpn:
+            bw, lat = rate(True)
+            return ep_alltoall_seconds(1.0, nodes, 1, per_token, bw, lat)
+        bw, lat = rate(False)
+        return ep_alltoall_seconds(1.0, ranks, 1, per_token, bw, lat)
+    inter = size > dpn
+    if kind == "pp":
+        inter = size >= dpn
+    bw, lat = rate(inter)
+    return np.asarray(op.comm_bytes, dtype=float) / bw + op.hops * lat

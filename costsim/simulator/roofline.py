@@ -1,0 +1,102 @@
+"""Roofline timing of operators on a hardware profile.
+
+Per operator occurrence (Williams, Waterman & Patterson, CACM 2009):
+  compute_s = FLOPs / (peak_flops[dtype] * efficiency.compute)
+  memory_s  = bytes moved / (memory_bandwidth * efficiency.memory)
+  time_s    = max(compute_s, memory_s) + efficiency.kernel_overhead
+Communication: bytes / (link bandwidth * link efficiency) + latency terms
+(``costsim.simulator.parallel``). A step's time is the sum over operators (x count), or
+with ``overlap_comm`` max(compute part, communication part).
+
+Every rate carries provenance from the profile (datasheet / measured / calibrated / assumed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from costsim.simulator.deployment import Deployment
+from costsim.simulator.operators import Operator, StepShape, step_operators
+from costsim.simulator.parallel import comm_seconds
+from costsim.specs import HardwareProfile, MLAAttention, ModelSpec
+
+
+@dataclass(frozen=True)
+class OpTiming:
+    """Timing of one operator (per occurrence, seconds) and what bounds it."""
+
+    op: Operator
+    compute_s: object
+    memory_s: object
+    comm_s: object
+    time_s: object  # per occurrence, overhead included
+
+    @property
+    def total_s(self):
+        return np.asarray(self.time_s) * self.op.count
+
+    @property
+    def bound(self):
+        if self.op.kind == "comm":
+            return np.full(np.shape(self.time_s), "comm", dtype=object) if np.ndim(self.time_s) else "comm"
+        out = np.where(np.asarray(self.compute_s) >= np.asarray(self.memory_s), "compute", "memory")
+        return out if np.ndim(out) else str(out)
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """A timed step: operators, per-op timings, and totals (seconds, FLOPs, bytes)."""
+
+    timings: list[OpTiming]
+    time_s: object
+    compute_part_s: object
+    comm_part_s: object
+    flops: object
+    bytes_moved: object
+    mla_form: str
+
+    def by_name(self, name: str) -> OpTiming:
+        return next(t for t in self.timings if t.op.name == name)
+
+
+def time_operator(op: Operator, hw: HardwareProfile, spec: ModelSpec, dep: Deployment) -> OpTiming:
+    """Roofline time of one operator occurrence on ``hw`` (see module docstring)."""
+    eff = hw.efficiency
+    overhead = eff.kernel_overhead.value
+    if op.kind == "comm":
+        c = comm_seconds(op, spec, dep, hw)
+        return OpTiming(op, 0.0, 0.0, c, c)
+    compute = np.asarray(op.flops, dtype=float) / (hw.peak(op.dtype) * eff.compute.value) if op.dtype else 0.0
+    memory = np.asarray(op.bytes_moved, dtype=float) / (hw.memory_bandwidth.value * eff.memory.value)
+    t = np.maximum(compute, memory) + overhead
+    return OpTiming(op, compute, memory, 0.0, t)
+
+
+def _time_ops(ops, hw, spec, dep, form) -> StepTiming:
+    timings = [time_operator(o, hw, spec, dep) for o in ops]
+    comp = sum(t.total_s for t in timings if t.op.kind != "comm")
+    comm = sum((t.total_s for t in timings if t.op.kind == "comm"), 0.0)
+    total = np.maximum(comp, comm) if dep.overlap_comm else comp + comm
+    flops = sum(np.asarray(o.flops) * o.count for o in ops)
+    moved = sum(np.asarray(o.bytes_moved) * o.count for o in ops)
+    return StepTiming(timings, total, comp, comm, flops, moved, form)
+
+
+def time_step(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, step: StepShape) -> StepTiming:
+    """Time one step on one device (the busiest). With ``dep.mla_form == 'auto'`` both MLA
+    forms are timed and the faster is kept (per element when inputs are arrays: the
+    reported operators are then those of the absorbed form)."""
+    forms = ["absorbed", "naive"] if (dep.mla_form == "auto" and isinstance(spec.attention, MLAAttention)) else [
+        dep.mla_form if dep.mla_form != "auto" else "absorbed"]
+    results = [_time_ops(step_operators(spec, dep, step, form=f), hw, spec, dep, f) for f in forms]
+    if len(results) == 1:
+        return results[0]
+    a, n = results
+    if np.ndim(a.time_s) == 0:
+        return a if a.time_s <= n.time_s else n
+    pick = np.asarray(a.time_s) <= np.asarray(n.time_s)
+    return StepTiming(a.timings, np.where(pick, a.time_s, n.time_s), np.where(pick, a.compute_part_s, n.compute_part_s),
+                      np.where(pick, a.comm_part_s, n.comm_part_s), np.where(pick, a.flops, n.flops),
+                      np.where(pick, a.bytes_moved, n.bytes_moved), "auto")

@@ -1,0 +1,164 @@
+"""Serving metrics: TTFT, TPOT, end-to-end latency, tokens/s, and the throughput-maximising
+batch under memory and an optional TPOT SLO.
+
+Assumptions (stated, not hidden):
+- Prefill of a request batch runs as one step with all prompts (no chunking); TTFT is that
+  step's time. Decode runs ``batch`` sequences in lock-step; TPOT at context L is one decode
+  step's time. Disaggregated: prefill and decode on separate replicas of the same layout;
+  combined: the same replica does both, one after the other.
+- Pipeline parallelism: the batch is split into ``pp`` micro-batches that keep every stage
+  busy; a token's latency is ``pp`` stage times, throughput one micro-batch per stage time.
+- Times are roofline estimates (``costsim.simulator.roofline``) with the profile's
+  efficiency factors; they are models, not measurements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from costsim.simulator.deployment import Deployment
+from costsim.simulator.memory import memory_report, require_fit
+from costsim.simulator.operators import StepShape
+from costsim.simulator.roofline import StepTiming, time_step
+from costsim.specs import HardwareProfile, ModelSpec
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    """One phase (prefill step or decode step): seconds, tokens/s, utilisation."""
+
+    time_s: object  # latency of the step for the batch (TTFT or TPOT)
+    tokens: object  # tokens produced/processed by the step, per replica
+    tokens_per_s: object  # per replica
+    tokens_per_s_per_device: object
+    mfu: object  # model FLOPs utilisation vs the weight dtype's dense peak
+    mbu: object  # memory bandwidth utilisation vs peak bandwidth
+    timing: StepTiming
+
+
+def _phase(spec, hw, dep, batch, new_tokens, context) -> PhaseResult:
+    mb = np.asarray(batch, dtype=float) / dep.pp
+    t = time_step(spec, hw, dep, StepShape(mb, new_tokens, context, 1))
+    time = np.asarray(t.time_s) * dep.pp
+    tokens = np.asarray(batch, dtype=float) * np.asarray(new_tokens, dtype=float)
+    tps = tokens / time
+    stage_t = np.asarray(t.time_s)
+    peak = hw.peak(dep.weight_format.compute)
+    mfu = np.asarray(t.flops) / (stage_t * peak)
+    mbu = np.asarray(t.bytes_moved) / (stage_t * hw.memory_bandwidth.value)
+    return PhaseResult(time, tokens, tps, tps / dep.devices, mfu, mbu, t)
+
+
+def prefill(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, prompt) -> PhaseResult:
+    """Prefill ``batch`` prompts of ``prompt`` tokens (context 0): TTFT = ``time_s``."""
+    return _phase(spec, hw, dep, batch, prompt, 0)
+
+
+def decode(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, context) -> PhaseResult:
+    """One decode step of ``batch`` sequences at ``context`` cached tokens: TPOT = ``time_s``."""
+    return _phase(spec, hw, dep, batch, 1, context)
+
+
+@dataclass(frozen=True)
+class ServeResult:
+    batch: int
+    input_len: int
+    output_len: int
+    ttft_s: float
+    tpot_s: float  # mean over the output tokens
+    tpot_last_s: float  # at the longest context
+    e2e_s: float
+    prefill_tokens_per_s: float  # per replica
+    decode_tokens_per_s: float  # per replica (disaggregated decode)
+    combined_tokens_per_s: float  # output tokens / e2e, per replica (prefill + decode on one replica)
+    devices: int
+    devices_per_node: int
+    prefill: PhaseResult
+    decode_first: PhaseResult
+    memory: object
+
+    @property
+    def decode_tokens_per_s_per_device(self):
+        return self.decode_tokens_per_s / self.devices
+
+    @property
+    def prefill_tokens_per_s_per_device(self):
+        return self.prefill_tokens_per_s / self.devices
+
+
+def serve(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch: int, input_len: int,
+          output_len: int) -> ServeResult:
+    """TTFT, TPOT and throughput for ``batch`` requests of ``input_len`` -> ``output_len``.
+
+    Raises CostsimError when the layout is infeasible or the weights do not fit; the
+    memory report tells whether the batch's KV cache fits (``memory.fits``).
+    """
+    dep.check(spec)
+    require_fit(spec, hw, dep)
+    pre = prefill(spec, hw, dep, batch, input_len)
+    ctx = input_len + np.arange(max(output_len, 1), dtype=float)
+    dec = decode(spec, hw, dep, batch, ctx)
+    times = np.asarray(dec.time_s)
+    decode_total = float(times[:output_len].sum()) if output_len else 0.0
+    ttft = float(pre.time_s)
+    e2e = ttft + decode_total
+    mem = memory_report(spec, hw, dep, batch, input_len + output_len)
+    first = decode(spec, hw, dep, batch, input_len)
+    return ServeResult(
+        batch=batch, input_len=input_len, output_len=output_len, ttft_s=ttft,
+        tpot_s=decode_total / output_len if output_len else float(times[0]), tpot_last_s=float(times[-1]),
+        e2e_s=e2e, prefill_tokens_per_s=batch * input_len / ttft,
+        decode_tokens_per_s=batch * output_len / decode_total if output_len else 0.0,
+        combined_tokens_per_s=batch * output_len / e2e if output_len else 0.0,
+        devices=dep.devices, devices_per_node=hw.devices_per_node, prefill=pre, decode_first=first, memory=mem)
+
+
+@dataclass(frozen=True)
+class MaxThroughput:
+    batch: int
+    tpot_s: float
+    tokens_per_s: float  # decode tokens/s per replica
+    tokens_per_s_per_device: float
+    max_batch_memory: int
+    limit: str  # "memory" | "TPOT SLO" | "throughput peak"
+    curve_batch: np.ndarray
+    curve_tpot_s: np.ndarray
+    curve_tokens_per_s: np.ndarray
+
+
+def max_throughput(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, context: int,
+                   tpot_slo_s: float | None = None) -> MaxThroughput:
+    """The decode batch (sequences per replica, all at ``context`` tokens) that maximises
+    decode tokens/s subject to memory and, if given, TPOT <= ``tpot_slo_s``.
+
+    Raises CostsimError if the layout is infeasible, the weights do not fit, or no batch
+    meets the SLO.
+    """
+    from costsim.errors import CostsimError
+
+    dep.check(spec)
+    require_fit(spec, hw, dep)
+    mem = memory_report(spec, hw, dep, dep.dp, context)
+    max_b = int(mem.max_batch)
+    if max_b < dep.dp:
+        raise CostsimError(f"{spec.name} on {hw.name}: not even one sequence of {context} tokens per DP rank fits in memory")
+    step = dep.dp * dep.pp
+    n_steps = max_b // step
+    cand = np.unique(np.concatenate([np.round(np.geomspace(1, n_steps, 400)), [n_steps]])).astype(int) * step
+    dec = decode(spec, hw, dep, cand.astype(float), context)
+    tpot, tps = np.asarray(dec.time_s), np.asarray(dec.tokens_per_s)
+    ok = np.ones_like(tps, dtype=bool) if tpot_slo_s is None else tpot <= tpot_slo_s
+    if not ok.any():
+        raise CostsimError(f"{spec.name} on {hw.name}: no batch meets TPOT <= {tpot_slo_s * 1e3:.3g} ms "
+                           f"(batch {cand[0]} takes {tpot[0] * 1e3:.3g} ms)")
+    i = int(np.argmax(np.where(ok, tps, -np.inf)))
+    if cand[i] == cand[-1]:
+        limit = "memory"
+    elif tpot_slo_s is not None and i + 1 < len(cand) and not ok[i + 1]:
+        limit = "TPOT SLO"
+    else:
+        limit = "throughput peak"
+    return MaxThroughput(int(cand[i]), float(tpot[i]), float(tps[i]), float(tps[i]) / dep.devices, max_b, limit,
+                         cand, tpot, tps)
