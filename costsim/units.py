@@ -81,7 +81,7 @@ def parse_flops_rate(text: str | float | int) -> float:
     v, unit = _split(text)
     if unit == "":
         return v
-    mult, _ = _prefix(unit, ("FLOPS", "FLOP/s", "flops", "OPS", "OP/s", "TOPS"), "a FLOP rate", text)
+    mult, _ = _prefix(unit, ("FLOPS", "FLOP/s", "flops", "OPS", "OP/s"), "a FLOP rate", text)
     return v * mult
 
 
