@@ -1,0 +1,117 @@
+"""Formatters: rich tables for people, JSON / CSV (SI units, raw numbers) for machines.
+
+A formatter knows nothing about models: it gets records (dicts) and column descriptions.
+Human units are converted here only, and every header names its unit (GB = 1e9 bytes,
+GiB = 2**30 bytes, kB = 1e3 bytes).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from typing import Callable, Iterable
+
+import numpy as np
+
+
+def _plain(v):
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, float) and (math.isinf(v) or math.isnan(v)):
+        return None
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+# ---- human number formatting ---------------------------------------------------------
+
+
+def num(v, digits: int = 4) -> str:
+    """Significant-digit formatting with thousands separators, '-' for None."""
+    if v is None:
+        return "-"
+    v = float(v)
+    if v == 0:
+        return "0"
+    if abs(v) >= 10 ** digits:
+        return f"{v:,.0f}"
+    return f"{v:,.{max(0, digits - 1 - int(math.floor(math.log10(abs(v)))))}f}"
+
+
+def scaled(factor: float, digits: int = 4) -> Callable:
+    return lambda v: "-" if v is None else num(float(v) / factor, digits)
+
+
+def num_scaled_g(v) -> str:
+    return scaled(1e9)(v)
+
+
+def integer(v) -> str:
+    return "-" if v is None else f"{int(round(float(v))):,}"
+
+
+def ms(v) -> str:
+    return "-" if v is None else num(float(v) * 1e3, 4)
+
+
+def pct(v) -> str:
+    return "-" if v is None else f"{float(v) * 100:.1f}%"
+
+
+def text(v) -> str:
+    return "-" if v is None else str(v)
+
+
+Column = tuple[str, str, Callable]  # (key, header with unit, formatter)
+
+
+def emit(records: list[dict], columns: list[Column], fmt: str = "table", title: str | None = None,
+         payload: dict | list | None = None, notes: Iterable[str] = (), out=None) -> None:
+    """Print records as a rich table (columns), JSON (``payload`` or the records) or CSV."""
+    out = out or sys.stdout
+    if fmt == "json":
+        out.write(json.dumps(_plain(payload if payload is not None else records), indent=2) + "\n")
+        return
+    if fmt == "csv":
+        keys = [c[0] for c in columns]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in records:
+            w.writerow({k: _plain(r.get(k)) for k in keys})
+        out.write(buf.getvalue())
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(title) if title else None, title_justify="left", header_style="bold")
+    for key, header, _ in columns:
+        table.add_column(escape(header), justify="left" if key in ("name", "source", "note", "field", "op", "bound", "kind") else "right",
+                         overflow="fold")
+    for r in records:
+        table.add_row(*[escape(f(r.get(k))) for k, _, f in columns])
+    console = Console(file=out, width=max(100, min(200, Console().width)))
+    console.print(table)
+    for n in notes:
+        console.print(escape(n), highlight=False)
+
+
+def transpose(records: list[dict], rows: list[Column]) -> tuple[list[dict], list[Column]]:
+    """Turn per-model records into a field-per-row table (models as columns)."""
+    out = []
+    for key, header, f in rows:
+        d = {"field": header}
+        for r in records:
+            d[r["name"]] = f(r.get(key))
+        out.append(d)
+    cols = [("field", "", text)] + [(r["name"], r["name"], text) for r in records]
+    return out, cols
