@@ -64,6 +64,12 @@ class Deployment:
     def moe_tp(self) -> int:
         return self.devices // (self.pp * self.ep)
 
+    def seqs_per_rank(self, batch):
+        """Sequences on the busiest attention DP rank: ceil(batch / dp) (batch may be an array)."""
+        import numpy as np
+
+        return np.ceil(np.asarray(batch, dtype=float) / self.dp - 1e-9)
+
     def with_(self, **kw) -> "Deployment":
         return replace(self, **kw)
 

@@ -42,7 +42,7 @@ def weight_bytes_per_device(spec: ModelSpec, dep: Deployment) -> float:
 
 def kv_bytes_per_device(spec: ModelSpec, dep: Deployment, batch, context):
     """KV cache bytes on one device: its DP group's sequences, its PP share of layers."""
-    per_dev_seqs = np.asarray(batch, dtype=float) / dep.dp
+    per_dev_seqs = dep.seqs_per_rank(batch)
     return kv_cache_bytes(spec, dep.kv_format, context, per_dev_seqs, tp=dep.tp, block_size=dep.block_size) / dep.pp
 
 
@@ -60,7 +60,7 @@ def workspace_bytes(spec: ModelSpec, dep: Deployment, step: StepShape):
         else:
             continue
         peak = np.maximum(peak, act)
-    b = np.asarray(step.batch, dtype=float) / dep.dp
+    b = dep.seqs_per_rank(step.batch)
     logits = b * np.asarray(step.logit_tokens, dtype=float) * spec.vocab_size / dep.tp * 4.0
     return peak + logits
 

@@ -133,7 +133,7 @@ def _attention_ops(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: 
     """Projections + core attention of ``n_layers`` identical layers (per device)."""
     a, h, act = spec.attention, spec.hidden_size, dep.act_bytes
     w = dep.weight_format
-    b = np.asarray(step.batch, dtype=float) / dep.dp  # sequences on this device's DP group
+    b = dep.seqs_per_rank(step.batch)  # sequences on this device's DP group
     s = np.asarray(step.new_tokens, dtype=float)
     L = np.asarray(step.context, dtype=float)
     T = b * s
@@ -190,7 +190,7 @@ def _attention_ops(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: 
 
 def _ffn_ops(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: int, moe: bool) -> list[Operator]:
     f, h, act, w = spec.ffn, spec.hidden_size, dep.act_bytes, dep.weight_format
-    b = np.asarray(step.batch, dtype=float) / dep.dp
+    b = dep.seqs_per_rank(step.batch)
     T = b * np.asarray(step.new_tokens, dtype=float)
     ops: list[Operator] = []
     if not moe:
@@ -257,7 +257,7 @@ def step_operators(spec: ModelSpec, dep: Deployment, step: StepShape, *, form: s
     if form == "auto":
         form = "absorbed"
     act, h = dep.act_bytes, spec.hidden_size
-    b = np.asarray(step.batch, dtype=float) / dep.dp
+    b = dep.seqs_per_rank(step.batch)
     T = b * np.asarray(step.new_tokens, dtype=float)
     ops: list[Operator] = [
         Operator(name="embedding", kind="elementwise", group="embedding", count=1, flops=0.0,

@@ -58,7 +58,7 @@ def comm_operators(spec: ModelSpec, dep: Deployment, step, groups) -> list:
 
     ops = []
     h, act = spec.hidden_size, dep.act_bytes
-    b = np.asarray(step.batch, dtype=float) / dep.dp
+    b = dep.seqs_per_rank(step.batch)
     T = b * np.asarray(step.new_tokens, dtype=float)
     n_layers = sum(g[2] for g in groups)
     n_moe = sum(g[2] for g in groups if g[0])

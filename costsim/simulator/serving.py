@@ -162,3 +162,43 @@ def max_throughput(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, contex
         limit = "throughput peak"
     return MaxThroughput(int(cand[i]), float(tpot[i]), float(tps[i]), float(tps[i]) / dep.devices, max_b, limit,
                          cand, tpot, tps)
+
+
+@dataclass(frozen=True)
+class MLACrossover:
+    """Where MLA's naive form (decompress K/V) overtakes the absorbed form, by roofline time.
+
+    ``chunk_tokens``: smallest number of new tokens per sequence (a prefill chunk on top of
+    ``context`` cached tokens) at which naive is at least as fast; None if never up to
+    ``max_tokens``. ``decode_absorbed_s`` / ``decode_naive_s``: one decode step each way.
+    """
+
+    context: int
+    batch: int
+    chunk_tokens: int | None
+    decode_absorbed_s: float
+    decode_naive_s: float
+
+
+def mla_crossover(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch: int, context: int,
+                  max_tokens: int = 65536) -> MLACrossover:
+    """Compare the two MLA forms for ``batch`` sequences at ``context`` cached tokens.
+
+    Naive costs a decompression of every cached token per step (amortised over the new
+    tokens) but a cheaper attention core (d_h + d_h^R + d_h^v per pair instead of
+    2 d_c + d_h^R); absorbed has no decompression. So naive wins for long query chunks
+    (prefill) and absorbed for decode. Raises CostsimError for non-MLA models.
+    """
+    from costsim.errors import CostsimError
+    from costsim.specs import MLAAttention
+
+    if not isinstance(spec.attention, MLAAttention):
+        raise CostsimError(f"{spec.name} uses {spec.attention.kind} attention, not MLA")
+    s = np.unique(np.round(np.geomspace(1, max_tokens, 200))).astype(float)
+    t = {}
+    for form in ("absorbed", "naive"):
+        d = dep.with_(mla_form=form)
+        t[form] = np.asarray(time_step(spec, hw, d, StepShape(batch, s, context, 1)).time_s)
+    win = np.nonzero(t["naive"] <= t["absorbed"])[0]
+    chunk = int(s[win[0]]) if len(win) else None
+    return MLACrossover(context, batch, chunk, float(t["absorbed"][0]), float(t["naive"][0]))
