@@ -93,13 +93,17 @@ def emit(records: list[dict], columns: list[Column], fmt: str = "table", title: 
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=escape(title) if title else None, title_justify="left", header_style="bold")
+    table = Table(header_style="bold")
     for key, header, _ in columns:
-        table.add_column(escape(header), justify="left" if key in ("name", "source", "note", "field", "op", "bound", "kind") else "right",
-                         overflow="fold")
+        left = key in ("name", "source", "note", "field", "op", "bound", "kind", "attention", "ffn", "experts", "full_name", "kv_dtype")
+        table.add_column(escape(header), justify="left" if left else "right", overflow="fold",
+                         no_wrap=key in ("op", "field", "name"))
     for r in records:
         table.add_row(*[escape(f(r.get(k))) for k, _, f in columns])
-    console = Console(file=out, width=max(100, min(200, Console().width)))
+    # a terminal gets its own width; files and pipes get a fixed, wide layout
+    console = Console(file=out, width=None if out.isatty() else 160)
+    if title:
+        console.print(escape(title), style="bold", highlight=False)
     console.print(table)
     for n in notes:
         console.print(escape(n), highlight=False)
