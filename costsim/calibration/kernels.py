@@ -93,11 +93,12 @@ def _key_blocks(s: int, L: int, causal: Causal, window: int | None, device) -> l
 
 
 def _softmax(scores: torch.Tensor, sinks: torch.Tensor | None = None) -> torch.Tensor:
-    """Softmax over the last dim (keys), in fp32. ``sinks`` [heads]: one extra logit per head
-    that takes probability mass and is dropped (gpt-oss). scores: [..., heads, keys]."""
+    """Softmax over the last dim (keys), in fp32. ``sinks`` (broadcastable to
+    ``scores[..., :1]``): one extra logit per head that takes probability mass and is then
+    dropped (gpt-oss attention sinks)."""
     sf = scores.float()
     if sinks is not None:
-        sink = sinks.float()[:, None].expand(*sf.shape[:-1], 1)
+        sink = sinks.float().expand(*sf.shape[:-1], 1)
         return torch.softmax(torch.cat([sf, sink], dim=-1), dim=-1)[..., :-1].type_as(scores)
     return torch.softmax(sf, dim=-1).type_as(scores)
 
@@ -174,26 +175,37 @@ class MLAAttention(nn.Module):
         if self.form == "naive":
             # decompress K_nope and V for ALL L+s tokens: [B, L+s, nh, dn + dv]
             kv_full = self.kv_b_proj(c_kv).view(B, L + s, nh, dn + dv)
-            k = torch.cat([kv_full[..., :dn], k_pe[:, :, None, :].expand(B, L + s, nh, dr)], dim=-1)  # [B, L+s, nh, dn+dr]
-            v = kv_full[..., dn:]  # [B, L+s, nh, dv]
+            k = torch.cat([kv_full[..., :dn], k_pe[:, :, None, :].expand(B, L + s, nh, dr)], dim=-1)
+            k = k.transpose(1, 2)  # [B, nh, L+s, dn + dr]
+            v = kv_full[..., dn:].transpose(1, 2)  # [B, nh, L+s, dv]
+            qh = q.transpose(1, 2)  # [B, nh, s, dn + dr]
             for rows, k0, k1, mask in blocks:
-                scores = torch.einsum("bshd,bthd->bsht", q[:, rows], k[:, k0:k1]) * self.scale  # [B, r, nh, t]
+                scores = torch.matmul(qh[:, :, rows], k[:, :, k0:k1].transpose(-1, -2)) * self.scale  # [B, nh, r, t]
                 if mask is not None:
-                    scores = scores + mask[:, None, :].to(scores.dtype)
-                outs.append(torch.einsum("bsht,bthd->bshd", _softmax(scores), v[:, k0:k1]))  # [B, r, nh, dv]
-            o = torch.cat(outs, dim=1)  # [B, s, nh, dv]
+                    scores = scores + mask.to(scores.dtype)
+                outs.append(torch.matmul(_softmax(scores), v[:, :, k0:k1]))  # [B, nh, r, dv]
+            o = torch.cat(outs, dim=2).transpose(1, 2)  # [B, s, nh, dv]
         else:
             w = self.kv_b_proj.weight.view(nh, dn + dv, dc)
             w_uk, w_uv = w[:, :dn], w[:, dn:]  # [nh, dn, dc], [nh, dv, dc]
-            q_lat = torch.einsum("bshd,hdc->bshc", q_nope, w_uk)  # W^UK absorbed: [B, s, nh, dc]
+            # W^UK absorbed into the query, per head: [nh, B*s, dn] @ [nh, dn, dc] -> [B, s, nh, dc]
+            q_lat = torch.matmul(q_nope.reshape(B * s, nh, dn).transpose(0, 1), w_uk).transpose(0, 1).view(B, s, nh, dc)
             for rows, k0, k1, mask in blocks:
-                scores = (torch.einsum("bshc,btc->bsht", q_lat[:, rows], c_kv[:, k0:k1])
-                          + torch.einsum("bshr,btr->bsht", q_pe[:, rows], k_pe[:, k0:k1])) * self.scale  # [B, r, nh, t]
+                # MQA-like: all heads share the latent key; heads fold into the query rows
+                r = q_lat[:, rows].shape[1]
+                ql = q_lat[:, rows].reshape(B, r * nh, dc)  # [B, r*nh, dc]
+                qr = q_pe[:, rows].reshape(B, r * nh, dr)  # [B, r*nh, dr]
+                scores = (torch.matmul(ql, c_kv[:, k0:k1].transpose(1, 2))
+                          + torch.matmul(qr, k_pe[:, k0:k1].transpose(1, 2))) * self.scale  # [B, r*nh, t]
+                scores = scores.view(B, r, nh, k1 - k0)
                 if mask is not None:
                     scores = scores + mask[:, None, :].to(scores.dtype)
-                outs.append(torch.einsum("bsht,btc->bshc", _softmax(scores), c_kv[:, k0:k1]))  # [B, r, nh, dc]
+                p_attn = _softmax(scores).view(B, r * nh, k1 - k0)
+                outs.append(torch.matmul(p_attn, c_kv[:, k0:k1]).view(B, r, nh, dc))  # [B, r, nh, dc]
             o_lat = torch.cat(outs, dim=1)  # [B, s, nh, dc]
-            o = torch.einsum("bshc,hdc->bshd", o_lat, w_uv)  # W^UV absorbed: [B, s, nh, dv]
+            # W^UV absorbed into the output, per head: [nh, B*s, dc] @ [nh, dc, dv] -> [B, s, nh, dv]
+            o = torch.matmul(o_lat.reshape(B * s, nh, dc).transpose(0, 1), w_uv.transpose(1, 2)).transpose(0, 1)
+            o = o.reshape(B, s, nh, dv)
         return self.o_proj(o.reshape(B, s, nh * dv))  # [B, s, h]
 
 
@@ -240,14 +252,21 @@ class GQAAttention(nn.Module):
         kv = torch.cat([cache, kv_new.to(cache.dtype)], dim=1).to(x.dtype)  # [B, L+s, 2, nkv, d]
         k, v = kv[:, :, 0], kv[:, :, 1]  # [B, L+s, nkv, d] each
 
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, nkv, L+s, d] each
+        qh = q.permute(0, 2, 1, 3, 4)  # [B, nkv, s, g, d]
+        sinks = None if self.sinks is None else self.sinks.view(nkv, 1, g, 1)  # per query head
         outs = []
         for rows, k0, k1, mask in _key_blocks(s, L, self.causal, self.window, x.device):
-            scores = torch.einsum("bskgd,btkd->bskgt", q[:, rows], k[:, k0:k1]) * self.scale  # [B, r, nkv, g, t]
+            r = qh[:, :, rows].shape[2]
+            # the g query heads of a group share one K/V head: fold them into the query rows
+            qg = qh[:, :, rows].reshape(B, nkv, r * g, d)  # [B, nkv, r*g, d]
+            scores = torch.matmul(qg, k[:, :, k0:k1].transpose(-1, -2)) * self.scale  # [B, nkv, r*g, t]
+            scores = scores.view(B, nkv, r, g, k1 - k0)
             if mask is not None:
-                scores = scores + mask[:, None, None, :].to(scores.dtype)
-            p = _softmax(scores.flatten(2, 3), self.sinks).view_as(scores)
-            outs.append(torch.einsum("bskgt,btkd->bskgd", p, v[:, k0:k1]))  # [B, r, nkv, g, d]
-        o = torch.cat(outs, dim=1)  # [B, s, nkv, g, d]
+                scores = scores + mask[:, None, :].to(scores.dtype)
+            p_attn = _softmax(scores, sinks).view(B, nkv, r * g, k1 - k0)
+            outs.append(torch.matmul(p_attn, v[:, :, k0:k1]).view(B, nkv, r, g, d))  # [B, nkv, r, g, d]
+        o = torch.cat(outs, dim=2).permute(0, 2, 1, 3, 4)  # [B, s, nkv, g, d]
         return self.o_proj(o.reshape(B, s, nh * d))  # [B, s, h]
 
 
