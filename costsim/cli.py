@@ -533,8 +533,23 @@ def train_cmd(model: str = typer.Argument(...),
     _run(go)
 
 
-def main() -> None:  # console script entry point
-    app()
+def main() -> None:
+    """Console-script entry point: usage errors (missing option, bad integer, unknown
+    command) are printed as one line on stderr with exit code 2, like every user mistake."""
+    try:
+        rv = app(standalone_mode=False)
+    except typer.Abort:
+        print("costsim: aborted", file=sys.stderr)
+        sys.exit(1)
+    except Exception as e:  # click/typer usage errors carry format_message() and exit_code
+        if not hasattr(e, "format_message"):
+            raise
+        ctx = getattr(e, "ctx", None)
+        cmd = f" {ctx.info_name}" if ctx is not None and ctx.parent is not None else ""
+        msg = e.format_message().replace("\n", " ")
+        print(f"costsim{cmd}: error: {msg} (see costsim{cmd} --help)", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", 2))
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,10 @@ Causal attention has two implementations (``causal=``):
   queries): for FLOP checks, not for timing.
 For decode (new_tokens = 1) both are the same computation.
 
+Attention products use ``torch.matmul`` (always an ``aten.bmm``/``mm``), not ``einsum``:
+an einsum whose contracted dim has size 1 (a query row seeing one key) runs as an
+elementwise multiply, which FlopCounterMode does not count.
+
 torch is imported at module level: import this module only where torch is wanted.
 """
 

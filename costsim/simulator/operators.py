@@ -225,25 +225,32 @@ def _ffn_ops(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: int, m
     return ops
 
 
+def stage_layers(n_layers: int, pp: int) -> list[range]:
+    """Contiguous layer ranges of the ``pp`` pipeline stages (earlier stages take the remainder)."""
+    sizes = [n_layers // pp + (1 if i < n_layers % pp else 0) for i in range(pp)]
+    starts = [sum(sizes[:i]) for i in range(pp)]
+    return [range(a, a + n) for a, n in zip(starts, sizes)]
+
+
 def layer_groups(spec: ModelSpec, pp: int = 1) -> list[tuple[bool, int | None, int]]:
-    """(is_moe, window or None, number of layers) groups on one pipeline stage (the busiest:
-    layers are split as evenly as possible, the first stage takes the remainder)."""
-    per_stage = -(-spec.num_hidden_layers // pp)
+    """(is_moe, window or None, number of layers) on the busiest pipeline stage.
+
+    The busiest stage is the one with the most layers, then the most MoE layers. It is
+    costed with both the embedding and the LM head (a conservative bound on the slowest
+    stage; with pp = 1 it is exact).
+    """
     win = set(spec.sliding_window.layers) if spec.sliding_window else set()
-    groups: dict[tuple, int] = {}
-    # representative stage: a uniform share of each layer type, rounded up
-    for i in range(spec.num_hidden_layers):
-        key = (spec.is_moe_layer(i), spec.sliding_window.window if i in win else None)
-        groups[key] = groups.get(key, 0) + 1
-    if pp == 1:
-        return [(m, w, n) for (m, w), n in groups.items()]
-    out = []
-    left = per_stage
-    for (m, w), n in sorted(groups.items(), key=lambda kv: -kv[1]):
-        share = min(left, -(-n // pp))
-        out.append((m, w, share))
-        left -= share
-    return [g for g in out if g[2] > 0]
+
+    def groups(layers) -> dict:
+        g: dict[tuple, int] = {}
+        for i in layers:
+            key = (spec.is_moe_layer(i), spec.sliding_window.window if i in win else None)
+            g[key] = g.get(key, 0) + 1
+        return g
+
+    stages = [groups(r) for r in stage_layers(spec.num_hidden_layers, pp)]
+    busiest = max(stages, key=lambda g: (sum(g.values()), sum(n for (m, _), n in g.items() if m)))
+    return [(m, w, n) for (m, w), n in busiest.items()]
 
 
 def step_operators(spec: ModelSpec, dep: Deployment, step: StepShape, *, form: str | None = None,
