@@ -168,11 +168,11 @@ class MLAAttention(nn.Module):
         q = q.view(B, s, nh, dn + dr)
         q_nope, q_pe = q[..., :dn], q[..., dn:]  # [B, s, nh, dn], [B, s, nh, dr] (RoPE omitted)
 
-        # new latent + RoPE key, appended to the cache: [B, L+s, dc + dr]
+        # new latent (normed before caching, as DeepSeek-V3 does) + RoPE key, appended to the cache
         kv_new = self.kv_a_proj(x)  # [B, s, dc + dr]
-        kv = torch.cat([cache, kv_new.to(cache.dtype)], dim=1).to(x.dtype)
-        c_kv = self.kv_a_layernorm(kv[..., :dc])  # [B, L+s, dc] (normed on read, as in DeepSeek-V3)
-        k_pe = kv[..., dc:]  # [B, L+s, dr], shared by all heads
+        kv_new = torch.cat([self.kv_a_layernorm(kv_new[..., :dc]), kv_new[..., dc:]], dim=-1)
+        kv = torch.cat([cache, kv_new.to(cache.dtype)], dim=1).to(x.dtype)  # [B, L+s, dc + dr]
+        c_kv, k_pe = kv[..., :dc], kv[..., dc:]  # [B, L+s, dc], [B, L+s, dr] (k_pe shared by all heads)
 
         blocks = _key_blocks(s, L, self.causal, None, x.device)
         outs = []
@@ -254,9 +254,7 @@ class GQAAttention(nn.Module):
             q = self.q_norm(q)
             kv_new = torch.stack([self.k_norm(kv_new[:, :, 0]), kv_new[:, :, 1]], dim=2)
         kv = torch.cat([cache, kv_new.to(cache.dtype)], dim=1).to(x.dtype)  # [B, L+s, 2, nkv, d]
-        k, v = kv[:, :, 0], kv[:, :, 1]  # [B, L+s, nkv, d] each
-
-        k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, nkv, L+s, d] each
+        k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # [B, nkv, L+s, d] each
         qh = q.permute(0, 2, 1, 3, 4)  # [B, nkv, s, g, d]
         sinks = None if self.sinks is None else self.sinks.view(nkv, 1, g, 1)  # per query head
         outs = []
