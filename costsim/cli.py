@@ -43,8 +43,8 @@ def _count(text: str, flag: str, binary_k: bool = False, minimum: float = 0) -> 
         v = parse_count(text, binary_k=binary_k)
     except ValueError as e:
         raise CostsimError(f"{flag}: {e}") from None
-    if v < minimum or v != int(v):
-        raise CostsimError(f"{flag}: expected an integer >= {minimum}, got {text!r}")
+    if not (minimum <= v < float("inf")) or v != int(v):
+        raise CostsimError(f"{flag}: expected a finite integer >= {minimum}, got {text!r}")
     return int(v)
 
 
@@ -217,10 +217,16 @@ def kv_cmd(models: List[str] = typer.Argument(..., help="One or more models."),
 
 def _deployment(spec, devices, tp, ep, pp, weight_dtype, kv_dtype, hw=None, batch=1, context=0, **kw):
     """Build the Deployment; unset --tp/--ep follow ``default_layout`` (smallest TP at which
-    ``batch`` sequences of ``context`` tokens fit, for MoE)."""
+    ``batch`` sequences of ``context`` tokens fit, for MoE) within one pipeline stage."""
     from costsim.reports.summary import default_layout
     from costsim.simulator.deployment import Deployment
     from costsim.simulator.memory import memory_report
+
+    for flag, v in (("--devices", devices), ("--tp", tp), ("--ep", ep), ("--pp", pp)):
+        if v is not None and v < 1:
+            raise CostsimError(f"{flag} must be >= 1, got {v}")
+    if devices % pp:
+        raise CostsimError(f"--devices {devices} is not a multiple of --pp {pp}")
 
     base = Deployment(devices=devices, tp=1, ep=1, pp=pp, weight_format=_format(weight_dtype, "--weight-dtype"),
                       kv_format=_format(kv_dtype, "--kv-dtype"), **kw)
@@ -233,7 +239,7 @@ def _deployment(spec, devices, tp, ep, pp, weight_dtype, kv_dtype, hw=None, batc
             return False
         return hw is not None and bool(memory_report(spec, hw, d, max(batch, d.dp), context).fits)
 
-    t, e = default_layout(spec, devices, tp, ep, fits)
+    t, e = default_layout(spec, devices // pp, tp, ep, fits)
     return base.with_(tp=t, ep=e)
 
 
@@ -257,7 +263,7 @@ def compare_cmd(models: List[str] = typer.Argument(..., help="Two or more models
         hw = _hw(hardware, hw_sets)
         ctx = _count(context, "--context", binary_k=True)
         b = _count(batch, "--batch", minimum=1)
-        n = devices or hw.devices_per_node
+        n = hw.devices_per_node if devices is None else devices
         recs = []
         for m in models:
             spec = _model(m, sets)
@@ -309,8 +315,10 @@ def import_hf_cmd(config: Path = typer.Argument(..., help="HuggingFace config.js
 def _atomic_write(path: Path, text: str) -> None:
     """Write via a temp file + rename, so a failure never leaves a half-written file."""
     path = Path(path)
-    if not path.parent.exists():
+    if not path.parent.is_dir():
         raise CostsimError(f"{path}: directory {path.parent} does not exist")
+    if path.is_dir():
+        raise CostsimError(f"{path}: is a directory; give a file name for the spec YAML")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
@@ -337,7 +345,9 @@ BLOCK = typer.Option(None, "--block-size", help="Paged KV cache block size (toke
 def _perf_deployment(spec, hw, devices, tp, ep, pp, weight_dtype, kv_dtype, mla_form, imbalance, overlap, block_size):
     if mla_form not in ("auto", "absorbed", "naive"):
         raise CostsimError(f"--mla-form: expected auto, absorbed or naive, got {mla_form!r}")
-    n = devices or hw.devices_per_node
+    n = hw.devices_per_node if devices is None else devices
+    if not (1 <= imbalance < float("inf")):
+        raise CostsimError(f"--imbalance must be a finite number >= 1 (busiest rank over mean), got {imbalance}")
     wf = _format(weight_dtype, "--weight-dtype")
     dispatch = 1.0 if wf.compute == "fp8" else 2.0  # FP8 dispatch, BF16 combine (DeepSeek Day-6 overview)
     return _deployment(spec, n, tp, ep, pp, weight_dtype, kv_dtype, hw, 1, 0, mla_form=mla_form, imbalance=imbalance,
@@ -546,7 +556,9 @@ def main() -> None:
             raise
         ctx = getattr(e, "ctx", None)
         cmd = f" {ctx.info_name}" if ctx is not None and ctx.parent is not None else ""
-        msg = e.format_message().replace("\n", " ")
+        msg = e.format_message().replace("\n", " ").strip()
+        if not msg:  # no arguments: the help was printed, nothing went wrong
+            sys.exit(0)
         print(f"costsim{cmd}: error: {msg} (see costsim{cmd} --help)", file=sys.stderr)
         sys.exit(getattr(e, "exit_code", 2))
     sys.exit(rv if isinstance(rv, int) else 0)

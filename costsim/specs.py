@@ -226,25 +226,34 @@ class _Sourced(_Frozen):
     @field_validator("value")
     @classmethod
     def _nonneg(cls, v: float) -> float:
-        if not v >= 0:  # also rejects NaN
-            raise ValueError(f"must be >= 0, got {v}")
+        if not 0 <= v < float("inf"):  # also rejects NaN
+            raise ValueError(f"must be a finite number >= 0, got {v}")
         return v
 
 
-class FlopRate(_Sourced):
+class _Positive(_Sourced):
+    @field_validator("value")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if not (0 < v < float("inf")):
+            raise ValueError(f"must be a finite number > 0, got {v}")
+        return v
+
+
+class FlopRate(_Positive):
     """FLOP/s (dense tensor-core peak unless stated; never a with-sparsity figure)."""
 
     _parser: ClassVar[Callable] = staticmethod(units.parse_flops_rate)
 
 
-class Bandwidth(_Sourced):
+class Bandwidth(_Positive):
     """Bytes/s. ``direction`` says whether a link figure is per direction or both summed."""
 
     _parser: ClassVar[Callable] = staticmethod(units.parse_bandwidth)
     direction: Literal["unidirectional", "bidirectional", "n/a"] = "n/a"
 
 
-class Bytes(_Sourced):
+class Bytes(_Positive):
     _parser: ClassVar[Callable] = staticmethod(units.parse_bytes)
 
 
@@ -326,6 +335,8 @@ class HardwareProfile(_Frozen):
         """Dense peak FLOP/s for a compute dtype. Raises CostsimError if the profile lacks it."""
         from costsim.errors import CostsimError
 
+        if dtype not in PeakFlops.model_fields:
+            raise CostsimError(f"unknown compute dtype {dtype!r}: expected one of {', '.join(PeakFlops.model_fields)}")
         rate = getattr(self.peak_flops, dtype, None)
         if rate is None:
             # fp16 and bf16 share tensor-core rates on every shipped device

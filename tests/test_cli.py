@@ -8,9 +8,6 @@ errors reformatted to one line) and shows the real exit code and stderr.
 The contract for user mistakes (module docstring of ``costsim/cli.py``): exit code 2, exactly
 one non-empty line on stderr naming the file / field / flag and what was expected, nothing on
 stdout, no traceback, and no file written.
-
-Tests marked ``xfail(strict=True)`` state the correct behaviour for a known bug; each reason
-says what happens now.
 """
 
 from __future__ import annotations
@@ -292,8 +289,6 @@ def test_kv_paged_block_size_rounds_up():
     assert js("kv", "llama-3.1-8b", "--context", "1000")["kv"] == per_tok * 1000
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: `kv --format csv` writes the column 'kv' twice (the GB and the GiB "
-                                       "table columns share the key), so the CSV header has duplicate names")
 def test_kv_csv_header_names_are_unique():
     rows = csv_rows("kv", "llama-3.1-8b", "deepseek-v2")
     assert len(rows[0]) == len(set(rows[0])), rows[0]
@@ -719,8 +714,6 @@ def test_import_hf_output_dir_missing(bad, tmp_path):
     assert not (tmp_path / "nodir").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: `import-hf CFG -o DIR` where DIR is an existing directory raises "
-                                       "IsADirectoryError from os.replace (traceback, exit 1) instead of a one-line error")
 def test_import_hf_output_is_a_directory(bad, tmp_path):
     (tmp_path / "out.yaml").mkdir()
     bad(["import-hf", HF / "llama-3.1-8b.json", "-o", "out.yaml"], "out.yaml")
@@ -773,8 +766,6 @@ def test_hw_set_bad_efficiency(bad):
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-@pytest.mark.xfail(strict=True, reason="BUG: --hw-set memory_bandwidth=0 (or peak_flops.bf16=0) is accepted; perf "
-                                       "exits 0 with ttft/tpot null (NaN) and numpy RuntimeWarnings; zero rates must be rejected")
 @pytest.mark.parametrize("hwset", ["memory_bandwidth=0", "peak_flops.bf16=0"])
 def test_hw_set_zero_rate_rejected(bad, hwset):
     bad(["perf", "llama-3.1-8b", "-H", "h800", "--hw-set", hwset], "--hw-set", hwset.split("=")[0])
@@ -819,8 +810,6 @@ def test_kv_bad_tp_and_block(bad):
     bad(["kv", "llama-3.1-8b", "--tp", "3"], "TP=3", "num_key_value_heads=8")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a count of 1e400 parses to inf and `_count` does int(inf): "
-                                       "OverflowError traceback with exit 1 instead of a one-line error")
 @pytest.mark.parametrize("args,flag", [
     (["kv", "llama-3.1-8b", "--context", "1e400"], "--context"),
     (["kv", "llama-3.1-8b", "--batch", "1e400"], "--batch"),
@@ -830,7 +819,6 @@ def test_infinite_count_rejected(bad, args, flag):
     bad(args, flag)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --gpu-hours 1e400 (inf) is accepted: exit 0 with mfu 0.0 and gpu_hours null")
 def test_infinite_gpu_hours_rejected(bad):
     bad(["train", "llama-3.1-8b", "-H", "h800", "--tokens", "1T", "--gpu-hours", "1e400"], "--gpu-hours")
 
@@ -876,8 +864,6 @@ def test_perf_dtype_missing_on_hardware(bad):
     bad(["perf", "llama-3.1-8b", "-H", "a100-80g", "--weight-dtype", "fp8"], "a100-80g", "fp8")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --devices 0 is treated as 'not given' (`devices or devices_per_node`): "
-                                       "exit 0 with devices=8 instead of an error")
 @pytest.mark.parametrize("args", [
     ["perf", "llama-3.1-8b", "-H", "h800"], ["max-throughput", "llama-3.1-8b", "-H", "h800"],
     ["compare", "llama-3.1-8b", "-H", "h800"],
@@ -886,8 +872,6 @@ def test_devices_zero_rejected(bad, args):
     bad(args + ["--devices", "0"], "--devices")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --devices -1 crashes in default_layout (IndexError for dense, "
-                                       "ValueError 'max() arg is an empty sequence' for MoE): traceback, exit 1")
 @pytest.mark.parametrize("args", [
     ["perf", "llama-3.1-8b", "-H", "h800"], ["perf", "deepseek-v2-lite", "-H", "h800"],
     ["max-throughput", "llama-3.1-8b", "-H", "h800"], ["compare", "llama-3.1-8b", "-H", "h800"],
@@ -896,23 +880,17 @@ def test_devices_negative_rejected(bad, args):
     bad(args + ["--devices", "-1"], "--devices")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: perf/max-throughput --block-size 0 or negative is silently accepted "
-                                       "(kv rejects it with '--tp and --block-size must be >= 1')")
 @pytest.mark.parametrize("value", ["0", "-16"])
 def test_perf_bad_block_size(bad, value):
     bad(["perf", "llama-3.1-8b", "-H", "h800", "--block-size", value], "--block-size")
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-@pytest.mark.xfail(strict=True, reason="BUG: --imbalance nan passes the '>= 1' check (NaN < 1 is False): "
-                                       "ValueError traceback 'cannot convert float NaN to integer'; inf gives null TPOT, exit 0")
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_perf_non_finite_imbalance(bad, value):
     bad(["perf", "deepseek-v2-lite", "-H", "h800", "--imbalance", value], "--imbalance")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: `perf`/`max-throughput --pp 2` without --tp fails: the default TP "
-                                       "(largest for dense, EP=all devices for MoE) ignores pp -> '--devices 8 is not a multiple of tp*pp = 16'")
 @pytest.mark.parametrize("args", [
     ["perf", "llama-3.1-8b", "-H", "h800"], ["perf", "deepseek-v2-lite", "-H", "h800"],
     ["max-throughput", "llama-3.1-8b", "-H", "h800"],
@@ -960,8 +938,6 @@ def test_train_dtype_missing_on_hardware(bad):
         "a100-80g", "fp8")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --dtype is not validated: `--dtype model_config` reaches "
-                                       "getattr(peak_flops, 'model_config') -> AttributeError traceback, exit 1")
 def test_train_dtype_not_a_dtype(bad):
     bad(["train", "llama-3.1-8b", "-H", "h800", "--tokens", "1T", "--mfu", "0.4", "--dtype", "model_config"], "--dtype")
 
@@ -1017,8 +993,6 @@ def test_script_usage_errors_are_one_line(tmp_path, args, needle):
 
 
 @needs_script
-@pytest.mark.xfail(strict=True, reason="BUG: `costsim` with no arguments prints the help and then an empty error "
-                                       "line 'costsim: error:  (see costsim --help)' on stderr")
 def test_script_no_args_shows_help_without_empty_error(tmp_path):
     p = _script(cwd=tmp_path)
     assert "Usage" in p.stdout

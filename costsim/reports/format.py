@@ -81,7 +81,7 @@ def emit(records: list[dict], columns: list[Column], fmt: str = "table", title: 
         out.write(json.dumps(_plain(payload if payload is not None else records), indent=2) + "\n")
         return
     if fmt == "csv":
-        keys = [c[0] for c in columns]
+        keys = list(dict.fromkeys(c[0] for c in columns))  # a key shown in two units is one CSV column
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
         w.writeheader()

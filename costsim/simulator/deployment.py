@@ -102,8 +102,10 @@ class Deployment:
             raise CostsimError(f"--ep {self.ep} given but {spec.name} is dense (no experts)")
         if not (0 < self.gpu_memory_utilization <= 1):
             raise CostsimError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
-        if self.imbalance < 1:
+        if not (1 <= self.imbalance < float("inf")):
             raise CostsimError(f"--imbalance must be >= 1 (busiest rank over mean), got {self.imbalance}")
-        if isinstance(a, MLAAttention) is False and self.kv_format.rope_bits is not None:
+        if self.block_size is not None and self.block_size < 1:
+            raise CostsimError(f"--block-size must be >= 1, got {self.block_size}")
+        if not isinstance(a, MLAAttention) and self.kv_format.rope_bits is not None:
             raise CostsimError(f"KV format {self.kv_format.name} is an MLA layout; {spec.name} uses {a.kind}")
         return self

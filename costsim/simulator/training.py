@@ -10,6 +10,7 @@ ISCA 2025 Table 4 does. Activation recomputation is not counted (it is not "mode
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from costsim.errors import CostsimError
@@ -41,13 +42,16 @@ def train_cost(spec: ModelSpec, hw: HardwareProfile, *, seq_len: int, tokens: fl
         raise CostsimError("give exactly one of --mfu (to get GPU-hours) or --gpu-hours (to get the implied MFU)")
     if mfu is not None and not 0 < mfu <= 1:
         raise CostsimError(f"--mfu must be in (0, 1], got {mfu}")
-    if gpu_hours is not None and gpu_hours <= 0:
-        raise CostsimError(f"--gpu-hours must be > 0, got {gpu_hours}")
-    if tokens <= 0 or seq_len <= 0:
-        raise CostsimError("--tokens and --seq-len must be > 0")
+    if gpu_hours is not None and not 0 < gpu_hours < math.inf:
+        raise CostsimError(f"--gpu-hours must be a finite number > 0, got {gpu_hours}")
+    if not (0 < tokens < math.inf and 0 < seq_len < math.inf):
+        raise CostsimError("--tokens and --seq-len must be finite and > 0")
+    try:
+        peak = hw.peak(dtype)
+    except CostsimError as e:
+        raise CostsimError(f"--dtype: {e}") from None
     f = float(training_flops_per_token(spec, seq_len))
     total = f * tokens
-    peak = hw.peak(dtype)
     if mfu is not None:
         gpu_hours = total / (peak * mfu) / 3600.0
     else:
