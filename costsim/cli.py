@@ -406,11 +406,22 @@ def perf_cmd(model: str = typer.Argument(...),
             weight_bytes_per_device=m.weight_bytes, kv_bytes_per_device=float(m.kv_bytes),
             workspace_bytes_per_device=float(m.workspace_bytes), memory_usable_bytes=m.usable_bytes,
             fits=bool(m.fits), max_batch=int(m.max_batch), max_batch_limit=m.limit)
+        from costsim.simulator.roofline import per_layer_seconds
+        from costsim.specs import MLAAttention
+
+        rec["decode_seconds_per_layer"] = per_layer_seconds(r.decode_first.timing, spec, dep.pp)
+        rec["prefill_seconds_per_layer"] = per_layer_seconds(r.prefill.timing, spec, dep.pp)
+        if isinstance(spec.attention, MLAAttention):
+            from costsim.simulator.serving import mla_crossover
+
+            x = mla_crossover(spec, hw, dep, b, i)
+            rec.update(mla_decode_step_absorbed_s=x.decode_absorbed_s, mla_decode_step_naive_s=x.decode_naive_s,
+                       mla_naive_faster_from_chunk_tokens=x.chunk_tokens)
         if breakdown:
             rec["prefill_operators"] = _breakdown_records(r.prefill.timing, b * i)
             rec["decode_operators"] = _breakdown_records(r.decode_first.timing, b)
         if fmt is not Fmt.table:
-            cols = [(k, k, F.text) for k in rec if not k.endswith("_operators")]
+            cols = [(k, k, F.text) for k in rec if not k.endswith(("_operators", "_per_layer"))]
             _emit([rec], cols, fmt.value, payload=rec)
             return
         rows = [
@@ -427,6 +438,14 @@ def perf_cmd(model: str = typer.Argument(...),
             ("kv_bytes_per_device", "KV cache per device at input+output [GB]", F.scaled(1e9)),
             ("memory_usable_bytes", "usable memory per device [GB]", F.scaled(1e9)),
             ("max_batch", "max batch at input+output tokens", F.integer), ("max_batch_limit", "limited by", F.text)]
+        for kind, sec in rec["decode_seconds_per_layer"].items():
+            label = "embedding + LM head (once per step)" if kind == "once" else f"one {kind} layer"
+            rec[f"_dl_{kind}"] = sec
+            rows.append((f"_dl_{kind}", f"decode step: {label} [us]", F.scaled(1e-6)))
+        if "mla_naive_faster_from_chunk_tokens" in rec:
+            rec["_mla"] = f"{F.ms(rec['mla_decode_step_absorbed_s'])} / {F.ms(rec['mla_decode_step_naive_s'])}"
+            rows += [("_mla", "MLA decode step absorbed / naive [ms]", F.text),
+                     ("mla_naive_faster_from_chunk_tokens", f"MLA naive faster from query chunks of [tokens] (context {i})", F.integer)]
         rec2 = dict(rec, name="value", prefill_mla_form=f"{rec['prefill_mla_form']} / {rec['decode_mla_form']}")
         table, cols = F.transpose([rec2], rows)
         notes = [] if m.fits else [f"warning: batch {b} does not fit in memory at {i + o} tokens (max batch {int(m.max_batch)})"]

@@ -30,18 +30,37 @@ def _p_unit_missed(n_experts: int, per_unit: int, top_k: int) -> float:
     return comb(n_experts - per_unit, top_k) / comb(n_experts, top_k)
 
 
+def _expected_units_hit(f: MoEFFN, units: int) -> float:
+    """Expected number of ``units`` (EP ranks or nodes, each holding E/units consecutive
+    experts) that hold at least one of a token's experts.
+
+    Uniform routing: hypergeometric over experts. Group-limited routing (DeepSeek-V2 §2.2.2
+    device-limited, V3 §2.1.2 node-limited: top-k experts from ``topk_group`` of ``n_group``
+    groups), when each unit holds whole groups: hypergeometric over groups, which is what
+    caps a token at ``topk_group`` units.
+    """
+    E, k = f.n_routed_experts, f.num_experts_per_tok
+    uniform = units * (1 - _p_unit_missed(E, E // units, k))
+    if f.n_group and f.topk_group and f.n_group % units == 0:
+        per = f.n_group // units
+        grouped = units * (1 - _p_unit_missed(f.n_group, per, f.topk_group))
+        return min(uniform, grouped)
+    return uniform
+
+
 def ep_destinations(spec: ModelSpec, dep: Deployment, devices_per_node: int) -> tuple[float, float]:
-    """(remote ranks, remote nodes) a token is sent to, expected, under uniform routing."""
+    """(remote ranks, remote nodes) a token is sent to, expected: the units holding its
+    experts, less the token's own (with probability units_hit / units)."""
     f = spec.ffn
     assert isinstance(f, MoEFFN)
-    E, k, ep = f.n_routed_experts, f.num_experts_per_tok, dep.ep
-    ranks = (ep - 1) * (1 - _p_unit_missed(E, E // ep, k))
+    ep = dep.ep
+    hit = _expected_units_hit(f, ep)
+    ranks = hit * (ep - 1) / ep
     nodes_in_ep = max(1, ep // devices_per_node)
     nodes = 0.0
     if nodes_in_ep > 1:
-        nodes = (nodes_in_ep - 1) * (1 - _p_unit_missed(E, E // nodes_in_ep, k))
-        if f.topk_group is not None and f.n_group == nodes_in_ep:
-            nodes = min(nodes, f.topk_group)  # node-limited routing
+        hit_n = _expected_units_hit(f, nodes_in_ep)
+        nodes = hit_n * (nodes_in_ep - 1) / nodes_in_ep
     return ranks, nodes
 
 

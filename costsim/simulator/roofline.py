@@ -100,3 +100,33 @@ def time_step(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, step: StepS
     return StepTiming(a.timings, np.where(pick, a.time_s, n.time_s), np.where(pick, a.compute_part_s, n.compute_part_s),
                       np.where(pick, a.comm_part_s, n.comm_part_s), np.where(pick, a.flops, n.flops),
                       np.where(pick, a.bytes_moved, n.bytes_moved), "auto")
+
+
+def per_layer_seconds(timing: StepTiming, spec: ModelSpec, pp: int = 1) -> dict[str, float]:
+    """Seconds per layer of each layer type on the busiest device, plus the once-per-step
+    parts (embedding, LM head, PP send), from a timed step with scalar inputs.
+
+    Keys: "dense", "moe" (attention + FFN + that layer's communication), "once".
+    """
+    from costsim.simulator.operators import layer_groups
+
+    groups = layer_groups(spec, pp)
+    n = {"dense": sum(g[2] for g in groups if not g[0]), "moe": sum(g[2] for g in groups if g[0])}
+    total = {"dense": 0.0, "moe": 0.0, "once": 0.0}
+    for t in timing.timings:
+        o, s = t.op, float(np.sum(t.total_s))
+        if o.group in ("embedding", "lm_head") or o.name == "comm.pp_send":
+            total["once"] += s
+        elif o.group == "ffn":
+            total["dense"] += s
+        elif o.group == "moe" or o.name.startswith("comm.ep_"):
+            total["moe"] += s
+        elif o.name == "comm.tp_allreduce":
+            for k in ("dense", "moe"):
+                total[k] += s * n[k] / max(1, n["dense"] + n["moe"])
+        else:  # attention ops, tagged [moe...] / [dense...] when both layer types exist
+            kind = "moe" if "[moe" in o.name else "dense" if "[dense" in o.name else ("moe" if n["moe"] else "dense")
+            total[kind] += s
+    out = {k: total[k] / n[k] for k in ("dense", "moe") if n[k]}
+    out["once"] = total["once"]
+    return out
