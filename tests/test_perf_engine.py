@@ -267,3 +267,30 @@ def test_decode_vectorised_matches_scalar():
     vec = decode(spec, H800, dep, 4, ctx).time_s
     for c, v in zip(ctx, vec):
         assert float(decode(spec, H800, dep, 4, int(c)).time_s) == pytest.approx(float(v), rel=1e-12)
+
+
+def test_node_limited_routing_caps_nodes_per_token():
+    """DeepSeek-V3 §2.1.2: node-limited routing sends each token to at most M = 4 nodes
+    (topk_group = 4 of n_group = 8). With EP64 over 8 nodes (one group per node) a token's
+    experts lie in exactly 4 groups, so it reaches 4 x 7/8 = 3.5 remote nodes on average;
+    uniform routing over 8 nodes would reach 8 (1 - C(224,8)/C(256,8)) x 7/8 ~ 4.6."""
+    from costsim.simulator.parallel import ep_destinations
+
+    v3 = M("deepseek-v3")
+    ranks, nodes = ep_destinations(v3, Deployment(devices=64, ep=64), devices_per_node=8)
+    assert nodes == pytest.approx(3.5)
+    free = apply_sets(v3, ["ffn.n_group=null", "ffn.topk_group=null"], "--set")
+    _, nodes_free = ep_destinations(free, Deployment(devices=64, ep=64), devices_per_node=8)
+    assert nodes_free == pytest.approx(4.62, abs=0.01)
+
+
+def test_per_layer_seconds_add_up_to_the_step():
+    from costsim.simulator.roofline import per_layer_seconds
+
+    for name, dep in (("deepseek-v3", Deployment(devices=32, ep=32, weight_format=FORMATS["fp8"])),
+                      ("llama-3.1-70b", Deployment(devices=8, tp=8))):
+        spec = M(name)
+        t = time_step(spec, H800, dep, StepShape(256, 1, 4096))
+        per = per_layer_seconds(t, spec)
+        total = per.get("dense", 0) * spec.n_dense_layers + per.get("moe", 0) * spec.n_moe_layers + per["once"]
+        assert total == pytest.approx(float(t.time_s), rel=1e-9)
