@@ -36,13 +36,18 @@ CONTEXT_HELP = "Context length in tokens; k = 1024 (128k = 131,072)."
 # ---- parsing helpers (edges only) -----------------------------------------------------
 
 
+def _parse(parser, text: str, flag: str, **kw):
+    """Run a unit parser; a ValueError becomes a CostsimError naming the flag."""
+    try:
+        return parser(text, **kw)
+    except ValueError as e:
+        raise CostsimError(f"{flag}: {e}") from None
+
+
 def _count(text: str, flag: str, binary_k: bool = False, minimum: float = 0) -> int:
     from costsim.units import parse_count
 
-    try:
-        v = parse_count(text, binary_k=binary_k)
-    except ValueError as e:
-        raise CostsimError(f"{flag}: {e}") from None
+    v = _parse(parse_count, text, flag, binary_k=binary_k)
     if not (minimum <= v < float("inf")) or v != int(v):
         raise CostsimError(f"{flag}: expected a finite integer >= {minimum}, got {text!r}")
     return int(v)
@@ -486,10 +491,7 @@ def max_throughput_cmd(model: str = typer.Argument(...),
         ctx = _count(context, "--context", binary_k=True, minimum=1)
         slo = None
         if tpot_slo is not None:
-            try:
-                slo = parse_time(tpot_slo)
-            except ValueError as e:
-                raise CostsimError(f"--tpot-slo: {e}") from None
+            slo = _parse(parse_time, tpot_slo, "--tpot-slo")
             if slo <= 0:
                 raise CostsimError(f"--tpot-slo must be > 0, got {tpot_slo!r}")
         r = max_throughput(spec, hw, dep, ctx, slo)
@@ -532,14 +534,9 @@ def train_cmd(model: str = typer.Argument(...),
         spec, hw = _model(model, sets), _hw(hardware, hw_sets)
         n_tok = _count(tokens, "--tokens", minimum=1)
         s = _count(seq_len, "--seq-len", binary_k=True, minimum=1)
-        gh = None
-        if gpu_hours is not None:
-            from costsim.units import parse_count
+        from costsim.units import parse_count
 
-            try:
-                gh = parse_count(gpu_hours)
-            except ValueError as e:
-                raise CostsimError(f"--gpu-hours: {e}") from None
+        gh = None if gpu_hours is None else _parse(parse_count, gpu_hours, "--gpu-hours")
         r = train_cost(spec, hw, seq_len=s, tokens=n_tok, mfu=mfu, gpu_hours=gh, dtype=dtype)
         rec = dict(model=spec.name, hardware=hw.name, seq_len=s, tokens=n_tok, training_flops_per_token=r.flops_per_token,
                    total_flops=r.total_flops, peak_flops=r.peak_flops, dtype=dtype, mfu=r.mfu, gpu_hours=r.gpu_hours,
