@@ -558,6 +558,106 @@ def train_cmd(model: str = typer.Argument(...),
 
     _run(go)
 
+# ---- plots ----------------------------------------------------------------------------
+
+plot_app = typer.Typer(no_args_is_help=True, help="Comparison plots (PNG, SVG or PDF; matplotlib).")
+app.add_typer(plot_app, name="plot")
+OUT = typer.Option(..., "--output", "-o", help="Plot file: .png, .svg or .pdf.")
+
+
+@plot_app.command("throughput")
+def plot_throughput_cmd(models: List[str] = typer.Argument(...),
+                        hardware: str = typer.Option(..., "--hardware", "-H"),
+                        devices: Optional[int] = DEVICES,
+                        context: str = typer.Option("4096", "--context", help=CONTEXT_HELP),
+                        tpot_slo: Optional[str] = typer.Option(None, "--tpot-slo", help="Draw an SLO line, e.g. 50ms."),
+                        weight_dtype: str = WDT, kv_dtype: str = KVDT,
+                        output: Path = OUT, sets: Optional[List[str]] = SET, hw_sets: Optional[List[str]] = HWSET):
+    """Decode throughput per device against TPOT, batch swept up to the memory limit."""
+
+    def go():
+        from costsim.reports.plots import check_output, throughput_latency
+        from costsim.simulator.serving import max_throughput
+        from costsim.units import parse_time
+
+        path = check_output(output)
+        hw = _hw(hardware, hw_sets)
+        ctx = _count(context, "--context", binary_k=True, minimum=1)
+        slo = None if tpot_slo is None else _parse(parse_time, tpot_slo, "--tpot-slo")
+        curves = []
+        for m in models:
+            spec = _model(m, sets)
+            dep = _perf_deployment(spec, hw, devices, None, None, 1, weight_dtype, kv_dtype, "auto", 1.0, False, None)
+            r = max_throughput(spec, hw, dep, ctx)
+            curves.append(dict(label=f"{spec.name} (tp={dep.tp} ep={dep.ep})", tpot_s=r.curve_tpot_s,
+                               tokens_per_s_per_device=r.curve_tokens_per_s / dep.devices))
+        throughput_latency(curves, path, f"decode on {hw.name}, context {ctx}, weights {weight_dtype}, KV {kv_dtype}", slo)
+        print(f"wrote {path}", file=sys.stderr)
+
+    _run(go)
+
+
+@plot_app.command("roofline")
+def plot_roofline_cmd(model: str = typer.Argument(...),
+                      hardware: str = typer.Option(..., "--hardware", "-H"),
+                      devices: Optional[int] = DEVICES, tp: Optional[int] = TP, ep: Optional[int] = EP,
+                      batch: str = typer.Option("64", "--batch"),
+                      context: str = typer.Option("4096", "--context", help=CONTEXT_HELP),
+                      weight_dtype: str = WDT, kv_dtype: str = KVDT,
+                      output: Path = OUT, sets: Optional[List[str]] = SET, hw_sets: Optional[List[str]] = HWSET):
+    """Operators of one decode step placed on the hardware's roofline."""
+
+    def go():
+        import numpy as np
+
+        from costsim.reports.plots import check_output, roofline
+        from costsim.simulator.serving import decode
+
+        path = check_output(output)
+        spec, hw = _model(model, sets), _hw(hardware, hw_sets)
+        dep = _perf_deployment(spec, hw, devices, tp, ep, 1, weight_dtype, kv_dtype, "auto", 1.0, False, None)
+        b = _count(batch, "--batch", minimum=1)
+        ctx = _count(context, "--context", binary_k=True)
+        t = decode(spec, hw, dep, b, ctx).timing
+        step = float(np.asarray(t.time_s))
+        # operators that take at least 1% of the step (the one-off dense layers would only clutter)
+        pts = [dict(label=x.op.name, intensity=float(np.asarray(x.op.intensity)),
+                    flops_per_s=float(np.asarray(x.op.flops)) / float(np.asarray(x.time_s)))
+               for x in t.timings if x.op.kind != "comm" and float(np.asarray(x.op.flops)) > 0
+               and float(np.asarray(x.total_s)) >= 0.01 * step]
+        peak = hw.peak(dep.weight_format.compute) * hw.efficiency.compute.value
+        bw = hw.memory_bandwidth.value * hw.efficiency.memory.value
+        roofline(pts, peak, bw, path, f"{spec.name} decode, batch {b}, context {ctx} on {hw.name} ({dep.weight_format.name})")
+        print(f"wrote {path}", file=sys.stderr)
+
+    _run(go)
+
+
+@plot_app.command("kv")
+def plot_kv_cmd(models: List[str] = typer.Argument(...),
+                max_context: str = typer.Option("128k", "--max-context", help=CONTEXT_HELP),
+                batch: str = typer.Option("1", "--batch"), kv_dtype: str = KVDT,
+                output: Path = OUT, sets: Optional[List[str]] = SET):
+    """KV cache size against context length for several models."""
+
+    def go():
+        import numpy as np
+
+        from costsim.reports.plots import check_output, kv_vs_context
+        from costsim.simulator.kv import kv_cache_bytes
+
+        path = check_output(output)
+        top = _count(max_context, "--max-context", binary_k=True, minimum=1)
+        b = _count(batch, "--batch", minimum=1)
+        fmt = _format(kv_dtype, "--kv-dtype")
+        ctx = np.linspace(0, top, 257)
+        series = [dict(label=spec.name, context=ctx, kv_bytes=kv_cache_bytes(spec, fmt, ctx, b))
+                  for spec in (_model(m, sets) for m in models)]
+        kv_vs_context(series, path, f"KV cache, batch {b}, {fmt.name}")
+        print(f"wrote {path}", file=sys.stderr)
+
+    _run(go)
+
 
 def main() -> None:
     """Console-script entry point: usage errors (missing option, bad integer, unknown

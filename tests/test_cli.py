@@ -997,3 +997,31 @@ def test_script_no_args_shows_help_without_empty_error(tmp_path):
     p = _script(cwd=tmp_path)
     assert "Usage" in p.stdout
     assert "error:  (" not in p.stderr
+
+
+# ---------------------------------------------------------------- plots
+
+
+@pytest.mark.parametrize("args", [
+    ["plot", "throughput", "deepseek-v2-lite", "llama-3.1-8b", "-H", "h100", "--devices", "1", "--context", "2048",
+     "--tpot-slo", "50ms"],
+    ["plot", "roofline", "deepseek-v2-lite", "-H", "h100", "--devices", "1"],
+    ["plot", "kv", "deepseek-v2", "deepseek-llm-67b", "gpt-oss-120b", "--max-context", "32k"],
+])
+@pytest.mark.parametrize("suffix,magic", [(".png", b"\x89PNG"), (".svg", b"<?xml")])
+def test_plot_commands_write_a_file(tmp_path, args, suffix, magic):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / f"fig{suffix}"
+    r = runner.invoke(app, args + ["-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes().startswith(magic)
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temp file left behind
+
+
+@pytest.mark.parametrize("name,needle", [("fig.txt", "unknown plot format"), ("missing/fig.png", "does not exist")])
+def test_plot_bad_output_is_one_line_and_writes_nothing(tmp_path, name, needle):
+    out = tmp_path / name
+    r = runner.invoke(app, ["plot", "kv", "deepseek-v2", "-o", str(out)])
+    assert r.exit_code == 2
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists()
