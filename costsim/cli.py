@@ -31,6 +31,8 @@ FORMAT = typer.Option(Fmt.table, "--format", "-f", help="table (people), json or
 SET = typer.Option(None, "--set", help="What-if on the model spec: PATH=VALUE, e.g. attention.kv_lora_rank=256 (repeatable).")
 HWSET = typer.Option(None, "--hw-set", help="What-if on the hardware: PATH=VALUE, e.g. memory_bandwidth=8TB/s (repeatable).")
 CONTEXT_HELP = "Context length in tokens; k = 1024 (128k = 131,072)."
+# every token/sequence count flag (context, batch, input, output, seq-len) reads k as 1024;
+# only training token totals (--tokens 8.1T) and --gpu-hours are decimal
 
 
 # ---- parsing helpers (edges only) -----------------------------------------------------
@@ -44,7 +46,20 @@ def _parse(parser, text: str, flag: str, **kw):
         raise CostsimError(f"{flag}: {e}") from None
 
 
-def _count(text: str, flag: str, binary_k: bool = False, minimum: float = 0) -> int:
+def _slo(text: str) -> float:
+    """--tpot-slo needs its unit (50ms, 0.05s): a bare 50 would be 50 seconds."""
+    import re
+
+    from costsim.units import parse_time
+
+    if re.fullmatch(r"\s*[0-9.eE+-]+\s*", text):
+        raise CostsimError(f"--tpot-slo: give a unit, e.g. {text.strip()}ms or {text.strip()}s, got {text!r}")
+    return _parse(parse_time, text, "--tpot-slo")
+
+
+def _count(text: str, flag: str, binary_k: bool = True, minimum: float = 0) -> int:
+    """A token or sequence count; k = 1024 (as in "128K context") unless ``binary_k`` is
+    False (training token totals: 8.1T = 8.1e12)."""
     from costsim.units import parse_count
 
     v = _parse(parse_count, text, flag, binary_k=binary_k)
@@ -170,7 +185,7 @@ def show_cmd(model: str = typer.Argument(..., help="Model name, spec .yaml or HF
         from costsim.reports.summary import show_record
 
         spec = _model(model, sets)
-        ctx = _count(context, "--context", binary_k=True)
+        ctx = _count(context, "--context")
         b = _count(batch, "--batch")
         rec = show_record(spec, _format(kv_dtype, "--kv-dtype"), ctx, b)
         if fmt is not Fmt.table:
@@ -203,16 +218,27 @@ def kv_cmd(models: List[str] = typer.Argument(..., help="One or more models."),
         from costsim.reports import format as F
         from costsim.reports.summary import kv_record
 
-        ctx = _count(context, "--context", binary_k=True)
+        ctx = _count(context, "--context")
         b = _count(batch, "--batch")
-        if tp < 1 or (block_size is not None and block_size < 1):
-            raise CostsimError("--tp and --block-size must be >= 1")
+        if tp < 1:
+            raise CostsimError(f"--tp must be >= 1, got {tp}")
+        if block_size is not None and block_size < 1:
+            raise CostsimError(f"--block-size must be >= 1, got {block_size}")
         kvf = _format(kv_dtype, "--kv-dtype")
-        recs = [kv_record(_model(m, sets), kvf, ctx, b, tp, block_size) for m in models]
+        recs = []
+        for m in models:
+            spec = _model(m, sets)
+            _context_warning(spec, ctx)
+            try:
+                recs.append(kv_record(spec, kvf, ctx, b, tp, block_size))
+            except CostsimError as e:
+                flag = "--kv-dtype" if "layout" in str(e) else "--tp"
+                raise CostsimError(f"{flag}: {e}") from None
+        dev = "/device" if tp > 1 else ""
         cols = [("name", "model", F.text), ("kv_dtype", "KV dtype", F.text),
-                ("kv_cache_elements_per_token", "elements/token", F.integer),
-                ("kv_cache_bytes_per_token_per_layer", "bytes/token/layer", F.num),
-                ("kv_cache_bytes_per_token", "bytes/token", F.num),
+                ("kv_cache_elements_per_token", "elements/token (whole model)", F.integer),
+                ("kv_cache_bytes_per_token_per_layer", f"bytes/token/layer{dev}", F.num),
+                ("kv_cache_bytes_per_token", f"bytes/token{dev}", F.num),
                 ("kv", f"batch {b} x {ctx} tokens [GB = 1e9 B]", F.scaled(1e9)),
                 ("kv", "[GiB = 2^30 B]", F.scaled(2**30))]
         _emit(recs, cols, fmt.value, title=f"KV cache per device (tp={tp})", payload=recs if len(recs) > 1 else recs[0])
@@ -249,7 +275,7 @@ def _deployment(spec, devices, tp, ep, pp, weight_dtype, kv_dtype, hw=None, batc
 
 
 @app.command("compare")
-def compare_cmd(models: List[str] = typer.Argument(..., help="Two or more models."),
+def compare_cmd(models: List[str] = typer.Argument(..., help="One or more models (side by side)."),
                 hardware: str = typer.Option(..., "--hardware", "-H", help="Hardware name or profile .yaml."),
                 context: str = typer.Option("4096", "--context", help=CONTEXT_HELP),
                 batch: str = typer.Option("32", "--batch", help="Concurrent sequences per replica."),
@@ -266,20 +292,21 @@ def compare_cmd(models: List[str] = typer.Argument(..., help="Two or more models
         from costsim.reports.summary import compare_record
 
         hw = _hw(hardware, hw_sets)
-        ctx = _count(context, "--context", binary_k=True)
+        ctx = _count(context, "--context")
         b = _count(batch, "--batch", minimum=1)
         n = hw.devices_per_node if devices is None else devices
         recs = []
         for m in models:
             spec = _model(m, sets)
+            _context_warning(spec, ctx)
             recs.append(compare_record(spec, hw, _deployment(spec, n, None, None, 1, weight_dtype, kv_dtype, hw, b, ctx), ctx, b))
         rows = [("params_total", "params total [1e9]", F.scaled(1e9)),
                 ("params_active", "params active/token [1e9]", F.scaled(1e9)),
                 ("kv_cache_elements_per_token", "KV cache [elements/token]", F.integer),
-                ("kv_cache_bytes_per_token", f"KV cache, {kv_dtype} [bytes/token]", F.num),
+                ("kv_cache_bytes_per_token", f"KV cache, {recs[0]['kv_dtype']} [bytes/token]", F.num),
                 ("kv", f"KV cache, batch {b} x {ctx} tokens [GB]", F.scaled(1e9)),
                 ("flops_per_token_decode", f"decode FLOPs/token at {ctx} [GFLOP]", F.scaled(1e9)),
-                ("weight_bytes_per_device", f"weights per device, {weight_dtype} [GB]", F.scaled(1e9)),
+                ("weight_bytes_per_device", f"weights per device, {recs[0]['weight_dtype']} [GB]", F.scaled(1e9)),
                 ("tp", "layout: TP", F.integer), ("ep", "layout: EP", F.integer),
                 ("tpot_s", f"TPOT at batch {b} [ms]", F.ms),
                 ("decode_tokens_per_s", f"decode at batch {b} [tokens/s per {n} devices]", F.num),
@@ -336,8 +363,10 @@ def _atomic_write(path: Path, text: str) -> None:
 # ---- performance: perf, max-throughput, train -----------------------------------------
 
 DEVICES = typer.Option(None, "--devices", help="Devices per replica (default: one node of the hardware).")
-TP = typer.Option(None, "--tp", help="Tensor parallel degree (default: 1 for MoE, all devices for dense).")
-EP = typer.Option(None, "--ep", help="Expert parallel degree (default: all devices for MoE).")
+TP = typer.Option(None, "--tp", help="Tensor parallel degree. Default: dense models TP over all devices; MoE models "
+                                    "the smallest TP at which the batch fits (TP=1 = DP-attention when it fits); "
+                                    "max-throughput tries every valid TP and keeps the best.")
+EP = typer.Option(None, "--ep", help="Expert parallel degree (default: the largest that divides devices and experts).")
 PP = typer.Option(1, "--pp", help="Pipeline parallel degree.")
 WDT = typer.Option("bf16", "--weight-dtype", help="bf16, fp8, int8, int4, int4-g32, mxfp4, ...")
 KVDT = typer.Option("bf16", "--kv-dtype", help="bf16, fp8, int4-g32, flashmla-fp8, or bits (6).")
@@ -347,16 +376,40 @@ OVL = typer.Option(False, "--overlap/--no-overlap", help="Overlap communication 
 BLOCK = typer.Option(None, "--block-size", help="Paged KV cache block size (tokens).")
 
 
-def _perf_deployment(spec, hw, devices, tp, ep, pp, weight_dtype, kv_dtype, mla_form, imbalance, overlap, block_size):
+def _perf_deployment(spec, hw, devices, tp, ep, pp, weight_dtype, kv_dtype, mla_form, imbalance, overlap, block_size,
+                     batch=1, context=0):
+    """Deployment for perf / max-throughput / plots; the default layout must fit ``batch``
+    sequences of ``context`` tokens (see ``_deployment``)."""
+    from costsim.specs import MoEFFN
+
     if mla_form not in ("auto", "absorbed", "naive"):
         raise CostsimError(f"--mla-form: expected auto, absorbed or naive, got {mla_form!r}")
     n = hw.devices_per_node if devices is None else devices
     if not (1 <= imbalance < float("inf")):
         raise CostsimError(f"--imbalance must be a finite number >= 1 (busiest rank over mean), got {imbalance}")
+    if imbalance != 1 and not isinstance(spec.ffn, MoEFFN):
+        raise CostsimError(f"--imbalance applies to MoE models only; {spec.name} is dense")
     wf = _format(weight_dtype, "--weight-dtype")
+    if wf.rope_bits is not None:
+        raise CostsimError(f"--weight-dtype {weight_dtype}: that is a KV cache layout, not a weight format")
+    try:
+        hw.peak(wf.compute)
+    except CostsimError as e:
+        raise CostsimError(f"--weight-dtype {weight_dtype}: {e}") from None
     dispatch = 1.0 if wf.compute == "fp8" else 2.0  # FP8 dispatch, BF16 combine (DeepSeek Day-6 overview)
-    return _deployment(spec, n, tp, ep, pp, weight_dtype, kv_dtype, hw, 1, 0, mla_form=mla_form, imbalance=imbalance,
-                       overlap_comm=overlap, block_size=block_size, dispatch_bytes=dispatch, combine_bytes=2.0).check(spec)
+    dep = _deployment(spec, n, tp, ep, pp, weight_dtype, kv_dtype, hw, batch, context, mla_form=mla_form,
+                      imbalance=imbalance, overlap_comm=overlap, block_size=block_size, dispatch_bytes=dispatch,
+                      combine_bytes=2.0).check(spec)
+    if isinstance(spec.ffn, MoEFFN) and imbalance > dep.ep:
+        raise CostsimError(f"--imbalance {imbalance:g} exceeds --ep {dep.ep}: the busiest rank carries at most ep x the mean")
+    return dep
+
+
+def _context_warning(spec, tokens: int) -> None:
+    """Warn (stderr, not an error) when a context exceeds the model's published maximum."""
+    if spec.max_position_embeddings and tokens > spec.max_position_embeddings:
+        print(f"costsim: warning: {tokens} tokens exceed {spec.name}'s max_position_embeddings "
+              f"({spec.max_position_embeddings}); figures are extrapolated", file=sys.stderr)
 
 
 def _breakdown_records(timing, scale_tokens):
@@ -392,10 +445,12 @@ def perf_cmd(model: str = typer.Argument(...),
         from costsim.simulator.serving import serve
 
         spec, hw = _model(model, sets), _hw(hardware, hw_sets)
-        dep = _perf_deployment(spec, hw, devices, tp, ep, pp, weight_dtype, kv_dtype, mla_form, imbalance, overlap, block_size)
         b = _count(batch, "--batch", minimum=1)
-        i = _count(input_len, "--input", binary_k=True, minimum=1)
-        o = _count(output_len, "--output", binary_k=True)
+        i = _count(input_len, "--input", minimum=1)
+        o = _count(output_len, "--output")
+        _context_warning(spec, i + o)
+        dep = _perf_deployment(spec, hw, devices, tp, ep, pp, weight_dtype, kv_dtype, mla_form, imbalance, overlap,
+                               block_size, b, i + o)
         r = serve(spec, hw, dep, b, i, o)
         m = r.memory
         rec = dict(
@@ -422,9 +477,15 @@ def perf_cmd(model: str = typer.Argument(...),
             x = mla_crossover(spec, hw, dep, b, i)
             rec.update(mla_decode_step_absorbed_s=x.decode_absorbed_s, mla_decode_step_naive_s=x.decode_naive_s,
                        mla_naive_faster_from_chunk_tokens=x.chunk_tokens)
+        if o == 0:  # prefill only: no decode step happens, so no TPOT / decode utilisation
+            rec.update(tpot_s=None, tpot_last_s=None, decode_mbu=None, decode_seconds_per_layer={})
         if breakdown:
             rec["prefill_operators"] = _breakdown_records(r.prefill.timing, b * i)
             rec["decode_operators"] = _breakdown_records(r.decode_first.timing, b)
+        if fmt is Fmt.csv and breakdown:  # machines asking for the breakdown get the operator rows
+            ops = [dict(phase=ph, **o) for ph in ("prefill", "decode") for o in rec[f"{ph}_operators"]]
+            _emit(ops, [(k, k, F.text) for k in ops[0]], "csv")
+            return
         if fmt is not Fmt.table:
             cols = [(k, k, F.text) for k in rec if not k.endswith(("_operators", "_per_layer"))]
             _emit([rec], cols, fmt.value, payload=rec)
@@ -487,14 +548,23 @@ def max_throughput_cmd(model: str = typer.Argument(...),
         from costsim.units import parse_time
 
         spec, hw = _model(model, sets), _hw(hardware, hw_sets)
-        dep = _perf_deployment(spec, hw, devices, tp, ep, pp, weight_dtype, kv_dtype, mla_form, imbalance, overlap, block_size)
-        ctx = _count(context, "--context", binary_k=True, minimum=1)
+        ctx = _count(context, "--context", minimum=1)
+        _context_warning(spec, ctx)
+        dep = _perf_deployment(spec, hw, devices, tp, ep, pp, weight_dtype, kv_dtype, mla_form, imbalance, overlap,
+                               block_size, 1, ctx)
         slo = None
         if tpot_slo is not None:
-            slo = _parse(parse_time, tpot_slo, "--tpot-slo")
+            slo = _slo(tpot_slo)
             if slo <= 0:
                 raise CostsimError(f"--tpot-slo must be > 0, got {tpot_slo!r}")
-        r = max_throughput(spec, hw, dep, ctx, slo)
+        if tp is None:  # the layout is part of the answer: try every valid TP
+            from costsim.reports.summary import valid_tp
+            from costsim.simulator.serving import best_max_throughput
+
+            cands = [dep.with_(tp=t) for t in valid_tp(spec, dep.devices // dep.pp)]
+            dep, r = best_max_throughput(spec, hw, cands, ctx, slo)
+        else:
+            r = max_throughput(spec, hw, dep, ctx, slo)
         rec = dict(model=spec.name, hardware=hw.name, devices=dep.devices, tp=dep.tp, ep=dep.ep, pp=dep.pp,
                    weight_dtype=dep.weight_format.name, kv_dtype=dep.kv_format.name, context=ctx, tpot_slo_s=slo,
                    batch=r.batch, tpot_s=r.tpot_s, tokens_per_s=r.tokens_per_s,
@@ -532,8 +602,8 @@ def train_cmd(model: str = typer.Argument(...),
         from costsim.simulator.training import train_cost
 
         spec, hw = _model(model, sets), _hw(hardware, hw_sets)
-        n_tok = _count(tokens, "--tokens", minimum=1)
-        s = _count(seq_len, "--seq-len", binary_k=True, minimum=1)
+        n_tok = _count(tokens, "--tokens", binary_k=False, minimum=1)
+        s = _count(seq_len, "--seq-len", minimum=1)
         from costsim.units import parse_count
 
         gh = None if gpu_hours is None else _parse(parse_count, gpu_hours, "--gpu-hours")
@@ -549,7 +619,7 @@ def train_cmd(model: str = typer.Argument(...),
                 ("total_flops", "total training FLOPs [FLOP]", lambda v: f"{v:.4g}"),
                 ("mfu", "MFU" + (" (given)" if mfu is not None else " (implied)"), F.pct),
                 ("gpu_hours", "GPU-hours" + (" (given)" if gh else ""), F.integer),
-                ("gpu_hours_per_trillion_tokens", "GPU-hours per 1e12 tokens", F.integer),
+                ("gpu_hours_per_trillion_tokens", "GPU-hours per 1e12 tokens", F.num),
                 ("tokens_per_s_per_device", "tokens/s per device", F.num)]
         table, cols = F.transpose([dict(rec, name="value")], rows)
         _emit(table, cols, title=f"training {spec.name} on {hw.name} ({dtype} dense peak {r.peak_flops / 1e12:g} TFLOP/s), "
@@ -582,8 +652,8 @@ def plot_throughput_cmd(models: List[str] = typer.Argument(...),
 
         path = check_output(output)
         hw = _hw(hardware, hw_sets)
-        ctx = _count(context, "--context", binary_k=True, minimum=1)
-        slo = None if tpot_slo is None else _parse(parse_time, tpot_slo, "--tpot-slo")
+        ctx = _count(context, "--context", minimum=1)
+        slo = None if tpot_slo is None else _slo(tpot_slo)
         curves = []
         for m in models:
             spec = _model(m, sets)
@@ -617,7 +687,7 @@ def plot_roofline_cmd(model: str = typer.Argument(...),
         spec, hw = _model(model, sets), _hw(hardware, hw_sets)
         dep = _perf_deployment(spec, hw, devices, tp, ep, 1, weight_dtype, kv_dtype, "auto", 1.0, False, None)
         b = _count(batch, "--batch", minimum=1)
-        ctx = _count(context, "--context", binary_k=True)
+        ctx = _count(context, "--context")
         t = decode(spec, hw, dep, b, ctx).timing
         step = float(np.asarray(t.time_s))
         # operators that take at least 1% of the step (the one-off dense layers would only clutter)
@@ -647,7 +717,7 @@ def plot_kv_cmd(models: List[str] = typer.Argument(...),
         from costsim.simulator.kv import kv_cache_bytes
 
         path = check_output(output)
-        top = _count(max_context, "--max-context", binary_k=True, minimum=1)
+        top = _count(max_context, "--max-context", minimum=1)
         b = _count(batch, "--batch", minimum=1)
         fmt = _format(kv_dtype, "--kv-dtype")
         ctx = np.linspace(0, top, 257)
@@ -664,6 +734,9 @@ def main() -> None:
     command) are printed as one line on stderr with exit code 2, like every user mistake."""
     try:
         rv = app(standalone_mode=False)
+    except BrokenPipeError:  # `costsim ... | head`: the reader left, nothing went wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except typer.Abort:
         print("costsim: aborted", file=sys.stderr)
         sys.exit(1)

@@ -96,11 +96,25 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", text).strip("-")
 
 
+def _default_name(cfg: dict, where: str, mt: str) -> str:
+    """``_name_or_path``'s last component; else the file's stem (or its folder's name for a
+    plain ``config.json``), so an imported file never takes a shipped model's name by accident;
+    else the model_type."""
+    from pathlib import Path
+
+    named = _slug(str(cfg.get("_name_or_path") or ""))
+    if named:
+        return named
+    p = Path(where)
+    stem = p.stem if p.stem.lower() != "config" else p.parent.name
+    return _slug(stem) or mt.replace("_", "-")
+
+
 def spec_from_hf_config(cfg: dict, where: str, name: str | None = None) -> ModelSpec:
     """Build a validated ModelSpec from a HuggingFace ``config.json`` dict.
 
     ``where`` names the file in error messages and in ``source``. ``name`` defaults to a slug of
-    ``_name_or_path`` (last path component), else of ``model_type``.
+    ``_name_or_path`` (last path component), else of the file name, else of ``model_type``.
     """
     if not isinstance(cfg, dict):
         raise CostsimError(f"{where}: expected a JSON object at the top level, got {type(cfg).__name__}")
@@ -117,7 +131,7 @@ def spec_from_hf_config(cfg: dict, where: str, name: str | None = None) -> Model
     layers = c.get_int("num_hidden_layers")
     heads = c.get_int("num_attention_heads")
     data: dict[str, Any] = {
-        "name": name or _slug(str(cfg.get("_name_or_path") or "")) or mt.replace("_", "-"),
+        "name": name or _default_name(cfg, where, mt),
         "source": f"HF config.json: {where}",
         "description": f"imported from a HuggingFace config.json (model_type {mt})",
         "vocab_size": c.get_int("vocab_size"),
@@ -144,6 +158,9 @@ def spec_from_hf_config(cfg: dict, where: str, name: str | None = None) -> Model
 
 def _attention(c: _Cfg, hidden: int, heads: int) -> dict:
     mt = c.mt
+    if mt in ("deepseek_v2", "deepseek_v3") and not c.has("kv_lora_rank"):
+        # every DeepSeek-V2/V3 model uses MLA; a missing latent rank is a broken config, not MHA
+        raise c.fail("required key 'kv_lora_rank' is missing (DeepSeek-V2/V3 configs use MLA)")
     if mt in _DEEPSEEK and c.has("kv_lora_rank"):
         if c.get_bool("attention_bias", False):
             raise c.fail("attention_bias true with MLA is not representable (MLAAttention has no bias fields)")

@@ -54,10 +54,12 @@ def read_yaml(path: Path | str, text: str | None = None) -> Any:
     """``yaml.safe_load`` a file; malformed YAML -> CostsimError with the line number."""
     try:
         if text is None:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8-sig")
         return yaml.safe_load(text)
     except OSError as e:
         raise CostsimError(f"{path}: cannot read file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise CostsimError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the file as UTF-8") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
@@ -67,9 +69,11 @@ def read_yaml(path: Path | str, text: str | None = None) -> Any:
 
 def read_json(path: Path | str) -> Any:
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except OSError as e:
         raise CostsimError(f"{path}: cannot read file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise CostsimError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the file as UTF-8") from None
     except json.JSONDecodeError as e:
         raise CostsimError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
 
@@ -100,7 +104,7 @@ def hardware_names() -> list[str]:
 
 
 def _looks_like_path(ref: str) -> bool:
-    return ref.endswith((".yaml", ".yml", ".json")) or "/" in ref or Path(ref).is_file()
+    return ref.lower().endswith((".yaml", ".yml", ".json")) or "/" in ref or Path(ref).is_file()
 
 
 def load_model(ref: str) -> ModelSpec:
@@ -109,11 +113,12 @@ def load_model(ref: str) -> ModelSpec:
         p = Path(ref)
         if not p.is_file():
             raise CostsimError(f"{ref}: no such file")
-        if p.suffix == ".json":
+        data = read_json(p) if p.suffix.lower() == ".json" else read_yaml(p)
+        if p.suffix.lower() == ".json" or (isinstance(data, dict) and "model_type" in data and "attention" not in data):
             from costsim.hf import spec_from_hf_config
 
-            return spec_from_hf_config(read_json(p), where=str(p))
-        return validate(ModelSpec, read_yaml(p), str(p))
+            return spec_from_hf_config(data, where=str(p))  # an HF config.json, whatever its suffix
+        return validate(ModelSpec, data, str(p))
     slug = ref.strip().lower()
     if slug not in _shipped(_MODEL_PKG):
         raise CostsimError(
@@ -160,7 +165,8 @@ def apply_sets(spec: T, assignments: list[str] | None, flag: str) -> T:
         for depth, k in enumerate(keys):
             last = depth == len(keys) - 1
             if not isinstance(node, dict):
-                raise CostsimError(f"{flag} {path}: {'.'.join(keys[:depth])} is a value, not a group of fields")
+                what = "not set on this spec (null)" if node is None else "a value, not a group of fields"
+                raise CostsimError(f"{flag} {path}: {'.'.join(keys[:depth])} is {what}")
             if k not in node:
                 where = ".".join(keys[:depth]) or "top level"
                 opts = ", ".join(sorted(node))

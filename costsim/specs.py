@@ -20,12 +20,19 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class _Strict(_Frozen):
+    """Model-spec fields take YAML/JSON types as they are: ``hidden_size: true`` or ``"2048"``
+    is an error, not 1 or 2048."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
 # ======================================================================================
 # Model spec
 # ======================================================================================
 
 
-class GQAAttention(_Frozen):
+class GQAAttention(_Strict):
     """Multi-head (mha), grouped-query (gqa) or multi-query (mqa) attention.
 
     KV cache per token per layer: 2 * num_key_value_heads * head_dim elements
@@ -53,7 +60,7 @@ class GQAAttention(_Frozen):
         return self
 
 
-class MLAAttention(_Frozen):
+class MLAAttention(_Strict):
     """Multi-head Latent Attention (DeepSeek-V2, arXiv 2405.04434, §2.1, eqs. 9-19).
 
     KV cache per token per layer: kv_lora_rank (d_c) + qk_rope_head_dim (d_h^R) elements
@@ -73,7 +80,7 @@ class MLAAttention(_Frozen):
 Attention = Annotated[Union[GQAAttention, MLAAttention], Field(discriminator="kind")]
 
 
-class DenseFFN(_Frozen):
+class DenseFFN(_Strict):
     """A dense FFN: gated (SwiGLU: gate, up, down = 3 matrices) or not (up, down = 2)."""
 
     kind: Literal["dense"]
@@ -82,7 +89,7 @@ class DenseFFN(_Frozen):
     bias: bool = False
 
 
-class MoEFFN(_Frozen):
+class MoEFFN(_Strict):
     """DeepSeekMoE-style FFN: routed experts (top-k) plus always-on shared experts.
 
     Layer i is MoE when ``i >= first_k_dense_replace and i % moe_layer_freq == 0`` (the HF
@@ -128,14 +135,14 @@ class MoEFFN(_Frozen):
 FFN = Annotated[Union[DenseFFN, MoEFFN], Field(discriminator="kind")]
 
 
-class SlidingWindow(_Frozen):
+class SlidingWindow(_Strict):
     """Sliding-window attention on some layers: those layers cache at most ``window`` tokens."""
 
     window: PositiveInt
     layers: list[NonNegativeInt]  # 0-based layer indices that use the window
 
 
-class ModelSpec(_Frozen):
+class ModelSpec(_Strict):
     """A decoder-only transformer, as published (HF config keys where they exist).
 
     ``source`` names the paper section / config file the values were copied from.
@@ -145,7 +152,7 @@ class ModelSpec(_Frozen):
     source: str
     vocab_size: PositiveInt
     hidden_size: PositiveInt
-    num_hidden_layers: PositiveInt
+    num_hidden_layers: Annotated[int, Field(gt=0, le=100_000)]  # bounded: layer loops stay O(layers)
     attention: Attention
     ffn: FFN
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"

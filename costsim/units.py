@@ -106,7 +106,8 @@ def parse_count(text: str | float | int, *, binary_k: bool = False) -> float:
     else:
         table = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
     if unit not in table:
-        raise ValueError(f"expected a count such as '4096', '128k' or '8.1T', got {text!r}")
+        eg = "'4096' or '128k' (k = 1024)" if binary_k else "'4096', '14.8T' or '2.788M'"
+        raise ValueError(f"expected a count such as {eg}, got {text!r}")
     return v * table[unit]
 
 

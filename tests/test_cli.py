@@ -1025,3 +1025,81 @@ def test_plot_bad_output_is_one_line_and_writes_nothing(tmp_path, name, needle):
     assert r.exit_code == 2
     assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_perf_output_zero_reports_no_tpot():
+    r = js("perf", "llama-3.1-8b", "-H", "h800", "--devices", "1", "--output", "0")
+    assert r["tpot_s"] is None and r["decode_mbu"] is None
+
+
+def test_tied_embeddings_keep_the_lm_head_matmul_active():
+    # tying shares the table with the LM head; the head matmul still runs for every token
+    base = js("show", "deepseek-v2")
+    tied = js("show", "deepseek-v2", "--set", "tie_word_embeddings=true")
+    assert tied["params_active"] == base["params_active"]
+    assert tied["params_total"] == base["params_total"] - 102400 * 5120
+    assert tied["flops_per_token_decode"] == base["flops_per_token_decode"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "deepseek-v3", "-H", "h800", "--tokens", "14.8T", "--gpu-hours", "1"], "impossible"),
+    (["max-throughput", "llama-3.1-8b", "-H", "h100", "--devices", "1", "--tpot-slo", "50"], "give a unit"),
+    (["perf", "llama-3.1-8b", "-H", "h100", "--devices", "1", "--weight-dtype", "flashmla-fp8"], "KV cache layout"),
+    (["perf", "llama-3.1-8b", "-H", "h100", "--devices", "1", "--imbalance", "2"], "MoE models only"),
+    (["perf", "deepseek-v2-lite", "-H", "h100", "--devices", "8", "--ep", "8", "--imbalance", "9"], "exceeds --ep"),
+    (["perf", "llama-3.1-8b", "-H", "a100-80g", "--devices", "1", "--weight-dtype", "fp8"], "--weight-dtype fp8"),
+    (["kv", "llama-3.1-8b", "--kv-dtype", "flashmla-fp8"], "--kv-dtype"),
+    (["kv", "llama-3.1-8b", "--tp", "0"], "--tp must be"),
+    (["kv", "llama-3.1-8b", "--context", "8.1T"], "k = 1024"),
+])
+def test_more_bad_input_is_one_line(args, needle):
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_context_beyond_max_position_warns_but_runs():
+    r = runner.invoke(app, ["kv", "llama-3.1-8b", "--context", "1M", "--format", "json"])
+    assert r.exit_code == 0
+    assert "warning" in r.stderr and "max_position_embeddings" in r.stderr
+    assert json.loads(r.stdout)["context"] == 1024 ** 2
+
+
+def test_perf_breakdown_csv_has_operator_rows():
+    r = runner.invoke(app, ["perf", "llama-3.1-8b", "-H", "h100", "--devices", "1", "--breakdown", "--format", "csv"])
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert {row["phase"] for row in rows} == {"prefill", "decode"}
+    assert any(row["op"] == "attn.core" and row["bound"] in ("compute", "memory") for row in rows)
+
+
+def test_max_throughput_tries_layouts_when_tp_not_given():
+    free = js("max-throughput", "deepseek-llm-67b", "-H", "h800", "--context", "2048", "--tpot-slo", "50ms")
+    for tp in (1, 2, 4, 8):
+        try:
+            fixed = js("max-throughput", "deepseek-llm-67b", "-H", "h800", "--context", "2048", "--tpot-slo", "50ms",
+                       "--tp", str(tp))
+        except AssertionError:
+            continue  # layout infeasible (weights do not fit)
+        assert free["tokens_per_s"] >= fixed["tokens_per_s"] - 1e-6
+
+
+@pytest.mark.parametrize("raw", [b"name: petit mod\xe8le\n", b"\xff\xfe{}"])
+def test_non_utf8_spec_is_one_line(tmp_path, raw):
+    f = tmp_path / "latin1.yaml"
+    f.write_bytes(raw)
+    r = runner.invoke(app, ["show", str(f)])
+    assert r.exit_code == 2 and "UTF-8" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_huge_layer_count_is_rejected_quickly():
+    r = runner.invoke(app, ["show", "llama-3.1-8b", "--set", "num_hidden_layers=1000000000000"])
+    assert r.exit_code == 2 and "num_hidden_layers" in r.stderr
+
+
+def test_deepseek_config_without_kv_lora_rank_is_refused(tmp_path):
+    cfg = json.loads((HF / "deepseek-v2.json").read_text())
+    del cfg["kv_lora_rank"]
+    f = tmp_path / "ds.json"
+    f.write_text(json.dumps(cfg))
+    r = runner.invoke(app, ["kv", str(f)])
+    assert r.exit_code == 2 and "kv_lora_rank" in r.stderr

@@ -258,7 +258,9 @@ def test_hf_name_defaults_and_override():
     cfg = json.loads((FIXTURES / "llama-2-70b.json").read_text())
     assert spec_from_hf_config(cfg, where="x.json").name == "llama-2-70b-hf"  # from _name_or_path
     del cfg["_name_or_path"]
-    assert spec_from_hf_config(cfg, where="x.json").name == "llama"  # from model_type
+    assert spec_from_hf_config(cfg, where="dir/x.json").name == "x"  # from the file name
+    assert spec_from_hf_config(cfg, where="Llama-Tiny/config.json").name == "llama-tiny"  # from its folder
+    assert spec_from_hf_config(cfg, where="config.json").name == "llama"  # from model_type
     assert spec_from_hf_config(cfg, where="x.json", name="My-Model").name == "my-model"
 
 

@@ -97,7 +97,7 @@ def emit(records: list[dict], columns: list[Column], fmt: str = "table", title: 
     for key, header, _ in columns:
         left = key in ("name", "source", "note", "field", "op", "bound", "kind", "attention", "ffn", "experts", "full_name", "kv_dtype")
         table.add_column(escape(header), justify="left" if left else "right", overflow="fold",
-                         no_wrap=key in ("op", "field", "name"))
+                         no_wrap=key in ("op", "field", "name"), min_width=40 if key == "source" else None)
     for r in records:
         table.add_row(*[escape(f(r.get(k))) for k, _, f in columns])
     # a terminal gets its own width; files and pipes get a fixed, wide layout

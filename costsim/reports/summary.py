@@ -76,6 +76,13 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+def valid_tp(spec: ModelSpec, devices: int) -> list[int]:
+    """TP degrees (ascending) that divide the devices and fit the head counts."""
+    a = spec.attention
+    kv = a.num_key_value_heads if isinstance(a, GQAAttention) else a.num_attention_heads
+    return [t for t in _divisors(devices) if a.num_attention_heads % t == 0 and (kv % t == 0 or t % kv == 0)]
+
+
 def default_layout(spec: ModelSpec, devices: int, tp: int | None = None, ep: int | None = None,
                    fits=None) -> tuple[int, int]:
     """Layout used when the user gives none.
@@ -86,14 +93,13 @@ def default_layout(spec: ModelSpec, devices: int, tp: int | None = None, ep: int
       DP-attention (TP = 1, as DeepSeek deploys V3) unless ``fits(tp, ep)`` says the memory
       does not suffice, in which case the smallest TP that fits (else the largest valid TP).
     """
-    f, a = spec.ffn, spec.attention
+    f = spec.ffn
     if ep is None:
         ep = 1
         if isinstance(f, MoEFFN):
             ep = max(e for e in _divisors(devices) if f.n_routed_experts % e == 0)
     if tp is None:
-        kv = a.num_key_value_heads if isinstance(a, GQAAttention) else a.num_attention_heads
-        valid = [t for t in _divisors(devices) if a.num_attention_heads % t == 0 and (kv % t == 0 or t % kv == 0)]
+        valid = valid_tp(spec, devices)
         if isinstance(f, MoEFFN) and ep > 1:
             tp = next((t for t in valid if fits is None or fits(t, ep)), valid[-1])
         else:

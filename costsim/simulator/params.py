@@ -26,7 +26,7 @@ class ParamBreakdown:
     """Parameter counts (number of weights, not bytes)."""
 
     embedding: int
-    lm_head: int
+    lm_head: int  # unique LM-head weights (0 when tied to the embedding)
     attention: int
     dense_ffn: int
     routed_experts: int
@@ -35,6 +35,7 @@ class ParamBreakdown:
     router: int
     norms: int
     mtp: int  # extra MTP modules, excluded from total/active
+    lm_head_matmul: int = 0  # weights the LM-head matmul multiplies with (the embedding when tied)
 
     @property
     def total(self) -> int:
@@ -43,13 +44,16 @@ class ParamBreakdown:
 
     @property
     def active(self) -> int:
-        """Activated per token, input embedding excluded (DeepSeek convention)."""
-        return (self.lm_head + self.attention + self.dense_ffn + self.routed_experts_active
+        """Activated per token, input embedding excluded (DeepSeek convention); the LM-head
+        matmul counts even when its weights are tied to the embedding."""
+        return (self.lm_head_matmul + self.attention + self.dense_ffn + self.routed_experts_active
                 + self.shared_experts + self.router + self.norms)
 
     @property
     def active_incl_embedding(self) -> int:
-        return self.active + self.embedding
+        """Activated including the input embedding table (Mistral's convention); a tied table
+        is counted once."""
+        return self.active + self.embedding - (self.lm_head_matmul - self.lm_head)
 
     @property
     def matmul_active(self) -> int:
@@ -144,4 +148,5 @@ def param_counts(spec: ModelSpec) -> ParamBreakdown:
         embedding=embedding, lm_head=lm_head, attention=acc["attention"], dense_ffn=acc["dense_ffn"],
         routed_experts=acc["routed"], routed_experts_active=acc["routed_active"], shared_experts=acc["shared"],
         router=acc["router"], norms=acc["norms"] + _norm_params(spec), mtp=mtp,
+        lm_head_matmul=spec.vocab_size * h,
     )

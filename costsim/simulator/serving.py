@@ -164,6 +164,29 @@ def max_throughput(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, contex
                          cand, tpot, tps)
 
 
+def best_max_throughput(spec: ModelSpec, hw: HardwareProfile, candidates: list[Deployment], context: int,
+                        tpot_slo_s: float | None = None) -> tuple[Deployment, MaxThroughput]:
+    """``max_throughput`` over several layouts; the one with the most decode tokens/s wins.
+
+    Layouts that are infeasible or do not fit are skipped; if none works, the first one's
+    error is raised.
+    """
+    from costsim.errors import CostsimError
+
+    best, first_err = None, None
+    for dep in candidates:
+        try:
+            r = max_throughput(spec, hw, dep, context, tpot_slo_s)
+        except CostsimError as e:
+            first_err = first_err or e
+            continue
+        if best is None or r.tokens_per_s > best[1].tokens_per_s:
+            best = (dep, r)
+    if best is None:
+        raise first_err
+    return best
+
+
 @dataclass(frozen=True)
 class MLACrossover:
     """Where MLA's naive form (decompress K/V) overtakes the absorbed form, by roofline time.

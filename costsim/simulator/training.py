@@ -56,5 +56,8 @@ def train_cost(spec: ModelSpec, hw: HardwareProfile, *, seq_len: int, tokens: fl
         gpu_hours = total / (peak * mfu) / 3600.0
     else:
         mfu = total / (gpu_hours * 3600.0 * peak)
+        if mfu > 1:
+            raise CostsimError(f"--gpu-hours {gpu_hours:.4g} is impossible on {hw.name}: it implies an MFU of "
+                               f"{mfu:.1%} of the {dtype} dense peak (needs >= {total / (peak * 3600.0):.4g} GPU-hours)")
     return TrainCost(seq_len, tokens, f, total, peak, dtype, mfu, gpu_hours, gpu_hours * 1e12 / tokens,
                      tokens / (gpu_hours * 3600.0))
