@@ -1,0 +1,59 @@
+"""Keep the README honest: its example output and spec example come from today's code."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from costsim.cli import app
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+runner = CliRunner()
+
+
+def _block_after(marker: str) -> str:
+    i = README.index(marker) + len(marker)
+    start = README.index("\n", README.index("```", i)) + 1  # after the fence and its language tag
+    return README[start:README.index("```", start)]
+
+
+def _run(cmdline: str) -> str:
+    args = shlex.split(cmdline)
+    assert args[0] == "costsim"
+    r = runner.invoke(app, args[1:])
+    assert r.exit_code == 0, r.output
+    return r.stdout
+
+
+@pytest.mark.parametrize("command", [
+    # the quick-start main job
+    re.search(r"pip install -e \. && (costsim compare [^\n]+)", README).group(1),
+    "costsim kv deepseek-v2 deepseek-llm-67b deepseek-v3 qwen2.5-72b llama-3.1-405b --context 128k --batch 8 --kv-dtype fp8",
+    "costsim perf deepseek-v3 --hardware h800 --devices 32 --ep 32 --batch 1024 --input 4096 --output 1024 "
+    "--weight-dtype fp8 --kv-dtype fp8",
+])
+def test_readme_example_output_is_current(command):
+    out = _run(command)
+    first = out.splitlines()[0]
+    shown = README[README.index(first):]
+    shown = shown[:shown.index("```")]
+    assert out.strip() == shown.strip()
+
+
+def test_readme_v2_vs_67b_commands_give_the_quoted_figures():
+    block = _block_after("The V2 vs 67B row comes from two commands")
+    v2_cmd, b67_cmd = [line for line in block.splitlines() if line.startswith("costsim")]
+    out = _run(v2_cmd) + _run(b67_cmd)
+    shown = README[README.index(out.splitlines()[0]):]
+    assert out.strip() == shown[:shown.index("```")].strip()
+
+
+def test_readme_spec_example_loads(tmp_path):
+    i = README.index("name: my-mla-moe")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(README[i:README.index("```", i)])
+    r = runner.invoke(app, ["show", str(spec), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    assert '"kv_cache_elements_per_token": 15552' in r.stdout  # (512 + 64) x 27
