@@ -101,7 +101,8 @@ def emit(records: list[dict], columns: list[Column], fmt: str = "table", title: 
     for r in records:
         table.add_row(*[escape(f(r.get(k))) for k, _, f in columns])
     # a terminal gets its own width; files and pipes get a fixed, wide layout
-    console = Console(file=out, width=None if out.isatty() else 160)
+    tty = out.isatty()
+    console = Console(file=out, width=None if tty else 160, force_terminal=tty, color_system="auto" if tty else None)
     if title:
         console.print(escape(title), style="bold", highlight=False)
     console.print(table)
