@@ -466,6 +466,9 @@ def perf_cmd(model: str = typer.Argument(...),
             weight_bytes_per_device=m.weight_bytes, kv_bytes_per_device=float(m.kv_bytes),
             workspace_bytes_per_device=float(m.workspace_bytes), memory_usable_bytes=m.usable_bytes,
             fits=bool(m.fits), max_batch=int(m.max_batch), max_batch_limit=m.limit)
+        from costsim.simulator.roofline import rate_provenance
+
+        rec["rates"] = rate_provenance(hw, dep.weight_format.compute)
         from costsim.simulator.roofline import per_layer_seconds
         from costsim.specs import MLAAttention
 
@@ -487,7 +490,7 @@ def perf_cmd(model: str = typer.Argument(...),
             _emit(ops, [(k, k, F.text) for k in ops[0]], "csv")
             return
         if fmt is not Fmt.table:
-            cols = [(k, k, F.text) for k in rec if not k.endswith(("_operators", "_per_layer"))]
+            cols = [(k, k, F.text) for k in rec if not k.endswith(("_operators", "_per_layer")) and k != "rates"]
             _emit([rec], cols, fmt.value, payload=rec)
             return
         rows = [
@@ -517,6 +520,15 @@ def perf_cmd(model: str = typer.Argument(...),
         notes = [] if m.fits else [f"warning: batch {b} does not fit in memory at {i + o} tokens (max batch {int(m.max_batch)})"]
         notes.append("Roofline estimate: time = max(FLOPs / achievable FLOP/s, bytes / achievable bandwidth) + overhead, "
                      "efficiency factors from the hardware profile.")
+        def human(k, v):
+            if k.startswith("peak_flops"):
+                return f"{v / 1e12:g} TFLOP/s"
+            if k.endswith("bandwidth"):
+                return f"{v / 1e9:g} GB/s"
+            return f"{v * 1e6:g} us" if k.endswith("overhead") else f"{v:g}"
+
+        notes.append("Rates used (provenance): " + "; ".join(
+            f"{k} {human(k, v['value'])} ({v['provenance']})" for k, v in rec["rates"].items()))
         _emit(table, cols, title=(f"{spec.name} on {dep.devices} x {hw.name} (tp={dep.tp} ep={dep.ep} pp={dep.pp} dp={dep.dp}; "
                                   f"weights {dep.weight_format.name}, KV {dep.kv_format.name}); batch {b}, {i} in -> {o} out"),
               notes=notes)

@@ -130,3 +130,21 @@ def per_layer_seconds(timing: StepTiming, spec: ModelSpec, pp: int = 1) -> dict[
     out = {k: total[k] / n[k] for k in ("dense", "moe") if n[k]}
     out["once"] = total["once"]
     return out
+
+
+def rate_provenance(hw: HardwareProfile, dtype: str) -> dict[str, dict]:
+    """The rates a roofline estimate on ``hw`` stands on, each with value (SI) and provenance
+    (datasheet / measured / calibrated / assumed / unverified) and source."""
+    e = hw.efficiency
+    items = {
+        f"peak_flops.{dtype}": getattr(hw.peak_flops, dtype) or getattr(hw.peak_flops, "bf16"),
+        "memory_bandwidth": hw.memory_bandwidth,
+        "efficiency.compute": e.compute,
+        "efficiency.memory": e.memory,
+        "efficiency.kernel_overhead": e.kernel_overhead,
+        "intra_node_bandwidth": hw.intra_node_bandwidth,
+        "efficiency.intra_node": e.intra_node,
+        "inter_node_bandwidth": hw.inter_node_bandwidth,
+        "efficiency.inter_node": e.inter_node,
+    }
+    return {k: dict(value=v.value, provenance=v.provenance, source=v.source) for k, v in items.items() if v is not None}
