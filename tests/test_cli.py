@@ -1103,3 +1103,13 @@ def test_deepseek_config_without_kv_lora_rank_is_refused(tmp_path):
     f.write_text(json.dumps(cfg))
     r = runner.invoke(app, ["kv", str(f)])
     assert r.exit_code == 2 and "kv_lora_rank" in r.stderr
+
+
+def test_perf_reports_rate_provenance():
+    r = js("perf", "deepseek-v2", "-H", "h800", "--weight-dtype", "fp8")
+    rates = r["rates"]
+    # H800 efficiencies are measured (FlashMLA / DeepEP READMEs); peaks come from datasheets
+    assert rates["efficiency.compute"]["provenance"] == "measured"
+    assert rates["peak_flops.fp8"] == {**rates["peak_flops.fp8"], "value": 1979e12, "provenance": "datasheet"}
+    what_if = js("perf", "deepseek-v2", "-H", "h800", "--weight-dtype", "fp8", "--hw-set", "memory_bandwidth=4TB/s")
+    assert what_if["rates"]["memory_bandwidth"]["provenance"] == "assumed"
