@@ -465,6 +465,7 @@ def perf_cmd(model: str = typer.Argument(...),
             prefill_mla_form=r.prefill.timing.mla_form, decode_mla_form=r.decode_first.timing.mla_form,
             weight_bytes_per_device=m.weight_bytes, kv_bytes_per_device=float(m.kv_bytes),
             workspace_bytes_per_device=float(m.workspace_bytes), memory_usable_bytes=m.usable_bytes,
+            prefill_workspace_bytes_per_device=r.prefill_workspace_bytes, prefill_fits=r.prefill_fits,
             fits=bool(m.fits), max_batch=int(m.max_batch), max_batch_limit=m.limit)
         from costsim.simulator.roofline import rate_provenance
 
@@ -518,6 +519,9 @@ def perf_cmd(model: str = typer.Argument(...),
         rec2 = dict(rec, name="value", prefill_mla_form=f"{rec['prefill_mla_form']} / {rec['decode_mla_form']}")
         table, cols = F.transpose([rec2], rows)
         notes = [] if m.fits else [f"warning: batch {b} does not fit in memory at {i + o} tokens (max batch {int(m.max_batch)})"]
+        if not r.prefill_fits:
+            notes.append(f"warning: prefilling all {b} prompts in one step needs {r.prefill_workspace_bytes / 1e9:.1f} GB "
+                         "of activations per device, more than is left; a real server would chunk the prefill")
         notes.append("Roofline estimate: time = max(FLOPs / achievable FLOP/s, bytes / achievable bandwidth) + overhead, "
                      "efficiency factors from the hardware profile.")
         def human(k, v):

@@ -11,7 +11,11 @@ Formulas (per device, per occurrence):
   NVLink), capped at ``topk_group`` nodes when the model routes node-limited (DeepSeek-V3
   §2.1.2: each token to at most 4 nodes). The busiest rank's bytes scale with the load
   imbalance.
+- Experts split over ``moe_tp`` > TP devices: ring all-gather of the tokens and
+  reduce-scatter of the outputs over the moe_tp / TP attention groups, per MoE layer.
 - PP: each stage sends its [T, h] activation to the next once per step.
+Links: a group that fits in a node uses the intra-node link, else the NIC; the EP all-to-all
+spans all devices of a pipeline stage.
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ def ep_destinations(spec: ModelSpec, dep: Deployment, devices_per_node: int) -> 
     ep = dep.ep
     hit = _expected_units_hit(f, ep)
     ranks = hit * (ep - 1) / ep
-    nodes_in_ep = max(1, ep // devices_per_node)
+    # the EP group spans every device of the pipeline stage (ep groups of moe_tp devices)
+    nodes_in_ep = max(1, (dep.devices // dep.pp) // devices_per_node)
     nodes = 0.0
     if nodes_in_ep > 1:
         hit_n = _expected_units_hit(f, nodes_in_ep)
@@ -90,7 +95,17 @@ def comm_operators(spec: ModelSpec, dep: Deployment, step, groups) -> list:
         for name, nbytes in (("comm.ep_dispatch", dep.dispatch_bytes), ("comm.ep_combine", dep.combine_bytes)):
             ops.append(Operator(
                 name=name, kind="comm", group="comm", count=n_moe, comm_bytes=T * h * nbytes * dep.imbalance,
-                link=f"ep:{dep.ep}", hops=1, dtype="", shape=dict(tokens=T, hidden=h, ep=dep.ep, bytes_per_elem=nbytes)))
+                link=f"ep:{dep.devices // dep.pp}", hops=1, dtype="",
+                shape=dict(tokens=T, hidden=h, ep=dep.ep, bytes_per_elem=nbytes)))
+    g = dep.moe_tp // dep.tp if dep.moe_tp > dep.tp else 1
+    if g > 1 and n_moe and isinstance(spec.ffn, MoEFFN):
+        # Experts split over more devices (moe_tp) than attention's TP group: each device gathers
+        # the tokens of the other g - 1 attention groups for its expert slice, then
+        # reduce-scatters the outputs back (ring all-gather + reduce-scatter over g ranks).
+        ops.append(Operator(
+            name="comm.moe_tp_gather_scatter", kind="comm", group="comm", count=n_moe,
+            comm_bytes=2 * (g - 1) * T * h * act, link=f"group:{dep.moe_tp}", hops=2 * (g - 1), dtype="",
+            shape=dict(tokens=T, hidden=h, moe_tp=dep.moe_tp, tp=dep.tp)))
     if dep.pp > 1:
         ops.append(Operator(
             name="comm.pp_send", kind="comm", group="comm", count=1, comm_bytes=T * h * act,

@@ -6,8 +6,9 @@ Assumptions (stated, not hidden):
   step's time. Decode runs ``batch`` sequences in lock-step; TPOT at context L is one decode
   step's time. Disaggregated: prefill and decode on separate replicas of the same layout;
   combined: the same replica does both, one after the other.
-- Pipeline parallelism: the batch is split into ``pp`` micro-batches that keep every stage
-  busy; a token's latency is ``pp`` stage times, throughput one micro-batch per stage time.
+- Pipeline parallelism: the batch is split into ``pp`` micro-batches. Decode runs in steady
+  state: a token's latency is ``pp`` stage times, throughput one micro-batch per stage time.
+  Prefill starts with an empty pipeline: TTFT is (2 pp - 1) stage times.
 - Times are roofline estimates (``costsim.simulator.roofline``) with the profile's
   efficiency factors; they are models, not measurements.
 """
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from costsim.simulator.deployment import Deployment
-from costsim.simulator.memory import memory_report, require_fit
+from costsim.simulator.memory import kv_bytes_per_device, memory_report, require_fit, workspace_bytes
 from costsim.simulator.operators import StepShape
 from costsim.simulator.roofline import StepTiming, time_step
 from costsim.specs import HardwareProfile, ModelSpec
@@ -38,10 +39,12 @@ class PhaseResult:
     timing: StepTiming
 
 
-def _phase(spec, hw, dep, batch, new_tokens, context) -> PhaseResult:
+def _phase(spec, hw, dep, batch, new_tokens, context, fill: bool = False) -> PhaseResult:
+    """``fill``: the phase starts with an empty pipeline (prefill), so its last micro-batch
+    finishes after (2 pp - 1) stage times; decode runs in steady state (pp stage times)."""
     mb = np.asarray(batch, dtype=float) / dep.pp
     t = time_step(spec, hw, dep, StepShape(mb, new_tokens, context, 1))
-    time = np.asarray(t.time_s) * dep.pp
+    time = np.asarray(t.time_s) * ((2 * dep.pp - 1) if fill else dep.pp)
     tokens = np.asarray(batch, dtype=float) * np.asarray(new_tokens, dtype=float)
     tps = tokens / time
     stage_t = np.asarray(t.time_s)
@@ -53,7 +56,7 @@ def _phase(spec, hw, dep, batch, new_tokens, context) -> PhaseResult:
 
 def prefill(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, prompt) -> PhaseResult:
     """Prefill ``batch`` prompts of ``prompt`` tokens (context 0): TTFT = ``time_s``."""
-    return _phase(spec, hw, dep, batch, prompt, 0)
+    return _phase(spec, hw, dep, batch, prompt, 0, fill=True)
 
 
 def decode(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, context) -> PhaseResult:
@@ -78,6 +81,8 @@ class ServeResult:
     prefill: PhaseResult
     decode_first: PhaseResult
     memory: object
+    prefill_workspace_bytes: float = 0.0  # activations of the one-step prefill, per device
+    prefill_fits: bool = True  # weights + prompt KV + prefill activations within usable memory
 
     @property
     def decode_tokens_per_s_per_device(self):
@@ -105,6 +110,9 @@ def serve(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch: int, inp
     ttft = float(pre.time_s)
     e2e = ttft + decode_total
     mem = memory_report(spec, hw, dep, batch, input_len + output_len)
+    # prefill runs as one unchunked step: its activations sit beside the weights and the prompt's KV
+    pre_ws = float(workspace_bytes(spec, dep, StepShape(batch / dep.pp, input_len, 0, 1)))
+    pre_need = mem.weight_bytes + float(kv_bytes_per_device(spec, dep, batch, input_len)) + pre_ws
     first = decode(spec, hw, dep, batch, input_len)
     return ServeResult(
         batch=batch, input_len=input_len, output_len=output_len, ttft_s=ttft,
@@ -112,7 +120,8 @@ def serve(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch: int, inp
         e2e_s=e2e, prefill_tokens_per_s=batch * input_len / ttft,
         decode_tokens_per_s=batch * output_len / decode_total if output_len else 0.0,
         combined_tokens_per_s=batch * output_len / e2e if output_len else 0.0,
-        devices=dep.devices, devices_per_node=hw.devices_per_node, prefill=pre, decode_first=first, memory=mem)
+        devices=dep.devices, devices_per_node=hw.devices_per_node, prefill=pre, decode_first=first, memory=mem,
+        prefill_workspace_bytes=pre_ws, prefill_fits=pre_need <= mem.usable_bytes)
 
 
 @dataclass(frozen=True)
