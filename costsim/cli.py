@@ -95,14 +95,21 @@ def _emit(*a, **kw):
     emit(*a, **kw)
 
 
+_WARNINGS: list[str] = []
+
+
 def _run(fn):
-    """Call ``fn``; turn CostsimError into one stderr line and exit code 2."""
+    """Call ``fn``; turn CostsimError into one stderr line and exit code 2. Warnings collected
+    on the way are printed only when the command succeeds (an error stays one line)."""
+    _WARNINGS.clear()
     try:
         fn()
     except CostsimError as e:
         msg = str(e).replace("\n", " ")
         print(f"costsim: error: {msg}", file=sys.stderr)
         raise typer.Exit(2)
+    for w in dict.fromkeys(_WARNINGS):
+        print(f"costsim: warning: {w}", file=sys.stderr)
 
 
 # ---- commands -------------------------------------------------------------------------
@@ -121,7 +128,7 @@ def models_cmd(fmt: Fmt = FORMAT):
         cols = [("name", "name", F.text), ("attention", "attention", F.text), ("ffn", "FFN", F.text),
                 ("experts", "experts", F.text), ("params_total", "params total [1e9]", F.scaled(1e9)),
                 ("params_active", "params active [1e9]", F.scaled(1e9)), ("source", "source", F.text)]
-        _emit(recs, cols, fmt.value, title="Shipped model specs")
+        _emit(recs, cols, fmt.value, title="Shipped model specs", notes=["Full sources: costsim models --format json"])
 
     _run(go)
 
@@ -151,7 +158,8 @@ def hardware_cmd(fmt: Fmt = FORMAT):
                 ("intra_node_bandwidth", "intra-node [GB/s/dir]", F.scaled(1e9)),
                 ("inter_node_bandwidth", "inter-node [GB/s/dir]", F.scaled(1e9)),
                 ("devices_per_node", "per node", F.integer), ("source", "source", F.text)]
-        _emit(recs, cols, fmt.value, title="Shipped hardware profiles (dense peaks; GB = 1e9 B)")
+        _emit(recs, cols, fmt.value, title="Shipped hardware profiles (dense peaks; GB = 1e9 B)",
+              notes=["Full sources and provenance: costsim hardware --format json, or the YAML in costsim/hardware_profiles/"])
 
     _run(go)
 
@@ -187,6 +195,7 @@ def show_cmd(model: str = typer.Argument(..., help="Model name, spec .yaml or HF
         spec = _model(model, sets)
         ctx = _count(context, "--context")
         b = _count(batch, "--batch")
+        _context_warning(spec, ctx)
         rec = show_record(spec, _format(kv_dtype, "--kv-dtype"), ctx, b)
         if fmt is not Fmt.table:
             cols = [(k, k, F.text) for k in rec if k != "params"]
@@ -262,15 +271,26 @@ def _deployment(spec, devices, tp, ep, pp, weight_dtype, kv_dtype, hw=None, batc
     base = Deployment(devices=devices, tp=1, ep=1, pp=pp, weight_format=_format(weight_dtype, "--weight-dtype"),
                       kv_format=_format(kv_dtype, "--kv-dtype"), **kw)
 
-    def fits(t, e):
+    wf = base.weight_format
+    if wf.rope_bits is not None:
+        raise CostsimError(f"--weight-dtype {weight_dtype}: that is a KV cache layout, not a weight format")
+    if hw is not None:
+        try:
+            hw.peak(wf.compute)
+        except CostsimError as e:
+            raise CostsimError(f"--weight-dtype {weight_dtype}: {e}") from None
+
+    def room(t, e):
         d = base.with_(tp=t, ep=e)
         try:
             d.check(spec)
         except CostsimError:
-            return False
-        return hw is not None and bool(memory_report(spec, hw, d, max(batch, d.dp), context).fits)
+            return None
+        m = memory_report(spec, hw, d, max(batch, d.dp), context)
+        return bool(m.fits), float(m.max_batch)
 
-    t, e = default_layout(spec, devices // pp, tp, ep, fits)
+    t, e = default_layout(spec, devices // pp, tp, ep, room if hw is not None else None,
+                          hw.devices_per_node if hw is not None else None)
     return base.with_(tp=t, ep=e)
 
 
@@ -316,6 +336,11 @@ def compare_cmd(models: List[str] = typer.Argument(..., help="One or more models
             _emit(recs, cols, fmt.value, payload=dict(hardware=hw.name, devices=n, context=ctx, batch=b, models=recs))
             return
         table, cols = F.transpose(recs, rows)
+        seen: dict[str, int] = {}
+        for r in recs:  # the same model twice (a name and a file of the same name): tell the columns apart
+            seen[r["name"]] = seen.get(r["name"], 0) + 1
+            if seen[r["name"]] > 1:
+                r["name"] = f"{r['name']} ({seen[r['name']]})"
         notes = [f"note: {r['name']}: {r['note']}" for r in recs if r["note"]]
         notes.append(f"GB = 1e9 bytes. Decode is a roofline estimate on {hw.name} ({n} devices, efficiency factors from the profile).")
         _emit(table, cols, title=f"compare on {n} x {hw.name}, context {ctx}, batch {b}", notes=notes)
@@ -355,6 +380,7 @@ def _atomic_write(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, _file_mode(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -390,12 +416,6 @@ def _perf_deployment(spec, hw, devices, tp, ep, pp, weight_dtype, kv_dtype, mla_
     if imbalance != 1 and not isinstance(spec.ffn, MoEFFN):
         raise CostsimError(f"--imbalance applies to MoE models only; {spec.name} is dense")
     wf = _format(weight_dtype, "--weight-dtype")
-    if wf.rope_bits is not None:
-        raise CostsimError(f"--weight-dtype {weight_dtype}: that is a KV cache layout, not a weight format")
-    try:
-        hw.peak(wf.compute)
-    except CostsimError as e:
-        raise CostsimError(f"--weight-dtype {weight_dtype}: {e}") from None
     dispatch = 1.0 if wf.compute == "fp8" else 2.0  # FP8 dispatch, BF16 combine (DeepSeek Day-6 overview)
     dep = _deployment(spec, n, tp, ep, pp, weight_dtype, kv_dtype, hw, batch, context, mla_form=mla_form,
                       imbalance=imbalance, overlap_comm=overlap, block_size=block_size, dispatch_bytes=dispatch,
@@ -408,8 +428,8 @@ def _perf_deployment(spec, hw, devices, tp, ep, pp, weight_dtype, kv_dtype, mla_
 def _context_warning(spec, tokens: int) -> None:
     """Warn (stderr, not an error) when a context exceeds the model's published maximum."""
     if spec.max_position_embeddings and tokens > spec.max_position_embeddings:
-        print(f"costsim: warning: {tokens} tokens exceed {spec.name}'s max_position_embeddings "
-              f"({spec.max_position_embeddings}); figures are extrapolated", file=sys.stderr)
+        _WARNINGS.append(f"{tokens} tokens exceed {spec.name}'s max_position_embeddings "
+                         f"({spec.max_position_embeddings}); figures are extrapolated")
 
 
 def _breakdown_records(timing, scale_tokens):
@@ -516,7 +536,10 @@ def perf_cmd(model: str = typer.Argument(...),
             rec["_mla"] = f"{F.ms(rec['mla_decode_step_absorbed_s'])} / {F.ms(rec['mla_decode_step_naive_s'])}"
             rows += [("_mla", "MLA decode step absorbed / naive [ms]", F.text),
                      ("mla_naive_faster_from_chunk_tokens", f"MLA naive faster from query chunks of [tokens] (context {i})", F.integer)]
-        rec2 = dict(rec, name="value", prefill_mla_form=f"{rec['prefill_mla_form']} / {rec['decode_mla_form']}")
+        from costsim.specs import MLAAttention as _MLA
+
+        forms = f"{rec['prefill_mla_form']} / {rec['decode_mla_form']}" if isinstance(spec.attention, _MLA) else "n/a (not MLA)"
+        rec2 = dict(rec, name="value", prefill_mla_form=forms)
         table, cols = F.transpose([rec2], rows)
         notes = [] if m.fits else [f"warning: batch {b} does not fit in memory at {i + o} tokens (max batch {int(m.max_batch)})"]
         if not r.prefill_fits:
@@ -620,6 +643,7 @@ def train_cmd(model: str = typer.Argument(...),
         spec, hw = _model(model, sets), _hw(hardware, hw_sets)
         n_tok = _count(tokens, "--tokens", binary_k=False, minimum=1)
         s = _count(seq_len, "--seq-len", minimum=1)
+        _context_warning(spec, s)
         from costsim.units import parse_count
 
         gh = None if gpu_hours is None else _parse(parse_count, gpu_hours, "--gpu-hours")
@@ -704,6 +728,9 @@ def plot_roofline_cmd(model: str = typer.Argument(...),
         dep = _perf_deployment(spec, hw, devices, tp, ep, 1, weight_dtype, kv_dtype, "auto", 1.0, False, None)
         b = _count(batch, "--batch", minimum=1)
         ctx = _count(context, "--context")
+        from costsim.simulator.memory import require_fit
+
+        require_fit(spec, hw, dep)
         t = decode(spec, hw, dep, b, ctx).timing
         step = float(np.asarray(t.time_s))
         # operators that take at least 1% of the step (the one-off dense layers would only clutter)
@@ -745,6 +772,15 @@ def plot_kv_cmd(models: List[str] = typer.Argument(...),
     _run(go)
 
 
+def _file_mode(path: Path) -> int:
+    """Mode for a written file: the existing file's, else 0o666 less the umask (as open() does)."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def main() -> None:
     """Console-script entry point: usage errors (missing option, bad integer, unknown
     command) are printed as one line on stderr with exit code 2, like every user mistake."""
@@ -753,6 +789,9 @@ def main() -> None:
     except BrokenPipeError:  # `costsim ... | head`: the reader left, nothing went wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+    except OSError as e:  # stdout on a full disk, etc.
+        print(f"costsim: error: cannot write output: {e.strerror or e}", file=sys.stderr)
+        sys.exit(1)
     except typer.Abort:
         print("costsim: aborted", file=sys.stderr)
         sys.exit(1)
@@ -760,7 +799,8 @@ def main() -> None:
         if not hasattr(e, "format_message"):
             raise
         ctx = getattr(e, "ctx", None)
-        cmd = f" {ctx.info_name}" if ctx is not None and ctx.parent is not None else ""
+        path = ctx.command_path if ctx is not None else "costsim"
+        cmd = path[len(path.split(" ")[0]):]  # " perf", " plot kv", or "" at the top level
         msg = e.format_message().replace("\n", " ").strip()
         if not msg:  # no arguments: the help was printed, nothing went wrong
             sys.exit(0)

@@ -173,6 +173,10 @@ class ModelSpec(_Strict):
     @model_validator(mode="after")
     def _check(self):
         if isinstance(self.ffn, MoEFFN):
+            if self.n_moe_layers == 0:
+                raise ValueError(f"ffn: no layer is MoE (first_k_dense_replace={self.ffn.first_k_dense_replace}, "
+                                 f"moe_layer_freq={self.ffn.moe_layer_freq}, {self.num_hidden_layers} layers); "
+                                 "use kind: dense for a dense model")
             has_dense = any(not self.is_moe_layer(i) for i in range(self.num_hidden_layers))
             if has_dense and self.ffn.dense_intermediate_size is None:
                 raise ValueError("ffn.dense_intermediate_size is required when some layers are dense")
@@ -241,7 +245,7 @@ class _Sourced(_Frozen):
 class _Positive(_Sourced):
     @field_validator("value")
     @classmethod
-    def _positive(cls, v: float) -> float:
+    def _nonneg(cls, v: float) -> float:  # replaces the >= 0 check: rates and sizes must be > 0
         if not (0 < v < float("inf")):
             raise ValueError(f"must be a finite number > 0, got {v}")
         return v

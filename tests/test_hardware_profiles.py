@@ -286,7 +286,7 @@ BAD = [
     (
         "negative memory_bandwidth",
         lambda d: d["memory_bandwidth"].update(value="-3.35 TB/s"),
-        r"bad-profile\.yaml: memory_bandwidth\.value: must be a finite number >= 0",
+        r"bad-profile\.yaml: memory_bandwidth\.value: must be a finite number > 0",
     ),
     (
         "efficiency above 1",

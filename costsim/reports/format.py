@@ -96,8 +96,9 @@ def emit(records: list[dict], columns: list[Column], fmt: str = "table", title: 
     table = Table(header_style="bold")
     for key, header, _ in columns:
         left = key in ("name", "source", "note", "field", "op", "bound", "kind", "attention", "ffn", "experts", "full_name", "kv_dtype")
-        table.add_column(escape(header), justify="left" if left else "right", overflow="fold",
-                         no_wrap=key in ("op", "field", "name"), min_width=40 if key == "source" else None)
+        table.add_column(escape(header), justify="left" if left else "right",
+                         overflow="ellipsis" if key == "source" else "fold", no_wrap=key in ("op", "field", "name", "source"),
+                         max_width=40 if key == "source" else None)
     for r in records:
         table.add_row(*[escape(f(r.get(k))) for k, _, f in columns])
     # a terminal gets its own width; files and pipes get a fixed, wide layout

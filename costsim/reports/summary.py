@@ -84,14 +84,17 @@ def valid_tp(spec: ModelSpec, devices: int) -> list[int]:
 
 
 def default_layout(spec: ModelSpec, devices: int, tp: int | None = None, ep: int | None = None,
-                   fits=None) -> tuple[int, int]:
-    """Layout used when the user gives none.
+                   room=None, max_tp: int | None = None) -> tuple[int, int]:
+    """Layout used when the user gives none (per pipeline stage of ``devices``).
 
     - EP: MoE models spread experts over the largest EP that divides both the device count
       and the expert count; dense models use EP = 1.
-    - TP: dense models use the largest TP compatible with the head counts. MoE models use
-      DP-attention (TP = 1, as DeepSeek deploys V3) unless ``fits(tp, ep)`` says the memory
-      does not suffice, in which case the smallest TP that fits (else the largest valid TP).
+    - TP stays within ``max_tp`` (a node) when it can.
+      - Dense models use the largest such TP compatible with the head counts; the rest of
+        the devices are data-parallel replicas.
+      - MoE models use the smallest TP at which the batch fits (TP = 1 is DP-attention, as
+        DeepSeek deploys V3). ``room(tp, ep)`` returns (fits, max_batch) or None when the
+        layout is infeasible. If no TP fits, the one with the largest max batch is used.
     """
     f = spec.ffn
     if ep is None:
@@ -100,10 +103,21 @@ def default_layout(spec: ModelSpec, devices: int, tp: int | None = None, ep: int
             ep = max(e for e in _divisors(devices) if f.n_routed_experts % e == 0)
     if tp is None:
         valid = valid_tp(spec, devices)
-        if isinstance(f, MoEFFN) and ep > 1:
-            tp = next((t for t in valid if fits is None or fits(t, ep)), valid[-1])
+        in_node = [t for t in valid if max_tp is None or t <= max_tp] or valid[:1]
+        if isinstance(f, MoEFFN) and ep > 1 and room is not None:
+            scored = [(t, room(t, ep)) for t in valid]
+            scored = [(t, r) for t, r in scored if r is not None]
+            fitting = [t for t, r in scored if r[0]]
+            if fitting:
+                tp = fitting[0]
+            elif scored:
+                tp = max(scored, key=lambda tr: (tr[1][1], -tr[0]))[0]
+            else:
+                tp = in_node[0]
+        elif isinstance(f, MoEFFN) and ep > 1:
+            tp = 1
         else:
-            tp = valid[-1]
+            tp = in_node[-1]
     return tp, ep
 
 

@@ -107,5 +107,5 @@ class Deployment:
         if self.block_size is not None and self.block_size < 1:
             raise CostsimError(f"--block-size must be >= 1, got {self.block_size}")
         if not isinstance(a, MLAAttention) and self.kv_format.rope_bits is not None:
-            raise CostsimError(f"KV format {self.kv_format.name} is an MLA layout; {spec.name} uses {a.kind}")
+            raise CostsimError(f"--kv-dtype {self.kv_format.name} is an MLA cache layout; {spec.name} uses {a.kind}")
         return self

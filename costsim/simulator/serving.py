@@ -151,11 +151,10 @@ def max_throughput(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, contex
     require_fit(spec, hw, dep)
     mem = memory_report(spec, hw, dep, dep.dp, context)
     max_b = int(mem.max_batch)
-    if max_b < dep.dp:
+    if max_b < 1:
         raise CostsimError(f"{spec.name} on {hw.name}: not even one sequence of {context} tokens per DP rank fits in memory")
-    step = dep.dp * dep.pp
-    n_steps = max_b // step
-    cand = np.unique(np.concatenate([np.round(np.geomspace(1, n_steps, 400)), [n_steps]])).astype(int) * step
+    # any batch from 1 up to the memory limit (below dp x pp some ranks simply idle)
+    cand = np.unique(np.concatenate([np.round(np.geomspace(1, max_b, 400)), [max_b]])).astype(int)
     dec = decode(spec, hw, dep, cand.astype(float), context)
     tpot, tps = np.asarray(dec.time_s), np.asarray(dec.tokens_per_s)
     ok = np.ones_like(tps, dtype=bool) if tpot_slo_s is None else tpot <= tpot_slo_s
@@ -182,17 +181,17 @@ def best_max_throughput(spec: ModelSpec, hw: HardwareProfile, candidates: list[D
     """
     from costsim.errors import CostsimError
 
-    best, first_err = None, None
+    best, errors = None, []
     for dep in candidates:
         try:
             r = max_throughput(spec, hw, dep, context, tpot_slo_s)
         except CostsimError as e:
-            first_err = first_err or e
+            errors.append(e)
             continue
         if best is None or r.tokens_per_s > best[1].tokens_per_s:
             best = (dep, r)
-    if best is None:
-        raise first_err
+    if best is None:  # the SLO is the more telling reason when some layout did fit
+        raise next((e for e in errors if "TPOT" in str(e)), errors[0])
     return best
 
 
