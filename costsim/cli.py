@@ -271,6 +271,10 @@ def _deployment(spec, devices, tp, ep, pp, weight_dtype, kv_dtype, hw=None, batc
     base = Deployment(devices=devices, tp=1, ep=1, pp=pp, weight_format=_format(weight_dtype, "--weight-dtype"),
                       kv_format=_format(kv_dtype, "--kv-dtype"), **kw)
 
+    from costsim.specs import MLAAttention
+
+    if base.kv_format.rope_bits is not None and not isinstance(spec.attention, MLAAttention):
+        raise CostsimError(f"--kv-dtype {kv_dtype}: an MLA cache layout; {spec.name} uses {spec.attention.kind}")
     wf = base.weight_format
     if wf.rope_bits is not None:
         raise CostsimError(f"--weight-dtype {weight_dtype}: that is a KV cache layout, not a weight format")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -1113,3 +1114,54 @@ def test_perf_reports_rate_provenance():
     assert rates["peak_flops.fp8"] == {**rates["peak_flops.fp8"], "value": 1979e12, "provenance": "datasheet"}
     what_if = js("perf", "deepseek-v2", "-H", "h800", "--weight-dtype", "fp8", "--hw-set", "memory_bandwidth=4TB/s")
     assert what_if["rates"]["memory_bandwidth"]["provenance"] == "assumed"
+
+
+def test_default_dense_layout_keeps_tp_within_a_node():
+    r = js("perf", "llama-3.1-70b", "-H", "h800", "--devices", "32", "--batch", "32")
+    assert r["tp"] == 8 and r["dp"] == 4
+
+
+def test_default_moe_layout_prefers_the_layout_with_room():
+    # V2 FP8 with 1024 sequences fits at no TP; the fallback must not pick TP=8 (MLA latent replicated)
+    r = js("perf", "deepseek-v2", "-H", "h800", "--weight-dtype", "fp8", "--batch", "1024")
+    assert r["tp"] == 1
+
+
+def test_max_throughput_meets_a_tight_slo_with_a_small_batch():
+    r = js("max-throughput", "deepseek-v2", "-H", "h800", "--weight-dtype", "fp8", "--tpot-slo", "7ms")
+    assert r["tpot_s"] <= 0.007 and r["batch"] >= 1
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["compare", "deepseek-v2", "-H", "h800", "--weight-dtype", "flashmla-fp8"], "--weight-dtype"),
+    (["compare", "llama-3.1-8b", "-H", "h800", "--kv-dtype", "flashmla-fp8"], "--kv-dtype"),
+    (["compare", "llama-3.1-8b", "-H", "a100-80g", "--weight-dtype", "fp8"], "--weight-dtype"),
+    (["show", "deepseek-v2", "--set", "ffn.first_k_dense_replace=100"], "no layer is MoE"),
+    (["plot", "roofline", "deepseek-v3", "-H", "h800", "-o", "r.png"], "does not fit"),
+])
+def test_bad_input_names_the_flag(args, needle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_error_after_a_context_warning_is_still_one_line():
+    r = runner.invoke(app, ["perf", "deepseek-llm-67b", "-H", "h800", "--devices", "3", "--tp", "3"])
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1 and "warning" not in r.stderr
+
+
+@needs_script
+def test_nested_command_usage_error_points_to_its_help(tmp_path):
+    p = _script("plot", "kv", "deepseek-v2", "--format", "json", "-o", "x.png", cwd=tmp_path)
+    assert p.returncode == 2 and "costsim plot kv --help" in p.stderr
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    out = tmp_path / "spec.yaml"
+    r = runner.invoke(app, ["import-hf", str(HF / "llama-3.1-8b.json"), "-o", str(out)])
+    assert r.exit_code == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask

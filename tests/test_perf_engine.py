@@ -294,3 +294,24 @@ def test_per_layer_seconds_add_up_to_the_step():
         per = per_layer_seconds(t, spec)
         total = per.get("dense", 0) * spec.n_dense_layers + per.get("moe", 0) * spec.n_moe_layers + per["once"]
         assert total == pytest.approx(float(t.time_s), rel=1e-9)
+
+
+def test_experts_split_beyond_attention_tp_pay_communication():
+    # EP=8 over 32 devices splits each expert 4 ways (moe_tp = 4) while attention is TP=1:
+    # tokens must be gathered / outputs reduce-scattered across the 4 attention groups, over IB
+    v3 = M("deepseek-v3")
+    dep = Deployment(devices=32, tp=1, ep=8, weight_format=FORMATS["fp8"])
+    t = time_step(v3, H800, dep, StepShape(256, 4096, 0))
+    g = t.by_name("comm.moe_tp_gather_scatter")
+    assert g.op.count == 58 and float(g.time_s) > 0
+    # splitting experts over 4 nodes must not beat EP over all 32 devices
+    full = time_step(v3, H800, dep.with_(ep=32), StepShape(256, 4096, 0))
+    assert float(full.time_s) < float(t.time_s)
+
+
+def test_pipeline_prefill_pays_the_fill():
+    spec = M("llama-3.1-8b")
+    one = prefill(spec, H800, Deployment(devices=1), 4, 8192)
+    pp4 = prefill(spec, H800, Deployment(devices=4, pp=4), 4, 8192)
+    # 4 micro-batches of 1 sequence through 4 stages: 7 stage times of ~1/16 of the work each
+    assert float(pp4.time_s) == pytest.approx(7 / 16 * float(one.time_s), rel=0.1)

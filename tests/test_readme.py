@@ -57,3 +57,11 @@ def test_readme_spec_example_loads(tmp_path):
     r = runner.invoke(app, ["show", str(spec), "--format", "json"])
     assert r.exit_code == 0, r.output
     assert '"kv_cache_elements_per_token": 15552' in r.stdout  # (512 + 64) x 27
+
+
+def test_readme_hardware_example_loads(tmp_path):
+    i = README.index("name: my-gpu")
+    hw = tmp_path / "gpu.yaml"
+    hw.write_text(README[i:README.index("```", i)])
+    r = runner.invoke(app, ["perf", "llama-3.1-8b", "--hardware", str(hw), "--devices", "1", "--format", "json"])
+    assert r.exit_code == 0, r.output

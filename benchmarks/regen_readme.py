@@ -1,0 +1,44 @@
+"""Re-run the README's example commands and paste their real output into README.md.
+
+    python benchmarks/regen_readme.py
+
+Each example block in the README starts with the first line its command prints; that block
+is replaced by today's output. tests/test_readme.py fails when the README falls behind.
+"""
+
+import shlex
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from costsim.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = [
+    ["costsim compare deepseek-v2 deepseek-llm-67b --hardware h800 --weight-dtype fp8 --batch 64"],
+    ["costsim kv deepseek-v2 deepseek-llm-67b deepseek-v3 qwen2.5-72b llama-3.1-405b --context 128k --batch 8 --kv-dtype fp8"],
+    ["costsim perf deepseek-v3 --hardware h800 --devices 32 --ep 32 --batch 1024 --input 4096 --output 1024 "
+     "--weight-dtype fp8 --kv-dtype fp8"],
+    ["costsim max-throughput deepseek-v2 --hardware h800 --weight-dtype fp8 --kv-dtype 6 --context 2048 --tpot-slo 50ms",
+     "costsim max-throughput deepseek-llm-67b --hardware h800 --context 2048 --tpot-slo 50ms"],
+]
+
+
+def main() -> None:
+    readme = (ROOT / "README.md").read_text()
+    runner = CliRunner()
+    for group in COMMANDS:
+        out = ""
+        for cmd in group:
+            r = runner.invoke(app, shlex.split(cmd)[1:])
+            assert r.exit_code == 0, r.output
+            out += r.stdout
+        first = out.splitlines()[0]
+        i = readme.index(first)
+        j = readme.index("```", i)
+        readme = readme[:i] + out.rstrip("\n") + "\n" + readme[j:]
+    (ROOT / "README.md").write_text(readme)
+
+
+if __name__ == "__main__":
+    main()
