@@ -315,3 +315,17 @@ def test_pipeline_prefill_pays_the_fill():
     pp4 = prefill(spec, H800, Deployment(devices=4, pp=4), 4, 8192)
     # 4 micro-batches of 1 sequence through 4 stages: 7 stage times of ~1/16 of the work each
     assert float(pp4.time_s) == pytest.approx(7 / 16 * float(one.time_s), rel=0.1)
+
+
+def test_pipeline_weights_follow_the_busiest_stage():
+    # DeepSeek-V3 over pp=2: stages hold 31 and 30 layers; the first has the 3 dense layers + 28 MoE
+    from costsim.simulator.params import layer_params
+
+    v3 = M("deepseek-v3")
+    one = Deployment(devices=2, ep=2)
+    two = Deployment(devices=2, ep=1, pp=2)
+    dense, moe = layer_params(v3, False), layer_params(v3, True)
+    vocab = 2 * 129280 * 7168 * 2 + 7168 * 2
+    stage = sum(3 * dense[k] + 28 * moe[k] for k in ("attention", "dense_ffn", "routed", "shared", "norms", "router"))
+    assert weight_bytes_per_device(v3, two) == pytest.approx(stage * 2 + vocab)
+    assert weight_bytes_per_device(v3, two) > weight_bytes_per_device(v3, one)

@@ -23,21 +23,26 @@ from costsim.specs import HardwareProfile, MLAAttention, ModelSpec
 
 
 def weight_bytes_per_device(spec: ModelSpec, dep: Deployment) -> float:
-    """Bytes of weights on the busiest device (first pipeline stage: embedding + its layers)."""
+    """Bytes of weights on the busiest device: the layers of the busiest pipeline stage
+    (``operators.layer_groups``) plus the embedding and the LM head, as the timing costs that
+    stage (exact for pp = 1, a conservative bound for pp > 1)."""
+    from costsim.simulator.operators import layer_groups
+    from costsim.simulator.params import layer_params
+
     p = param_counts(spec)
     w, hp = dep.weight_format.bytes_per_element, dep.high_precision.bytes_per_element
     a = spec.attention
-    replicated_attn = 0
-    if isinstance(a, MLAAttention):  # W^DKV|W^KR + kv_a_layernorm replicated on every TP rank
-        replicated_attn = spec.num_hidden_layers * (spec.hidden_size * (a.kv_lora_rank + a.qk_rope_head_dim) + a.kv_lora_rank)
-    sharded_tp = (p.attention - replicated_attn) / dep.tp + replicated_attn + (p.dense_ffn + p.shared_experts) / dep.tp
-    experts = p.routed_experts / (dep.ep * dep.moe_tp)
-    layers = (sharded_tp + experts) * w / dep.pp
-    small = (p.norms + p.router) * hp / dep.pp
-    vocab = max(p.embedding, p.lm_head) * hp / dep.tp  # one of the two ends sits on this stage
-    if dep.pp == 1:
-        vocab = (p.embedding + p.lm_head) * hp / dep.tp
-    return float(layers + small + vocab)
+    replicated = 0  # W^DKV|W^KR + kv_a_layernorm: replicated on every TP rank
+    if isinstance(a, MLAAttention):
+        replicated = spec.hidden_size * (a.kv_lora_rank + a.qk_rope_head_dim) + a.kv_lora_rank
+    total = 0.0
+    for is_moe, _window, n in layer_groups(spec, dep.pp):
+        lp = layer_params(spec, is_moe)
+        tp_sharded = (lp["attention"] - replicated) / dep.tp + replicated + (lp["dense_ffn"] + lp["shared"]) / dep.tp
+        experts = lp["routed"] / (dep.ep * dep.moe_tp)
+        total += n * ((tp_sharded + experts) * w + (lp["norms"] + lp["router"]) * hp)
+    vocab = (p.embedding + p.lm_head) * hp / dep.tp
+    return float(total + vocab + spec.hidden_size * hp)  # + final norm
 
 
 def kv_bytes_per_device(spec: ModelSpec, dep: Deployment, batch, context):

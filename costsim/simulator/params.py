@@ -106,6 +106,12 @@ def _norm_params(spec: ModelSpec) -> int:
     return spec.hidden_size * (2 if spec.norm == "layernorm" else 1)
 
 
+def layer_params(spec: ModelSpec, moe: bool) -> dict[str, int]:
+    """Weights of one layer by part: attention, norms, dense_ffn, routed, routed_active,
+    shared, router (a MoE layer when ``moe``)."""
+    return _layer_params(spec, moe)
+
+
 def _layer_params(spec: ModelSpec, moe: bool) -> dict[str, int]:
     h, f = spec.hidden_size, spec.ffn
     out = dict(attention=attention_params(spec), norms=2 * _norm_params(spec), dense_ffn=0, routed=0,
