@@ -235,7 +235,7 @@ def stage_layers(n_layers: int, pp: int) -> list[range]:
 def layer_groups(spec: ModelSpec, pp: int = 1) -> list[tuple[bool, int | None, int]]:
     """(is_moe, window or None, number of layers) on the busiest pipeline stage.
 
-    The busiest stage is the one with the most layers, then the most MoE layers. It is
+    The busiest stage is the one with the most layer weights (then the most layers). It is
     costed with both the embedding and the LM head (a conservative bound on the slowest
     stage; with pp = 1 it is exact).
     """
@@ -248,8 +248,11 @@ def layer_groups(spec: ModelSpec, pp: int = 1) -> list[tuple[bool, int | None, i
             g[key] = g.get(key, 0) + 1
         return g
 
+    from costsim.simulator.params import layer_params
+
+    size = {m: sum(layer_params(spec, m).values()) for m in (False, True)}
     stages = [groups(r) for r in stage_layers(spec.num_hidden_layers, pp)]
-    busiest = max(stages, key=lambda g: (sum(g.values()), sum(n for (m, _), n in g.items() if m)))
+    busiest = max(stages, key=lambda g: (sum(size[m] * n for (m, _), n in g.items()), sum(g.values())))
     return [(m, w, n) for (m, w), n in busiest.items()]
 
 
