@@ -250,8 +250,8 @@ def layer_groups(spec: ModelSpec, pp: int = 1) -> list[tuple[bool, int | None, i
 
     from costsim.simulator.params import layer_params
 
-    size = {m: sum(layer_params(spec, m).values()) for m in (False, True)}
     stages = [groups(r) for r in stage_layers(spec.num_hidden_layers, pp)]
+    size = {m: sum(layer_params(spec, m).values()) for m in {k[0] for g in stages for k in g}}
     busiest = max(stages, key=lambda g: (sum(size[m] * n for (m, _), n in g.items()), sum(g.values())))
     return [(m, w, n) for (m, w), n in busiest.items()]
 
