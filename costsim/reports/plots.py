@@ -52,6 +52,16 @@ def _save(fig, path: Path) -> None:
         _figure().close(fig)
 
 
+def _finish(fig, ax, path: Path, title: str, xlabel: str, ylabel: str) -> None:
+    """Label the axes (with units), grid, legend, then save atomically."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
 def throughput_latency(curves: list[dict], path: Path, title: str, slo_s: float | None = None) -> None:
     """Decode tokens/s per device against TPOT, one curve per model (each point a batch).
 
@@ -63,12 +73,7 @@ def throughput_latency(curves: list[dict], path: Path, title: str, slo_s: float 
         ax.plot(np.asarray(c["tpot_s"]) * 1e3, c["tokens_per_s_per_device"], marker=".", ms=3, label=c["label"])
     if slo_s:
         ax.axvline(slo_s * 1e3, color="grey", ls="--", lw=1, label=f"TPOT SLO {slo_s * 1e3:g} ms")
-    ax.set_xlabel("TPOT [ms per output token]")
-    ax.set_ylabel("decode throughput [tokens/s per device]")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, path)
+    _finish(fig, ax, path, title, "TPOT [ms per output token]", "decode throughput [tokens/s per device]")
 
 
 def roofline(points: list[dict], peak_flops: float, bandwidth: float, path: Path, title: str) -> None:
@@ -86,12 +91,7 @@ def roofline(points: list[dict], peak_flops: float, bandwidth: float, path: Path
             ax.scatter(p["intensity"], p["flops_per_s"] / 1e12, s=18)
             ax.annotate(p["label"], (p["intensity"], p["flops_per_s"] / 1e12), fontsize=6, xytext=(3, 2),
                         textcoords="offset points")
-    ax.set_xlabel("arithmetic intensity [FLOP/byte]")
-    ax.set_ylabel("achieved [TFLOP/s]")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    _save(fig, path)
+    _finish(fig, ax, path, title, "arithmetic intensity [FLOP/byte]", "achieved [TFLOP/s]")
 
 
 def kv_vs_context(series: list[dict], path: Path, title: str) -> None:
@@ -100,9 +100,4 @@ def kv_vs_context(series: list[dict], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for s in series:
         ax.plot(s["context"], np.asarray(s["kv_bytes"]) / 1e9, label=s["label"])
-    ax.set_xlabel("context [tokens]")
-    ax.set_ylabel("KV cache [GB = 1e9 bytes]")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, path)
+    _finish(fig, ax, path, title, "context [tokens]", "KV cache [GB = 1e9 bytes]")
