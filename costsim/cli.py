@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -66,6 +65,14 @@ def _count(text: str, flag: str, binary_k: bool = True, minimum: float = 0) -> i
     if not (minimum <= v < float("inf")) or v != int(v):
         raise CostsimError(f"{flag}: expected a finite integer >= {minimum}, got {text!r}")
     return int(v)
+
+
+def _check_kv_layout(spec, fmt, text: str) -> None:
+    """An MLA-only cache layout (flashmla-fp8) on a non-MLA model: one line naming --kv-dtype."""
+    from costsim.specs import MLAAttention
+
+    if fmt.rope_bits is not None and not isinstance(spec.attention, MLAAttention):
+        raise CostsimError(f"--kv-dtype {text}: an MLA cache layout; {spec.name} uses {spec.attention.kind}")
 
 
 def _format(name: str, flag: str):
@@ -196,7 +203,9 @@ def show_cmd(model: str = typer.Argument(..., help="Model name, spec .yaml or HF
         ctx = _count(context, "--context")
         b = _count(batch, "--batch")
         _context_warning(spec, ctx)
-        rec = show_record(spec, _format(kv_dtype, "--kv-dtype"), ctx, b)
+        kvf = _format(kv_dtype, "--kv-dtype")
+        _check_kv_layout(spec, kvf, kv_dtype)
+        rec = show_record(spec, kvf, ctx, b)
         if fmt is not Fmt.table:
             cols = [(k, k, F.text) for k in rec if k != "params"]
             _emit([rec], cols, fmt.value, payload=rec)
@@ -238,11 +247,11 @@ def kv_cmd(models: List[str] = typer.Argument(..., help="One or more models."),
         for m in models:
             spec = _model(m, sets)
             _context_warning(spec, ctx)
+            _check_kv_layout(spec, kvf, kv_dtype)
             try:
                 recs.append(kv_record(spec, kvf, ctx, b, tp, block_size))
             except CostsimError as e:
-                flag = "--kv-dtype" if "layout" in str(e) else "--tp"
-                raise CostsimError(f"{flag}: {e}") from None
+                raise CostsimError(f"--tp: {e}") from None
         dev = "/device" if tp > 1 else ""
         cols = [("name", "model", F.text), ("kv_dtype", "KV dtype", F.text),
                 ("kv_cache_elements_per_token", "elements/token (whole model)", F.integer),
@@ -250,6 +259,8 @@ def kv_cmd(models: List[str] = typer.Argument(..., help="One or more models."),
                 ("kv_cache_bytes_per_token", f"bytes/token{dev}", F.num),
                 ("kv", f"batch {b} x {ctx} tokens [GB = 1e9 B]", F.scaled(1e9)),
                 ("kv", "[GiB = 2^30 B]", F.scaled(2**30))]
+        if fmt is Fmt.csv:  # machines get every field, as in JSON
+            cols = [(k, k, F.text) for k in recs[0]]
         _emit(recs, cols, fmt.value, title=f"KV cache per device (tp={tp})", payload=recs if len(recs) > 1 else recs[0])
 
     _run(go)
@@ -271,10 +282,7 @@ def _deployment(spec, devices, tp, ep, pp, weight_dtype, kv_dtype, hw=None, batc
     base = Deployment(devices=devices, tp=1, ep=1, pp=pp, weight_format=_format(weight_dtype, "--weight-dtype"),
                       kv_format=_format(kv_dtype, "--kv-dtype"), **kw)
 
-    from costsim.specs import MLAAttention
-
-    if base.kv_format.rope_bits is not None and not isinstance(spec.attention, MLAAttention):
-        raise CostsimError(f"--kv-dtype {kv_dtype}: an MLA cache layout; {spec.name} uses {spec.attention.kind}")
+    _check_kv_layout(spec, base.kv_format, kv_dtype)
     wf = base.weight_format
     if wf.rope_bits is not None:
         raise CostsimError(f"--weight-dtype {weight_dtype}: that is a KV cache layout, not a weight format")
@@ -302,8 +310,8 @@ def _deployment(spec, devices, tp, ep, pp, weight_dtype, kv_dtype, hw=None, batc
 def compare_cmd(models: List[str] = typer.Argument(..., help="One or more models (side by side)."),
                 hardware: str = typer.Option(..., "--hardware", "-H", help="Hardware name or profile .yaml."),
                 context: str = typer.Option("4096", "--context", help=CONTEXT_HELP),
-                batch: str = typer.Option("32", "--batch", help="Concurrent sequences per replica."),
-                devices: Optional[int] = typer.Option(None, "--devices", help="Devices per replica (default: one node)."),
+                batch: str = typer.Option("32", "--batch", help="Concurrent sequences over all the devices."),
+                devices: Optional[int] = typer.Option(None, "--devices", help="Devices (default: one node)."),
                 weight_dtype: str = typer.Option("bf16", "--weight-dtype"),
                 kv_dtype: str = typer.Option("bf16", "--kv-dtype"),
                 sets: Optional[List[str]] = SET, hw_sets: Optional[List[str]] = HWSET, fmt: Fmt = FORMAT):
@@ -367,32 +375,17 @@ def import_hf_cmd(config: Path = typer.Argument(..., help="HuggingFace config.js
         if output is None:
             sys.stdout.write(text)
             return
-        _atomic_write(output, text)
+        from costsim.files import atomic_write_text
+
+        atomic_write_text(output, text, "spec YAML")
         print(f"wrote {output} ({spec.name})", file=sys.stderr)
 
     _run(go)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write via a temp file + rename, so a failure never leaves a half-written file."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise CostsimError(f"{path}: directory {path.parent} does not exist")
-    if path.is_dir():
-        raise CostsimError(f"{path}: is a directory; give a file name for the spec YAML")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, _file_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 # ---- performance: perf, max-throughput, train -----------------------------------------
 
-DEVICES = typer.Option(None, "--devices", help="Devices per replica (default: one node of the hardware).")
+DEVICES = typer.Option(None, "--devices", help="Devices in the deployment (default: one node of the hardware).")
 TP = typer.Option(None, "--tp", help="Tensor parallel degree. Default: dense models TP over all devices; MoE models "
                                     "the smallest TP at which the batch fits (TP=1 = DP-attention when it fits); "
                                     "max-throughput tries every valid TP and keeps the best.")
@@ -455,7 +448,7 @@ def _breakdown_records(timing, scale_tokens):
 def perf_cmd(model: str = typer.Argument(...),
              hardware: str = typer.Option(..., "--hardware", "-H"),
              devices: Optional[int] = DEVICES, tp: Optional[int] = TP, ep: Optional[int] = EP, pp: int = PP,
-             batch: str = typer.Option("1", "--batch", help="Concurrent requests per replica."),
+             batch: str = typer.Option("1", "--batch", help="Concurrent requests over all the devices."),
              input_len: str = typer.Option("4096", "--input", help="Prompt tokens (k = 1024)."),
              output_len: str = typer.Option("1024", "--output", help="Generated tokens (k = 1024)."),
              weight_dtype: str = WDT, kv_dtype: str = KVDT, mla_form: str = MLA, imbalance: float = IMB,
@@ -494,6 +487,12 @@ def perf_cmd(model: str = typer.Argument(...),
         from costsim.simulator.roofline import rate_provenance
 
         rec["rates"] = rate_provenance(hw, dep.weight_format.compute)
+        warn = [] if m.fits else [f"batch {b} does not fit in memory at {i + o} tokens (max batch {int(m.max_batch)})"]
+        if not r.prefill_fits:
+            warn.append(f"prefilling all {b} prompts in one step needs {r.prefill_workspace_bytes / 1e9:.1f} GB of "
+                        "activations per device, more than is left; a real server would chunk the prefill")
+        rec["warnings"] = warn
+        _WARNINGS.extend(warn)
         from costsim.simulator.roofline import per_layer_seconds
         from costsim.specs import MLAAttention
 
@@ -515,17 +514,17 @@ def perf_cmd(model: str = typer.Argument(...),
             _emit(ops, [(k, k, F.text) for k in ops[0]], "csv")
             return
         if fmt is not Fmt.table:
-            cols = [(k, k, F.text) for k in rec if not k.endswith(("_operators", "_per_layer")) and k != "rates"]
+            cols = [(k, k, F.text) for k in rec if not k.endswith(("_operators", "_per_layer")) and k not in ("rates", "warnings")]
             _emit([rec], cols, fmt.value, payload=rec)
             return
         rows = [
             ("ttft_s", "TTFT (prefill of the batch) [ms]", F.ms), ("tpot_s", "TPOT, mean over output [ms]", F.ms),
             ("tpot_last_s", "TPOT at the last token [ms]", F.ms), ("e2e_s", "end-to-end latency [s]", F.num),
-            ("prefill_tokens_per_s", "prefill [tokens/s per replica]", F.num),
-            ("decode_tokens_per_s", "decode [tokens/s per replica]", F.num),
+            ("prefill_tokens_per_s", f"prefill [tokens/s, all {dep.devices} devices]", F.num),
+            ("decode_tokens_per_s", f"decode [tokens/s, all {dep.devices} devices]", F.num),
             ("decode_tokens_per_s_per_device", "decode [tokens/s per device]", F.num),
             ("decode_tokens_per_s_per_node", f"decode [tokens/s per node of {hw.devices_per_node}]", F.num),
-            ("combined_tokens_per_s", "prefill+decode on one replica [output tokens/s]", F.num),
+            ("combined_tokens_per_s", "prefill+decode on the same devices [output tokens/s]", F.num),
             ("prefill_mfu", "prefill MFU", F.pct), ("decode_mbu", "decode MBU (first step)", F.pct),
             ("prefill_mla_form", "MLA form prefill / decode", F.text),
             ("weight_bytes_per_device", "weights per device [GB]", F.scaled(1e9)),
@@ -545,10 +544,7 @@ def perf_cmd(model: str = typer.Argument(...),
         forms = f"{rec['prefill_mla_form']} / {rec['decode_mla_form']}" if isinstance(spec.attention, _MLA) else "n/a (not MLA)"
         rec2 = dict(rec, name="value", prefill_mla_form=forms)
         table, cols = F.transpose([rec2], rows)
-        notes = [] if m.fits else [f"warning: batch {b} does not fit in memory at {i + o} tokens (max batch {int(m.max_batch)})"]
-        if not r.prefill_fits:
-            notes.append(f"warning: prefilling all {b} prompts in one step needs {r.prefill_workspace_bytes / 1e9:.1f} GB "
-                         "of activations per device, more than is left; a real server would chunk the prefill")
+        notes = []
         notes.append("Roofline estimate: time = max(FLOPs / achievable FLOP/s, bytes / achievable bandwidth) + overhead, "
                      "efficiency factors from the hardware profile.")
         def human(k, v):
@@ -600,14 +596,19 @@ def max_throughput_cmd(model: str = typer.Argument(...),
             slo = _slo(tpot_slo)
             if slo <= 0:
                 raise CostsimError(f"--tpot-slo must be > 0, got {tpot_slo!r}")
-        if tp is None:  # the layout is part of the answer: try every valid TP
-            from costsim.reports.summary import valid_tp
-            from costsim.simulator.serving import best_max_throughput
+        from costsim.simulator.serving import SLOError
 
-            cands = [dep.with_(tp=t) for t in valid_tp(spec, dep.devices // dep.pp)]
-            dep, r = best_max_throughput(spec, hw, cands, ctx, slo)
-        else:
-            r = max_throughput(spec, hw, dep, ctx, slo)
+        try:
+            if tp is None:  # the layout is part of the answer: try every valid TP
+                from costsim.reports.summary import valid_tp
+                from costsim.simulator.serving import best_max_throughput
+
+                cands = [dep.with_(tp=t) for t in valid_tp(spec, dep.devices // dep.pp)]
+                dep, r = best_max_throughput(spec, hw, cands, ctx, slo)
+            else:
+                r = max_throughput(spec, hw, dep, ctx, slo)
+        except SLOError as e:
+            raise CostsimError(f"--tpot-slo {tpot_slo}: {e}") from None
         rec = dict(model=spec.name, hardware=hw.name, devices=dep.devices, tp=dep.tp, ep=dep.ep, pp=dep.pp,
                    weight_dtype=dep.weight_format.name, kv_dtype=dep.kv_format.name, context=ctx, tpot_slo_s=slo,
                    batch=r.batch, tpot_s=r.tpot_s, tokens_per_s=r.tokens_per_s,
@@ -618,7 +619,7 @@ def max_throughput_cmd(model: str = typer.Argument(...),
             _emit([rec], [(k, k, F.text) for k in rec], fmt.value, payload=rec)
             return
         rows = [("batch", "best batch [sequences]", F.integer), ("tpot_s", "TPOT [ms]", F.ms),
-                ("tokens_per_s", "decode [tokens/s per replica]", F.num),
+                ("tokens_per_s", f"decode [tokens/s, all {dep.devices} devices]", F.num),
                 ("tokens_per_s_per_device", "decode [tokens/s per device]", F.num),
                 ("max_batch_memory", "max batch that fits in memory", F.integer), ("limit", "limited by", F.text)]
         table, cols = F.transpose([dict(rec, name="value")], rows)
@@ -768,21 +769,14 @@ def plot_kv_cmd(models: List[str] = typer.Argument(...),
         b = _count(batch, "--batch", minimum=1)
         fmt = _format(kv_dtype, "--kv-dtype")
         ctx = np.linspace(0, top, 257)
-        series = [dict(label=spec.name, context=ctx, kv_bytes=kv_cache_bytes(spec, fmt, ctx, b))
-                  for spec in (_model(m, sets) for m in models)]
+        specs = [_model(m, sets) for m in models]
+        for spec in specs:
+            _check_kv_layout(spec, fmt, kv_dtype)
+        series = [dict(label=spec.name, context=ctx, kv_bytes=kv_cache_bytes(spec, fmt, ctx, b)) for spec in specs]
         kv_vs_context(series, path, f"KV cache, batch {b}, {fmt.name}")
         print(f"wrote {path}", file=sys.stderr)
 
     _run(go)
-
-
-def _file_mode(path: Path) -> int:
-    """Mode for a written file: the existing file's, else 0o666 less the umask (as open() does)."""
-    if path.exists():
-        return path.stat().st_mode & 0o777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def main() -> None:

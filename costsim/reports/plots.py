@@ -6,8 +6,6 @@ labelled with their units. matplotlib is imported lazily, only here.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,23 +29,17 @@ def check_output(path: Path | str) -> Path:
     path = Path(path)
     if path.suffix.lower() not in _FORMATS:
         raise CostsimError(f"{path}: unknown plot format {path.suffix!r}: expected one of {', '.join(_FORMATS)}")
-    if not path.parent.is_dir():
-        raise CostsimError(f"{path}: directory {path.parent} does not exist")
-    if path.is_dir():
-        raise CostsimError(f"{path}: is a directory")
-    return path
+    from costsim.files import check_target
+
+    return check_target(path, "plot")
 
 
 def _save(fig, path: Path) -> None:
-    """Save via a temp file + rename: never a half-written plot."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
+    """Save atomically (``costsim.files``): never a half-written plot."""
+    from costsim.files import atomic_write
+
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight"), "plot")
     finally:
         _figure().close(fig)
 

@@ -124,6 +124,14 @@ def serve(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch: int, inp
         prefill_workspace_bytes=pre_ws, prefill_fits=pre_need <= mem.usable_bytes)
 
 
+class SLOError(Exception):
+    """No batch meets the TPOT SLO; ``fastest_s`` is the batch-1 TPOT of that layout."""
+
+    def __init__(self, fastest_s: float, message: str):
+        super().__init__(message)
+        self.fastest_s = fastest_s
+
+
 @dataclass(frozen=True)
 class MaxThroughput:
     batch: int
@@ -159,7 +167,7 @@ def max_throughput(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, contex
     tpot, tps = np.asarray(dec.time_s), np.asarray(dec.tokens_per_s)
     ok = np.ones_like(tps, dtype=bool) if tpot_slo_s is None else tpot <= tpot_slo_s
     if not ok.any():
-        raise CostsimError(f"{spec.name} on {hw.name}: no batch meets TPOT <= {tpot_slo_s * 1e3:.3g} ms "
+        raise SLOError(float(tpot[0]), f"{spec.name} on {hw.name}: no batch meets TPOT <= {tpot_slo_s * 1e3:.3g} ms "
                            f"(batch {cand[0]} takes {tpot[0] * 1e3:.3g} ms)")
     i = int(np.argmax(np.where(ok, tps, -np.inf)))
     if cand[i] == cand[-1]:
@@ -185,13 +193,18 @@ def best_max_throughput(spec: ModelSpec, hw: HardwareProfile, candidates: list[D
     for dep in candidates:
         try:
             r = max_throughput(spec, hw, dep, context, tpot_slo_s)
-        except CostsimError as e:
+        except (CostsimError, SLOError) as e:
             errors.append(e)
             continue
         if best is None or r.tokens_per_s > best[1].tokens_per_s:
             best = (dep, r)
     if best is None:  # the SLO is the more telling reason when some layout did fit
-        raise next((e for e in errors if "TPOT" in str(e)), errors[0])
+        slo = [e for e in errors if isinstance(e, SLOError)]
+        if slo:
+            fastest = min(e.fastest_s for e in slo)
+            raise SLOError(fastest, f"{spec.name} on {hw.name}: no batch and layout meets TPOT <= "
+                                    f"{tpot_slo_s * 1e3:.3g} ms (fastest: batch 1 at {fastest * 1e3:.3g} ms)")
+        raise errors[0]
     return best
 
 

@@ -1,0 +1,48 @@
+"""Writing output files atomically: a temp file in the target directory, then a rename, so a
+failure never leaves a half-written file; the result gets the mode open() would give it."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from costsim.errors import CostsimError
+
+
+def check_target(path: Path | str, what: str = "output") -> Path:
+    """Raise CostsimError unless ``path`` can be written as a file in an existing directory."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise CostsimError(f"{path}: directory {path.parent} does not exist")
+    if path.is_dir():
+        raise CostsimError(f"{path}: is a directory; give a file name for the {what}")
+    return path
+
+
+def file_mode(path: Path) -> int:
+    """The existing file's mode, else 0o666 less the umask (as open() does)."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(path: Path | str, write: Callable[[str], None], what: str = "output") -> None:
+    """Call ``write(tmp_path)`` to produce the file, then move it into place at ``path``."""
+    path = check_target(path, what)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, file_mode(path))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path | str, text: str, what: str = "output") -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text), what)
