@@ -1165,3 +1165,35 @@ def test_written_files_get_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_plot_files_get_normal_permissions(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "kv.png"
+    assert runner.invoke(app, ["plot", "kv", "deepseek-v2", "-o", str(out)]).exit_code == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_slo_error_names_the_flag_and_the_fastest_layout():
+    r = runner.invoke(app, ["max-throughput", "deepseek-v2", "-H", "h800", "--weight-dtype", "fp8", "--tpot-slo", "1us"])
+    assert r.exit_code == 2
+    line = r.stderr.strip()
+    assert line.startswith("costsim: error: --tpot-slo 1us") and "fastest: batch 1" in line
+    fastest_ms = float(line.split("batch 1 at ")[1].split(" ms")[0])
+    ok = js("max-throughput", "deepseek-v2", "-H", "h800", "--weight-dtype", "fp8", "--tpot-slo", f"{fastest_ms * 1.01}ms")
+    assert ok["tpot_s"] <= fastest_ms * 1.01e-3
+
+
+@pytest.mark.parametrize("args", [["show", "llama-3.1-8b"], ["kv", "llama-3.1-8b"]])
+def test_kv_layout_on_gqa_names_the_flag(args):
+    r = runner.invoke(app, args + ["--kv-dtype", "flashmla-fp8"])
+    assert r.exit_code == 2 and r.stderr.startswith("costsim: error: --kv-dtype flashmla-fp8")
+
+
+def test_perf_fit_warnings_on_stderr_and_in_json():
+    r = runner.invoke(app, ["perf", "llama-3.1-8b", "-H", "h100", "--devices", "1", "--batch", "100", "--format", "json"])
+    assert r.exit_code == 0
+    rec = json.loads(r.stdout)
+    assert rec["warnings"] and all(w in r.stderr for w in rec["warnings"])
