@@ -75,11 +75,10 @@ def attended_pairs(context, new_tokens, window: int | None = None):
     if window is None:
         return full
     W = float(window)
-    lo, hi = L + 1, L + s  # positions of the queries
+    lo = L + 1  # position of the first query; the queries sit at lo .. L + s
     # positions <= W contribute p, the rest contribute W
     k = np.clip(W - lo + 1, 0, s)  # number of queries with p <= W
-    part1 = k * lo + k * (k - 1) / 2
-    return part1 + (s - k) * W + 0 * hi
+    return k * lo + k * (k - 1) / 2 + (s - k) * W
 
 
 def expected_distinct_experts(n_experts: int, top_k: int, tokens):
@@ -108,8 +107,7 @@ class StepShape:
     logit_tokens: Any = 1
 
 
-def _gemm(name, group, M, N, K, wfmt: NumberFormat, act: float, count: int, batch_dims: int = 1,
-          weight_shared_across_batch: bool = True):
+def _gemm(name, group, M, N, K, wfmt: NumberFormat, act: float, count: int, batch_dims: int = 1):
     """A (batched) GEMM [M,K] x [K,N]: 2*M*N*K FLOPs per batch; weights N*K per batch."""
     M = np.asarray(M, dtype=float)
     flops = 2.0 * M * N * K * batch_dims
