@@ -30,8 +30,7 @@ from typing import Any
 import yaml
 
 from costsim.errors import CostsimError
-from costsim.registry import validate
-from costsim.specs import ModelSpec
+from costsim.specs import ModelSpec, validate
 
 SUPPORTED_MODEL_TYPES = (
     "deepseek",

@@ -12,42 +12,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from costsim.errors import CostsimError
-from costsim.specs import HardwareProfile, ModelSpec
+from costsim.hf import spec_from_hf_config
+from costsim.specs import HardwareProfile, ModelSpec, validate
 
 T = TypeVar("T", bound=BaseModel)
 
 _MODEL_PKG = "costsim.model_specs"
 _HW_PKG = "costsim.hardware_profiles"
-
-
-def format_validation_error(where: str, err: ValidationError) -> str:
-    """One line: ``WHERE: field.path: message`` for the first error (+ count of others)."""
-    errs = err.errors()
-    e = errs[0]
-    tags = {"mha", "gqa", "mqa", "mla", "dense", "moe"}  # discriminator tags pydantic puts in the path
-    loc = ".".join(str(p) for p in e["loc"] if str(p) not in tags and not str(p).startswith("function-"))
-    msg = e["msg"].replace("\n", " ")
-    if e["type"] == "missing":
-        msg = "missing required field"
-    elif e["type"] == "extra_forbidden":
-        msg = "unknown field (not part of the schema)"
-    elif msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    more = f" (and {len(errs) - 1} more error{'s' * (len(errs) > 2)})" if len(errs) > 1 else ""
-    return f"{where}: {loc or '<top level>'}: {msg}{more}"
-
-
-def validate(cls: type[T], data: Any, where: str) -> T:
-    """Build ``cls`` from ``data`` or raise a one-line CostsimError naming ``where``."""
-    if not isinstance(data, dict):
-        raise CostsimError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
-    try:
-        return cls.model_validate(data)
-    except ValidationError as err:
-        raise CostsimError(format_validation_error(where, err)) from None
 
 
 def read_yaml(path: Path | str, text: str | None = None) -> Any:
@@ -115,8 +89,6 @@ def load_model(ref: str) -> ModelSpec:
             raise CostsimError(f"{ref}: no such file")
         data = read_json(p) if p.suffix.lower() == ".json" else read_yaml(p)
         if p.suffix.lower() == ".json" or (isinstance(data, dict) and "model_type" in data and "attention" not in data):
-            from costsim.hf import spec_from_hf_config
-
             return spec_from_hf_config(data, where=str(p))  # an HF config.json, whatever its suffix
         return validate(ModelSpec, data, str(p))
     slug = ref.strip().lower()

@@ -9,11 +9,13 @@ Nothing here reads files: ``costsim.registry`` loads YAML and HF configs into th
 
 from __future__ import annotations
 
-from typing import Annotated, Callable, ClassVar, Literal, Optional, Union
+from typing import Annotated, Any, Callable, ClassVar, Literal, Optional, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, NonNegativeInt, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, field_validator,
+                      model_validator)
 
 from costsim import units
+from costsim.errors import CostsimError
 
 
 class _Frozen(BaseModel):
@@ -344,8 +346,6 @@ class HardwareProfile(_Frozen):
 
     def peak(self, dtype: str) -> float:
         """Dense peak FLOP/s for a compute dtype. Raises CostsimError if the profile lacks it."""
-        from costsim.errors import CostsimError
-
         if dtype not in PeakFlops.model_fields:
             raise CostsimError(f"unknown compute dtype {dtype!r}: expected one of {', '.join(PeakFlops.model_fields)}")
         rate = getattr(self.peak_flops, dtype, None)
@@ -357,3 +357,37 @@ class HardwareProfile(_Frozen):
             have = [k for k, v in self.peak_flops if v is not None]
             raise CostsimError(f"hardware {self.name}: no peak_flops.{dtype} (has {', '.join(have)})")
         return rate.value
+
+
+# ======================================================================================
+# Validation: dict -> spec, with one-line errors
+# ======================================================================================
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def format_validation_error(where: str, err: ValidationError) -> str:
+    """One line: ``WHERE: field.path: message`` for the first error (+ count of others)."""
+    errs = err.errors()
+    e = errs[0]
+    tags = {"mha", "gqa", "mqa", "mla", "dense", "moe"}  # discriminator tags pydantic puts in the path
+    loc = ".".join(str(p) for p in e["loc"] if str(p) not in tags and not str(p).startswith("function-"))
+    msg = e["msg"].replace("\n", " ")
+    if e["type"] == "missing":
+        msg = "missing required field"
+    elif e["type"] == "extra_forbidden":
+        msg = "unknown field (not part of the schema)"
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    more = f" (and {len(errs) - 1} more error{'s' * (len(errs) > 2)})" if len(errs) > 1 else ""
+    return f"{where}: {loc or '<top level>'}: {msg}{more}"
+
+
+def validate(cls: type[T], data: Any, where: str) -> T:
+    """Build ``cls`` from ``data`` or raise a one-line CostsimError naming ``where``."""
+    if not isinstance(data, dict):
+        raise CostsimError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise CostsimError(format_validation_error(where, err)) from None

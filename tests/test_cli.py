@@ -805,7 +805,7 @@ def test_perf_bad_counts(bad, flag, value):
 def test_kv_bad_tp_and_block(bad):
     bad(["kv", "llama-3.1-8b", "--tp", "0"], "--tp")
     bad(["kv", "llama-3.1-8b", "--block-size", "0"], "--block-size")
-    bad(["kv", "llama-3.1-8b", "--tp", "3"], "TP=3", "num_key_value_heads=8")
+    bad(["kv", "llama-3.1-8b", "--tp", "3"], "--tp 3", "num_attention_heads=32")
 
 
 @pytest.mark.parametrize("args,flag", [
@@ -1044,10 +1044,10 @@ def test_tied_embeddings_keep_the_lm_head_matmul_active():
     (["max-throughput", "llama-3.1-8b", "-H", "h100", "--devices", "1", "--tpot-slo", "50"], "give a unit"),
     (["perf", "llama-3.1-8b", "-H", "h100", "--devices", "1", "--weight-dtype", "flashmla-fp8"], "KV cache layout"),
     (["perf", "llama-3.1-8b", "-H", "h100", "--devices", "1", "--imbalance", "2"], "MoE models only"),
-    (["perf", "deepseek-v2-lite", "-H", "h100", "--devices", "8", "--ep", "8", "--imbalance", "9"], "exceeds --ep"),
+    (["perf", "deepseek-v2-lite", "-H", "h100", "--devices", "8", "--ep", "8", "--imbalance", "9"], "exceeds ep=8"),
     (["perf", "llama-3.1-8b", "-H", "a100-80g", "--devices", "1", "--weight-dtype", "fp8"], "--weight-dtype fp8"),
     (["kv", "llama-3.1-8b", "--kv-dtype", "flashmla-fp8"], "--kv-dtype"),
-    (["kv", "llama-3.1-8b", "--tp", "0"], "--tp must be"),
+    (["kv", "llama-3.1-8b", "--tp", "0"], "--tp 0: must be"),
     (["kv", "llama-3.1-8b", "--context", "8.1T"], "k = 1024"),
 ])
 def test_more_bad_input_is_one_line(args, needle):

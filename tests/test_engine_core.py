@@ -160,7 +160,7 @@ def test_tensor_parallel_kv_per_device():
     assert kv_bytes_per_token(llama, bf16, tp=16) == full / 8  # heads replicated beyond TP=8
     v2 = M("deepseek-v2")  # the MLA latent is not divided by TP
     assert kv_bytes_per_token(v2, bf16, tp=8) == kv_bytes_per_token(v2, bf16)
-    with pytest.raises(CostsimError, match="TP=3"):
+    with pytest.raises(CostsimError, match="tp=3"):
         kv_bytes_per_token(llama, bf16, tp=3)
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from costsim.errors import CostsimError
+import numpy as np
+
+from costsim.errors import FieldError
 from costsim.specs import GQAAttention, MLAAttention, MoEFFN, ModelSpec
 from costsim.units import FORMATS, NumberFormat
 
@@ -66,46 +68,89 @@ class Deployment:
 
     def seqs_per_rank(self, batch):
         """Sequences on the busiest attention DP rank: ceil(batch / dp) (batch may be an array)."""
-        import numpy as np
-
         return np.ceil(np.asarray(batch, dtype=float) / self.dp - 1e-9)
 
     def with_(self, **kw) -> "Deployment":
         return replace(self, **kw)
 
     def check(self, spec: ModelSpec) -> "Deployment":
-        """Raise CostsimError naming the parameter if this layout cannot run ``spec``."""
+        """Raise FieldError naming the field if this layout cannot run ``spec``; return self.
+
+        Called by every engine entry that costs a layout (``step_operators``, the memory
+        functions, ``serve``, ``max_throughput``), so no formula sees an invalid layout.
+        """
         for k in ("devices", "tp", "ep", "pp"):
             if getattr(self, k) < 1:
-                raise CostsimError(f"--{k} must be >= 1, got {getattr(self, k)}")
+                raise FieldError(k, getattr(self, k), "must be >= 1")
         if self.devices % (self.tp * self.pp):
-            raise CostsimError(f"--devices {self.devices} is not a multiple of tp*pp = {self.tp * self.pp}")
+            raise FieldError("devices", self.devices, f"not a multiple of tp*pp = {self.tp * self.pp}")
         if self.devices % (self.ep * self.pp):
-            raise CostsimError(f"--devices {self.devices} is not a multiple of ep*pp = {self.ep * self.pp}")
+            raise FieldError("devices", self.devices, f"not a multiple of ep*pp = {self.ep * self.pp}")
         if self.pp > spec.num_hidden_layers:
-            raise CostsimError(f"--pp {self.pp} exceeds the {spec.num_hidden_layers} layers of {spec.name}")
-        a = spec.attention
-        heads = a.num_attention_heads
-        if heads % self.tp:
-            raise CostsimError(f"--tp {self.tp} does not divide num_attention_heads={heads} of {spec.name}")
-        if isinstance(a, GQAAttention):
-            kv = a.num_key_value_heads
-            if (self.tp <= kv and kv % self.tp) or (self.tp > kv and self.tp % kv):
-                raise CostsimError(f"--tp {self.tp} and num_key_value_heads={kv} of {spec.name}: neither divides the other")
-        f = spec.ffn
-        if isinstance(f, MoEFFN):
-            if f.n_routed_experts % self.ep:
-                raise CostsimError(f"--ep {self.ep} does not divide n_routed_experts={f.n_routed_experts} of {spec.name}")
-            if f.moe_intermediate_size % self.moe_tp:
-                raise CostsimError(f"expert TP {self.moe_tp} (devices/(pp*ep)) does not divide moe_intermediate_size={f.moe_intermediate_size}")
-        elif self.ep != 1:
-            raise CostsimError(f"--ep {self.ep} given but {spec.name} is dense (no experts)")
+            raise FieldError("pp", self.pp, f"exceeds the {spec.num_hidden_layers} layers of {spec.name}")
+        problem = tp_problem(spec, self.tp)
+        if problem:
+            raise FieldError("tp", self.tp, problem)
+        problem = ep_problem(spec, self.ep, self.moe_tp)
+        if problem:
+            raise FieldError("ep", self.ep, problem)
         if not (0 < self.gpu_memory_utilization <= 1):
-            raise CostsimError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+            raise FieldError("gpu_memory_utilization", self.gpu_memory_utilization, "must be in (0, 1]")
         if not (1 <= self.imbalance < float("inf")):
-            raise CostsimError(f"--imbalance must be >= 1 (busiest rank over mean), got {self.imbalance}")
+            raise FieldError("imbalance", self.imbalance, "must be a finite number >= 1 (busiest rank over mean)")
+        if self.imbalance != 1:
+            if not isinstance(spec.ffn, MoEFFN):
+                raise FieldError("imbalance", self.imbalance, f"applies to MoE models only; {spec.name} is dense")
+            if self.imbalance > self.ep:
+                raise FieldError("imbalance", self.imbalance,
+                                 f"exceeds ep={self.ep}: the busiest rank carries at most ep x the mean")
         if self.block_size is not None and self.block_size < 1:
-            raise CostsimError(f"--block-size must be >= 1, got {self.block_size}")
-        if not isinstance(a, MLAAttention) and self.kv_format.rope_bits is not None:
-            raise CostsimError(f"--kv-dtype {self.kv_format.name} is an MLA cache layout; {spec.name} uses {a.kind}")
+            raise FieldError("block_size", self.block_size, "must be >= 1")
+        if self.mla_form not in ("absorbed", "naive", "auto"):
+            raise FieldError("mla_form", self.mla_form, "expected auto, absorbed or naive")
+        problem = kv_format_problem(spec, self.kv_format)
+        if problem:
+            raise FieldError("kv_format", self.kv_format.name, problem)
+        if self.weight_format.rope_bits is not None:
+            raise FieldError("weight_format", self.weight_format.name, "a KV cache layout, not a weight format")
         return self
+
+
+# ---- layout rules, each stated once (checks, layout search and KV sizing all use these) ----
+
+
+def tp_problem(spec: ModelSpec, tp: int) -> str | None:
+    """Why ``tp`` cannot split the attention heads of ``spec`` (None when it can).
+
+    Query heads must divide evenly; GQA KV heads either divide by TP or are replicated when
+    TP is a multiple of them (each rank then holds one KV head).
+    """
+    a = spec.attention
+    if a.num_attention_heads % tp:
+        return f"does not divide num_attention_heads={a.num_attention_heads} of {spec.name}"
+    if isinstance(a, GQAAttention):
+        kv = a.num_key_value_heads
+        if (tp <= kv and kv % tp) or (tp > kv and tp % kv):
+            return f"and num_key_value_heads={kv} of {spec.name}: neither divides the other"
+    return None
+
+
+def ep_problem(spec: ModelSpec, ep: int, moe_tp: int) -> str | None:
+    """Why ``ep`` (with each expert split ``moe_tp`` ways) cannot place the experts of ``spec``."""
+    f = spec.ffn
+    if isinstance(f, MoEFFN):
+        if f.n_routed_experts % ep:
+            return f"does not divide n_routed_experts={f.n_routed_experts} of {spec.name}"
+        if f.moe_intermediate_size % moe_tp:
+            return (f"leaves expert TP {moe_tp} (devices/(pp*ep)), which does not divide "
+                    f"moe_intermediate_size={f.moe_intermediate_size}")
+        return None
+    return None if ep == 1 else f"given but {spec.name} is dense (no experts)"
+
+
+def kv_format_problem(spec: ModelSpec, fmt: NumberFormat) -> str | None:
+    """Why ``fmt`` cannot store the KV cache of ``spec``: MLA-only layouts (a separate RoPE-key
+    precision, e.g. flashmla-fp8) need an MLA model."""
+    if fmt.rope_bits is not None and not isinstance(spec.attention, MLAAttention):
+        return f"an MLA cache layout; {spec.name} uses {spec.attention.kind}"
+    return None

@@ -17,7 +17,8 @@ attention core is cheaper; decode with a latent cache is far cheaper absorbed.
 from __future__ import annotations
 
 from costsim.simulator.deployment import Deployment
-from costsim.simulator.operators import StepShape, step_operators, total
+from costsim.simulator.operators import step_operators, total
+from costsim.simulator.types import StepShape
 from costsim.specs import ModelSpec
 
 

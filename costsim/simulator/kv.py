@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from costsim.errors import CostsimError
+from costsim.errors import FieldError
+from costsim.simulator.deployment import kv_format_problem, tp_problem
 from costsim.specs import GQAAttention, MLAAttention, ModelSpec
 from costsim.units import NumberFormat
 
@@ -37,17 +38,15 @@ def kv_elements_per_token(spec: ModelSpec) -> int:
 def kv_heads_per_device(spec: ModelSpec, tp: int = 1) -> int:
     """KV heads each TP rank stores: ceil(n_kv / TP), replicated when TP > n_kv.
 
-    Raises CostsimError when neither of TP and n_kv divides the other.
+    Raises FieldError (field ``tp``) when TP cannot split the heads (``deployment.tp_problem``).
     """
     a = spec.attention
     if isinstance(a, MLAAttention):
         return 1  # one latent "head", replicated on every TP rank
-    kv = a.num_key_value_heads
-    if tp > kv and tp % kv:
-        raise CostsimError(f"TP={tp} is not a multiple of num_key_value_heads={kv}")
-    if tp <= kv and kv % tp:
-        raise CostsimError(f"TP={tp} does not divide num_key_value_heads={kv}")
-    return max(1, kv // tp)
+    problem = tp_problem(spec, tp)
+    if problem:
+        raise FieldError("tp", tp, problem)
+    return max(1, a.num_key_value_heads // tp)
 
 
 def kv_bytes_per_token_per_layer(spec: ModelSpec, fmt: NumberFormat, tp: int = 1) -> float:
@@ -62,8 +61,9 @@ def kv_bytes_per_token_per_layer(spec: ModelSpec, fmt: NumberFormat, tp: int = 1
         if fmt.rope_bits is not None:
             return float(latent + a.qk_rope_head_dim * fmt.rope_bits / 8.0)
         return float(fmt.bytes_for(a.kv_lora_rank + a.qk_rope_head_dim))
-    if fmt.rope_bits is not None:
-        raise CostsimError(f"KV format {fmt.name} is an MLA cache layout; {spec.name} uses {a.kind}")
+    problem = kv_format_problem(spec, fmt)
+    if problem:
+        raise FieldError("kv_format", fmt.name, problem)
     # K and V are stored (and block-scaled) per head, each head_dim long.
     return float(2 * kv_heads_per_device(spec, tp) * fmt.bytes_for(a.head_dim))
 
@@ -95,7 +95,7 @@ def kv_cache_bytes(spec: ModelSpec, fmt: NumberFormat, context, batch=1, *, tp: 
     per_layer = kv_bytes_per_token_per_layer(spec, fmt, tp)
     context = np.asarray(context, dtype=float)
     if np.any(context < 0) or np.any(np.asarray(batch) < 0):
-        raise CostsimError("context and batch must be >= 0")
+        raise FieldError("context" if np.any(context < 0) else "batch", "<0", "must be >= 0")
     n_win = spec.n_window_layers
     n_full = spec.num_hidden_layers - n_win
     tokens = n_full * cached_tokens(context, block_size)

@@ -17,8 +17,9 @@ import numpy as np
 from costsim.errors import CostsimError
 from costsim.simulator.deployment import Deployment
 from costsim.simulator.kv import kv_cache_bytes
-from costsim.simulator.operators import StepShape, step_operators
-from costsim.simulator.params import param_counts
+from costsim.simulator.operators import layer_groups, step_operators
+from costsim.simulator.params import layer_params, param_counts
+from costsim.simulator.types import OpKind, StepShape
 from costsim.specs import HardwareProfile, MLAAttention, ModelSpec
 
 
@@ -26,9 +27,7 @@ def weight_bytes_per_device(spec: ModelSpec, dep: Deployment) -> float:
     """Bytes of weights on the busiest device: the layers of the busiest pipeline stage
     (``operators.layer_groups``) plus the embedding and the LM head, as the timing costs that
     stage (exact for pp = 1, a conservative bound for pp > 1)."""
-    from costsim.simulator.operators import layer_groups
-    from costsim.simulator.params import layer_params
-
+    dep.check(spec)
     p = param_counts(spec)
     w, hp = dep.weight_format.bytes_per_element, dep.high_precision.bytes_per_element
     a = spec.attention
@@ -47,6 +46,7 @@ def weight_bytes_per_device(spec: ModelSpec, dep: Deployment) -> float:
 
 def kv_bytes_per_device(spec: ModelSpec, dep: Deployment, batch, context):
     """KV cache bytes on one device: its DP group's sequences, its PP share of layers."""
+    dep.check(spec)
     per_dev_seqs = dep.seqs_per_rank(batch)
     return kv_cache_bytes(spec, dep.kv_format, context, per_dev_seqs, tp=dep.tp, block_size=dep.block_size) / dep.pp
 
@@ -57,10 +57,10 @@ def workspace_bytes(spec: ModelSpec, dep: Deployment, step: StepShape):
     ops = step_operators(spec, dep, step, include_comm=False)
     peak = 0.0
     for o in ops:
-        if o.kind in ("gemm", "grouped_gemm"):
+        if o.kind in (OpKind.GEMM, OpKind.GROUPED_GEMM):
             M = np.asarray(o.shape["M"], dtype=float)
             act = M * (o.shape["K"] + o.shape["N"]) * dep.act_bytes * o.shape.get("batch", 1)
-        elif o.kind == "elementwise":
+        elif o.kind is OpKind.ELEMENTWISE:
             act = o.bytes_moved
         else:
             continue

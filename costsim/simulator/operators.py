@@ -22,43 +22,15 @@ E*(1-(1-k/E)^T) for T uniformly routed tokens (each expert picked with probabili
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 
 from costsim.simulator.deployment import Deployment
 from costsim.simulator.kv import kv_bytes_per_token_per_layer, kv_heads_per_device
+from costsim.simulator.parallel import comm_operators
+from costsim.simulator.params import stored_layer_params
+from costsim.simulator.types import LayerType, OpGroup, OpKind, Operator, StepShape
 from costsim.specs import GQAAttention, MLAAttention, MoEFFN, ModelSpec
 from costsim.units import NumberFormat
-
-
-@dataclass(frozen=True)
-class Operator:
-    """One kernel (or one collective) of a step, per device. See module docstring for units."""
-
-    name: str
-    kind: str  # gemm | grouped_gemm | attention | elementwise | comm
-    group: str  # embedding | attention | ffn | moe | lm_head | comm
-    count: int
-    flops: Any = 0.0
-    bytes_read: Any = 0.0
-    bytes_written: Any = 0.0
-    dtype: str = "bf16"  # peak_flops key of the compute
-    shape: dict = field(default_factory=dict)
-    comm_bytes: Any = 0.0  # bytes each device sends (comm only)
-    link: str = ""  # intra_node | inter_node (comm only)
-    hops: Any = 0  # latency terms (comm only)
-
-    @property
-    def bytes_moved(self):
-        return self.bytes_read + self.bytes_written
-
-    @property
-    def intensity(self):
-        """Arithmetic intensity, FLOPs per byte moved to/from device memory."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(np.asarray(self.bytes_moved) > 0, np.asarray(self.flops) / np.asarray(self.bytes_moved), np.inf)
 
 
 def attended_pairs(context, new_tokens, window: int | None = None):
@@ -93,41 +65,28 @@ def expected_distinct_experts(n_experts: int, top_k: int, tokens):
     return n_experts * (1.0 - (1.0 - top_k / n_experts) ** T)
 
 
-@dataclass(frozen=True)
-class StepShape:
-    """A step, per replica: ``batch`` sequences x ``new_tokens`` each, after ``context``.
-
-    ``logit_tokens``: tokens per sequence that need logits (1 when serving; all
-    ``new_tokens`` for training and for the per-token FLOP convention).
-    """
-
-    batch: Any
-    new_tokens: Any
-    context: Any
-    logit_tokens: Any = 1
-
-
-def _gemm(name, group, M, N, K, wfmt: NumberFormat, act: float, count: int, batch_dims: int = 1):
+def _gemm(name, group: OpGroup, layer: LayerType, M, N, K, wfmt: NumberFormat, act: float, count: int,
+          batch_dims: int = 1) -> Operator:
     """A (batched) GEMM [M,K] x [K,N]: 2*M*N*K FLOPs per batch; weights N*K per batch."""
     M = np.asarray(M, dtype=float)
     flops = 2.0 * M * N * K * batch_dims
     w_bytes = wfmt.bytes_for(N * K) * batch_dims
     return Operator(
-        name=name, kind="gemm", group=group, count=count, flops=flops,
+        name=name, kind=OpKind.GEMM, group=group, layer=layer, count=count, flops=flops,
         bytes_read=w_bytes + M * K * act * batch_dims, bytes_written=M * N * act * batch_dims,
         dtype=wfmt.compute, shape=dict(M=M, N=N, K=K, batch=batch_dims),
     )
 
 
-def _elementwise(name, group, elements_in, elements_out, act, count):
-    return Operator(name=name, kind="elementwise", group=group, count=count, flops=0.0,
+def _elementwise(name, group: OpGroup, layer: LayerType, elements_in, elements_out, act, count) -> Operator:
+    return Operator(name=name, kind=OpKind.ELEMENTWISE, group=group, layer=layer, count=count, flops=0.0,
                     bytes_read=np.asarray(elements_in, dtype=float) * act,
                     bytes_written=np.asarray(elements_out, dtype=float) * act,
                     dtype="", shape=dict(elements=elements_in))
 
 
 def _attention_ops(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: int, window: int | None,
-                   form: str, tag: str) -> list[Operator]:
+                   form: str, tag: str, layer: LayerType = LayerType.DENSE) -> list[Operator]:
     """Projections + core attention of ``n_layers`` identical layers (per device)."""
     a, h, act = spec.attention, spec.hidden_size, dep.act_bytes
     w = dep.weight_format
@@ -142,47 +101,50 @@ def _attention_ops(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: 
     kv_write = T * kv_tok
     ops: list[Operator] = []
     sfx = f"[{tag}]" if tag else ""
+    G = OpGroup.ATTENTION
+
+    def gemm(name, M, N, K, batch_dims=1):
+        return _gemm(name + sfx, G, layer, M, N, K, w, act, n_layers, batch_dims)
+
+    def core(name, flops, read, written, shape):
+        return Operator(name=name + sfx, kind=OpKind.ATTENTION, group=G, layer=layer, count=n_layers, flops=flops,
+                        bytes_read=read, bytes_written=written, dtype="bf16", shape=shape)
+
     if isinstance(a, MLAAttention):
         nh = a.num_attention_heads // dep.tp
         dc, dr, dn, dv = a.kv_lora_rank, a.qk_rope_head_dim, a.qk_nope_head_dim, a.v_head_dim
         if a.q_lora_rank:
-            ops.append(_gemm("attn.q_a_proj" + sfx, "attention", T, a.q_lora_rank, h, w, act, n_layers))
-            ops.append(_gemm("attn.q_b_proj" + sfx, "attention", T, nh * (dn + dr), a.q_lora_rank, w, act, n_layers))
+            ops.append(gemm("attn.q_a_proj", T, a.q_lora_rank, h))
+            ops.append(gemm("attn.q_b_proj", T, nh * (dn + dr), a.q_lora_rank))
         else:
-            ops.append(_gemm("attn.q_proj" + sfx, "attention", T, nh * (dn + dr), h, w, act, n_layers))
+            ops.append(gemm("attn.q_proj", T, nh * (dn + dr), h))
         # latent + rope key, replicated on every TP rank (not divided by TP)
-        ops.append(_gemm("attn.kv_a_proj" + sfx, "attention", T, dc + dr, h, w, act, n_layers))
+        ops.append(gemm("attn.kv_a_proj", T, dc + dr, h))
         if form == "absorbed":
-            ops.append(_gemm("attn.q_absorb(W_UK)" + sfx, "attention", T, dc, dn, w, act, n_layers, batch_dims=nh))
+            ops.append(gemm("attn.q_absorb(W_UK)", T, dc, dn, batch_dims=nh))
             flops = 2.0 * nh * (dc + dr) * pairs + 2.0 * nh * dc * pairs
-            ops.append(Operator(
-                name="attn.core(latent)" + sfx, kind="attention", group="attention", count=n_layers, flops=flops,
-                bytes_read=kv_read + T * nh * (dc + dr) * act, bytes_written=kv_write + T * nh * dc * act,
-                dtype="bf16", shape=dict(batch=b, heads=nh, kv_heads=1, q_len=s, kv_len=kv_len, qk_dim=dc + dr, v_dim=dc)))
-            ops.append(_gemm("attn.o_absorb(W_UV)" + sfx, "attention", T, dv, dc, w, act, n_layers, batch_dims=nh))
+            ops.append(core("attn.core(latent)", flops, kv_read + T * nh * (dc + dr) * act, kv_write + T * nh * dc * act,
+                            dict(batch=b, heads=nh, kv_heads=1, q_len=s, kv_len=kv_len, qk_dim=dc + dr, v_dim=dc)))
+            ops.append(gemm("attn.o_absorb(W_UV)", T, dv, dc, batch_dims=nh))
         else:  # naive: decompress K_nope and V for every cached token, every step
             ctx_tokens = b * kv_len
-            ops.append(_gemm("attn.kv_b_proj(decompress)" + sfx, "attention", ctx_tokens, nh * (dn + dv), dc, w, act, n_layers))
+            ops.append(gemm("attn.kv_b_proj(decompress)", ctx_tokens, nh * (dn + dv), dc))
             flops = 2.0 * nh * (dn + dr) * pairs + 2.0 * nh * dv * pairs
             kv_dec = ctx_tokens * (nh * (dn + dv) + dr) * act
-            ops.append(Operator(
-                name="attn.core(mha)" + sfx, kind="attention", group="attention", count=n_layers, flops=flops,
-                bytes_read=kv_read + kv_dec + T * nh * (dn + dr) * act, bytes_written=kv_write + T * nh * dv * act,
-                dtype="bf16", shape=dict(batch=b, heads=nh, kv_heads=nh, q_len=s, kv_len=kv_len, qk_dim=dn + dr, v_dim=dv)))
-        ops.append(_gemm("attn.o_proj" + sfx, "attention", T, h, nh * dv, w, act, n_layers))
+            ops.append(core("attn.core(mha)", flops, kv_read + kv_dec + T * nh * (dn + dr) * act,
+                            kv_write + T * nh * dv * act,
+                            dict(batch=b, heads=nh, kv_heads=nh, q_len=s, kv_len=kv_len, qk_dim=dn + dr, v_dim=dv)))
+        ops.append(gemm("attn.o_proj", T, h, nh * dv))
     else:
         assert isinstance(a, GQAAttention)
         nh = a.num_attention_heads // dep.tp
         nkv = kv_heads_per_device(spec, dep.tp)
         d = a.head_dim
-        ops.append(_gemm("attn.qkv_proj" + sfx, "attention", T, (nh + 2 * nkv) * d, h, w, act, n_layers))
-        flops = 4.0 * nh * d * pairs
-        ops.append(Operator(
-            name="attn.core" + sfx, kind="attention", group="attention", count=n_layers, flops=flops,
-            bytes_read=kv_read + T * nh * d * act, bytes_written=kv_write + T * nh * d * act,
-            dtype="bf16", shape=dict(batch=b, heads=nh, kv_heads=nkv, q_len=s, kv_len=kv_len, qk_dim=d, v_dim=d)))
-        ops.append(_gemm("attn.o_proj" + sfx, "attention", T, h, nh * d, w, act, n_layers))
-    ops.append(_elementwise("norms" + sfx, "attention", 2 * T * h, 2 * T * h, act, n_layers))
+        ops.append(gemm("attn.qkv_proj", T, (nh + 2 * nkv) * d, h))
+        ops.append(core("attn.core", 4.0 * nh * d * pairs, kv_read + T * nh * d * act, kv_write + T * nh * d * act,
+                        dict(batch=b, heads=nh, kv_heads=nkv, q_len=s, kv_len=kv_len, qk_dim=d, v_dim=d)))
+        ops.append(gemm("attn.o_proj", T, h, nh * d))
+    ops.append(_elementwise("norms" + sfx, G, layer, 2 * T * h, 2 * T * h, act, n_layers))
     return ops
 
 
@@ -192,21 +154,23 @@ def _ffn_ops(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: int, m
     T = b * np.asarray(step.new_tokens, dtype=float)
     ops: list[Operator] = []
     if not moe:
+        D, G = LayerType.DENSE, OpGroup.FFN
         inter = f.dense_intermediate_size if isinstance(f, MoEFFN) else f.intermediate_size
         i_dev = inter // dep.tp
         up = 2 * i_dev if f.gated else i_dev
-        ops.append(_gemm("ffn.gate_up_proj" if f.gated else "ffn.up_proj", "ffn", T, up, h, w, act, n_layers))
-        ops.append(_elementwise("ffn.act", "ffn", T * up, T * i_dev, act, n_layers))
-        ops.append(_gemm("ffn.down_proj", "ffn", T, h, i_dev, w, act, n_layers))
+        ops.append(_gemm("ffn.gate_up_proj" if f.gated else "ffn.up_proj", G, D, T, up, h, w, act, n_layers))
+        ops.append(_elementwise("ffn.act", G, D, T * up, T * i_dev, act, n_layers))
+        ops.append(_gemm("ffn.down_proj", G, D, T, h, i_dev, w, act, n_layers))
         return ops
     assert isinstance(f, MoEFFN)
+    M, G = LayerType.MOE, OpGroup.MOE
     E, k = f.n_routed_experts, f.num_experts_per_tok
-    ops.append(_gemm("moe.router", "moe", T, E, h, dep.high_precision, act, n_layers))
+    ops.append(_gemm("moe.router", G, M, T, E, h, dep.high_precision, act, n_layers))
     if f.n_shared_experts:
         i_sh = f.n_shared_experts * f.shared_size // dep.tp
         up = 2 * i_sh if f.gated else i_sh
-        ops.append(_gemm("moe.shared.gate_up_proj", "moe", T, up, h, w, act, n_layers))
-        ops.append(_gemm("moe.shared.down_proj", "moe", T, h, i_sh, w, act, n_layers))
+        ops.append(_gemm("moe.shared.gate_up_proj", G, M, T, up, h, w, act, n_layers))
+        ops.append(_gemm("moe.shared.down_proj", G, M, T, h, i_sh, w, act, n_layers))
     # routed experts on the busiest EP rank
     T_stage = np.asarray(step.batch, dtype=float) * np.asarray(step.new_tokens, dtype=float)
     e_local = E // dep.ep
@@ -217,7 +181,7 @@ def _ffn_ops(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: int, m
     up = 2 * i_e if f.gated else i_e
     for name, N, K in (("moe.experts.gate_up_proj", up, h), ("moe.experts.down_proj", h, i_e)):
         ops.append(Operator(
-            name=name, kind="grouped_gemm", group="moe", count=n_layers, flops=2.0 * assign * N * K,
+            name=name, kind=OpKind.GROUPED_GEMM, group=G, layer=M, count=n_layers, flops=2.0 * assign * N * K,
             bytes_read=distinct * w.bytes_for(N * K) + assign * K * act, bytes_written=assign * N * act,
             dtype=w.compute, shape=dict(M=assign, N=N, K=K, groups=distinct, tokens_per_expert=assign / distinct)))
     return ops
@@ -233,9 +197,10 @@ def stage_layers(n_layers: int, pp: int) -> list[range]:
 def layer_groups(spec: ModelSpec, pp: int = 1) -> list[tuple[bool, int | None, int]]:
     """(is_moe, window or None, number of layers) on the busiest pipeline stage.
 
-    The busiest stage is the one with the most layer weights (then the most layers). It is
-    costed with both the embedding and the LM head (a conservative bound on the slowest
-    stage; with pp = 1 it is exact).
+    The busiest stage is the one whose layers store the most weights (every routed expert
+    counts, not only the activated ones), then the one with the most layers. It is costed with
+    both the embedding and the LM head (a conservative bound on the slowest stage; with
+    pp = 1 it is exact).
     """
     win = set(spec.sliding_window.layers) if spec.sliding_window else set()
 
@@ -246,10 +211,8 @@ def layer_groups(spec: ModelSpec, pp: int = 1) -> list[tuple[bool, int | None, i
             g[key] = g.get(key, 0) + 1
         return g
 
-    from costsim.simulator.params import layer_params
-
     stages = [groups(r) for r in stage_layers(spec.num_hidden_layers, pp)]
-    size = {m: sum(layer_params(spec, m).values()) for m in {k[0] for g in stages for k in g}}
+    size = {m: stored_layer_params(spec, m) for m in {k[0] for g in stages for k in g}}
     busiest = max(stages, key=lambda g: (sum(size[m] * n for (m, _), n in g.items()), sum(g.values())))
     return [(m, w, n) for (m, w), n in busiest.items()]
 
@@ -259,8 +222,10 @@ def step_operators(spec: ModelSpec, dep: Deployment, step: StepShape, *, form: s
     """All operators one device runs for a step (one pipeline stage's share of layers).
 
     ``form`` overrides ``dep.mla_form`` ("absorbed" | "naive"); "auto" is resolved by the
-    roofline (``costsim.simulator.roofline``), not here.
+    roofline (``costsim.simulator.roofline``), not here. Raises FieldError when ``dep``
+    cannot run ``spec`` (``Deployment.check``).
     """
+    dep.check(spec)
     form = form or dep.mla_form
     if form == "auto":
         form = "absorbed"
@@ -268,23 +233,22 @@ def step_operators(spec: ModelSpec, dep: Deployment, step: StepShape, *, form: s
     b = dep.seqs_per_rank(step.batch)
     T = b * np.asarray(step.new_tokens, dtype=float)
     ops: list[Operator] = [
-        Operator(name="embedding", kind="elementwise", group="embedding", count=1, flops=0.0,
-                 bytes_read=T * h * dep.high_precision.bytes_per_element, bytes_written=T * h * act, dtype="")
+        Operator(name="embedding", kind=OpKind.ELEMENTWISE, group=OpGroup.EMBEDDING, layer=LayerType.ONCE, count=1,
+                 flops=0.0, bytes_read=T * h * dep.high_precision.bytes_per_element, bytes_written=T * h * act, dtype="")
     ]
     groups = layer_groups(spec, dep.pp)
     for is_moe, window, n in groups:
         tag = ("moe" if is_moe else "dense") + (f",window={window}" if window else "")
-        ops += _attention_ops(spec, dep, step, n, window, form, tag if len(groups) > 1 else "")
+        layer = LayerType.MOE if is_moe else LayerType.DENSE
+        ops += _attention_ops(spec, dep, step, n, window, form, tag if len(groups) > 1 else "", layer)
     for is_moe in (False, True):
         n = sum(g[2] for g in groups if g[0] == is_moe)
         if n:
             ops += _ffn_ops(spec, dep, step, n, is_moe)
-    V = spec.vocab_size // dep.tp if spec.vocab_size % dep.tp == 0 else -(-spec.vocab_size // dep.tp)
+    V = -(-spec.vocab_size // dep.tp)  # vocab-parallel shard, rounded up
     lt = b * np.asarray(step.logit_tokens, dtype=float)
-    ops.append(_gemm("lm_head", "lm_head", lt, V, h, dep.high_precision, act, 1))
+    ops.append(_gemm("lm_head", OpGroup.LM_HEAD, LayerType.ONCE, lt, V, h, dep.high_precision, act, 1))
     if include_comm:
-        from costsim.simulator.parallel import comm_operators
-
         ops += comm_operators(spec, dep, step, groups)
     return ops
 

@@ -24,8 +24,10 @@ from math import comb
 
 import numpy as np
 
+from costsim.errors import CostsimError
 from costsim.simulator.deployment import Deployment
-from costsim.specs import MoEFFN, ModelSpec
+from costsim.simulator.types import LayerType, Link, LinkKind, OpGroup, OpKind, Operator, StepShape
+from costsim.specs import HardwareProfile, MoEFFN, ModelSpec
 
 
 def _p_unit_missed(n_experts: int, per_unit: int, top_k: int) -> float:
@@ -76,74 +78,66 @@ def ep_alltoall_seconds(tokens, destinations, hidden: int, bytes_per_elem: float
     return np.asarray(tokens, dtype=float) * destinations * hidden * bytes_per_elem / bandwidth + latency
 
 
-def comm_operators(spec: ModelSpec, dep: Deployment, step, groups) -> list:
-    """Communication operators of one device for a step (see module docstring)."""
-    from costsim.simulator.operators import Operator
+def comm_operators(spec: ModelSpec, dep: Deployment, step: StepShape, groups) -> list[Operator]:
+    """Communication operators of one device for a step (see module docstring).
 
-    ops = []
+    ``groups``: (is_moe, window, layers) of the device's pipeline stage
+    (``operators.layer_groups``). The TP all-reduces are one operator per layer type, so each
+    is counted in its own layer type.
+    """
+    ops: list[Operator] = []
     h, act = spec.hidden_size, dep.act_bytes
     b = dep.seqs_per_rank(step.batch)
     T = b * np.asarray(step.new_tokens, dtype=float)
-    n_layers = sum(g[2] for g in groups)
-    n_moe = sum(g[2] for g in groups if g[0])
+    n = {LayerType.DENSE: sum(g[2] for g in groups if not g[0]), LayerType.MOE: sum(g[2] for g in groups if g[0])}
+    n_moe = n[LayerType.MOE] if isinstance(spec.ffn, MoEFFN) else 0
+    stage = dep.devices // dep.pp
+    C = OpGroup.COMM
+
+    def comm(name, layer, count, nbytes, link, hops, **shape):
+        return Operator(name=name, kind=OpKind.COMM, group=C, layer=layer, count=count, comm_bytes=nbytes,
+                        link=link, hops=hops, dtype="", shape=dict(tokens=T, hidden=h, **shape))
+
     if dep.tp > 1:
-        ops.append(Operator(
-            name="comm.tp_allreduce", kind="comm", group="comm", count=2 * n_layers,
-            comm_bytes=2 * (dep.tp - 1) / dep.tp * T * h * act, link=f"group:{dep.tp}", hops=2 * (dep.tp - 1),
-            dtype="", shape=dict(tokens=T, hidden=h, tp=dep.tp)))
-    if dep.ep > 1 and n_moe and isinstance(spec.ffn, MoEFFN):
+        both = n[LayerType.DENSE] and n[LayerType.MOE]
+        for layer in (LayerType.DENSE, LayerType.MOE):
+            if n[layer]:  # two all-reduces per layer: after attention and after the FFN
+                ops.append(comm("comm.tp_allreduce" + (f"[{layer.value}]" if both else ""), layer, 2 * n[layer],
+                                2 * (dep.tp - 1) / dep.tp * T * h * act, Link(LinkKind.GROUP, dep.tp),
+                                2 * (dep.tp - 1), tp=dep.tp))
+    if dep.ep > 1 and n_moe:
         for name, nbytes in (("comm.ep_dispatch", dep.dispatch_bytes), ("comm.ep_combine", dep.combine_bytes)):
-            ops.append(Operator(
-                name=name, kind="comm", group="comm", count=n_moe, comm_bytes=T * h * nbytes * dep.imbalance,
-                link=f"ep:{dep.devices // dep.pp}", hops=1, dtype="",
-                shape=dict(tokens=T, hidden=h, ep=dep.ep, bytes_per_elem=nbytes)))
+            ops.append(comm(name, LayerType.MOE, n_moe, T * h * nbytes * dep.imbalance,
+                            Link(LinkKind.ALL_TO_ALL, stage), 1, ep=dep.ep, bytes_per_elem=nbytes))
     g = dep.moe_tp // dep.tp if dep.moe_tp > dep.tp else 1
-    if g > 1 and n_moe and isinstance(spec.ffn, MoEFFN):
+    if g > 1 and n_moe:
         # Experts split over more devices (moe_tp) than attention's TP group: each device gathers
         # the tokens of the other g - 1 attention groups for its expert slice, then
         # reduce-scatters the outputs back (ring all-gather + reduce-scatter over g ranks).
-        ops.append(Operator(
-            name="comm.moe_tp_gather_scatter", kind="comm", group="comm", count=n_moe,
-            comm_bytes=2 * (g - 1) * T * h * act, link=f"group:{dep.moe_tp}", hops=2 * (g - 1), dtype="",
-            shape=dict(tokens=T, hidden=h, moe_tp=dep.moe_tp, tp=dep.tp)))
+        ops.append(comm("comm.moe_tp_gather_scatter", LayerType.MOE, n_moe, 2 * (g - 1) * T * h * act,
+                        Link(LinkKind.GROUP, dep.moe_tp), 2 * (g - 1), moe_tp=dep.moe_tp, tp=dep.tp))
     if dep.pp > 1:
-        ops.append(Operator(
-            name="comm.pp_send", kind="comm", group="comm", count=1, comm_bytes=T * h * act,
-            link=f"pp:{dep.devices // dep.pp}", hops=1, dtype="", shape=dict(tokens=T, hidden=h)))
+        ops.append(comm("comm.pp_send", LayerType.ONCE, 1, T * h * act, Link(LinkKind.STAGE, stage), 1))
     return ops
 
 
-def comm_seconds(op, spec: ModelSpec, dep: Deployment, hw) -> np.ndarray:
+def comm_seconds(op: Operator, spec: ModelSpec, dep: Deployment, hw: HardwareProfile) -> np.ndarray:
     """Seconds for a comm operator on ``hw`` (per occurrence), including latency terms.
 
-    The link is chosen at timing time from the hardware's ``devices_per_node``: a group that
-    fits in a node uses the intra-node link, otherwise the NIC.
+    The link is chosen at timing time from the hardware's ``devices_per_node``
+    (``Link.crosses_nodes``). An all-to-all sends each token once per remote rank holding its
+    experts inside a node, or once per remote node across nodes (``ep_destinations``).
+    Raises CostsimError when the profile lacks the link's bandwidth.
     """
     dpn = hw.devices_per_node
-    eff = hw.efficiency
-
-    def rate(inter: bool):
-        bw = hw.inter_node_bandwidth if inter else hw.intra_node_bandwidth
-        if bw is None:
-            from costsim.errors import CostsimError
-
-            raise CostsimError(f"hardware {hw.name} has no {'inter' if inter else 'intra'}_node_bandwidth for {op.name}")
-        e = eff.inter_node.value if inter else eff.intra_node.value
-        lat = hw.inter_node_latency.value if inter else hw.intra_node_latency.value
-        return bw.value * e, lat
-
-    kind, _, size = op.link.partition(":")
-    size = int(size)
-    if kind == "ep":
+    inter = op.link.crosses_nodes(dpn)
+    bw = hw.inter_node_bandwidth if inter else hw.intra_node_bandwidth
+    if bw is None:
+        raise CostsimError(f"hardware {hw.name} has no {'inter' if inter else 'intra'}_node_bandwidth for {op.name}")
+    rate = bw.value * (hw.efficiency.inter_node.value if inter else hw.efficiency.intra_node.value)
+    lat = hw.inter_node_latency.value if inter else hw.intra_node_latency.value
+    if op.link.kind is LinkKind.ALL_TO_ALL:
         ranks, nodes = ep_destinations(spec, dep, dpn)
-        per_token = op.comm_bytes  # tokens * h * bytes (* imbalance)
-        if size > dpn:
-            bw, lat = rate(True)
-            return ep_alltoall_seconds(1.0, nodes, 1, per_token, bw, lat)
-        bw, lat = rate(False)
-        return ep_alltoall_seconds(1.0, ranks, 1, per_token, bw, lat)
-    inter = size > dpn
-    if kind == "pp":
-        inter = size >= dpn
-    bw, lat = rate(inter)
-    return np.asarray(op.comm_bytes, dtype=float) / bw + op.hops * lat
+        # comm_bytes = tokens * h * bytes (* imbalance): one copy per destination
+        return ep_alltoall_seconds(1.0, nodes if inter else ranks, 1, op.comm_bytes, rate, lat)
+    return np.asarray(op.comm_bytes, dtype=float) / rate + op.hops * lat

@@ -108,11 +108,8 @@ def _norm_params(spec: ModelSpec) -> int:
 
 def layer_params(spec: ModelSpec, moe: bool) -> dict[str, int]:
     """Weights of one layer by part: attention, norms, dense_ffn, routed, routed_active,
-    shared, router (a MoE layer when ``moe``)."""
-    return _layer_params(spec, moe)
-
-
-def _layer_params(spec: ModelSpec, moe: bool) -> dict[str, int]:
+    shared, router (a MoE layer when ``moe``). ``routed_active`` is the top-k share of
+    ``routed``, not weights of their own: see ``stored_layer_params``."""
     h, f = spec.hidden_size, spec.ffn
     out = dict(attention=attention_params(spec), norms=2 * _norm_params(spec), dense_ffn=0, routed=0,
                routed_active=0, shared=0, router=0)
@@ -130,6 +127,12 @@ def _layer_params(spec: ModelSpec, moe: bool) -> dict[str, int]:
     return out
 
 
+def stored_layer_params(spec: ModelSpec, moe: bool) -> int:
+    """Weights one layer stores (every routed expert; ``routed_active`` is not added again)."""
+    lp = layer_params(spec, moe)
+    return lp["attention"] + lp["norms"] + lp["dense_ffn"] + lp["routed"] + lp["shared"] + lp["router"]
+
+
 def param_counts(spec: ModelSpec) -> ParamBreakdown:
     """Total and activated parameter counts of ``spec`` by component.
 
@@ -139,7 +142,7 @@ def param_counts(spec: ModelSpec) -> ParamBreakdown:
     h = spec.hidden_size
     acc = dict(attention=0, norms=0, dense_ffn=0, routed=0, routed_active=0, shared=0, router=0)
     for i in range(spec.num_hidden_layers):
-        for k, v in _layer_params(spec, spec.is_moe_layer(i)).items():
+        for k, v in layer_params(spec, spec.is_moe_layer(i)).items():
             acc[k] += v
     embedding = spec.vocab_size * h
     lm_head = 0 if spec.tie_word_embeddings else spec.vocab_size * h
@@ -147,8 +150,7 @@ def param_counts(spec: ModelSpec) -> ParamBreakdown:
     if spec.num_nextn_predict_layers:
         # DeepSeek-V3 §2.2: each MTP module = RMSNorm(h) x2 + projection M (2h -> h) + one
         # transformer block (MoE when the model is MoE); embedding and head shared.
-        layer = _layer_params(spec, isinstance(spec.ffn, MoEFFN))
-        block = layer["attention"] + layer["norms"] + layer["dense_ffn"] + layer["routed"] + layer["shared"] + layer["router"]
+        block = stored_layer_params(spec, isinstance(spec.ffn, MoEFFN))
         mtp = spec.num_nextn_predict_layers * (2 * h + 2 * h * h + block + h)  # + final norm of the module
     return ParamBreakdown(
         embedding=embedding, lm_head=lm_head, attention=acc["attention"], dense_ffn=acc["dense_ffn"],

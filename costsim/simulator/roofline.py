@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from costsim.simulator.deployment import Deployment
-from costsim.simulator.operators import Operator, StepShape, step_operators
+from costsim.simulator.operators import layer_groups, step_operators
 from costsim.simulator.parallel import comm_seconds
+from costsim.simulator.types import LayerType, OpKind, Operator, StepShape
 from costsim.specs import HardwareProfile, MLAAttention, ModelSpec
 
 
@@ -39,7 +40,7 @@ class OpTiming:
 
     @property
     def bound(self):
-        if self.op.kind == "comm":
+        if self.op.kind is OpKind.COMM:
             return np.full(np.shape(self.time_s), "comm", dtype=object) if np.ndim(self.time_s) else "comm"
         out = np.where(np.asarray(self.compute_s) >= np.asarray(self.memory_s), "compute", "memory")
         return out if np.ndim(out) else str(out)
@@ -65,7 +66,7 @@ def time_operator(op: Operator, hw: HardwareProfile, spec: ModelSpec, dep: Deplo
     """Roofline time of one operator occurrence on ``hw`` (see module docstring)."""
     eff = hw.efficiency
     overhead = eff.kernel_overhead.value
-    if op.kind == "comm":
+    if op.kind is OpKind.COMM:
         c = comm_seconds(op, spec, dep, hw)
         return OpTiming(op, 0.0, 0.0, c, c)
     compute = np.asarray(op.flops, dtype=float) / (hw.peak(op.dtype) * eff.compute.value) if op.dtype else 0.0
@@ -76,8 +77,8 @@ def time_operator(op: Operator, hw: HardwareProfile, spec: ModelSpec, dep: Deplo
 
 def _time_ops(ops, hw, spec, dep, form) -> StepTiming:
     timings = [time_operator(o, hw, spec, dep) for o in ops]
-    comp = sum(t.total_s for t in timings if t.op.kind != "comm")
-    comm = sum((t.total_s for t in timings if t.op.kind == "comm"), 0.0)
+    comp = sum(t.total_s for t in timings if t.op.kind is not OpKind.COMM)
+    comm = sum((t.total_s for t in timings if t.op.kind is OpKind.COMM), 0.0)
     total = np.maximum(comp, comm) if dep.overlap_comm else comp + comm
     flops = sum(np.asarray(o.flops) * o.count for o in ops)
     moved = sum(np.asarray(o.bytes_moved) * o.count for o in ops)
@@ -106,29 +107,17 @@ def per_layer_seconds(timing: StepTiming, spec: ModelSpec, pp: int = 1) -> dict[
     """Seconds per layer of each layer type on the busiest device, plus the once-per-step
     parts (embedding, LM head, PP send), from a timed step with scalar inputs.
 
-    Keys: "dense", "moe" (attention + FFN + that layer's communication), "once".
+    Keys: "dense", "moe" (attention + FFN + that layer's communication, per layer), "once"
+    (per step). Each operator is counted in its ``layer`` type, so the keys times their layer
+    counts sum to the step's time without overlap.
     """
-    from costsim.simulator.operators import layer_groups
-
     groups = layer_groups(spec, pp)
-    n = {"dense": sum(g[2] for g in groups if not g[0]), "moe": sum(g[2] for g in groups if g[0])}
-    total = {"dense": 0.0, "moe": 0.0, "once": 0.0}
+    n = {LayerType.DENSE: sum(g[2] for g in groups if not g[0]), LayerType.MOE: sum(g[2] for g in groups if g[0])}
+    total = {t: 0.0 for t in LayerType}
     for t in timing.timings:
-        o, s = t.op, float(np.sum(t.total_s))
-        if o.group in ("embedding", "lm_head") or o.name == "comm.pp_send":
-            total["once"] += s
-        elif o.group == "ffn":
-            total["dense"] += s
-        elif o.group == "moe" or o.name.startswith("comm.ep_"):
-            total["moe"] += s
-        elif o.name == "comm.tp_allreduce":
-            for k in ("dense", "moe"):
-                total[k] += s * n[k] / max(1, n["dense"] + n["moe"])
-        else:  # attention ops, tagged [moe...] / [dense...] when both layer types exist
-            kind = "moe" if "[moe" in o.name else "dense" if "[dense" in o.name else ("moe" if n["moe"] else "dense")
-            total[kind] += s
-    out = {k: total[k] / n[k] for k in ("dense", "moe") if n[k]}
-    out["once"] = total["once"]
+        total[t.op.layer] += float(np.sum(t.total_s))
+    out = {k.value: total[k] / n[k] for k in (LayerType.DENSE, LayerType.MOE) if n[k]}
+    out["once"] = total[LayerType.ONCE]
     return out
 
 
@@ -146,5 +135,7 @@ def rate_provenance(hw: HardwareProfile, dtype: str) -> dict[str, dict]:
         "efficiency.intra_node": e.intra_node,
         "inter_node_bandwidth": hw.inter_node_bandwidth,
         "efficiency.inter_node": e.inter_node,
+        "intra_node_latency": hw.intra_node_latency,
+        "inter_node_latency": hw.inter_node_latency,
     }
     return {k: dict(value=v.value, provenance=v.provenance, source=v.source) for k, v in items.items() if v is not None}

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from costsim.errors import CostsimError, FieldError
 from costsim.simulator.deployment import Deployment
 from costsim.simulator.memory import kv_bytes_per_device, memory_report, require_fit, workspace_bytes
-from costsim.simulator.operators import StepShape
 from costsim.simulator.roofline import StepTiming, time_step
-from costsim.specs import HardwareProfile, ModelSpec
+from costsim.simulator.types import StepShape
+from costsim.specs import HardwareProfile, MLAAttention, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -124,11 +125,12 @@ def serve(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch: int, inp
         prefill_workspace_bytes=pre_ws, prefill_fits=pre_need <= mem.usable_bytes)
 
 
-class SLOError(Exception):
-    """No batch meets the TPOT SLO; ``fastest_s`` is the batch-1 TPOT of that layout."""
+class SLOError(FieldError):
+    """No batch meets the TPOT SLO (field ``tpot_slo_s``); ``fastest_s`` is the batch-1 TPOT
+    of that layout."""
 
-    def __init__(self, fastest_s: float, message: str):
-        super().__init__(message)
+    def __init__(self, fastest_s: float, slo_s: float, reason: str):
+        super().__init__("tpot_slo_s", slo_s, reason)
         self.fastest_s = fastest_s
 
 
@@ -153,8 +155,6 @@ def max_throughput(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, contex
     Raises CostsimError if the layout is infeasible, the weights do not fit, or no batch
     meets the SLO.
     """
-    from costsim.errors import CostsimError
-
     dep.check(spec)
     require_fit(spec, hw, dep)
     mem = memory_report(spec, hw, dep, dep.dp, context)
@@ -167,7 +167,7 @@ def max_throughput(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, contex
     tpot, tps = np.asarray(dec.time_s), np.asarray(dec.tokens_per_s)
     ok = np.ones_like(tps, dtype=bool) if tpot_slo_s is None else tpot <= tpot_slo_s
     if not ok.any():
-        raise SLOError(float(tpot[0]), f"{spec.name} on {hw.name}: no batch meets TPOT <= {tpot_slo_s * 1e3:.3g} ms "
+        raise SLOError(float(tpot[0]), tpot_slo_s, f"{spec.name} on {hw.name}: no batch meets TPOT <= {tpot_slo_s * 1e3:.3g} ms "
                            f"(batch {cand[0]} takes {tpot[0] * 1e3:.3g} ms)")
     i = int(np.argmax(np.where(ok, tps, -np.inf)))
     if cand[i] == cand[-1]:
@@ -187,8 +187,6 @@ def best_max_throughput(spec: ModelSpec, hw: HardwareProfile, candidates: list[D
     Layouts that are infeasible or do not fit are skipped; if none works, the first one's
     error is raised.
     """
-    from costsim.errors import CostsimError
-
     best, errors = None, []
     for dep in candidates:
         try:
@@ -202,7 +200,7 @@ def best_max_throughput(spec: ModelSpec, hw: HardwareProfile, candidates: list[D
         slo = [e for e in errors if isinstance(e, SLOError)]
         if slo:
             fastest = min(e.fastest_s for e in slo)
-            raise SLOError(fastest, f"{spec.name} on {hw.name}: no batch and layout meets TPOT <= "
+            raise SLOError(fastest, tpot_slo_s, f"{spec.name} on {hw.name}: no batch and layout meets TPOT <= "
                                     f"{tpot_slo_s * 1e3:.3g} ms (fastest: batch 1 at {fastest * 1e3:.3g} ms)")
         raise errors[0]
     return best
@@ -233,9 +231,6 @@ def mla_crossover(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch: 
     2 d_c + d_h^R); absorbed has no decompression. So naive wins for long query chunks
     (prefill) and absorbed for decode. Raises CostsimError for non-MLA models.
     """
-    from costsim.errors import CostsimError
-    from costsim.specs import MLAAttention
-
     if not isinstance(spec.attention, MLAAttention):
         raise CostsimError(f"{spec.name} uses {spec.attention.kind} attention, not MLA")
     s = np.unique(np.round(np.geomspace(1, max_tokens, 200))).astype(float)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from costsim.errors import CostsimError
+from costsim.errors import CostsimError, FieldError
 from costsim.simulator.flops import training_flops_per_token
 from costsim.specs import HardwareProfile, ModelSpec
 
@@ -39,17 +39,18 @@ def train_cost(spec: ModelSpec, hw: HardwareProfile, *, seq_len: int, tokens: fl
     Raises CostsimError if neither or both are given, or if they are out of range.
     """
     if (mfu is None) == (gpu_hours is None):
-        raise CostsimError("give exactly one of --mfu (to get GPU-hours) or --gpu-hours (to get the implied MFU)")
+        raise FieldError("mfu", mfu, "give exactly one of mfu (to get GPU-hours) or gpu_hours (to get the implied MFU)")
     if mfu is not None and not 0 < mfu <= 1:
-        raise CostsimError(f"--mfu must be in (0, 1], got {mfu}")
+        raise FieldError("mfu", mfu, "must be in (0, 1]")
     if gpu_hours is not None and not 0 < gpu_hours < math.inf:
-        raise CostsimError(f"--gpu-hours must be a finite number > 0, got {gpu_hours}")
-    if not (0 < tokens < math.inf and 0 < seq_len < math.inf):
-        raise CostsimError("--tokens and --seq-len must be finite and > 0")
+        raise FieldError("gpu_hours", gpu_hours, "must be a finite number > 0")
+    for name, v in (("tokens", tokens), ("seq_len", seq_len)):
+        if not 0 < v < math.inf:
+            raise FieldError(name, v, "must be finite and > 0")
     try:
         peak = hw.peak(dtype)
     except CostsimError as e:
-        raise CostsimError(f"--dtype: {e}") from None
+        raise FieldError("dtype", dtype, str(e)) from None
     f = float(training_flops_per_token(spec, seq_len))
     total = f * tokens
     if mfu is not None:
@@ -57,7 +58,7 @@ def train_cost(spec: ModelSpec, hw: HardwareProfile, *, seq_len: int, tokens: fl
     else:
         mfu = total / (gpu_hours * 3600.0 * peak)
         if mfu > 1:
-            raise CostsimError(f"--gpu-hours {gpu_hours:.4g} is impossible on {hw.name}: it implies an MFU of "
+            raise FieldError("gpu_hours", f"{gpu_hours:.4g}", f"impossible on {hw.name}: it implies an MFU of "
                                f"{mfu:.1%} of the {dtype} dense peak (needs >= {total / (peak * 3600.0):.4g} GPU-hours)")
     return TrainCost(seq_len, tokens, f, total, peak, dtype, mfu, gpu_hours, gpu_hours * 1e12 / tokens,
                      tokens / (gpu_hours * 3600.0))

@@ -1,0 +1,54 @@
+"""costsim command line: what-if queries on model specs and hardware profiles.
+
+Thin by design: each command parses its flags (``options``), makes one engine call
+(``costsim.simulator.scenario``) and hands the record to a view (``costsim.reports.views``).
+User mistakes print one line on stderr and exit with code 2.
+
+Modules: ``app`` (the typer apps), ``options`` (shared options, parsing, the error contract),
+``query`` (models, hardware, show, kv, import-hf), ``serve`` (compare, perf, max-throughput,
+train), ``plot`` (plot throughput|roofline|kv).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from costsim.cli import plot, query, serve  # noqa: F401  (register the commands)
+from costsim.cli.app import app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Console-script entry point: usage errors (missing option, bad integer, unknown
+    command) are printed as one line on stderr with exit code 2, like every user mistake."""
+    try:
+        rv = app(standalone_mode=False)
+    except BrokenPipeError:  # `costsim ... | head`: the reader left, nothing went wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    except OSError as e:  # stdout on a full disk, etc.
+        print(f"costsim: error: cannot write output: {e.strerror or e}", file=sys.stderr)
+        sys.exit(1)
+    except typer.Abort:
+        print("costsim: aborted", file=sys.stderr)
+        sys.exit(1)
+    except Exception as e:  # click/typer usage errors carry format_message() and exit_code
+        if not hasattr(e, "format_message"):
+            raise
+        ctx = getattr(e, "ctx", None)
+        path = ctx.command_path if ctx is not None else "costsim"
+        cmd = path[len(path.split(" ")[0]):]  # " perf", " plot kv", or "" at the top level
+        msg = e.format_message().replace("\n", " ").strip()
+        if not msg:  # no arguments: the help was printed, nothing went wrong
+            sys.exit(0)
+        print(f"costsim{cmd}: error: {msg} (see costsim{cmd} --help)", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", 2))
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""What every command shares: options declared once (typed and documented), parsing at the
+edge (units, k = 1024 counts), loading specs with what-ifs, and the one-line error contract.
+
+An engine ``FieldError`` names a scenario field (``tp``, ``kv_dtype``, ``tpot_slo_s``); the
+CLI prints the flag the user typed instead (``--tp 3: ...``), with the user's own text.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Callable, List, Optional
+
+import typer
+
+from costsim.errors import CostsimError, FieldError
+
+
+class Fmt(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+# ---- options, declared once ----------------------------------------------------------------
+
+_DTYPES = "bf16, fp16, fp8, int8, int4, int4-g32, mxfp4, or bits (6)"
+Format = Annotated[Fmt, typer.Option("--format", "-f", help="table (people), json or csv (machines; SI units).")]
+Sets = Annotated[Optional[List[str]], typer.Option(
+    "--set", help="What-if on the model spec: PATH=VALUE, e.g. attention.kv_lora_rank=256 (repeatable).")]
+HwSets = Annotated[Optional[List[str]], typer.Option(
+    "--hw-set", help="What-if on the hardware: PATH=VALUE, e.g. memory_bandwidth=8TB/s (repeatable).")]
+Model = Annotated[str, typer.Argument(help="Model name, spec .yaml or HF config.json.")]
+Models = Annotated[List[str], typer.Argument(help="One or more models (name, spec .yaml or HF config.json).")]
+Hardware = Annotated[str, typer.Option("--hardware", "-H", help="Hardware name or profile .yaml.")]
+Context = Annotated[str, typer.Option("--context", help="Context length in tokens; k = 1024 (128k = 131,072).")]
+Batch = Annotated[str, typer.Option("--batch", help="Concurrent sequences over all the devices (k = 1024).")]
+Devices = Annotated[Optional[int], typer.Option("--devices", help="Devices in the deployment (default: one node).")]
+TP = Annotated[Optional[int], typer.Option("--tp", help=(
+    "Tensor parallel degree. Default: dense models TP within a node; MoE models the smallest TP at which the "
+    "batch fits (TP=1 = DP-attention); max-throughput tries every valid TP and keeps the best."))]
+EP = Annotated[Optional[int], typer.Option("--ep", help="Expert parallel degree (default: the largest that divides "
+                                                        "devices and experts).")]
+PP = Annotated[int, typer.Option("--pp", help="Pipeline parallel degree.")]
+WeightDtype = Annotated[str, typer.Option("--weight-dtype", help=f"Matmul weights: {_DTYPES}.")]
+KVDtype = Annotated[str, typer.Option("--kv-dtype", help=f"KV cache: {_DTYPES}, or flashmla-fp8 (MLA).")]
+MLAForm = Annotated[str, typer.Option("--mla-form", help="MLA form: absorbed, naive, or auto (faster per phase).")]
+Imbalance = Annotated[float, typer.Option("--imbalance", help="MoE load imbalance: busiest EP rank over mean (>= 1).")]
+Overlap = Annotated[bool, typer.Option("--overlap/--no-overlap", help="Overlap communication with compute.")]
+BlockSize = Annotated[Optional[int], typer.Option("--block-size", help="Paged KV cache block size (tokens).")]
+TpotSlo = Annotated[Optional[str], typer.Option("--tpot-slo", help="TPOT limit with a unit, e.g. 50ms.")]
+Output = Annotated[Path, typer.Option("--output", "-o", help="Plot file: .png, .svg or .pdf.")]
+
+# engine field -> the flag that sets it
+FLAGS = {
+    "devices": "--devices", "tp": "--tp", "ep": "--ep", "pp": "--pp", "weight_dtype": "--weight-dtype",
+    "weight_format": "--weight-dtype", "kv_dtype": "--kv-dtype", "kv_format": "--kv-dtype", "mla_form": "--mla-form",
+    "imbalance": "--imbalance", "block_size": "--block-size", "tpot_slo_s": "--tpot-slo", "batch": "--batch",
+    "context": "--context", "input_len": "--input", "output_len": "--output", "mfu": "--mfu",
+    "gpu_hours": "--gpu-hours", "tokens": "--tokens", "seq_len": "--seq-len", "dtype": "--dtype",
+}
+
+
+# ---- parsing at the edge -------------------------------------------------------------------
+
+
+def parse(parser: Callable, text: str, flag: str, **kw):
+    """Run a unit parser; a ValueError or CostsimError becomes a CostsimError naming the flag."""
+    try:
+        return parser(text, **kw)
+    except (ValueError, CostsimError) as e:
+        raise CostsimError(f"{flag}: {e}") from None
+
+
+def count(text: str, flag: str, binary_k: bool = True, minimum: float = 0) -> int:
+    """A token or sequence count; k = 1024 (as in "128K context") unless ``binary_k`` is
+    False (training token totals: 8.1T = 8.1e12)."""
+    from costsim.units import parse_count
+
+    v = parse(parse_count, text, flag, binary_k=binary_k)
+    if not (minimum <= v < float("inf")) or v != int(v):
+        raise CostsimError(f"{flag}: expected a finite integer >= {minimum}, got {text!r}")
+    return int(v)
+
+
+def slo(text: str | None, flag: str = "--tpot-slo") -> float | None:
+    """A latency limit; it needs its unit (50ms, 0.05s): a bare 50 would be 50 seconds."""
+    from costsim.units import parse_time
+
+    if text is None:
+        return None
+    if re.fullmatch(r"\s*[0-9.eE+-]+\s*", text):
+        raise CostsimError(f"{flag}: give a unit, e.g. {text.strip()}ms or {text.strip()}s, got {text!r}")
+    v = parse(parse_time, text, flag)
+    if not 0 < v < float("inf"):
+        raise CostsimError(f"{flag} must be > 0, got {text!r}")
+    return v
+
+
+def model(ref: str, sets):
+    from costsim.registry import apply_sets, load_model
+
+    return apply_sets(load_model(ref), sets, "--set")
+
+
+def hardware(ref: str, sets):
+    from costsim.registry import apply_sets, load_hardware
+
+    return apply_sets(load_hardware(ref), sets, "--hw-set")
+
+
+def layout(devices=None, tp=None, ep=None, pp=1, weight_dtype="bf16", kv_dtype="bf16", mla_form="auto",
+           imbalance=1.0, overlap=False, block_size=None):
+    """The flags of a layout as the engine's ``LayoutRequest`` (the engine checks them)."""
+    from costsim.simulator.layout import LayoutRequest
+
+    return LayoutRequest(devices=devices, tp=tp, ep=ep, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
+                         mla_form=mla_form, imbalance=imbalance, overlap_comm=overlap, block_size=block_size)
+
+
+def emit(*a, **kw):
+    from costsim.reports.format import emit as _emit
+
+    _emit(*a, **kw)
+
+
+def check_plot_output(path: Path) -> Path:
+    from costsim.reports.plots import check_output
+
+    return check_output(path)
+
+
+# ---- the error contract --------------------------------------------------------------------
+
+
+def flag_message(e: FieldError, given: dict[str, str] | None = None) -> str:
+    """``--flag TEXT: reason`` for an engine FieldError (TEXT as the user typed it)."""
+    flag = FLAGS.get(e.field)
+    if flag is None:
+        return str(e)
+    text = (given or {}).get(e.field)
+    return f"{flag} {e.value if text is None else text}: {e.reason}"
+
+
+def run(fn: Callable[[], list[str] | None], given: dict[str, str] | None = None) -> None:
+    """Call ``fn``; a CostsimError becomes one stderr line and exit code 2. The warnings ``fn``
+    returns are printed on stderr only when it succeeds (an error stays one line).
+    ``given``: the user's text per engine field, for error messages."""
+    try:
+        warnings = fn() or []
+    except FieldError as e:
+        _fail(flag_message(e, given))
+    except CostsimError as e:
+        _fail(str(e))
+    for w in dict.fromkeys(warnings):
+        print(f"costsim: warning: {w}", file=sys.stderr)
+
+
+def _fail(msg: str):
+    print(f"costsim: error: {msg}".replace("\n", " "), file=sys.stderr)
+    raise typer.Exit(2)

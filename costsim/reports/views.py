@@ -1,0 +1,199 @@
+"""How each command's records are shown: the rows and columns of its table, its title and
+notes, and what JSON / CSV carry. Records come from ``costsim.simulator.scenario`` as dicts
+(``to_dict()``); a view knows field names and units, never models.
+"""
+
+from __future__ import annotations
+
+from costsim.reports import format as F
+from costsim.reports.format import emit
+
+
+def _machine(recs: list[dict], fmt: str, payload=None, skip=()) -> None:
+    cols = [(k, k, F.text) for k in recs[0] if k not in skip]
+    emit(recs, cols, fmt, payload=payload if payload is not None else (recs if len(recs) > 1 else recs[0]))
+
+
+def models(recs: list[dict], fmt: str) -> None:
+    cols = [("name", "name", F.text), ("attention", "attention", F.text), ("ffn", "FFN", F.text),
+            ("experts", "experts", F.text), ("params_total", "params total [1e9]", F.scaled(1e9)),
+            ("params_active", "params active [1e9]", F.scaled(1e9)), ("source", "source", F.text)]
+    emit(recs, cols, fmt, title="Shipped model specs", notes=["Full sources: costsim models --format json"])
+
+
+def hardware(recs: list[dict], fmt: str) -> None:
+    cols = [("name", "name", F.text), ("full_name", "device", F.text),
+            ("bf16_flops", "BF16 dense [TFLOP/s]", F.scaled(1e12)), ("fp8_flops", "FP8 dense [TFLOP/s]", F.scaled(1e12)),
+            ("memory_capacity", "memory [GB]", F.scaled(1e9)), ("memory_bandwidth", "HBM BW [TB/s]", F.scaled(1e12)),
+            ("intra_node_bandwidth", "intra-node [GB/s/dir]", F.scaled(1e9)),
+            ("inter_node_bandwidth", "inter-node [GB/s/dir]", F.scaled(1e9)),
+            ("devices_per_node", "per node", F.integer), ("source", "source", F.text)]
+    emit(recs, cols, fmt, title="Shipped hardware profiles (dense peaks; GB = 1e9 B)",
+         notes=["Full sources and provenance: costsim hardware --format json, or the YAML in costsim/hardware_profiles/"])
+
+
+_SHOW_ROWS = [
+    ("params_total", "params total [1e9]", F.scaled(1e9, 5)),
+    ("params_active", "params active/token, excl. input embedding [1e9]", F.scaled(1e9, 5)),
+    ("params_active_incl_embedding", "params active incl. embedding [1e9]", F.scaled(1e9, 5)),
+    ("kv_cache_elements_per_token", "KV cache [elements/token]", F.integer),
+    ("kv_cache_bytes_per_token", "KV cache [bytes/token]", F.num),
+    ("kv", "KV cache for batch x context [GB = 1e9 B]", F.scaled(1e9)),
+    ("flops_per_token_decode", "decode FLOPs/token at context [GFLOP]", F.scaled(1e9)),
+    ("flops_per_token_decode_naive", "decode FLOPs/token, MLA naive [GFLOP]", F.scaled(1e9)),
+    ("flops_per_token_prefill", "prefill FLOPs/token over context [GFLOP]", F.scaled(1e9)),
+]
+_PARAM_PARTS = ("embedding", "lm_head", "attention", "dense_ffn", "routed_experts", "routed_experts_active",
+                "shared_experts", "router", "norms", "mtp", "total", "active", "active_incl_embedding")
+
+
+def show(rec: dict, fmt: str) -> None:
+    rec = {k: v for k, v in rec.items() if k != "warnings"}
+    if fmt != "table":
+        emit([rec], [(k, k, F.text) for k in rec if k != "params"], fmt, payload=rec)
+        return
+    p = rec["params"]
+    emit([dict(name=k, v=p[k]) for k in _PARAM_PARTS],
+         [("name", "component", F.text), ("v", "parameters [count]", F.integer)], title=f"{rec['name']}: parameters",
+         notes=[f"source: {rec['source']}", "active = activated per token, input embedding excluded (DeepSeek convention)."])
+    rows, cols = F.transpose([rec], _SHOW_ROWS)
+    emit(rows, cols, title=(f"{rec['name']}: KV cache ({rec['kv_dtype']}, batch {rec['batch']}, context {rec['context']}) "
+                            "and FLOPs (2 per multiply-add)"))
+
+
+def kv(recs: list[dict], fmt: str) -> None:
+    r0 = recs[0]
+    dev = "/device" if r0["tp"] > 1 else ""
+    cols = [("name", "model", F.text), ("kv_dtype", "KV dtype", F.text),
+            ("kv_cache_elements_per_token", "elements/token (whole model)", F.integer),
+            ("kv_cache_bytes_per_token_per_layer", f"bytes/token/layer{dev}", F.num),
+            ("kv_cache_bytes_per_token", f"bytes/token{dev}", F.num),
+            ("kv", f"batch {r0['batch']} x {r0['context']} tokens [GB = 1e9 B]", F.scaled(1e9)),
+            ("kv", "[GiB = 2^30 B]", F.scaled(2**30))]
+    if fmt == "csv":  # machines get every field, as in JSON
+        cols = [(k, k, F.text) for k in r0]
+    emit(recs, cols, fmt, title=f"KV cache per device (tp={r0['tp']})", payload=recs if len(recs) > 1 else r0)
+
+
+def compare(recs: list[dict], fmt: str, devices: int) -> None:
+    r0 = recs[0]
+    hw, ctx, b = r0["hardware"], r0["context"], r0["batch"]
+    recs = [{k: v for k, v in r.items() if k != "warnings"} for r in recs]
+    if fmt != "table":
+        _machine(recs, fmt, payload=dict(hardware=hw, devices=devices, context=ctx, batch=b, models=recs))
+        return
+    rows = [("params_total", "params total [1e9]", F.scaled(1e9)),
+            ("params_active", "params active/token [1e9]", F.scaled(1e9)),
+            ("kv_cache_elements_per_token", "KV cache [elements/token]", F.integer),
+            ("kv_cache_bytes_per_token", f"KV cache, {r0['kv_dtype']} [bytes/token]", F.num),
+            ("kv", f"KV cache, batch {b} x {ctx} tokens [GB]", F.scaled(1e9)),
+            ("flops_per_token_decode", f"decode FLOPs/token at {ctx} [GFLOP]", F.scaled(1e9)),
+            ("weight_bytes_per_device", f"weights per device, {r0['weight_dtype']} [GB]", F.scaled(1e9)),
+            ("tp", "layout: TP", F.integer), ("ep", "layout: EP", F.integer),
+            ("tpot_s", f"TPOT at batch {b} [ms]", F.ms),
+            ("decode_tokens_per_s", f"decode at batch {b} [tokens/s per {devices} devices]", F.num),
+            ("max_batch", f"max batch at {ctx} tokens [sequences]", F.integer)]
+    table, cols = F.transpose(recs, rows)
+    notes = [f"note: {r['name']}: {r['note']}" for r in recs if r["note"]]
+    notes.append(f"GB = 1e9 bytes. Decode is a roofline estimate on {hw} ({devices} devices, efficiency factors "
+                 "from the profile).")
+    emit(table, cols, title=f"compare on {devices} x {hw}, context {ctx}, batch {b}", notes=notes)
+
+
+def _rate(k: str, v: float) -> str:
+    if k.startswith("peak_flops"):
+        return f"{v / 1e12:g} TFLOP/s"
+    if k.endswith("bandwidth"):
+        return f"{v / 1e9:g} GB/s"
+    return f"{v * 1e6:g} us" if k.endswith(("overhead", "latency")) else f"{v:g}"
+
+
+def perf(rec: dict, fmt: str, breakdown: bool) -> None:
+    if fmt == "csv" and breakdown:  # machines asking for the breakdown get the operator rows
+        ops = [dict(phase=ph, **o) for ph in ("prefill", "decode") for o in rec[f"{ph}_operators"]]
+        emit(ops, [(k, k, F.text) for k in ops[0]], "csv")
+        return
+    if fmt != "table":
+        skip = ("rates", "warnings")
+        emit([rec], [(k, k, F.text) for k in rec if not k.endswith(("_operators", "_per_layer")) and k not in skip],
+             fmt, payload=rec)
+        return
+    n = rec["devices"]
+    rows = [
+        ("ttft_s", "TTFT (prefill of the batch) [ms]", F.ms), ("tpot_s", "TPOT, mean over output [ms]", F.ms),
+        ("tpot_last_s", "TPOT at the last token [ms]", F.ms), ("e2e_s", "end-to-end latency [s]", F.num),
+        ("prefill_tokens_per_s", f"prefill [tokens/s, all {n} devices]", F.num),
+        ("decode_tokens_per_s", f"decode [tokens/s, all {n} devices]", F.num),
+        ("decode_tokens_per_s_per_device", "decode [tokens/s per device]", F.num),
+        ("decode_tokens_per_s_per_node", f"decode [tokens/s per node of {rec['devices_per_node']}]", F.num),
+        ("combined_tokens_per_s", "prefill+decode on the same devices [output tokens/s]", F.num),
+        ("prefill_mfu", "prefill MFU", F.pct), ("decode_mbu", "decode MBU (first step)", F.pct),
+        ("_forms", "MLA form prefill / decode", F.text),
+        ("weight_bytes_per_device", "weights per device [GB]", F.scaled(1e9)),
+        ("kv_bytes_per_device", "KV cache per device at input+output [GB]", F.scaled(1e9)),
+        ("memory_usable_bytes", "usable memory per device [GB]", F.scaled(1e9)),
+        ("max_batch", "max batch at input+output tokens", F.integer), ("max_batch_limit", "limited by", F.text)]
+    shown = dict(rec, name="value")
+    for kind, sec in rec["decode_seconds_per_layer"].items():
+        label = "embedding + LM head (once per step)" if kind == "once" else f"one {kind} layer"
+        shown[f"_dl_{kind}"] = sec
+        rows.append((f"_dl_{kind}", f"decode step: {label} [us]", F.scaled(1e-6)))
+    mla = "mla_decode_step_absorbed_s" in rec
+    if mla:
+        shown["_mla"] = f"{F.ms(rec['mla_decode_step_absorbed_s'])} / {F.ms(rec['mla_decode_step_naive_s'])}"
+        rows += [("_mla", "MLA decode step absorbed / naive [ms]", F.text),
+                 ("mla_naive_faster_from_chunk_tokens",
+                  f"MLA naive faster from query chunks of [tokens] (context {rec['input']})", F.integer)]
+    shown["_forms"] = f"{rec['prefill_mla_form']} / {rec['decode_mla_form']}" if mla else "n/a (not MLA)"
+    table, cols = F.transpose([shown], rows)
+    notes = ["Roofline estimate: time = max(FLOPs / achievable FLOP/s, bytes / achievable bandwidth) + overhead, "
+             "efficiency factors from the hardware profile.",
+             "Rates used (provenance): " + "; ".join(f"{k} {_rate(k, v['value'])} ({v['provenance']})"
+                                                     for k, v in rec["rates"].items())]
+    emit(table, cols, notes=notes, title=(
+        f"{rec['model']} on {n} x {rec['hardware']} (tp={rec['tp']} ep={rec['ep']} pp={rec['pp']} dp={rec['dp']}; "
+        f"weights {rec['weight_dtype']}, KV {rec['kv_dtype']}); batch {rec['batch']}, {rec['input']} in -> "
+        f"{rec['output']} out"))
+    if breakdown:
+        for phase in ("prefill", "decode"):
+            cols = [("op", "operator", F.text), ("count", "x", F.integer), ("time_s", "time/step [us]", F.scaled(1e-6)),
+                    ("flops", "FLOPs [GFLOP]", F.scaled(1e9)), ("bytes", "mem bytes [MB]", F.scaled(1e6)),
+                    ("comm_bytes", "sent [MB]", F.scaled(1e6)), ("intensity", "FLOP/byte", F.num),
+                    ("bound", "bound", F.text)]
+            emit(rec[f"{phase}_operators"], cols,
+                 title=f"{phase} operators per device ({'whole prompt' if phase == 'prefill' else 'first step'})")
+
+
+def max_throughput(rec: dict, fmt: str) -> None:
+    rec = {k: v for k, v in rec.items() if k != "warnings"}
+    if fmt != "table":
+        _machine([rec], fmt, payload=rec)
+        return
+    rows = [("batch", "best batch [sequences]", F.integer), ("tpot_s", "TPOT [ms]", F.ms),
+            ("tokens_per_s", f"decode [tokens/s, all {rec['devices']} devices]", F.num),
+            ("tokens_per_s_per_device", "decode [tokens/s per device]", F.num),
+            ("max_batch_memory", "max batch that fits in memory", F.integer), ("limit", "limited by", F.text)]
+    table, cols = F.transpose([dict(rec, name="value")], rows)
+    slo = f", TPOT <= {rec['tpot_slo_s'] * 1e3:g} ms" if rec["tpot_slo_s"] else ""
+    emit(table, cols, title=(
+        f"max decode throughput: {rec['model']} on {rec['devices']} x {rec['hardware']} (tp={rec['tp']} ep={rec['ep']}; "
+        f"weights {rec['weight_dtype']}, KV {rec['kv_dtype']}), context {rec['context']}{slo}"))
+
+
+def train(rec: dict, fmt: str) -> None:
+    rec = {k: v for k, v in rec.items() if k != "warnings"}
+    if fmt != "table":
+        _machine([rec], fmt, payload=rec)
+        return
+    given = rec["mfu_given"]
+    rows = [("training_flops_per_token", f"training FLOPs/token at seq {rec['seq_len']} [GFLOP]", F.num_scaled_g),
+            ("total_flops", "total training FLOPs [FLOP]", lambda v: f"{v:.4g}"),
+            ("mfu", "MFU" + (" (given)" if given else " (implied)"), F.pct),
+            ("gpu_hours", "GPU-hours" + ("" if given else " (given)"), F.integer),
+            ("gpu_hours_per_trillion_tokens", "GPU-hours per 1e12 tokens", F.num),
+            ("tokens_per_s_per_device", "tokens/s per device", F.num)]
+    table, cols = F.transpose([dict(rec, name="value")], rows)
+    emit(table, cols, title=(f"training {rec['model']} on {rec['hardware']} ({rec['dtype']} dense peak "
+                             f"{rec['peak_flops'] / 1e12:g} TFLOP/s), {rec['tokens']:.4g} tokens"),
+         notes=["training FLOPs/token = 3 x forward (2 x activated matmul params + causal attention), logits for "
+                "every token."])

@@ -1,0 +1,157 @@
+"""Layout policy: which TP/EP the engine uses when the user gives none, and the one place that
+turns a layout request (flags or Python arguments) into a checked ``Deployment``.
+
+Policy (per pipeline stage of ``devices / pp`` devices):
+- EP: an MoE model spreads its experts over the largest EP that divides both the device count
+  and the routed-expert count; a dense model uses EP = 1.
+- TP stays within a node (``devices_per_node``) when it can.
+  - Dense models take the largest such TP compatible with the head counts; the other devices
+    are data-parallel replicas.
+  - MoE models take the smallest TP at which the batch fits in memory (TP = 1 is DP-attention,
+    as DeepSeek deploys V2/V3); if no TP fits, the TP with the largest max batch.
+- Formats: FP8 weights dispatch tokens to experts in FP8 (1 byte per element) and combine in
+  BF16 (2 bytes); other weight formats send BF16 both ways (DeepSeek Open-Infra Day 6
+  overview: "FP8 for dispatch, BF16 for combine").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from costsim.errors import CostsimError, FieldError
+from costsim.simulator.deployment import Deployment, kv_format_problem, tp_problem
+from costsim.simulator.memory import memory_report
+from costsim.specs import HardwareProfile, MoEFFN, ModelSpec
+from costsim.units import NumberFormat, parse_format
+
+
+@dataclass(frozen=True)
+class LayoutRequest:
+    """What the user asks for; ``None`` leaves the choice to the layout policy above.
+
+    ``devices`` defaults to one node of the hardware. Formats are names (``bf16``, ``fp8``,
+    ``int4-g32``, ``flashmla-fp8``, a bit count such as ``6``) or ``NumberFormat`` objects.
+    """
+
+    devices: int | None = None
+    tp: int | None = None
+    ep: int | None = None
+    pp: int = 1
+    weight_dtype: str | NumberFormat = "bf16"
+    kv_dtype: str | NumberFormat = "bf16"
+    mla_form: str = "auto"
+    imbalance: float = 1.0
+    overlap_comm: bool = False
+    block_size: int | None = None
+
+
+def divisors(n: int) -> list[int]:
+    """Positive divisors of ``n``, ascending."""
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def valid_tp(spec: ModelSpec, devices: int) -> list[int]:
+    """TP degrees (ascending) that divide ``devices`` and split the heads (``tp_problem``)."""
+    return [t for t in divisors(devices) if tp_problem(spec, t) is None]
+
+
+def default_ep(spec: ModelSpec, devices: int) -> int:
+    """The largest EP dividing both ``devices`` and the routed-expert count (1 for dense)."""
+    f = spec.ffn
+    if not isinstance(f, MoEFFN):
+        return 1
+    return max(e for e in divisors(devices) if f.n_routed_experts % e == 0)
+
+
+def default_layout(spec: ModelSpec, devices: int, tp: int | None = None, ep: int | None = None,
+                   room=None, max_tp: int | None = None) -> tuple[int, int]:
+    """(tp, ep) for a pipeline stage of ``devices`` devices under the policy above.
+
+    ``room(tp, ep)`` returns (fits, max_batch) for the requested batch, or None when that
+    layout is infeasible; without it an MoE model with EP > 1 takes TP = 1.
+    """
+    if ep is None:
+        ep = default_ep(spec, devices)
+    if tp is None:
+        valid = valid_tp(spec, devices)
+        in_node = [t for t in valid if max_tp is None or t <= max_tp] or valid[:1]
+        moe = isinstance(spec.ffn, MoEFFN) and ep > 1
+        if moe and room is not None:
+            scored = [(t, r) for t, r in ((t, room(t, ep)) for t in valid) if r is not None]
+            fitting = [t for t, r in scored if r[0]]
+            if fitting:
+                tp = fitting[0]
+            elif scored:
+                tp = max(scored, key=lambda tr: (tr[1][1], -tr[0]))[0]
+            else:
+                tp = in_node[0]
+        elif moe:
+            tp = 1
+        else:
+            tp = in_node[-1]
+    return tp, ep
+
+
+def number_format(value: str | NumberFormat, field: str) -> NumberFormat:
+    """A format name (or a ``NumberFormat``) as a ``NumberFormat``; FieldError naming ``field``."""
+    if isinstance(value, NumberFormat):
+        return value
+    try:
+        return parse_format(value)
+    except CostsimError as e:
+        raise FieldError(field, value, str(e)) from None
+
+
+def resolve_deployment(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequest = LayoutRequest(),
+                       batch: int = 1, context: int = 0) -> Deployment:
+    """The checked ``Deployment`` for ``request``: unset TP/EP follow the policy above, fitting
+    ``batch`` sequences of ``context`` tokens for MoE models.
+
+    Raises FieldError naming the request field (``devices``, ``tp``, ``weight_dtype``, ...).
+    """
+    r = request
+    devices = hw.devices_per_node if r.devices is None else r.devices
+    for k, v in (("devices", devices), ("tp", r.tp), ("ep", r.ep), ("pp", r.pp)):
+        if v is not None and v < 1:
+            raise FieldError(k, v, "must be >= 1")
+    if devices % r.pp:
+        raise FieldError("devices", devices, f"not a multiple of pp = {r.pp}")
+    wf = number_format(r.weight_dtype, "weight_dtype")
+    kvf = number_format(r.kv_dtype, "kv_dtype")
+    if wf.rope_bits is not None:
+        raise FieldError("weight_dtype", wf.name, "a KV cache layout, not a weight format")
+    problem = kv_format_problem(spec, kvf)
+    if problem:
+        raise FieldError("kv_dtype", kvf.name, problem)
+    try:
+        hw.peak(wf.compute)
+    except CostsimError as e:
+        raise FieldError("weight_dtype", wf.name, str(e)) from None
+    base = Deployment(devices=devices, tp=1, ep=1, pp=r.pp, weight_format=wf, kv_format=kvf, mla_form=r.mla_form,
+                      imbalance=r.imbalance, overlap_comm=r.overlap_comm, block_size=r.block_size,
+                      dispatch_bytes=1.0 if wf.compute == "fp8" else 2.0, combine_bytes=2.0)
+
+    def room(t, e):
+        d = base.with_(tp=t, ep=e)
+        try:
+            d.check(spec)
+        except FieldError:
+            return None
+        m = memory_report(spec, hw, d, max(batch, d.dp), context)
+        return bool(m.fits), float(m.max_batch)
+
+    t, e = default_layout(spec, devices // r.pp, r.tp, r.ep, room, hw.devices_per_node)
+    return _renamed(base.with_(tp=t, ep=e), spec)
+
+
+_REQUEST_FIELD = {"kv_format": "kv_dtype", "weight_format": "weight_dtype"}
+
+
+def _renamed(dep: Deployment, spec: ModelSpec) -> Deployment:
+    """``dep.check(spec)`` with errors named by the request's fields."""
+    try:
+        return dep.check(spec)
+    except FieldError as e:
+        if e.field in _REQUEST_FIELD:
+            raise FieldError(_REQUEST_FIELD[e.field], e.value, e.reason) from None
+        raise

@@ -1,0 +1,140 @@
+"""The operator contract shared by every part of the engine: what an operator is, what kind of
+work it does, which layer type it belongs to, and which link a collective runs on.
+
+Kept in its own module so ``operators`` (compute) and ``parallel`` (communication) both build
+operators without importing each other.
+
+Units, per operator occurrence, on ONE device (the busiest, for MoE):
+  ``flops``         FLOPs, 2 per multiply-add; matmuls and attention only (norms and
+                    activations count 0, as ``torch.utils.flop_counter.FlopCounterMode`` does)
+  ``bytes_read``    bytes read from device memory (weights + activations + KV cache)
+  ``bytes_written`` bytes written to device memory (activations + KV cache)
+  ``comm_bytes``    bytes each device sends (communication operators only)
+  ``count``         occurrences per step on the device (the layers of that type)
+Any of the numeric fields may be a numpy array (a step broadcast over batch or context).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+
+class OpKind(str, Enum):
+    """What kind of work an operator does; decides how it is timed."""
+
+    GEMM = "gemm"
+    GROUPED_GEMM = "grouped_gemm"  # routed experts: one GEMM per busy expert
+    ATTENTION = "attention"  # the attention core (scores and values)
+    ELEMENTWISE = "elementwise"  # norms, activations, embedding lookup: bytes only
+    COMM = "comm"  # a collective or a send between devices
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class OpGroup(str, Enum):
+    """Which part of the model an operator belongs to (for breakdowns)."""
+
+    EMBEDDING = "embedding"
+    ATTENTION = "attention"
+    FFN = "ffn"  # dense FFN
+    MOE = "moe"  # router, shared and routed experts
+    LM_HEAD = "lm_head"
+    COMM = "comm"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class LayerType(str, Enum):
+    """The layer type an operator is counted in: ``count`` is the number of such layers on the
+    device, or 1 for ``ONCE`` (embedding, LM head, PP send: once per step)."""
+
+    DENSE = "dense"
+    MOE = "moe"
+    ONCE = "once"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class LinkKind(str, Enum):
+    """How a communication operator uses the network.
+
+    - ``GROUP``: a collective inside a group of ``Link.span`` devices (TP all-reduce, expert-TP
+      gather/scatter): intra-node when the group fits in a node, else the NIC.
+    - ``ALL_TO_ALL``: EP dispatch/combine over the ``Link.span`` devices of a pipeline stage;
+      each token goes to the remote ranks (or, across nodes, remote nodes) holding its experts.
+    - ``STAGE``: a send to the next pipeline stage of ``Link.span`` devices: over the NIC when
+      a stage fills at least a node, else inside the node.
+    """
+
+    GROUP = "group"
+    ALL_TO_ALL = "all_to_all"
+    STAGE = "stage"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Link:
+    """The network a communication operator runs on: its kind and how many devices it spans."""
+
+    kind: LinkKind
+    span: int  # devices in the group / the pipeline stage
+
+    def crosses_nodes(self, devices_per_node: int) -> bool:
+        """True when this collective runs over the inter-node NIC (see ``LinkKind``)."""
+        if self.kind is LinkKind.STAGE:
+            return self.span >= devices_per_node
+        return self.span > devices_per_node
+
+
+@dataclass(frozen=True)
+class Operator:
+    """One kernel (or one collective) of a step, per device; units in the module docstring."""
+
+    name: str
+    kind: OpKind
+    group: OpGroup
+    layer: LayerType
+    count: int
+    flops: Any = 0.0
+    bytes_read: Any = 0.0
+    bytes_written: Any = 0.0
+    dtype: str = "bf16"  # peak_flops key of the compute ("" = no compute)
+    shape: dict = field(default_factory=dict)
+    comm_bytes: Any = 0.0  # bytes each device sends (comm only)
+    link: Link | None = None  # comm only
+    hops: Any = 0  # latency terms per occurrence (comm only)
+
+    @property
+    def bytes_moved(self):
+        """Bytes read + written, per occurrence."""
+        return self.bytes_read + self.bytes_written
+
+    @property
+    def intensity(self):
+        """Arithmetic intensity, FLOPs per byte moved to/from device memory (inf with no bytes)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(np.asarray(self.bytes_moved) > 0, np.asarray(self.flops) / np.asarray(self.bytes_moved), np.inf)
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """A step, per replica: ``batch`` sequences x ``new_tokens`` each, after ``context`` cached
+    tokens. Prefill is (batch, prompt, 0), decode (batch, 1, L); fields may be numpy arrays.
+
+    ``logit_tokens``: tokens per sequence that need logits (1 when serving; all
+    ``new_tokens`` for training and for the per-token FLOP convention).
+    """
+
+    batch: Any
+    new_tokens: Any
+    context: Any
+    logit_tokens: Any = 1
