@@ -16,8 +16,10 @@ import sys
 
 import typer
 
-from costsim.cli import plot, query, serve  # noqa: F401  (register the commands)
+from costsim.cli import plot, query, serve  # noqa: F401  (importing them registers the commands)
 from costsim.cli.app import app
+
+_COMMAND_MODULES = (plot, query, serve)
 
 __all__ = ["app", "main"]
 

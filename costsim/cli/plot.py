@@ -65,20 +65,14 @@ def plot_kv_cmd(models: O.Models, output: O.Output,
         import numpy as np
 
         from costsim.reports.plots import kv_vs_context
-        from costsim.simulator.kv import kv_cache_bytes
-        from costsim.simulator.scenario import kv
+        from costsim.simulator.scenario import kv_curve
 
         path = O.check_plot_output(output)
         top = O.count(max_context, "--max-context", minimum=1)
         b = O.count(batch, "--batch", minimum=1)
         ctx = np.linspace(0, top, 257)
-        specs = [O.model(m, sets) for m in models]
-        fmt = [kv(s, kv_dtype, top, b) for s in specs][0].kv_dtype  # validates the format for every model
-        from costsim.simulator.layout import number_format
-
-        f = number_format(kv_dtype, "kv_dtype")
-        series = [dict(label=s.name, context=ctx, kv_bytes=kv_cache_bytes(s, f, ctx, b)) for s in specs]
-        kv_vs_context(series, path, f"KV cache, batch {b}, {fmt}")
+        curves = [kv_curve(O.model(m, sets), kv_dtype, ctx, b) for m in models]
+        kv_vs_context(curves, path, f"KV cache, batch {b}, {curves[0]['kv_dtype']}")
         print(f"wrote {path}", file=sys.stderr)
 
     O.run(go)

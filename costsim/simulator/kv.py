@@ -17,7 +17,7 @@ import numpy as np
 
 from costsim.errors import FieldError
 from costsim.simulator.deployment import kv_format_problem, tp_problem
-from costsim.specs import GQAAttention, MLAAttention, ModelSpec
+from costsim.specs import MLAAttention, ModelSpec
 from costsim.units import NumberFormat
 
 

@@ -476,6 +476,15 @@ def throughput_curve(spec: ModelSpec, hw: HardwareProfile, request: LayoutReques
                 tokens_per_s_per_device=r.curve_tokens_per_s / dep.devices)
 
 
+def kv_curve(spec: ModelSpec, kv_dtype, context, batch: int = 1) -> dict:
+    """KV cache bytes of ``batch`` sequences against an array of ``context`` lengths (tokens):
+    ``label``, ``context``, ``kv_bytes`` and the format's name ``kv_dtype``."""
+    rec = kv(spec, kv_dtype, int(np.max(context)), batch)  # checks the format against the model
+    fmt = number_format(kv_dtype, "kv_dtype")
+    return dict(label=spec.name, context=np.asarray(context), kv_bytes=kv_cache_bytes(spec, fmt, context, batch),
+                kv_dtype=rec.kv_dtype)
+
+
 def decode_roofline(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequest = LayoutRequest(),
                     batch: int = 64, context: int = 4096, min_share: float = 0.01) -> dict:
     """The operators of one decode step as points on the roofline: each non-comm operator with
@@ -496,5 +505,5 @@ def decode_roofline(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequest
 
 
 __all__ = ["CostsimError", "FieldError", "LayoutRequest", "Scenario", "compare", "kv", "show", "perf",
-           "max_throughput_search", "max_throughput_record", "train", "model_line", "throughput_curve",
+           "max_throughput_search", "max_throughput_record", "train", "model_line", "throughput_curve", "kv_curve",
            "decode_roofline", "operator_rows", "context_warnings"]
