@@ -24,8 +24,31 @@ COMMANDS = [
 ]
 
 
+PY_START = "```python\nfrom costsim.api"
+
+
+def python_example(readme: str) -> tuple[str, int, int]:
+    """The README's Python API example, and the span of the output block that follows it."""
+    i = readme.index(PY_START) + len("```python\n")
+    code = readme[i:readme.index("```", i)]
+    out_start = readme.index("\n", readme.index("```", readme.index("```", i) + 3)) + 1
+    return code, out_start, readme.index("```", out_start)
+
+
+def run_python_example(code: str) -> str:
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        exec(compile(code, "README.md", "exec"), {})
+    return buf.getvalue()
+
+
 def main() -> None:
     readme = (ROOT / "README.md").read_text()
+    code, a, b = python_example(readme)
+    readme = readme[:a] + run_python_example(code) + readme[b:]
     runner = CliRunner()
     for group in COMMANDS:
         out = ""

@@ -65,3 +65,13 @@ def test_readme_hardware_example_loads(tmp_path):
     hw.write_text(README[i:README.index("```", i)])
     r = runner.invoke(app, ["perf", "llama-3.1-8b", "--hardware", str(hw), "--devices", "1", "--format", "json"])
     assert r.exit_code == 0, r.output
+
+
+def test_readme_python_example_runs_and_prints_what_is_shown():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from regen_readme import python_example, run_python_example
+
+    code, a, b = python_example(README)
+    assert run_python_example(code) == README[a:b]
