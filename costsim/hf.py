@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from costsim.errors import CostsimError
-from costsim.specs import ModelSpec, validate
+from costsim.specs import ModelSpec, moe_layer_rule, validate
 
 SUPPORTED_MODEL_TYPES = (
     "deepseek",
@@ -263,7 +263,7 @@ def _deepseek_ffn(c: _Cfg, layers: int) -> dict:
     if c.has("n_group") or c.has("topk_group"):
         ffn["n_group"] = c.get_int("n_group")
         ffn["topk_group"] = c.get_int("topk_group")
-    if any(not (i >= first_k and i % freq == 0) for i in range(layers)):
+    if any(not moe_layer_rule(i, first_k, freq) for i in range(layers)):
         ffn["dense_intermediate_size"] = c.get_int("intermediate_size")
     return ffn
 

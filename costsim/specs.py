@@ -137,6 +137,12 @@ class MoEFFN(_Strict):
 FFN = Annotated[Union[DenseFFN, MoEFFN], Field(discriminator="kind")]
 
 
+def moe_layer_rule(i: int, first_k_dense_replace: int, moe_layer_freq: int) -> bool:
+    """Layer ``i`` (0-based) is MoE: ``i >= first_k_dense_replace and i % moe_layer_freq == 0``
+    (HF DeepseekV2/V3 modeling; the one statement of the rule)."""
+    return i >= first_k_dense_replace and i % moe_layer_freq == 0
+
+
 class SlidingWindow(_Strict):
     """Sliding-window attention on some layers: those layers cache at most ``window`` tokens."""
 
@@ -190,7 +196,7 @@ class ModelSpec(_Strict):
 
     def is_moe_layer(self, i: int) -> bool:
         f = self.ffn
-        return isinstance(f, MoEFFN) and i >= f.first_k_dense_replace and i % f.moe_layer_freq == 0
+        return isinstance(f, MoEFFN) and moe_layer_rule(i, f.first_k_dense_replace, f.moe_layer_freq)
 
     @property
     def n_moe_layers(self) -> int:

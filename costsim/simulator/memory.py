@@ -118,4 +118,4 @@ def require_fit(spec: ModelSpec, hw: HardwareProfile, dep: Deployment) -> None:
         raise CostsimError(
             f"{spec.name} does not fit on {hw.name}: {wb / 1e9:.1f} GB of weights per device "
             f"> {usable / 1e9:.1f} GB usable ({dep.devices} devices, tp={dep.tp}, ep={dep.ep}, pp={dep.pp}, "
-            f"weights {dep.weight_format.name}); add devices or use a narrower --weight-dtype")
+            f"weights {dep.weight_format.name}); add devices or use a narrower weight format")
