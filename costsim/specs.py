@@ -303,6 +303,54 @@ class PeakFlops(_Frozen):
     fp4: Optional[FlopRate] = None
 
 
+class Count(_Positive):
+    """A positive number without a unit (rows, tiles, compute units)."""
+
+
+class KernelFamily(_Frozen):
+    """The time model of one operator family (``costsim.simulator.efficiency``). Every field is
+    optional: an absent one falls back to the profile-wide factor (``compute``, ``memory``,
+    ``kernel_overhead``) or, for shape terms, to no effect.
+
+    - ``compute`` / ``memory``: achievable fraction of the dense peak / of the bandwidth.
+    - ``overhead``: seconds per launch of the family's kernel.
+    - ``per_group_overhead``: grouped GEMMs, seconds per busy expert (one GEMM launch each).
+    - ``per_element``: attention, seconds per (head, query, key) score for scale, mask and
+      softmax when a kernel does not fuse them (0 for FlashAttention-style kernels).
+    - ``m_half``: GEMM rows (per group) at which compute efficiency reaches half its maximum:
+      efficiency x M / (M + m_half); small-M GEMMs use the tensor units poorly.
+    - ``tile_m``, ``tile_n``, ``units``: output tile and compute units (SMs) for tile and wave
+      quantisation: work is padded to whole tiles and whole waves of ``units`` tiles.
+    """
+
+    compute: Optional[Fraction] = None
+    memory: Optional[Fraction] = None
+    overhead: Optional[Seconds] = None
+    per_group_overhead: Optional[Seconds] = None
+    per_element: Optional[Seconds] = None
+    m_half: Optional[Count] = None
+    tile_m: Optional[Count] = None
+    tile_n: Optional[Count] = None
+    units: Optional[Count] = None
+
+    @model_validator(mode="after")
+    def _tiles_together(self):
+        given = [k for k in ("tile_m", "tile_n", "units") if getattr(self, k) is not None]
+        if given and len(given) != 3:
+            raise ValueError(f"tile_m, tile_n and units go together (got only {', '.join(given)})")
+        return self
+
+
+class Families(_Frozen):
+    """Per-family time models; ``comm`` is the link factors and latencies of the profile."""
+
+    gemm: KernelFamily = Field(default_factory=KernelFamily)
+    grouped_gemm: KernelFamily = Field(default_factory=KernelFamily)
+    attention_decode: KernelFamily = Field(default_factory=KernelFamily)
+    attention_prefill: KernelFamily = Field(default_factory=KernelFamily)
+    elementwise: KernelFamily = Field(default_factory=KernelFamily)
+
+
 class Efficiency(_Frozen):
     """Achievable fraction of each peak, with sources (kernel benchmarks or calibration)."""
 
@@ -311,6 +359,7 @@ class Efficiency(_Frozen):
     intra_node: Fraction  # achieved over peak link bandwidth (NVLink / xGMI)
     inter_node: Fraction  # achieved over NIC line rate
     kernel_overhead: Seconds = Field(default_factory=lambda: Seconds(value=0.0, provenance="assumed"))
+    families: Families = Field(default_factory=Families)
 
 
 class HardwareProfile(_Frozen):

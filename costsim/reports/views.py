@@ -105,6 +105,8 @@ def _rate(k: str, v: float) -> str:
         return f"{v / 1e12:g} TFLOP/s"
     if k.endswith("bandwidth"):
         return f"{v / 1e9:g} GB/s"
+    if k.endswith("per_element"):
+        return f"{v * 1e9:g} ns"
     return f"{v * 1e6:g} us" if k.endswith(("overhead", "latency")) else f"{v:g}"
 
 

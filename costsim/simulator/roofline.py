@@ -1,9 +1,10 @@
-"""Roofline timing of operators on a hardware profile.
+"""Timing of a step's operators on a hardware profile.
 
-Per operator occurrence (Williams, Waterman & Patterson, CACM 2009):
-  compute_s = FLOPs / (peak_flops[dtype] * efficiency.compute)
-  memory_s  = bytes moved / (memory_bandwidth * efficiency.memory)
-  time_s    = max(compute_s, memory_s) + efficiency.kernel_overhead
+Per operator occurrence, the roofline of its family (Williams, Waterman & Patterson, CACM 2009;
+the formulas and their parameters are in ``costsim.simulator.efficiency``):
+  compute_s = FLOPs / (peak_flops[dtype] * compute efficiency [* GEMM shape efficiency])
+  memory_s  = bytes moved / (memory_bandwidth * memory efficiency)
+  time_s    = max(compute_s, memory_s) + overhead [+ per-element / per-group terms]
 Communication: bytes / (link bandwidth * link efficiency) + latency terms
 (``costsim.simulator.parallel``). A step's time is the sum over operators (x count), or
 with ``overlap_comm`` max(compute part, communication part).
@@ -18,9 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from costsim.simulator.deployment import Deployment
+from costsim.simulator.efficiency import operator_terms
 from costsim.simulator.operators import layer_groups, step_operators
 from costsim.simulator.parallel import comm_seconds
-from costsim.simulator.types import LayerType, OpKind, Operator, StepShape
+from costsim.simulator.types import Family, LayerType, OpKind, Operator, StepShape
 from costsim.specs import HardwareProfile, MLAAttention, ModelSpec
 
 
@@ -63,16 +65,13 @@ class StepTiming:
 
 
 def time_operator(op: Operator, hw: HardwareProfile, spec: ModelSpec, dep: Deployment) -> OpTiming:
-    """Roofline time of one operator occurrence on ``hw`` (see module docstring)."""
-    eff = hw.efficiency
-    overhead = eff.kernel_overhead.value
+    """Time of one operator occurrence on ``hw``: its family's formula
+    (``costsim.simulator.efficiency``), or the link model for communication."""
     if op.kind is OpKind.COMM:
         c = comm_seconds(op, spec, dep, hw)
         return OpTiming(op, 0.0, 0.0, c, c)
-    compute = np.asarray(op.flops, dtype=float) / (hw.peak(op.dtype) * eff.compute.value) if op.dtype else 0.0
-    memory = np.asarray(op.bytes_moved, dtype=float) / (hw.memory_bandwidth.value * eff.memory.value)
-    t = np.maximum(compute, memory) + overhead
-    return OpTiming(op, compute, memory, 0.0, t)
+    t = operator_terms(op, hw)
+    return OpTiming(op, t.compute_s, t.memory_s, 0.0, t.time_s)
 
 
 def _time_ops(ops, hw, spec, dep, form) -> StepTiming:
@@ -138,4 +137,10 @@ def rate_provenance(hw: HardwareProfile, dtype: str) -> dict[str, dict]:
         "intra_node_latency": hw.intra_node_latency,
         "inter_node_latency": hw.inter_node_latency,
     }
+    for fam in Family:
+        if fam is Family.COMM:
+            continue
+        for k, q in getattr(e.families, fam.value):
+            if q is not None:
+                items[f"efficiency.families.{fam.value}.{k}"] = q
     return {k: dict(value=v.value, provenance=v.provenance, source=v.source) for k, v in items.items() if v is not None}

@@ -36,6 +36,21 @@ class OpKind(str, Enum):
         return self.value
 
 
+class Family(str, Enum):
+    """The time model an operator is costed with (``costsim.simulator.efficiency``); each has
+    its parameters in the profile's ``efficiency.families``."""
+
+    GEMM = "gemm"
+    GROUPED_GEMM = "grouped_gemm"
+    ATTENTION_DECODE = "attention_decode"  # one query per sequence
+    ATTENTION_PREFILL = "attention_prefill"  # more; chosen per element by the query length
+    ELEMENTWISE = "elementwise"
+    COMM = "comm"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class OpGroup(str, Enum):
     """Which part of the model an operator belongs to (for breakdowns)."""
 
@@ -112,6 +127,17 @@ class Operator:
     comm_bytes: Any = 0.0  # bytes each device sends (comm only)
     link: Link | None = None  # comm only
     hops: Any = 0  # latency terms per occurrence (comm only)
+
+    @property
+    def family(self) -> Family:
+        """The family whose time model costs this operator (attention: decode when every
+        sequence adds one query, else prefill; an array of query lengths is split per element
+        by ``efficiency``)."""
+        if self.kind is OpKind.ATTENTION:
+            q = np.asarray(self.shape.get("q_len", 1))
+            return Family.ATTENTION_DECODE if np.all(q <= 1) else Family.ATTENTION_PREFILL
+        return {OpKind.GEMM: Family.GEMM, OpKind.GROUPED_GEMM: Family.GROUPED_GEMM,
+                OpKind.ELEMENTWISE: Family.ELEMENTWISE, OpKind.COMM: Family.COMM}[self.kind]
 
     @property
     def bytes_moved(self):

@@ -1,0 +1,123 @@
+"""Per-family time models: how long one occurrence of an operator takes on a profile.
+
+One formula per family (``types.Family``), its parameters in the profile's
+``efficiency.families.<family>`` (``specs.KernelFamily``), each falling back to the profile-wide
+``efficiency.compute`` / ``memory`` / ``kernel_overhead`` when absent:
+
+- gemm:          max(FLOPs / (peak x c x q x M/(M + m_half)), bytes / (bw x m)) + overhead
+                 q = tile and wave quantisation: M N / (ceil(M/tm) tm ceil(N/tn) tn) x
+                 tiles / (ceil(tiles/units) units), tiles = ceil(M/tm) ceil(N/tn); 1 if not given
+- grouped_gemm:  as gemm with M = rows per busy expert, + per_group_overhead x busy experts
+- attention_*:   max(FLOPs / (peak x c), bytes / (bw x m)) + per_element x scores + overhead,
+                 decode (one query per sequence) and prefill (more) with their own parameters;
+                 scores = heads x (query, key) pairs, the scale/mask/softmax work
+- elementwise:   bytes / (bw x m) + overhead
+- comm:          ``parallel.comm_seconds`` (link bandwidth x efficiency, latency terms)
+
+Roofline: Williams, Waterman & Patterson, CACM 52(4), 2009. Wave quantisation: NVIDIA "Matrix
+Multiplication Background User's Guide" (tile and wave quantization).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from costsim.simulator.types import Family, Operator, OpKind
+from costsim.specs import HardwareProfile, KernelFamily
+
+
+@dataclass(frozen=True)
+class FamilyRates:
+    """The parameters one family's formula uses, resolved against the profile (SI units)."""
+
+    compute: float  # fraction of peak
+    memory: float  # fraction of bandwidth
+    overhead_s: float
+    per_group_overhead_s: float = 0.0
+    per_element_s: float = 0.0
+    m_half: float = 0.0
+    tile_m: float = 0.0
+    tile_n: float = 0.0
+    units: float = 0.0
+
+
+def rates(hw: HardwareProfile, family: Family) -> FamilyRates:
+    """``family``'s parameters on ``hw``, profile-wide factors filling the gaps."""
+    e = hw.efficiency
+    f: KernelFamily = getattr(e.families, family.value)
+
+    def v(q, default=0.0):
+        return default if q is None else q.value
+
+    return FamilyRates(compute=v(f.compute, e.compute.value), memory=v(f.memory, e.memory.value),
+                       overhead_s=v(f.overhead, e.kernel_overhead.value), per_group_overhead_s=v(f.per_group_overhead),
+                       per_element_s=v(f.per_element), m_half=v(f.m_half), tile_m=v(f.tile_m), tile_n=v(f.tile_n),
+                       units=v(f.units))
+
+
+def gemm_shape_efficiency(r: FamilyRates, M, N):
+    """The fraction of the family's compute efficiency a GEMM of M rows x N columns reaches:
+    M / (M + m_half) x tile/wave quantisation (1 where the profile gives neither)."""
+    M = np.asarray(M, dtype=float)
+    eff = M / (M + r.m_half) if r.m_half else np.ones_like(M)
+    if r.tile_m:
+        tm, tn = np.ceil(M / r.tile_m), np.ceil(float(N) / r.tile_n)
+        tiles = tm * tn
+        padded = (M * N) / (tm * r.tile_m * tn * r.tile_n)
+        waves = tiles / (np.ceil(tiles / r.units) * r.units)
+        eff = eff * padded * waves
+    return eff
+
+
+@dataclass(frozen=True)
+class Terms:
+    """One operator occurrence's time and the terms it is made of (seconds)."""
+
+    compute_s: object
+    memory_s: object
+    extra_s: object  # per-element and per-group work, launch overhead
+    time_s: object
+
+
+def _roof(op: Operator, hw: HardwareProfile, r: FamilyRates, shape_eff=1.0):
+    peak = hw.peak(op.dtype) if op.dtype else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        compute = np.asarray(op.flops, dtype=float) / (peak * r.compute * shape_eff) if op.dtype else 0.0
+        compute = np.where(np.asarray(op.flops) > 0, compute, 0.0) if op.dtype else 0.0
+    memory = np.asarray(op.bytes_moved, dtype=float) / (hw.memory_bandwidth.value * r.memory)
+    return compute, memory
+
+
+def _attention(op: Operator, hw: HardwareProfile) -> Terms:
+    """Decode and prefill parameters chosen per element by the query length (arrays allowed)."""
+    q_len = np.asarray(op.shape.get("q_len", 1), dtype=float)
+    parts = []
+    for fam in (Family.ATTENTION_DECODE, Family.ATTENTION_PREFILL):
+        r = rates(hw, fam)
+        c, m = _roof(op, hw, r)
+        extra = r.per_element_s * np.asarray(op.shape.get("scores", 0.0), dtype=float) + r.overhead_s
+        parts.append((c, m, extra))
+    dec = q_len <= 1
+    c, m, x = (np.where(dec, a, b) for a, b in zip(*parts))
+    return Terms(c, m, x, np.maximum(c, m) + x)
+
+
+def operator_terms(op: Operator, hw: HardwareProfile) -> Terms:
+    """Time of one occurrence of a compute operator (not comm) by its family's formula."""
+    fam = op.family
+    if fam in (Family.ATTENTION_DECODE, Family.ATTENTION_PREFILL):
+        return _attention(op, hw)
+    r = rates(hw, fam)
+    if op.kind is OpKind.GEMM:
+        c, m = _roof(op, hw, r, gemm_shape_efficiency(r, op.shape["M"], op.shape["N"]))
+        x = r.overhead_s
+    elif op.kind is OpKind.GROUPED_GEMM:
+        groups = np.asarray(op.shape["groups"], dtype=float)
+        c, m = _roof(op, hw, r, gemm_shape_efficiency(r, op.shape["tokens_per_expert"], op.shape["N"]))
+        x = r.overhead_s + r.per_group_overhead_s * groups
+    else:
+        c, m = _roof(op, hw, r)
+        x = r.overhead_s
+    return Terms(c, m, x, np.maximum(c, m) + x)

@@ -1,0 +1,107 @@
+"""Per-family time models (costsim.simulator.efficiency), each checked against a value worked
+out by hand in the test on a round-number profile."""
+
+import numpy as np
+import pytest
+
+from costsim.simulator.efficiency import gemm_shape_efficiency, operator_terms, rates
+from costsim.simulator.types import Family, LayerType, OpGroup, OpKind, Operator
+from costsim.specs import HardwareProfile
+
+
+def profile(**families) -> HardwareProfile:
+    """1e12 FLOP/s bf16, 1e11 B/s; profile-wide compute 0.5, memory 0.8, 1 us per launch."""
+    return HardwareProfile.model_validate(dict(
+        name="round", source="test", peak_flops={"bf16": 1e12}, memory_capacity="80GB", memory_bandwidth=1e11,
+        efficiency=dict(compute=0.5, memory=0.8, intra_node=1.0, inter_node=1.0, kernel_overhead="1us",
+                        families=families)))
+
+
+def gemm(M, N, K, kind=OpKind.GEMM, **shape):
+    flops = 2.0 * M * N * K
+    return Operator(name="g", kind=kind, group=OpGroup.FFN, layer=LayerType.DENSE, count=1, flops=flops,
+                    bytes_read=2.0 * (N * K + M * K), bytes_written=2.0 * M * N, dtype="bf16",
+                    shape=dict(M=M, N=N, K=K, **shape))
+
+
+def test_families_fall_back_to_the_profile_wide_factors():
+    r = rates(profile(), Family.GEMM)
+    assert (r.compute, r.memory, r.overhead_s, r.m_half, r.per_group_overhead_s) == (0.5, 0.8, 1e-6, 0.0, 0.0)
+    r = rates(profile(gemm=dict(compute=0.9, overhead="4us")), Family.GEMM)
+    assert (r.compute, r.memory, r.overhead_s) == (0.9, 0.8, 4e-6)
+
+
+def test_large_gemm_is_compute_bound_by_hand():
+    # 4096^3: 2 x 4096^3 = 1.374e11 FLOPs at 1e12 x 0.5 = 0.2749 s; bytes 3 x 2 x 4096^2 = 1.007e8
+    # at 0.8e11 B/s = 1.26 ms; time = 0.27488 s + 1 us
+    t = operator_terms(gemm(4096, 4096, 4096), profile())
+    assert float(t.compute_s) == pytest.approx(2 * 4096**3 / 0.5e12, rel=1e-12)
+    assert float(t.memory_s) == pytest.approx(6 * 4096**2 / 0.8e11, rel=1e-12)
+    assert float(t.time_s) == pytest.approx(2 * 4096**3 / 0.5e12 + 1e-6, rel=1e-12)
+
+
+def test_small_m_gemm_compute_efficiency_halves_at_m_half():
+    hw = profile(gemm=dict(m_half=64))
+    # M = 64 = m_half: efficiency 0.5 x 64 / (64 + 64) = 0.25
+    t = operator_terms(gemm(64, 8192, 8192), hw)
+    assert float(t.compute_s) == pytest.approx(2 * 64 * 8192 * 8192 / (1e12 * 0.25), rel=1e-12)
+    # M = 192: 192 / 256 = 0.75 of 0.5
+    assert float(gemm_shape_efficiency(rates(hw, Family.GEMM), 192, 8192)) == pytest.approx(0.75)
+
+
+def test_tile_and_wave_quantisation_by_hand():
+    hw = profile(gemm=dict(tile_m=128, tile_n=128, units=4))
+    r = rates(hw, Family.GEMM)
+    # M = 200, N = 256: tiles 2 x 2 = 4, one full wave of 4 units; padding 200*256 / (256*256) = 0.78125
+    assert float(gemm_shape_efficiency(r, 200, 256)) == pytest.approx(200 * 256 / (256 * 256))
+    # M = 129, N = 640: 2 x 5 = 10 tiles -> 3 waves of 4 (12 slots): 10/12; padding 129*640/(256*640)
+    assert float(gemm_shape_efficiency(r, 129, 640)) == pytest.approx(129 / 256 * 10 / 12)
+
+
+def test_tile_parameters_go_together():
+    with pytest.raises(ValueError, match="go together"):
+        profile(gemm=dict(tile_m=128))
+
+
+def test_grouped_gemm_pays_per_busy_expert():
+    hw = profile(grouped_gemm=dict(per_group_overhead="2us", m_half=16))
+    # 8 busy experts, 16 rows each (M = 128 pairs): overhead 1 us + 8 x 2 us = 17 us;
+    # compute at 0.5 x 16 / (16 + 16) = 0.25 of peak
+    op = gemm(128, 1024, 2048, kind=OpKind.GROUPED_GEMM, groups=8.0, tokens_per_expert=16.0)
+    t = operator_terms(op, hw)
+    assert float(t.extra_s) == pytest.approx(17e-6)
+    assert float(t.compute_s) == pytest.approx(2 * 128 * 1024 * 2048 / 0.25e12, rel=1e-12)
+
+
+def attention(q_len, scores, flops=0.0, nbytes=8e6):
+    return Operator(name="a", kind=OpKind.ATTENTION, group=OpGroup.ATTENTION, layer=LayerType.DENSE, count=1,
+                    flops=flops, bytes_read=nbytes, dtype="bf16", shape=dict(q_len=q_len, scores=scores))
+
+
+def test_attention_decode_and_prefill_have_their_own_parameters():
+    hw = profile(attention_decode=dict(memory=0.5, per_element="1ns"),
+                 attention_prefill=dict(compute=0.25, overhead="10us"))
+    # decode: 8e6 B at 0.5 x 1e11 = 160 us; 1e5 scores x 1 ns = 100 us; + 1 us
+    d = operator_terms(attention(1, 1e5), hw)
+    assert float(d.time_s) == pytest.approx(160e-6 + 100e-6 + 1e-6, rel=1e-12)
+    # prefill: 1e9 FLOPs at 0.25 x 1e12 = 4 ms > 8e6 B at 0.8e11 = 100 us; no per-element term; + 10 us
+    p = operator_terms(attention(512, 1e5, flops=1e9), hw)
+    assert float(p.time_s) == pytest.approx(4e-3 + 10e-6, rel=1e-12)
+    # an array of query lengths splits per element
+    both = operator_terms(attention(np.array([1.0, 512.0]), 1e5, flops=np.array([0.0, 1e9])), hw)
+    assert np.allclose(both.time_s, [261e-6, 4.01e-3], rtol=1e-12)
+
+
+def test_operator_family_follows_kind_and_query_length():
+    assert attention(1, 0).family is Family.ATTENTION_DECODE
+    assert attention(2, 0).family is Family.ATTENTION_PREFILL
+    assert gemm(1, 1, 1).family is Family.GEMM
+    assert gemm(1, 1, 1, kind=OpKind.GROUPED_GEMM).family is Family.GROUPED_GEMM
+
+
+def test_elementwise_is_bytes_over_bandwidth_plus_launch():
+    hw = profile(elementwise=dict(memory=0.4, overhead="2us"))
+    op = Operator(name="e", kind=OpKind.ELEMENTWISE, group=OpGroup.FFN, layer=LayerType.DENSE, count=1,
+                  bytes_read=4e6, bytes_written=4e6, dtype="")
+    # 8e6 B at 0.4 x 1e11 = 200 us + 2 us
+    assert float(operator_terms(op, hw).time_s) == pytest.approx(202e-6, rel=1e-12)
