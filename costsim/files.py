@@ -21,6 +21,22 @@ def check_target(path: Path | str, what: str = "output") -> Path:
     return path
 
 
+MAX_INPUT_BYTES = 64 * 2**20
+
+
+def check_input(path: Path | str, max_bytes: int = MAX_INPUT_BYTES) -> Path:
+    """Raise CostsimError unless ``path`` is a regular file of at most ``max_bytes`` (a device,
+    a FIFO or a directory is refused before anything reads it)."""
+    path = Path(path)
+    if not path.exists():
+        raise CostsimError(f"{path}: no such file")
+    if not path.is_file():
+        raise CostsimError(f"{path}: not a regular file")
+    if path.stat().st_size > max_bytes:
+        raise CostsimError(f"{path}: {path.stat().st_size:,} bytes, more than the {max_bytes:,} read at most")
+    return path
+
+
 def file_mode(path: Path) -> int:
     """The existing file's mode, else 0o666 less the umask (as open() does)."""
     if path.exists():

@@ -144,9 +144,9 @@ def test_sliding_window_attention_flops_exact(step):
     attn = K.GQAAttention(spec, causal="rows", window=W)
     x, cache = _inputs(spec, attn, B, s, L)
     got = count_flops(lambda: attn(x, cache))
-    from costsim.simulator.operators import _attention_ops
+    from costsim.simulator.operators import attention_operators
 
-    want = sum(float(o.flops) for o in _attention_ops(spec, Deployment(), StepShape(B, s, L), 1, W, "absorbed", ""))
+    want = sum(float(o.flops) for o in attention_operators(spec, Deployment(), StepShape(B, s, L), 1, W, "absorbed", ""))
     assert got == want
 
 

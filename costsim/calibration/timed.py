@@ -79,10 +79,14 @@ def flop_counter() -> "torch.utils.flop_counter.FlopCounterMode":
     torch's own ``sdpa_flop`` (dense: causal masking is not subtracted)."""
     from torch.utils import flop_counter as fc
 
+    def cpu_sdpa(query, key, value, *args, out_val=None, **kwargs) -> int:
+        return fc.sdpa_flop_count(tuple(query.shape), tuple(key.shape), tuple(value.shape))
+
+    cpu_sdpa._get_raw = True  # takes tensors, as FlopCounterMode's raw formulas do
     custom = {}
     op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     if op is not None:
-        custom[op] = fc.sdpa_flop
+        custom[op] = cpu_sdpa
     return fc.FlopCounterMode(display=False, custom_mapping=custom)
 
 

@@ -6,7 +6,7 @@ User mistakes print one line on stderr and exit with code 2.
 
 Modules: ``app`` (the typer apps), ``options`` (shared options, parsing, the error contract),
 ``query`` (models, hardware, show, kv, import-hf), ``serve`` (compare, perf, max-throughput,
-train), ``plot`` (plot throughput|roofline|kv).
+train), ``plot`` (plot throughput|roofline|kv), ``kernel`` (kernel gemm|attention|moe|ffn).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import sys
 
 import typer
 
-from costsim.cli import plot, query, serve  # noqa: F401  (importing them registers the commands)
+from costsim.cli import kernel, plot, query, serve  # noqa: F401  (importing them registers the commands)
 from costsim.cli.app import app
 
-_COMMAND_MODULES = (plot, query, serve)
+_COMMAND_MODULES = (kernel, plot, query, serve)
 
 __all__ = ["app", "main"]
 

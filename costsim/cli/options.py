@@ -60,6 +60,7 @@ FLAGS = {
     "imbalance": "--imbalance", "block_size": "--block-size", "tpot_slo_s": "--tpot-slo", "batch": "--batch",
     "context": "--context", "input_len": "--input", "output_len": "--output", "mfu": "--mfu",
     "gpu_hours": "--gpu-hours", "tokens": "--tokens", "seq_len": "--seq-len", "dtype": "--dtype",
+    "m": "--m", "n": "--n", "k": "--k", "form": "--form", "new_tokens": "--new-tokens",
 }
 
 

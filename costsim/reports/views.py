@@ -199,3 +199,21 @@ def train(rec: dict, fmt: str) -> None:
                              f"{rec['peak_flops'] / 1e12:g} TFLOP/s), {rec['tokens']:.4g} tokens"),
          notes=["training FLOPs/token = 3 x forward (2 x activated matmul params + causal attention), logits for "
                 "every token."])
+
+
+def kernels(recs: list[dict], fmt: str, title: str) -> None:
+    """Kernel predictions: one row per shape, time and terms in us, achieved rates."""
+    if fmt != "table":
+        emit(recs, [(k, k, F.text) for k in recs[0]], fmt, payload=recs)
+        return
+    shape = [(k, k, F.text) for k in recs[0] if k not in _KERNEL_FIELDS]
+    cols = shape + [("time_s", "time [us]", F.scaled(1e-6)), ("compute_s", "compute [us]", F.scaled(1e-6)),
+                    ("memory_s", "memory [us]", F.scaled(1e-6)), ("extra_s", "overhead etc. [us]", F.scaled(1e-6)),
+                    ("bound", "bound", F.text), ("achieved_flops_per_s", "achieved [TFLOP/s]", F.scaled(1e12)),
+                    ("achieved_bytes_per_s", "achieved [GB/s]", F.scaled(1e9))]
+    emit(recs, cols, title=title, notes=["Predictions of the profile's per-family time models (a model, not a "
+                                         "measurement); FLOPs 2 per multiply-add; GB = 1e9 B."])
+
+
+_KERNEL_FIELDS = {"kernel", "time_s", "compute_s", "memory_s", "extra_s", "flops", "bytes", "bound",
+                  "achieved_flops_per_s", "achieved_bytes_per_s"}

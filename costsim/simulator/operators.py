@@ -85,9 +85,11 @@ def _elementwise(name, group: OpGroup, layer: LayerType, elements_in, elements_o
                     dtype="", shape=dict(elements=elements_in))
 
 
-def _attention_ops(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: int, window: int | None,
-                   form: str, tag: str, layer: LayerType = LayerType.DENSE) -> list[Operator]:
-    """Projections + core attention of ``n_layers`` identical layers (per device)."""
+def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: int = 1,
+                        window: int | None = None, form: str = "absorbed", tag: str = "",
+                        layer: LayerType = LayerType.DENSE) -> list[Operator]:
+    """Projections + core attention of ``n_layers`` identical layers on one device (the
+    operators of ``step_operators``' attention, for callers that need one layer's block)."""
     a, h, act = spec.attention, spec.hidden_size, dep.act_bytes
     w = dep.weight_format
     b = dep.seqs_per_rank(step.batch)  # sequences on this device's DP group
@@ -148,7 +150,10 @@ def _attention_ops(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: 
     return ops
 
 
-def _ffn_ops(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: int, moe: bool) -> list[Operator]:
+def ffn_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: int = 1,
+                  moe: bool = False) -> list[Operator]:
+    """The dense FFN (``moe`` False) or the MoE FFN (router, shared and routed experts on the
+    busiest EP rank) of ``n_layers`` identical layers on one device."""
     f, h, act, w = spec.ffn, spec.hidden_size, dep.act_bytes, dep.weight_format
     b = dep.seqs_per_rank(step.batch)
     T = b * np.asarray(step.new_tokens, dtype=float)
@@ -240,11 +245,11 @@ def step_operators(spec: ModelSpec, dep: Deployment, step: StepShape, *, form: s
     for is_moe, window, n in groups:
         tag = ("moe" if is_moe else "dense") + (f",window={window}" if window else "")
         layer = LayerType.MOE if is_moe else LayerType.DENSE
-        ops += _attention_ops(spec, dep, step, n, window, form, tag if len(groups) > 1 else "", layer)
+        ops += attention_operators(spec, dep, step, n, window, form, tag if len(groups) > 1 else "", layer)
     for is_moe in (False, True):
         n = sum(g[2] for g in groups if g[0] == is_moe)
         if n:
-            ops += _ffn_ops(spec, dep, step, n, is_moe)
+            ops += ffn_operators(spec, dep, step, n, is_moe)
     V = -(-spec.vocab_size // dep.tp)  # vocab-parallel shard, rounded up
     lt = b * np.asarray(step.logit_tokens, dtype=float)
     ops.append(_gemm("lm_head", OpGroup.LM_HEAD, LayerType.ONCE, lt, V, h, dep.high_precision, act, 1))

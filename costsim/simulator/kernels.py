@@ -1,0 +1,145 @@
+"""Kernel-level predictions: one kernel, one shape, one profile.
+
+The same operators and time models as a whole step (``operators``, ``efficiency``), for one
+layer's block or one GEMM, so a prediction can be set beside a measurement of the same kernel
+(``costsim kernel``, calibration and validation). Each prediction returns the time, what bounds
+it and the terms it is made of.
+
+Kernels:
+- ``gemm``: [M, K] x [K, N] in a weight format (FLOPs 2MNK; bytes: weights N K in the format,
+  activations M K and M N at 2 bytes). M, N, K may be numpy arrays (one prediction per row).
+- ``attention``: one layer's attention block (projections, core, norms) of ``batch`` sequences
+  adding ``new_tokens`` each after ``context`` cached tokens; MLA in the form asked for.
+- ``moe``: one MoE FFN layer for ``tokens`` tokens (router, shared and routed experts of the
+  busiest EP rank); ``dense_ffn``: one dense FFN layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from costsim.errors import FieldError
+from costsim.simulator.deployment import Deployment
+from costsim.simulator.efficiency import operator_terms
+from costsim.simulator.layout import number_format
+from costsim.simulator.operators import _gemm, attention_operators, ffn_operators
+from costsim.simulator.types import LayerType, OpGroup, Operator, StepShape
+from costsim.specs import HardwareProfile, MoEFFN, ModelSpec
+
+
+@dataclass(frozen=True)
+class KernelPrediction:
+    """A predicted kernel time (seconds) with its terms; arrays when the shape was arrays.
+
+    ``compute_s`` / ``memory_s``: the two roofline terms summed over the kernel's operators;
+    ``extra_s``: launch overheads and per-element / per-group work; ``bound``: "compute" or
+    "memory" (the larger roofline term of the whole kernel); ``flops`` (2 per multiply-add)
+    and ``bytes`` moved; achieved rates = flops / time, bytes / time.
+    """
+
+    kernel: str
+    time_s: object
+    compute_s: object
+    memory_s: object
+    extra_s: object
+    flops: object
+    bytes: object
+    bound: object
+    operators: tuple[str, ...]
+
+    @property
+    def achieved_flops_per_s(self):
+        return np.asarray(self.flops) / np.asarray(self.time_s)
+
+    @property
+    def achieved_bytes_per_s(self):
+        return np.asarray(self.bytes) / np.asarray(self.time_s)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(achieved_flops_per_s=self.achieved_flops_per_s, achieved_bytes_per_s=self.achieved_bytes_per_s)
+        return d
+
+
+def predict(ops: list[Operator], hw: HardwareProfile, kernel: str) -> KernelPrediction:
+    """Sum the family time of each operator (x its count) into one kernel prediction."""
+    terms = [(o, operator_terms(o, hw)) for o in ops]
+
+    def tot(f):
+        return sum(np.asarray(f(o, t), dtype=float) * o.count for o, t in terms)
+
+    c, m = tot(lambda o, t: t.compute_s), tot(lambda o, t: t.memory_s)
+    bound = np.where(c >= m, "compute", "memory")
+    return KernelPrediction(kernel=kernel, time_s=tot(lambda o, t: t.time_s), compute_s=c, memory_s=m,
+                            extra_s=tot(lambda o, t: t.extra_s), flops=tot(lambda o, t: o.flops),
+                            bytes=tot(lambda o, t: o.bytes_moved), bound=bound if np.ndim(bound) else str(bound),
+                            operators=tuple(o.name for o in ops))
+
+
+def _positive(name: str, v, integer: bool = True):
+    a = np.asarray(v, dtype=float)
+    if a.size == 0 or not np.all(np.isfinite(a)) or np.any(a < 1) or (integer and np.any(a != np.round(a))):
+        raise FieldError(name, v, "must be a finite " + ("integer " if integer else "number ") + ">= 1")
+    return a if a.ndim else float(a)
+
+
+def gemm(hw: HardwareProfile, m, n, k, dtype: str = "bf16") -> KernelPrediction:
+    """One GEMM [m, k] x [k, n] with weights in ``dtype`` (bf16, fp8, int4-g32, ...).
+
+    ``m``, ``n``, ``k`` broadcast (numpy). FieldError names a bad argument.
+    """
+    m, n, k = _positive("m", m), _positive("n", n), _positive("k", k)
+    fmt = number_format(dtype, "dtype")
+    try:
+        hw.peak(fmt.compute)
+    except Exception as e:
+        raise FieldError("dtype", dtype, str(e)) from None
+    m, n, k = np.broadcast_arrays(np.asarray(m), np.asarray(n), np.asarray(k))
+    op = _gemm("gemm", OpGroup.FFN, LayerType.DENSE, m, n, k, fmt, 2.0, 1)
+    return predict([op], hw, "gemm")
+
+
+def _dep(spec: ModelSpec, tp: int, ep: int, weight_dtype, kv_dtype, form: str) -> Deployment:
+    if form not in ("absorbed", "naive"):
+        raise FieldError("form", form, "expected absorbed or naive")
+    dep = Deployment(devices=max(tp, ep), tp=tp, ep=ep, weight_format=number_format(weight_dtype, "weight_dtype"),
+                     kv_format=number_format(kv_dtype, "kv_dtype"), mla_form=form)
+    return dep.check(spec)
+
+
+def attention(spec: ModelSpec, hw: HardwareProfile, batch, context, new_tokens=1, form: str = "absorbed",
+              tp: int = 1, weight_dtype="bf16", kv_dtype="bf16", window: int | None = None) -> KernelPrediction:
+    """One layer's attention block on one device (TP rank): projections, core, norms.
+
+    ``batch`` sequences each add ``new_tokens`` after ``context`` cached tokens (decode:
+    new_tokens = 1; prefill: context 0). ``form``: MLA absorbed or naive (ignored otherwise).
+    """
+    batch, new_tokens = _positive("batch", batch), _positive("new_tokens", new_tokens)
+    ctx = np.asarray(context, dtype=float)
+    if not np.all(np.isfinite(ctx)) or np.any(ctx < 0):
+        raise FieldError("context", context, "must be a finite number of tokens >= 0")
+    dep = _dep(spec, tp, 1, weight_dtype, kv_dtype, form)
+    ops = attention_operators(spec, dep, StepShape(batch, new_tokens, ctx), 1, window, form)
+    return predict(ops, hw, "attention")
+
+
+def moe(spec: ModelSpec, hw: HardwareProfile, tokens, ep: int = 1, weight_dtype="bf16") -> KernelPrediction:
+    """One MoE FFN layer for ``tokens`` tokens on the busiest of ``ep`` expert ranks (router,
+    shared experts, routed experts; uniform routing). Raises FieldError for a dense model."""
+    if not isinstance(spec.ffn, MoEFFN):
+        raise FieldError("model", spec.name, "is dense: it has no MoE layer")
+    tokens = _positive("tokens", tokens)
+    dep = _dep(spec, 1, ep, weight_dtype, "bf16", "absorbed")
+    # tokens are spread over the ep attention ranks: the batch of the step is all of them
+    return predict(ffn_operators(spec, dep, StepShape(tokens, 1, 0), 1, moe=True), hw, "moe")
+
+
+def dense_ffn(spec: ModelSpec, hw: HardwareProfile, tokens, tp: int = 1, weight_dtype="bf16") -> KernelPrediction:
+    """One dense FFN layer (SwiGLU when gated) for ``tokens`` tokens on one TP rank."""
+    if isinstance(spec.ffn, MoEFFN) and spec.ffn.dense_intermediate_size is None:
+        raise FieldError("model", spec.name, "has no dense FFN layer")
+    tokens = _positive("tokens", tokens)
+    dep = _dep(spec, tp, 1, weight_dtype, "bf16", "absorbed")
+    return predict(ffn_operators(spec, dep, StepShape(tokens, 1, 0), 1, moe=False), hw, "dense_ffn")
