@@ -93,3 +93,18 @@ def kv_vs_context(series: list[dict], path: Path, title: str) -> None:
     for s in series:
         ax.plot(s["context"], np.asarray(s["kv_bytes"]) / 1e9, label=s["label"])
     _finish(fig, ax, path, title, "context [tokens]", "KV cache [GB = 1e9 bytes]")
+
+
+def predicted_vs_measured(rows: list[dict], path: Path | str, title: str) -> None:
+    """Log-log scatter of predicted against measured seconds per family, with y = x."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    meas = np.array([r["min_s"] for r in rows])
+    pred = np.array([r["predicted_s"] for r in rows])
+    for fam in dict.fromkeys(r["family"] for r in rows):
+        m = np.array([r["family"] == fam for r in rows])
+        ax.scatter(meas[m] * 1e6, pred[m] * 1e6, label=fam, s=18)
+    lo, hi = min(meas.min(), pred.min()) * 1e6 / 2, max(meas.max(), pred.max()) * 1e6 * 2
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=1, label="y = x")
+    ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi))
+    _finish(fig, ax, path, title, "measured [us] (minimum of the runs)", "predicted [us]")

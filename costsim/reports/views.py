@@ -217,3 +217,25 @@ def kernels(recs: list[dict], fmt: str, title: str) -> None:
 
 _KERNEL_FIELDS = {"kernel", "time_s", "compute_s", "memory_s", "extra_s", "flops", "bytes", "bound",
                   "achieved_flops_per_s", "achieved_bytes_per_s"}
+
+
+def validation(ours: dict, shipped: dict, name: str, shipped_name: str, n: int, fmt: str) -> None:
+    """Held-out accuracy of a profile beside the shipped one (fractions in JSON)."""
+    fams = [dict(f, mape_shipped=g["mape"], geomean_ratio_shipped=g["geomean_ratio"])
+            for f, g in zip(ours["families"], shipped["families"])]
+    payload = dict(profile=name, shipped=shipped_name, points=n, mape=ours["mape"], mape_shipped=shipped["mape"],
+                   median_abs_error=ours["median_abs_error"], geomean_ratio=ours["geomean_ratio"],
+                   within_25pct=ours["within_25pct"], median_abs_error_shipped=shipped["median_abs_error"],
+                   geomean_ratio_shipped=shipped["geomean_ratio"], within_25pct_shipped=shipped["within_25pct"],
+                   families=fams)
+    if fmt != "table":
+        emit(fams, [(k, k, F.text) for k in fams[0]], fmt, payload=payload)
+        return
+    rows = [dict(family="all", points=n, **{k: ours[k] for k in ("mape", "median_abs_error", "geomean_ratio",
+                                                                  "within_25pct")},
+                 mape_shipped=shipped["mape"], geomean_ratio_shipped=shipped["geomean_ratio"])] + fams
+    cols = [("family", "family", F.text), ("points", "points", F.integer), ("mape", f"MAPE {name}", F.pct),
+            ("median_abs_error", "median |error|", F.pct), ("geomean_ratio", "pred/meas (geomean)", F.num),
+            ("within_25pct", "within 25%", F.pct), ("mape_shipped", f"MAPE {shipped_name}", F.pct),
+            ("geomean_ratio_shipped", f"pred/meas {shipped_name}", F.num)]
+    emit(rows, cols, title=f"validate {name}: {n} held-out kernels, predicted vs measured (minimum of the runs)")

@@ -29,7 +29,8 @@ class Deployment:
       LM head, norms and router stay in ``high_precision`` (BF16), as DeepSeek's FP8
       checkpoints keep them (DeepSeek-V3 tech report §3.3).
     - ``kv_format``: KV cache storage (see ``costsim.units.FORMATS``).
-    - ``act_bytes``: activations and communication payloads (2 = BF16).
+    - ``act_format``: activations, communication payloads and the attention core's compute
+      precision (BF16; FP32 for a full-precision run). ``act_bytes`` is its size.
     - ``mla_form``: "absorbed" (W_UK into q, W_UV into o; attend over the latent),
       "naive" (decompress K and V from the cached latent every step) or "auto" (the
       cheaper by roofline time, per phase).
@@ -49,7 +50,7 @@ class Deployment:
     weight_format: NumberFormat = field(default_factory=lambda: FORMATS["bf16"])
     kv_format: NumberFormat = field(default_factory=lambda: FORMATS["bf16"])
     high_precision: NumberFormat = field(default_factory=lambda: FORMATS["bf16"])
-    act_bytes: float = 2.0
+    act_format: NumberFormat = field(default_factory=lambda: FORMATS["bf16"])
     mla_form: Literal["absorbed", "naive", "auto"] = "absorbed"
     block_size: int | None = None
     imbalance: float = 1.0
@@ -57,6 +58,11 @@ class Deployment:
     combine_bytes: float = 2.0
     overlap_comm: bool = False
     gpu_memory_utilization: float = 0.9
+
+    @property
+    def act_bytes(self) -> float:
+        """Bytes per activation element (``act_format``)."""
+        return self.act_format.bytes_per_element
 
     @property
     def dp(self) -> int:

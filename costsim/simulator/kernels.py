@@ -8,7 +8,8 @@ it and the terms it is made of.
 Kernels:
 - ``gemm``: [M, K] x [K, N] in a weight format (FLOPs 2MNK; bytes: weights N K in the format,
   activations M K and M N at 2 bytes). M, N, K may be numpy arrays (one prediction per row).
-- ``attention``: one layer's attention block (projections, core, norms) of ``batch`` sequences
+- ``elementwise``: a memory-only kernel (norm, activation) of given element counts.
+- ``attention``: one layer's attention block (projections and core) of ``batch`` sequences
   adding ``new_tokens`` each after ``context`` cached tokens; MLA in the form asked for.
 - ``moe``: one MoE FFN layer for ``tokens`` tokens (router, shared and routed experts of the
   busiest EP rank); ``dense_ffn``: one dense FFN layer.
@@ -24,9 +25,10 @@ from costsim.errors import FieldError
 from costsim.simulator.deployment import Deployment
 from costsim.simulator.efficiency import operator_terms
 from costsim.simulator.layout import number_format
-from costsim.simulator.operators import _gemm, attention_operators, ffn_operators
+from costsim.simulator.operators import _elementwise, _gemm, attention_operators, ffn_operators
 from costsim.simulator.types import LayerType, OpGroup, Operator, StepShape
 from costsim.specs import HardwareProfile, MoEFFN, ModelSpec
+from costsim.units import FORMATS, NumberFormat
 
 
 @dataclass(frozen=True)
@@ -97,21 +99,38 @@ def gemm(hw: HardwareProfile, m, n, k, dtype: str = "bf16") -> KernelPrediction:
     except Exception as e:
         raise FieldError("dtype", dtype, str(e)) from None
     m, n, k = np.broadcast_arrays(np.asarray(m), np.asarray(n), np.asarray(k))
-    op = _gemm("gemm", OpGroup.FFN, LayerType.DENSE, m, n, k, fmt, 2.0, 1)
+    op = _gemm("gemm", OpGroup.FFN, LayerType.DENSE, m, n, k, fmt, activation_format(fmt).bytes_per_element, 1)
     return predict([op], hw, "gemm")
+
+
+def activation_format(weights: NumberFormat) -> NumberFormat:
+    """Activations of a kernel: FP32 when the weights are FP32 (a full-precision run), else BF16
+    (FP8 and narrower weights are dequantised into BF16 GEMMs, DeepSeek-V3 §3.3)."""
+    return FORMATS["fp32"] if weights.compute == "fp32" else FORMATS["bf16"]
+
+
+def elementwise(hw: HardwareProfile, elements_in, elements_out, dtype: str = "bf16") -> KernelPrediction:
+    """One memory-only kernel (a norm, an activation) reading ``elements_in`` and writing
+    ``elements_out`` elements of ``dtype``."""
+    e_in, e_out = _positive("elements_in", elements_in), _positive("elements_out", elements_out)
+    fmt = number_format(dtype, "dtype")
+    op = _elementwise("elementwise", OpGroup.FFN, LayerType.DENSE, e_in, e_out, fmt.bytes_per_element, 1)
+    return predict([op], hw, "elementwise")
 
 
 def _dep(spec: ModelSpec, tp: int, ep: int, weight_dtype, kv_dtype, form: str) -> Deployment:
     if form not in ("absorbed", "naive"):
         raise FieldError("form", form, "expected absorbed or naive")
-    dep = Deployment(devices=max(tp, ep), tp=tp, ep=ep, weight_format=number_format(weight_dtype, "weight_dtype"),
-                     kv_format=number_format(kv_dtype, "kv_dtype"), mla_form=form)
+    wf = number_format(weight_dtype, "weight_dtype")
+    dep = Deployment(devices=max(tp, ep), tp=tp, ep=ep, weight_format=wf, kv_format=number_format(kv_dtype, "kv_dtype"),
+                     high_precision=activation_format(wf), act_format=activation_format(wf), mla_form=form)
     return dep.check(spec)
 
 
 def attention(spec: ModelSpec, hw: HardwareProfile, batch, context, new_tokens=1, form: str = "absorbed",
               tp: int = 1, weight_dtype="bf16", kv_dtype="bf16", window: int | None = None) -> KernelPrediction:
-    """One layer's attention block on one device (TP rank): projections, core, norms.
+    """One layer's attention block on one device (TP rank): projections and core (the layer's
+    RMSNorms are not part of it: ``elementwise``).
 
     ``batch`` sequences each add ``new_tokens`` after ``context`` cached tokens (decode:
     new_tokens = 1; prefill: context 0). ``form``: MLA absorbed or naive (ignored otherwise).
@@ -121,7 +140,7 @@ def attention(spec: ModelSpec, hw: HardwareProfile, batch, context, new_tokens=1
     if not np.all(np.isfinite(ctx)) or np.any(ctx < 0):
         raise FieldError("context", context, "must be a finite number of tokens >= 0")
     dep = _dep(spec, tp, 1, weight_dtype, kv_dtype, form)
-    ops = attention_operators(spec, dep, StepShape(batch, new_tokens, ctx), 1, window, form)
+    ops = attention_operators(spec, dep, StepShape(batch, new_tokens, ctx), 1, window, form, norms=False)
     return predict(ops, hw, "attention")
 
 

@@ -87,9 +87,10 @@ def _elementwise(name, group: OpGroup, layer: LayerType, elements_in, elements_o
 
 def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: int = 1,
                         window: int | None = None, form: str = "absorbed", tag: str = "",
-                        layer: LayerType = LayerType.DENSE) -> list[Operator]:
+                        layer: LayerType = LayerType.DENSE, norms: bool = True) -> list[Operator]:
     """Projections + core attention of ``n_layers`` identical layers on one device (the
-    operators of ``step_operators``' attention, for callers that need one layer's block)."""
+    operators of ``step_operators``' attention, for callers that need one layer's block), and
+    with ``norms`` the layer's two RMSNorms (input and post-attention)."""
     a, h, act = spec.attention, spec.hidden_size, dep.act_bytes
     w = dep.weight_format
     b = dep.seqs_per_rank(step.batch)  # sequences on this device's DP group
@@ -110,7 +111,7 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
 
     def core(name, flops, read, written, shape):
         return Operator(name=name + sfx, kind=OpKind.ATTENTION, group=G, layer=layer, count=n_layers, flops=flops,
-                        bytes_read=read, bytes_written=written, dtype="bf16", shape=shape)
+                        bytes_read=read, bytes_written=written, dtype=dep.act_format.compute, shape=shape)
 
     if isinstance(a, MLAAttention):
         nh = a.num_attention_heads // dep.tp
@@ -146,7 +147,8 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
         ops.append(core("attn.core", 4.0 * nh * d * pairs, kv_read + T * nh * d * act, kv_write + T * nh * d * act,
                         dict(batch=b, heads=nh, kv_heads=nkv, q_len=s, kv_len=kv_len, qk_dim=d, v_dim=d)))
         ops.append(gemm("attn.o_proj", T, h, nh * d))
-    ops.append(_elementwise("norms" + sfx, G, layer, 2 * T * h, 2 * T * h, act, n_layers))
+    if norms:
+        ops.append(_elementwise("norms" + sfx, G, layer, 2 * T * h, 2 * T * h, act, n_layers))
     return ops
 
 

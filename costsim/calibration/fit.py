@@ -1,0 +1,196 @@
+"""Measuring a suite, fitting a profile's time-model parameters to it, and scoring a profile.
+
+- ``measure_points``: time every point's torch kernel (``measure.measure``: warm-up, repeats,
+  minimum and median, threads pinned, CUDA synchronised). Records are dicts; a silicon table
+  row converted to the same shape fits and validates the same way.
+- ``fit_profile``: start from a base profile, then fit each family's parameters in turn
+  (elementwise -> gemm -> attention decode -> attention prefill -> grouped GEMM, since the
+  later kernels contain the earlier families' operators) by robust least squares on log time
+  (``scipy.optimize.least_squares``, soft-L1 loss) against the measured **minimum** on the
+  train split only. On CPU the peaks are set first from the same train split (best GEMM
+  FLOP/s per dtype, best streaming bytes/s), so every fitted efficiency is a fraction <= 1 of
+  what this machine reaches.
+- ``score``: MAPE, median |error|, geometric-mean ratio predicted/measured and the share within
+  25%, overall and per family.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import platform
+from typing import Callable, Iterable
+
+import numpy as np
+
+from costsim.calibration.suite import Point, predict
+from costsim.specs import HardwareProfile
+
+# family -> fitted parameters with (lower, upper) bounds in SI units
+FREE: dict[str, list[tuple[str, float, float]]] = {
+    "elementwise": [("memory", 0.02, 1.0), ("overhead", 0.0, 1e-3)],
+    "gemm": [("compute", 0.02, 1.0), ("memory", 0.02, 1.0), ("overhead", 0.0, 1e-3), ("m_half", 0.0, 2048.0)],
+    "attention_decode": [("compute", 0.005, 1.0), ("memory", 0.005, 1.0), ("per_element", 0.0, 1e-7),
+                         ("overhead", 0.0, 2e-3)],
+    "attention_prefill": [("compute", 0.005, 1.0), ("memory", 0.005, 1.0), ("per_element", 0.0, 1e-7),
+                          ("overhead", 0.0, 2e-3)],
+    "grouped_gemm": [("compute", 0.005, 1.0), ("memory", 0.005, 1.0), ("per_group_overhead", 0.0, 1e-3),
+                     ("overhead", 0.0, 2e-3)],
+}
+ORDER = ("elementwise", "gemm", "attention_decode", "attention_prefill", "grouped_gemm")
+
+
+def device_name(device: str) -> str:
+    """A readable name of the device measured (CPU model or CUDA device name)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure_points(points: Iterable[Point], device: str = "cpu", threads: int | None = None,
+                   min_run_time: float = 0.15, progress: Callable[[Point], None] | None = None) -> list[dict]:
+    """Time each point's kernel on ``device``; one record per point (seconds per call)."""
+    import torch
+
+    from costsim.calibration.measure import measure
+    from costsim.calibration.suite import build
+
+    threads = threads or torch.get_num_threads()
+    date = _dt.date.today().isoformat()
+    name = device_name(device)
+    out = []
+    for p in points:
+        k = build(p, device)
+        m = measure(k, warmup=2, min_run_time=min_run_time, num_threads=threads, device=device)
+        out.append(dict(p.to_dict(), min_s=m["min_s"], median_s=m["median_s"], runs=m["runs"], device=device,
+                        device_name=name, threads=threads, torch=torch.__version__, date=date))
+        del k
+        if progress:
+            progress(p)
+    return out
+
+
+def point_of(rec: dict) -> Point:
+    """The ``Point`` a measurement record describes."""
+    from dataclasses import fields
+
+    return Point(**{f.name: rec[f.name] for f in fields(Point)})
+
+
+def predictions(records: list[dict], hw: HardwareProfile) -> np.ndarray:
+    """Predicted seconds for every record on ``hw``."""
+    return np.array([float(np.asarray(predict(point_of(r), hw).time_s)) for r in records])
+
+
+def _set(data: dict, family: str, name: str, value: float, source: str) -> None:
+    data["efficiency"]["families"][family][name] = dict(value=float(value), source=source, provenance="calibrated")
+
+
+def _profile(data: dict) -> HardwareProfile:
+    return HardwareProfile.model_validate(data)
+
+
+def _peaks(data: dict, train: list[dict], source: str) -> None:
+    """CPU: peaks = the best rates this machine reached on the train split."""
+    from costsim.units import parse_format
+
+    for dtype in sorted({r["dtype"] for r in train if r["kernel"] == "gemm"}):
+        best = max(2.0 * r["m"] * r["n"] * r["k"] / r["min_s"] for r in train if r["kernel"] == "gemm"
+                   and r["dtype"] == dtype)
+        data["peak_flops"][parse_format(dtype).compute] = dict(value=best, source=f"best GEMM rate, {source}",
+                                                               provenance="calibrated")
+    moved = []
+    for r in train:
+        if r["kernel"] in ("rmsnorm", "silu_mul"):
+            p = predict(point_of(r), _profile(data))
+            moved.append(float(p.bytes) / r["min_s"])
+    if moved:
+        data["memory_bandwidth"] = dict(value=max(moved), source=f"best streaming rate, {source}",
+                                        provenance="calibrated")
+
+
+def fit_profile(base: HardwareProfile, records: list[dict], *, set_peaks: bool, name: str | None = None,
+                note: str = "") -> tuple[HardwareProfile, dict]:
+    """Fit ``base``'s family parameters to the train records; returns (profile, report).
+
+    ``report``: per family, the fitted values and the train-split residual spread (MAPE)."""
+    from scipy.optimize import least_squares
+
+    train = [r for r in records if r["split"] == "train"]
+    if not train:
+        raise ValueError("no train records to fit")
+    dev = train[0]
+    source = (f"costsim calibrate on {dev['device_name']} ({dev['device']}, {dev['threads']} threads, "
+              f"torch {dev['torch']}), {dev['date']}")
+    data = base.model_dump(mode="json", exclude_none=True)
+    data["name"] = name or f"{base.name}-calibrated"
+    data["source"] = source + (f"; {note}" if note else "") + f"; base profile {base.name}"
+    data["efficiency"].setdefault("families", {})
+    for fam in ORDER:
+        data["efficiency"]["families"].setdefault(fam, {})
+    if set_peaks:
+        _peaks(data, train, source)
+    report = {}
+    for fam in ORDER:
+        recs = [r for r in train if r["family"] == fam]
+        if not recs:
+            continue
+        names = [n for n, _, _ in FREE[fam]]
+        lo = np.array([b for _, b, _ in FREE[fam]])
+        hi = np.array([b for _, _, b in FREE[fam]])
+        r0 = _profile(data)
+        from costsim.simulator.efficiency import rates
+        from costsim.simulator.types import Family
+
+        cur = rates(r0, Family(fam))
+        start = {"compute": cur.compute, "memory": cur.memory, "overhead": cur.overhead_s,
+                 "per_group_overhead": cur.per_group_overhead_s, "per_element": cur.per_element_s,
+                 "m_half": cur.m_half}
+        x0 = np.clip([start[n] for n in names], lo, hi)
+        x0 = np.where(x0 > lo, x0, lo + 1e-3 * (hi - lo))
+        meas = np.log([r["min_s"] for r in recs])
+        scale = hi - lo
+
+        def residuals(x):
+            trial = {**data, "efficiency": {**data["efficiency"], "families": {
+                **data["efficiency"]["families"], fam: dict(data["efficiency"]["families"][fam])}}}
+            for n, v in zip(names, x):
+                _set(trial, fam, n, v, source)
+            return np.log(predictions(recs, _profile(trial))) - meas
+
+        sol = least_squares(lambda u: residuals(lo + u * scale), (x0 - lo) / scale, bounds=(0.0, 1.0),
+                            loss="soft_l1", f_scale=0.1, diff_step=1e-3, max_nfev=200)
+        x = lo + sol.x * scale
+        n_pts = len(recs)
+        for n, v in zip(names, x):
+            _set(data, fam, n, v, f"{source}: fitted on {n_pts} {fam} points (train split)")
+        pred = predictions(recs, _profile(data))
+        report[fam] = dict(points=n_pts, values=dict(zip(names, map(float, x))),
+                           train_mape=float(np.mean(np.abs(pred / np.exp(meas) - 1))))
+    return _profile(data), report
+
+
+def score(records: list[dict], hw: HardwareProfile) -> dict:
+    """Predicted vs measured (minimum) over ``records``: overall and per family."""
+    pred = predictions(records, hw)
+    meas = np.array([r["min_s"] for r in records])
+
+    def stats(mask) -> dict:
+        p, m = pred[mask], meas[mask]
+        err = np.abs(p / m - 1)
+        return dict(points=int(mask.sum()), mape=float(err.mean()), median_abs_error=float(np.median(err)),
+                    geomean_ratio=float(math.exp(np.mean(np.log(p / m)))), within_25pct=float(np.mean(err <= 0.25)))
+
+    fams = [r["family"] for r in records]
+    out = stats(np.ones(len(records), dtype=bool))
+    out["families"] = [dict(family=f, **stats(np.array([x == f for x in fams]))) for f in dict.fromkeys(fams)]
+    out["predicted_s"] = pred.tolist()
+    return out

@@ -1,0 +1,176 @@
+"""``costsim calibrate`` (measure this machine, fit a profile) and ``costsim validate`` (score a
+profile on held-out kernels, beside the shipped profile of the same device kind)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from costsim.cli import options as O
+from costsim.cli.app import app
+from costsim.errors import CostsimError
+
+Device = typer.Option("cpu", "--device", help="cpu or cuda (cuda:N).")
+Threads = typer.Option(None, "--threads", help="CPU threads to pin while timing (default: torch's setting).")
+
+
+def _device(device: str) -> str:
+    if device != "cpu" and not device.startswith("cuda"):
+        raise CostsimError(f"--device {device}: expected cpu or cuda")
+    try:
+        import torch
+    except ImportError:
+        raise CostsimError("calibration needs torch: pip install -e '.[kernels]'") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CostsimError(f"--device {device}: no CUDA device is available to torch")
+    return device
+
+
+def _shipped_for(device: str, name: str | None = None) -> str:
+    """The shipped profile of the device kind measured: ``cpu``, or the GPU whose name matches
+    (``name``: the device name recorded with a measurement; default: ask the device)."""
+    if device == "cpu":
+        return "cpu"
+    from costsim.calibration.fit import device_name
+    from costsim.registry import hardware_names
+
+    name = name or device_name(device)
+    flat = name.lower().replace(" ", "")
+    for n in sorted(hardware_names(), key=len, reverse=True):
+        if n.replace("-", "") in flat:
+            return n
+    raise CostsimError(f"no shipped profile matches {name!r}; give --base PROFILE")
+
+
+def _measure(points, device, threads, what: str) -> list[dict]:
+    from rich.progress import Progress
+
+    from costsim.calibration.fit import measure_points
+
+    with Progress(transient=True, console=None) as bar:
+        task = bar.add_task(f"{what} {len(points)} kernels on {device}", total=len(points))
+        return measure_points(points, device, threads, progress=lambda p: bar.advance(task))
+
+
+def _write_csv(records: list[dict], path: Path) -> None:
+    import pandas as pd
+
+    from costsim.files import atomic_write
+
+    atomic_write(path, lambda tmp: pd.DataFrame(records).to_csv(tmp, index=False), "measurements CSV")
+
+
+@app.command("calibrate")
+def calibrate_cmd(device: str = Device,
+                  output: Path = typer.Option(..., "--output", "-o", help="Profile YAML to write."),
+                  quick: bool = typer.Option(False, "--quick", help="A smaller train split (about a minute)."),
+                  force: bool = typer.Option(False, "--force", help="Replace an existing file."),
+                  base: Optional[str] = typer.Option(None, "--base", help="Profile to start from (default: the "
+                                                                         "shipped one of this device kind)."),
+                  name: Optional[str] = typer.Option(None, "--name", help="Name of the written profile."),
+                  threads: Optional[int] = Threads,
+                  measurements: Optional[Path] = typer.Option(None, "--measurements",
+                                                              help="Also write the train measurements (CSV).")):
+    """Measure this machine's kernels, fit the profile's time-model parameters, write a profile."""
+
+    def go():
+        import yaml
+
+        from costsim.calibration.fit import fit_profile
+        from costsim.calibration.suite import suite
+        from costsim.files import atomic_write_text, check_target
+        from costsim.registry import load_hardware
+
+        check_target(output, "profile YAML")
+        if output.exists() and not force:
+            raise CostsimError(f"{output}: exists; give --force to replace it")
+        if measurements is not None:
+            check_target(measurements, "measurements CSV")
+        dev = _device(device)
+        base_hw = load_hardware(base or _shipped_for(dev))
+        train = [p for p in suite(dev, quick) if p.split == "train"]
+        recs = _measure(train, dev, threads, "calibrate: timing")
+        hw, report = fit_profile(base_hw, recs, set_peaks=dev == "cpu", name=name or output.stem,
+                                 note="quick" if quick else "")
+        atomic_write_text(output, "# written by costsim calibrate\n" + yaml.safe_dump(
+            hw.model_dump(mode="json", exclude_none=True), sort_keys=False), "profile YAML")
+        if measurements is not None:
+            _write_csv(recs, measurements)
+        fams = ", ".join(f"{f} {r['train_mape']:.0%}" for f, r in report.items())
+        print(f"wrote {output} ({hw.name}; {len(recs)} kernels timed; train-split MAPE: {fams})", file=sys.stderr)
+
+    O.run(go)
+
+
+@app.command("validate")
+def validate_cmd(hardware: O.Hardware, device: str = Device, threads: Optional[int] = Threads,
+                 from_csv: Optional[Path] = typer.Option(None, "--from-csv", help="Re-predict these measurements "
+                                                                                 "instead of timing."),
+                 csv: Optional[Path] = typer.Option(None, "--csv", help="Write every measurement and prediction."),
+                 plot: Optional[Path] = typer.Option(None, "--plot", help="Predicted vs measured scatter (PNG)."),
+                 hw_sets: O.HwSets = None, fmt: O.Format = O.Fmt.table):
+    """Score a profile on the held-out kernel suite: MAPE, median |error|, geometric-mean ratio,
+    share within 25%, overall and per family, beside the shipped profile of the device kind."""
+
+    def go():
+        from costsim.calibration.fit import score
+        from costsim.calibration.suite import suite
+        from costsim.files import check_target
+        from costsim.registry import load_hardware
+        from costsim.reports import views
+
+        for p, what in ((csv, "CSV"), (plot, "plot")):
+            if p is not None:
+                check_target(p, what)
+        if plot is not None:
+            O.check_plot_output(plot)
+        hw = O.hardware(hardware, hw_sets)
+        if from_csv is not None:
+            recs = _read_records(from_csv)
+            dev = recs[0]["device"]
+        else:
+            dev = _device(device)
+            recs = _measure([p for p in suite(dev) if p.split == "held-out"], dev, threads, "validate: timing")
+        shipped = load_hardware(_shipped_for(dev, recs[0].get("device_name")))
+        ours, theirs = score(recs, hw), score(recs, shipped)
+        rows = [dict(r, predicted_s=p, predicted_shipped_s=q)
+                for r, p, q in zip(recs, ours.pop("predicted_s"), theirs.pop("predicted_s"))]
+        if csv is not None:
+            _write_csv(rows, csv)
+        if plot is not None:
+            from costsim.reports.plots import predicted_vs_measured
+
+            predicted_vs_measured(rows, plot, f"{hw.name} on {rows[0]['device_name']}: held-out MAPE "
+                                              f"{ours['mape']:.1%} (shipped {shipped.name}: {theirs['mape']:.1%})")
+        views.validation(ours, theirs, hw.name, shipped.name, len(recs), fmt.value)
+
+    O.run(go)
+
+
+def _read_records(path: Path) -> list[dict]:
+    import pandas as pd
+
+    from costsim.calibration.fit import point_of
+    from costsim.files import check_input
+
+    check_input(path)
+    try:
+        df = pd.read_csv(path, keep_default_na=False)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        raise CostsimError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
+    need = ["family", "kernel", "split", "min_s", "device"]
+    missing = [c for c in need if c not in df.columns]
+    if missing or df.empty:
+        raise CostsimError(f"{path}: {'no rows' if not missing else 'missing column(s) ' + ', '.join(missing)}")
+    recs = df.to_dict("records")
+    try:
+        for r in recs:
+            point_of(r)
+            if not float(r["min_s"]) > 0:
+                raise ValueError("min_s must be > 0")
+    except (KeyError, TypeError, ValueError) as e:
+        raise CostsimError(f"{path}: a row does not describe a suite kernel ({e})") from None
+    return recs
