@@ -166,9 +166,12 @@ def fit_profile(base: HardwareProfile, records: list[dict], *, set_peaks: bool, 
                 _set(trial, fam, n, v, source)
             return np.log(predictions(recs, _profile(trial))) - meas
 
-        sol = least_squares(lambda u: residuals(lo + u * scale), (x0 - lo) / scale, bounds=(0.0, 1.0),
-                            loss="soft_l1", f_scale=0.1, diff_step=1e-3, max_nfev=200)
-        x = lo + sol.x * scale
+        # a plain least-squares pass finds the basin, a robust (soft-L1) pass discounts outliers
+        u = (x0 - lo) / scale
+        for loss in ("linear", "soft_l1"):
+            u = least_squares(lambda v: residuals(lo + v * scale), u, bounds=(0.0, 1.0), loss=loss, f_scale=0.2,
+                              diff_step=1e-3, max_nfev=300).x
+        x = lo + u * scale
         n_pts = len(recs)
         for n, v in zip(names, x):
             _set(data, fam, n, v, f"{source}: fitted on {n_pts} {fam} points (train split)")
@@ -193,4 +196,18 @@ def score(records: list[dict], hw: HardwareProfile) -> dict:
     out = stats(np.ones(len(records), dtype=bool))
     out["families"] = [dict(family=f, **stats(np.array([x == f for x in fams]))) for f in dict.fromkeys(fams)]
     out["predicted_s"] = pred.tolist()
+    return out
+
+
+def ordering_checks(records: list[dict], pred: list[float], pairs) -> list[dict]:
+    """For each (name, A, B) pair measured in ``records``: which was faster, measured and
+    predicted, and whether they agree."""
+    idx = {point_of(r): i for i, r in enumerate(records)}
+    out = []
+    for name, a, b in pairs:
+        if a in idx and b in idx:
+            i, j = idx[a], idx[b]
+            ma, mb = records[i]["min_s"], records[j]["min_s"]
+            out.append(dict(pair=name, measured_ratio=ma / mb, predicted_ratio=pred[i] / pred[j],
+                            agree=(ma < mb) == (pred[i] < pred[j])))
     return out

@@ -116,8 +116,8 @@ def validate_cmd(hardware: O.Hardware, device: str = Device, threads: Optional[i
     share within 25%, overall and per family, beside the shipped profile of the device kind."""
 
     def go():
-        from costsim.calibration.fit import score
-        from costsim.calibration.suite import suite
+        from costsim.calibration.fit import ordering_checks, score
+        from costsim.calibration.suite import orderings, suite
         from costsim.files import check_target
         from costsim.registry import load_hardware
         from costsim.reports import views
@@ -136,6 +136,7 @@ def validate_cmd(hardware: O.Hardware, device: str = Device, threads: Optional[i
             recs = _measure([p for p in suite(dev) if p.split == "held-out"], dev, threads, "validate: timing")
         shipped = load_hardware(_shipped_for(dev, recs[0].get("device_name")))
         ours, theirs = score(recs, hw), score(recs, shipped)
+        order = ordering_checks(recs, ours["predicted_s"], orderings(dev))
         rows = [dict(r, predicted_s=p, predicted_shipped_s=q)
                 for r, p, q in zip(recs, ours.pop("predicted_s"), theirs.pop("predicted_s"))]
         if csv is not None:
@@ -145,7 +146,7 @@ def validate_cmd(hardware: O.Hardware, device: str = Device, threads: Optional[i
 
             predicted_vs_measured(rows, plot, f"{hw.name} on {rows[0]['device_name']}: held-out MAPE "
                                               f"{ours['mape']:.1%} (shipped {shipped.name}: {theirs['mape']:.1%})")
-        views.validation(ours, theirs, hw.name, shipped.name, len(recs), fmt.value)
+        views.validation(ours, theirs, hw.name, shipped.name, len(recs), order, fmt.value)
 
     O.run(go)
 

@@ -106,7 +106,7 @@ def attention_cmd(model: O.Model, hardware: O.Hardware, batch: O.Batch = "1", co
                   tp: int = typer.Option(1, "--tp", help="Tensor parallel degree (heads per device)."),
                   weight_dtype: O.WeightDtype = "bf16", kv_dtype: O.KVDtype = "bf16",
                   sets: O.Sets = None, hw_sets: O.HwSets = None, fmt: O.Format = O.Fmt.table):
-    """One layer's attention block (projections, core, norms) at one shape."""
+    """One layer's attention block (projections and core) at one shape."""
 
     def go():
         from costsim.simulator import kernels

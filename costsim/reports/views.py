@@ -219,7 +219,8 @@ _KERNEL_FIELDS = {"kernel", "time_s", "compute_s", "memory_s", "extra_s", "flops
                   "achieved_flops_per_s", "achieved_bytes_per_s"}
 
 
-def validation(ours: dict, shipped: dict, name: str, shipped_name: str, n: int, fmt: str) -> None:
+def validation(ours: dict, shipped: dict, name: str, shipped_name: str, n: int, orderings: list[dict],
+               fmt: str) -> None:
     """Held-out accuracy of a profile beside the shipped one (fractions in JSON)."""
     fams = [dict(f, mape_shipped=g["mape"], geomean_ratio_shipped=g["geomean_ratio"])
             for f, g in zip(ours["families"], shipped["families"])]
@@ -227,7 +228,7 @@ def validation(ours: dict, shipped: dict, name: str, shipped_name: str, n: int, 
                    median_abs_error=ours["median_abs_error"], geomean_ratio=ours["geomean_ratio"],
                    within_25pct=ours["within_25pct"], median_abs_error_shipped=shipped["median_abs_error"],
                    geomean_ratio_shipped=shipped["geomean_ratio"], within_25pct_shipped=shipped["within_25pct"],
-                   families=fams)
+                   families=fams, orderings=orderings)
     if fmt != "table":
         emit(fams, [(k, k, F.text) for k in fams[0]], fmt, payload=payload)
         return
@@ -238,4 +239,7 @@ def validation(ours: dict, shipped: dict, name: str, shipped_name: str, n: int, 
             ("median_abs_error", "median |error|", F.pct), ("geomean_ratio", "pred/meas (geomean)", F.num),
             ("within_25pct", "within 25%", F.pct), ("mape_shipped", f"MAPE {shipped_name}", F.pct),
             ("geomean_ratio_shipped", f"pred/meas {shipped_name}", F.num)]
-    emit(rows, cols, title=f"validate {name}: {n} held-out kernels, predicted vs measured (minimum of the runs)")
+    notes = [f"order {'kept' if o['agree'] else 'WRONG'}: {o['pair']}: measured A/B {o['measured_ratio']:.2f}, "
+             f"predicted {o['predicted_ratio']:.2f}" for o in orderings]
+    emit(rows, cols, title=f"validate {name}: {n} held-out kernels, predicted vs measured (minimum of the runs)",
+         notes=notes + ["MAPE = mean |predicted / measured - 1|; pred/meas is the geometric mean of the ratios."])
