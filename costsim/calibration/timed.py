@@ -5,8 +5,10 @@ they ``torch.cat`` the whole cache every step and multiply strided views, which 
 most of their decode time goes. The kernels here compute the same thing the way a serving
 stack does, so their timings can calibrate the engine's operator model:
 
-- weights stored once as contiguous ``[K, N]`` matrices (``y = x @ W``; projections that the
-  engine lists as one GEMM are one GEMM here, e.g. the fused ``qkv_proj`` and ``gate_up_proj``);
+- weights stored once, as ``W`` [K, N] for ``y = x @ W`` held K-contiguous (the transposed view
+  of nn.Linear's [N, K] storage: the layout BLAS/oneDNN/cuBLAS are fastest with; a row-major
+  [K, N] bf16 operand is ~25x slower on this CPU); projections the engine lists as one GEMM are
+  one GEMM here (the fused ``qkv_proj`` and ``gate_up_proj``);
 - a preallocated KV cache written in place (``LatentKVCache`` for MLA, ``HeadKVCache`` for
   MHA/GQA/MQA); attention reads a view of its first ``n`` tokens, never a copy;
 - attention cores as batched matmuls on BLAS-compatible operands (``torch.bmm``) or
@@ -63,9 +65,6 @@ def _dtype(dtype) -> torch.dtype:
     return dt
 
 
-def _t(weight: torch.Tensor) -> torch.Tensor:
-    """nn.Linear weight [N, K] -> contiguous [K, N] (so y = x @ W)."""
-    return weight.detach().t().contiguous()
 
 
 # ======================================================================================
@@ -117,11 +116,18 @@ class TimedKernel:
         return t.to(device=self.device, dtype=self.dtype)
 
     def _w(self, k: int, n: int) -> torch.Tensor:
-        """A random [k, n] weight (std 1/sqrt(k), like nn.Linear's scale)."""
-        return self._randn(k, n, std=k ** -0.5)
+        """A random weight W [k, n] (std 1/sqrt(k)) for y = x @ W, stored K-contiguous: the
+        transposed view of an nn.Linear-layout [n, k] tensor (see ``_load_t``)."""
+        return self._randn(n, k, std=k ** -0.5).t()
 
     def _load(self, t: torch.Tensor) -> torch.Tensor:
         return t.detach().to(device=self.device, dtype=self.dtype).contiguous()
+
+    def _load_t(self, weight: torch.Tensor) -> torch.Tensor:
+        """nn.Linear weight [N, K] -> W [K, N] for y = x @ W, as a transposed view of the
+        contiguous [N, K] copy. K-contiguous weights matter: on CPU, oneDNN's bf16 GEMM
+        with a row-major [K, N] operand is ~25x slower than with this layout."""
+        return self._load(weight).t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -166,10 +172,10 @@ class Gemm(TimedKernel):
             raise NotImplementedError(f"fp8 GEMM needs torch._scaled_mm on a CUDA device with sm >= 89, not {device}")
         super().__init__(torch.bfloat16 if self.fp8 else dt, device, seed)
         self.x = self._randn(M, K)
-        self.w = self._w(K, N)
+        self.w = self._w(K, N)  # [K, N], K-contiguous (column-major; nn.Linear's [N, K] storage)
         if self.fp8:
             self.x = self.x.to(dt)  # [M, K] row-major
-            self.w = self.w.to(dt).t().contiguous().t()  # [K, N] column-major, as _scaled_mm wants
+            self.w = self.w.t().to(dt).t()  # [K, N] column-major, as _scaled_mm wants
             self.scale_a = torch.ones((), device=self.device, dtype=torch.float32)
             self.scale_b = torch.ones((), device=self.device, dtype=torch.float32)
         self.out = torch.empty(M, N, device=self.device, dtype=self.dtype)
@@ -289,9 +295,12 @@ class MLAAttentionKernel(TimedKernel):
     ``form="naive"``: decompress K_nope and V for all ``n`` cached tokens every step (one
     GEMM [B n, d_c] x [d_c, n_h(d_h + d_h^v)]), build per-head contiguous K [B, n_h, n,
     d_h + d_h^R] and V, then MHA. ``core``: "bmm" (scores + PV as batched matmuls, dense
-    causal mask when s > 1) or "sdpa" (naive only: F.scaled_dot_product_attention with V
-    zero-padded to the qk dim so the flash kernel runs; counted FLOPs include the padding).
-    Default: "bmm" for decode, "sdpa" for naive with s > 1 (prefill).
+    causal mask when s > 1; FLOPs = the engine's) or "sdpa" (F.scaled_dot_product_attention,
+    shaped so the flash kernel runs: naive with V zero-padded to the qk dim; absorbed
+    FlashMLA-style, the s n_h query rows against one KV head whose V is the whole cache row
+    d_c + d_h^R, output cut to d_c. Counted FLOPs then include the padding / the d_h^R
+    value columns; on this CPU the bf16 flash path is ~10x faster than bf16 bmm).
+    Default: "bmm", except "sdpa" for naive with s > 1 (prefill).
     """
 
     def __init__(self, spec: S.ModelSpec, batch: int, context: int = 0, new_tokens: int = 1, *,
@@ -304,8 +313,8 @@ class MLAAttentionKernel(TimedKernel):
         if form not in ("absorbed", "naive"):
             raise ValueError(f"form must be 'absorbed' or 'naive', got {form!r}")
         core = core or ("sdpa" if form == "naive" and new_tokens > 1 else "bmm")
-        if core not in ("bmm", "sdpa") or (core == "sdpa" and form == "absorbed"):
-            raise ValueError(f"core {core!r} is not available for form {form!r}")
+        if core not in ("bmm", "sdpa"):
+            raise ValueError(f"core must be 'bmm' or 'sdpa', got {core!r}")
         self.form, self.core = form, core
         self.name = f"mla.{form}.{'decode' if new_tokens == 1 else 'prefill'}"
         self.spec, self.batch, self.context, self.new_tokens = spec, batch, context, new_tokens
@@ -322,7 +331,7 @@ class MLAAttentionKernel(TimedKernel):
             self.w_q = self._w(h, nh * (dn + dr))
         self.w_kva = self._w(h, dc + dr)
         self.kva_norm = torch.ones(dc, device=self.device, dtype=self.dtype)
-        self._set_kv_b(self._w(dc, nh * (dn + dv)))
+        self._set_kv_b(self._randn(nh * (dn + dv), dc, std=dc ** -0.5))
         self.w_o = self._w(nh * dv, h)
         # cache with `context` random tokens, and the step's input
         self.cache = LatentKVCache(batch, capacity or context + new_tokens, dc, dr, dtype=self.dtype, device=self.device)
@@ -330,27 +339,30 @@ class MLAAttentionKernel(TimedKernel):
         self.x = self._randn(batch, new_tokens, h)
         self._mask = _allowed(new_tokens, context, self.device)
 
-    def _set_kv_b(self, w_kvb: torch.Tensor) -> None:
-        """w_kvb [d_c, n_h (d_h + d_h^v)] -> the naive weight and the absorbed per-head W^UK
-        [n_h, d_h, d_c] (q_nope @ W^UK) and W^UV [n_h, d_c, d_h^v] (o_lat @ W^UV)."""
+    def _set_kv_b(self, kv_b: torch.Tensor) -> None:
+        """kv_b_proj weight in nn.Linear layout [n_h (d_h + d_h^v), d_c] -> the naive weight
+        W^UKV [d_c, n_h (d_h + d_h^v)] and the absorbed per-head W^UK [n_h, d_h, d_c]
+        (q_nope @ W^UK) and W^UV [n_h, d_c, d_h^v] (o_lat @ W^UV), all K-contiguous views."""
         nh, dc, dn, dv = self.nh, self.dc, self.dn, self.dv
-        w = w_kvb.view(dc, nh, dn + dv)
-        self.w_kvb = w_kvb.contiguous() if self.form == "naive" else None
-        self.w_uk = w[:, :, :dn].permute(1, 2, 0).contiguous() if self.form == "absorbed" else None
-        self.w_uv = w[:, :, dn:].permute(1, 0, 2).contiguous() if self.form == "absorbed" else None
+        kv_b = kv_b.contiguous()
+        w = kv_b.view(nh, dn + dv, dc)
+        absorbed = self.form == "absorbed"
+        self.w_kvb = None if absorbed else kv_b.t()
+        self.w_uk = w[:, :dn].transpose(1, 2).contiguous().transpose(1, 2) if absorbed else None
+        self.w_uv = w[:, dn:].contiguous().transpose(1, 2) if absorbed else None
 
     def load_reference(self, ref, cache: torch.Tensor | None = None) -> "MLAAttentionKernel":
         """Copy the weights of a ``kernels.MLAAttention`` (and a reference latent cache
         [batch, context, d_c + d_h^R], if given)."""
         if self.dq:
-            self.w_qa, self.w_qb = self._load(_t(ref.q_a_proj.weight)), self._load(_t(ref.q_b_proj.weight))
+            self.w_qa, self.w_qb = self._load_t(ref.q_a_proj.weight), self._load_t(ref.q_b_proj.weight)
             self.qa_norm = self._load(ref.q_a_layernorm.weight)
         else:
-            self.w_q = self._load(_t(ref.q_proj.weight))
-        self.w_kva = self._load(_t(ref.kv_a_proj.weight))
+            self.w_q = self._load_t(ref.q_proj.weight)
+        self.w_kva = self._load_t(ref.kv_a_proj.weight)
         self.kva_norm = self._load(ref.kv_a_layernorm.weight)
-        self._set_kv_b(self._load(_t(ref.kv_b_proj.weight)))
-        self.w_o = self._load(_t(ref.o_proj.weight))
+        self._set_kv_b(self._load(ref.kv_b_proj.weight))
+        self.w_o = self._load_t(ref.o_proj.weight)
         if cache is not None:
             self.cache.load(cache)
             self.context = cache.shape[1]
@@ -379,13 +391,18 @@ class MLAAttentionKernel(TimedKernel):
             q_lat = torch.bmm(q[..., :dn].transpose(0, 1), self.w_uk)  # [nh, T, dc]
             q_cat[..., :dc] = q_lat.view(nh, B, s, dc).permute(1, 2, 0, 3)
             q_cat[..., dc:] = q[..., dn:].view(B, s, nh, dr)
-            q_cat.mul_(self.scale)
-            scores = torch.bmm(q_cat.view(B, s * nh, dc + dr), kv.transpose(1, 2))  # [B, s nh, n]
-            if mask is not None:
-                scores.view(B, s, nh, n).masked_fill_(~mask[:, None, :], float("-inf"))
-            p = torch.softmax(scores, dim=-1)
-            o_lat = torch.bmm(p, kv[..., :dc])  # [B, s nh, dc]
-            o = torch.bmm(o_lat.view(T, nh, dc).transpose(0, 1), self.w_uv)  # [nh, T, dv]
+            if self.core == "sdpa":  # one KV head; query rows = (token, head); V = the cache row
+                rows_mask = None if mask is None else mask.repeat_interleave(nh, dim=0)  # [s nh, n]
+                o_lat = F.scaled_dot_product_attention(q_cat.view(B, 1, s * nh, dc + dr), kv[:, None], kv[:, None],
+                                                       attn_mask=rows_mask, scale=self.scale)[:, 0, :, :dc]
+            else:
+                q_cat.mul_(self.scale)
+                scores = torch.bmm(q_cat.view(B, s * nh, dc + dr), kv.transpose(1, 2))  # [B, s nh, n]
+                if mask is not None:
+                    scores.view(B, s, nh, n).masked_fill_(~mask[:, None, :], float("-inf"))
+                p = torch.softmax(scores, dim=-1)
+                o_lat = torch.bmm(p, kv[..., :dc])  # [B, s nh, dc]
+            o = torch.bmm(o_lat.reshape(T, nh, dc).transpose(0, 1), self.w_uv)  # [nh, T, dv]
             o = o.transpose(0, 1).reshape(T, nh * dv)
         else:
             kv_full = torch.matmul(kv[..., :dc], self.w_kvb).view(B, n, nh, dn + dv)  # decompress all n tokens
@@ -452,9 +469,9 @@ class GQAAttentionKernel(TimedKernel):
         n_kv, head_dim], if given)."""
         if ref.window is not None:
             raise NotImplementedError("sliding windows are not implemented in the timed kernels")
-        self.w_qkv = self._load(_t(ref.qkv_proj.weight))
+        self.w_qkv = self._load_t(ref.qkv_proj.weight)
         self.b_qkv = None if ref.qkv_proj.bias is None else self._load(ref.qkv_proj.bias)
-        self.w_o = self._load(_t(ref.o_proj.weight))
+        self.w_o = self._load_t(ref.o_proj.weight)
         self.b_o = None if ref.o_proj.bias is None else self._load(ref.o_proj.bias)
         if ref.q_norm is not None:
             self.q_norm, self.k_norm = self._load(ref.q_norm.weight), self._load(ref.k_norm.weight)
@@ -537,7 +554,7 @@ class DenseFFNKernel(TimedKernel):
     def load_reference(self, ref) -> "DenseFFNKernel":
         """Copy the weights of a ``kernels.DenseFFN`` / ``kernels.MLP``."""
         self.w_gu, self.b_gu = _mlp_up(ref, self._load)
-        self.w_down = self._load(_t(ref.down_proj.weight))
+        self.w_down = self._load_t(ref.down_proj.weight)
         self.b_down = None if ref.down_proj.bias is None else self._load(ref.down_proj.bias)
         return self
 
@@ -549,10 +566,10 @@ class DenseFFNKernel(TimedKernel):
 
 
 def _mlp_up(mlp, load) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A reference MLP's [gate | up] as one [h, 2I] weight (and bias)."""
+    """A reference MLP's [gate | up] as one [h, 2I] weight (K-contiguous view) and bias."""
     if mlp.gate_proj is None:
-        return load(_t(mlp.up_proj.weight)), (None if mlp.up_proj.bias is None else load(mlp.up_proj.bias))
-    w = load(torch.cat([_t(mlp.gate_proj.weight), _t(mlp.up_proj.weight)], dim=1))
+        return load(mlp.up_proj.weight).t(), (None if mlp.up_proj.bias is None else load(mlp.up_proj.bias))
+    w = load(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight], dim=0)).t()
     b = None if mlp.up_proj.bias is None else load(torch.cat([mlp.gate_proj.bias, mlp.up_proj.bias]))
     return w, b
 
@@ -587,8 +604,8 @@ class MoEKernel(TimedKernel):
         E = self.E
         self.w_router = self._w(h, E)
         self.b_router = self._randn(E) if f.router_bias else None
-        self.w_gu = self._randn(E, h, up, std=h ** -0.5)  # [E, h, 2I]
-        self.w_down = self._randn(E, self.inter, h, std=self.inter ** -0.5)  # [E, I, h]
+        self.w_gu = self._randn(E, up, h, std=h ** -0.5).transpose(1, 2)  # [E, h, 2I], K-contiguous
+        self.w_down = self._randn(E, h, self.inter, std=self.inter ** -0.5).transpose(1, 2)  # [E, I, h]
         self.b_gu, self.b_down = (self._randn(E, up), self._randn(E, h)) if f.expert_bias else (None, None)
         self.shared = None
         if f.n_shared_experts:
@@ -603,18 +620,18 @@ class MoEKernel(TimedKernel):
 
     def load_reference(self, ref) -> "MoEKernel":
         """Copy the weights of a ``kernels.MoEFFN``."""
-        self.w_router = self._load(_t(ref.router.weight))
+        self.w_router = self._load_t(ref.router.weight)
         self.b_router = None if ref.router.bias is None else self._load(ref.router.bias)
         ups = [_mlp_up(e, self._load) for e in ref.experts]
-        self.w_gu = torch.stack([w for w, _ in ups])
+        self.w_gu = torch.stack([w.t() for w, _ in ups]).transpose(1, 2)  # [E, h, 2I], K-contiguous
         self.b_gu = None if ups[0][1] is None else torch.stack([b for _, b in ups])
-        self.w_down = torch.stack([self._load(_t(e.down_proj.weight)) for e in ref.experts])
+        self.w_down = torch.stack([self._load(e.down_proj.weight) for e in ref.experts]).transpose(1, 2)
         self.b_down = None if ref.experts[0].down_proj.bias is None else torch.stack(
             [self._load(e.down_proj.bias) for e in ref.experts])
         if ref.shared_experts is not None:
             w, b = _mlp_up(ref.shared_experts, self._load)
             d = ref.shared_experts.down_proj
-            self.shared = dict(w_gu=w, b_gu=b, w_down=self._load(_t(d.weight)),
+            self.shared = dict(w_gu=w, b_gu=b, w_down=self._load_t(d.weight),
                                b_down=None if d.bias is None else self._load(d.bias))
         return self
 
