@@ -47,6 +47,8 @@ def test_small_m_gemm_compute_efficiency_halves_at_m_half():
     assert float(t.compute_s) == pytest.approx(2 * 64 * 8192 * 8192 / (1e12 * 0.25), rel=1e-12)
     # M = 192: 192 / 256 = 0.75 of 0.5
     assert float(gemm_shape_efficiency(rates(hw, Family.GEMM), 192, 8192)) == pytest.approx(0.75)
+    # M = 1 is a matrix-vector product: no small-M penalty (1 / 65 would make it compute-bound)
+    assert float(gemm_shape_efficiency(rates(hw, Family.GEMM), 1, 8192)) == 1.0
 
 
 def test_tile_and_wave_quantisation_by_hand():

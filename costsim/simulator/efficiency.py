@@ -5,6 +5,7 @@ One formula per family (``types.Family``), its parameters in the profile's
 ``efficiency.compute`` / ``memory`` / ``kernel_overhead`` when absent:
 
 - gemm:          max(FLOPs / (peak x c x q x M/(M + m_half)), bytes / (bw x m)) + overhead
+                 (M/(M + m_half) is 1 for a single row: a matrix-vector product)
                  q = tile and wave quantisation: M N / (ceil(M/tm) tm ceil(N/tn) tn) x
                  tiles / (ceil(tiles/units) units), tiles = ceil(M/tm) ceil(N/tn); 1 if not given
 - grouped_gemm:  as gemm with M = rows per busy expert, + per_group_overhead x busy experts
@@ -61,7 +62,9 @@ def gemm_shape_efficiency(r: FamilyRates, M, N):
     """The fraction of the family's compute efficiency a GEMM of M rows x N columns reaches:
     M / (M + m_half) x tile/wave quantisation (1 where the profile gives neither)."""
     M = np.asarray(M, dtype=float)
-    eff = M / (M + r.m_half) if r.m_half else np.ones_like(M)
+    # one row is a matrix-vector product (BLAS gemv, cuBLAS gemv/split-K): memory-bound, no
+    # small-M compute penalty
+    eff = np.where(M <= 1, 1.0, M / (M + r.m_half)) if r.m_half else np.ones_like(M)
     if r.tile_m:
         tm, tn = np.ceil(M / r.tile_m), np.ceil(float(N) / r.tile_n)
         tiles = tm * tn
