@@ -40,6 +40,21 @@ FREE: dict[str, list[tuple[str, float, float]]] = {
 ORDER = ("elementwise", "gemm", "attention_decode", "attention_prefill", "grouped_gemm")
 
 
+def check_device(device: str) -> str:
+    """``device`` if torch can time kernels on it; CostsimError naming --device otherwise."""
+    from costsim.errors import CostsimError
+
+    if device != "cpu" and not device.startswith("cuda"):
+        raise CostsimError(f"--device {device}: expected cpu or cuda")
+    try:
+        import torch
+    except ImportError:
+        raise CostsimError("calibration needs torch: pip install -e '.[kernels]'") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CostsimError(f"--device {device}: no CUDA device is available to torch")
+    return device
+
+
 def device_name(device: str) -> str:
     """A readable name of the device measured (CPU model or CUDA device name)."""
     if device.startswith("cuda"):
@@ -102,6 +117,9 @@ def _peaks(data: dict, train: list[dict], source: str) -> None:
     """CPU: peaks = the best rates this machine reached on the train split."""
     from costsim.units import parse_format
 
+    measured = {parse_format(r["dtype"]).compute for r in train if r["kernel"] == "gemm"}
+    # a peak this machine was not measured at would be a guess: leave it out
+    data["peak_flops"] = {k: v for k, v in data["peak_flops"].items() if k in measured}
     for dtype in sorted({r["dtype"] for r in train if r["kernel"] == "gemm"}):
         best = max(2.0 * r["m"] * r["n"] * r["k"] / r["min_s"] for r in train if r["kernel"] == "gemm"
                    and r["dtype"] == dtype)
@@ -129,6 +147,7 @@ def fit_profile(base: HardwareProfile, records: list[dict], *, set_peaks: bool, 
               f"torch {dev['torch']}), {dev['date']}")
     data = base.model_dump(mode="json", exclude_none=True)
     data["name"] = name or f"{base.name}-calibrated"
+    data["full_name"] = f"{dev['device_name']} ({dev['device']}, {dev['threads']} threads), as measured"
     data["source"] = source + (f"; {note}" if note else "") + f"; base profile {base.name}"
     data["efficiency"].setdefault("families", {})
     for fam in ORDER:

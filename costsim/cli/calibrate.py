@@ -18,15 +18,9 @@ Threads = typer.Option(None, "--threads", help="CPU threads to pin while timing 
 
 
 def _device(device: str) -> str:
-    if device != "cpu" and not device.startswith("cuda"):
-        raise CostsimError(f"--device {device}: expected cpu or cuda")
-    try:
-        import torch
-    except ImportError:
-        raise CostsimError("calibration needs torch: pip install -e '.[kernels]'") from None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CostsimError(f"--device {device}: no CUDA device is available to torch")
-    return device
+    from costsim.calibration.fit import check_device
+
+    return check_device(device)
 
 
 def _shipped_for(device: str, name: str | None = None) -> str:
@@ -73,7 +67,10 @@ def calibrate_cmd(device: str = Device,
                   name: Optional[str] = typer.Option(None, "--name", help="Name of the written profile."),
                   threads: Optional[int] = Threads,
                   measurements: Optional[Path] = typer.Option(None, "--measurements",
-                                                              help="Also write the train measurements (CSV).")):
+                                                              help="Also write the train measurements (CSV)."),
+                  from_csv: Optional[Path] = typer.Option(None, "--from-csv", help="Fit these measurements (a "
+                                                                                  "CSV --measurements wrote) "
+                                                                                  "instead of timing.")):
     """Measure this machine's kernels, fit the profile's time-model parameters, write a profile."""
 
     def go():
@@ -89,10 +86,16 @@ def calibrate_cmd(device: str = Device,
             raise CostsimError(f"{output}: exists; give --force to replace it")
         if measurements is not None:
             check_target(measurements, "measurements CSV")
-        dev = _device(device)
-        base_hw = load_hardware(base or _shipped_for(dev))
-        train = [p for p in suite(dev, quick) if p.split == "train"]
-        recs = _measure(train, dev, threads, "calibrate: timing")
+        if from_csv is not None:
+            recs = [r for r in _read_records(from_csv) if r["split"] == "train"]
+            if not recs:
+                raise CostsimError(f"{from_csv}: no train-split rows to fit")
+            dev = recs[0]["device"]
+        else:
+            dev = _device(device)
+            train = [p for p in suite(dev, quick) if p.split == "train"]
+            recs = _measure(train, dev, threads, "calibrate: timing")
+        base_hw = load_hardware(base or _shipped_for(dev, recs[0].get("device_name")))
         hw, report = fit_profile(base_hw, recs, set_peaks=dev == "cpu", name=name or output.stem,
                                  note="quick" if quick else "")
         atomic_write_text(output, "# written by costsim calibrate\n" + yaml.safe_dump(
@@ -100,7 +103,7 @@ def calibrate_cmd(device: str = Device,
         if measurements is not None:
             _write_csv(recs, measurements)
         fams = ", ".join(f"{f} {r['train_mape']:.0%}" for f, r in report.items())
-        print(f"wrote {output} ({hw.name}; {len(recs)} kernels timed; train-split MAPE: {fams})", file=sys.stderr)
+        print(f"wrote {output} ({hw.name}; {len(recs)} kernels; train-split MAPE: {fams})", file=sys.stderr)
 
     O.run(go)
 

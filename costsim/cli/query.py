@@ -45,7 +45,8 @@ def hardware_cmd(fmt: O.Format = O.Fmt.table):
         for n in hardware_names():
             h = load_hardware(n)
             recs.append(dict(
-                name=h.name, full_name=h.full_name, bf16_flops=val(h.peak_flops.bf16), fp8_flops=val(h.peak_flops.fp8),
+                name=h.name, full_name=h.full_name, fp32_flops=val(h.peak_flops.fp32), bf16_flops=val(h.peak_flops.bf16),
+                fp8_flops=val(h.peak_flops.fp8),
                 memory_capacity=h.memory_capacity.value, memory_bandwidth=h.memory_bandwidth.value,
                 intra_node_bandwidth=val(h.intra_node_bandwidth), inter_node_bandwidth=val(h.inter_node_bandwidth),
                 devices_per_node=h.devices_per_node, source=h.source))
