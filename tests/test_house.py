@@ -221,3 +221,16 @@ def test_per_layer_seconds_at_pp2_cover_the_stage_once():
     once = sum(float(x.total_s) for x in t.timings if x.op.layer is LayerType.ONCE)
     assert {x.op.name for x in t.timings if x.op.layer is LayerType.ONCE} == {"embedding", "lm_head", "comm.pp_send"}
     assert per["once"] == pytest.approx(once, rel=1e-12)
+
+
+def test_kv_per_device_follows_the_busiest_uneven_stage():
+    # 3 identical layers on pp = 2: stage 0 holds layers 0-1, stage 1 layer 2. The busiest
+    # device holds 2 layers' KV: 2 x (2 x 4 heads x 64 x 2 B) = 2,048 B per token, x 1000 tokens
+    # x 3 sequences = 6,144,000 B (1/pp of all layers would say 4,608,000).
+    from costsim.simulator.memory import kv_bytes_per_device
+
+    spec = ModelSpec.model_validate(dict(
+        name="three", source="test", vocab_size=100, hidden_size=256, num_hidden_layers=3,
+        attention=dict(kind="mha", num_attention_heads=4, num_key_value_heads=4, head_dim=64),
+        ffn=dict(kind="dense", intermediate_size=512)))
+    assert kv_bytes_per_device(spec, Deployment(devices=2, pp=2), 3, 1000) == 6_144_000

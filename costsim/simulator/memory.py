@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from costsim.errors import CostsimError
+from costsim.errors import CostsimError, FieldError
 from costsim.simulator.deployment import Deployment
-from costsim.simulator.kv import kv_cache_bytes
+from costsim.simulator.kv import cached_tokens, kv_bytes_per_token_per_layer
 from costsim.simulator.operators import layer_groups, step_operators
 from costsim.simulator.params import layer_params, param_counts
 from costsim.simulator.types import OpKind, StepShape
@@ -45,10 +45,18 @@ def weight_bytes_per_device(spec: ModelSpec, dep: Deployment) -> float:
 
 
 def kv_bytes_per_device(spec: ModelSpec, dep: Deployment, batch, context):
-    """KV cache bytes on one device: its DP group's sequences, its PP share of layers."""
+    """KV cache bytes on the busiest device: its DP group's sequences, the layers of the busiest
+    pipeline stage (``operators.layer_groups``, as weights and timing use; with uneven stages
+    that is more than 1/pp of the layers), sliding-window layers capped at their window."""
     dep.check(spec)
-    per_dev_seqs = dep.seqs_per_rank(batch)
-    return kv_cache_bytes(spec, dep.kv_format, context, per_dev_seqs, tp=dep.tp, block_size=dep.block_size) / dep.pp
+    seqs = dep.seqs_per_rank(batch)
+    per_layer = kv_bytes_per_token_per_layer(spec, dep.kv_format, dep.tp)
+    ctx = np.asarray(context, dtype=float)
+    if np.any(ctx < 0) or np.any(np.asarray(batch) < 0):
+        raise FieldError("context" if np.any(ctx < 0) else "batch", "<0", "must be >= 0")
+    tokens = sum(n * cached_tokens(ctx if w is None else np.minimum(ctx, w), dep.block_size)
+                 for _moe, w, n in layer_groups(spec, dep.pp))
+    return per_layer * tokens * seqs
 
 
 def workspace_bytes(spec: ModelSpec, dep: Deployment, step: StepShape):

@@ -82,7 +82,7 @@ def _elementwise(name, group: OpGroup, layer: LayerType, elements_in, elements_o
     return Operator(name=name, kind=OpKind.ELEMENTWISE, group=group, layer=layer, count=count, flops=0.0,
                     bytes_read=np.asarray(elements_in, dtype=float) * act,
                     bytes_written=np.asarray(elements_out, dtype=float) * act,
-                    dtype="", shape=dict(elements=elements_in))
+                    dtype="")
 
 
 def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: int = 1,
@@ -127,7 +127,7 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
             ops.append(gemm("attn.q_absorb(W_UK)", T, dc, dn, batch_dims=nh))
             flops = 2.0 * nh * (dc + dr) * pairs + 2.0 * nh * dc * pairs
             ops.append(core("attn.core(latent)", flops, kv_read + T * nh * (dc + dr) * act, kv_write + T * nh * dc * act,
-                            dict(batch=b, heads=nh, kv_heads=1, q_len=s, kv_len=kv_len, qk_dim=dc + dr, v_dim=dc)))
+                            dict(heads=nh, q_len=s)))
             ops.append(gemm("attn.o_absorb(W_UV)", T, dv, dc, batch_dims=nh))
         else:  # naive: decompress K_nope and V for every cached token, every step
             ctx_tokens = b * kv_len
@@ -136,7 +136,7 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
             kv_dec = ctx_tokens * (nh * (dn + dv) + dr) * act
             ops.append(core("attn.core(mha)", flops, kv_read + kv_dec + T * nh * (dn + dr) * act,
                             kv_write + T * nh * dv * act,
-                            dict(batch=b, heads=nh, kv_heads=nh, q_len=s, kv_len=kv_len, qk_dim=dn + dr, v_dim=dv)))
+                            dict(heads=nh, q_len=s)))
         ops.append(gemm("attn.o_proj", T, h, nh * dv))
     else:
         assert isinstance(a, GQAAttention)
@@ -145,7 +145,7 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
         d = a.head_dim
         ops.append(gemm("attn.qkv_proj", T, (nh + 2 * nkv) * d, h))
         ops.append(core("attn.core", 4.0 * nh * d * pairs, kv_read + T * nh * d * act, kv_write + T * nh * d * act,
-                        dict(batch=b, heads=nh, kv_heads=nkv, q_len=s, kv_len=kv_len, qk_dim=d, v_dim=d)))
+                        dict(heads=nh, q_len=s)))
         ops.append(gemm("attn.o_proj", T, h, nh * d))
     if norms:
         ops.append(_elementwise("norms" + sfx, G, layer, 2 * T * h, 2 * T * h, act, n_layers))

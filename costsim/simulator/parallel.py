@@ -94,9 +94,9 @@ def comm_operators(spec: ModelSpec, dep: Deployment, step: StepShape, groups) ->
     stage = dep.devices // dep.pp
     C = OpGroup.COMM
 
-    def comm(name, layer, count, nbytes, link, hops, **shape):
+    def comm(name, layer, count, nbytes, link, hops):
         return Operator(name=name, kind=OpKind.COMM, group=C, layer=layer, count=count, comm_bytes=nbytes,
-                        link=link, hops=hops, dtype="", shape=dict(tokens=T, hidden=h, **shape))
+                        link=link, hops=hops, dtype="")
 
     if dep.tp > 1:
         both = n[LayerType.DENSE] and n[LayerType.MOE]
@@ -104,18 +104,18 @@ def comm_operators(spec: ModelSpec, dep: Deployment, step: StepShape, groups) ->
             if n[layer]:  # two all-reduces per layer: after attention and after the FFN
                 ops.append(comm("comm.tp_allreduce" + (f"[{layer.value}]" if both else ""), layer, 2 * n[layer],
                                 2 * (dep.tp - 1) / dep.tp * T * h * act, Link(LinkKind.GROUP, dep.tp),
-                                2 * (dep.tp - 1), tp=dep.tp))
+                                2 * (dep.tp - 1)))
     if dep.ep > 1 and n_moe:
         for name, nbytes in (("comm.ep_dispatch", dep.dispatch_bytes), ("comm.ep_combine", dep.combine_bytes)):
             ops.append(comm(name, LayerType.MOE, n_moe, T * h * nbytes * dep.imbalance,
-                            Link(LinkKind.ALL_TO_ALL, stage), 1, ep=dep.ep, bytes_per_elem=nbytes))
+                            Link(LinkKind.ALL_TO_ALL, stage), 1))
     g = dep.moe_tp // dep.tp if dep.moe_tp > dep.tp else 1
     if g > 1 and n_moe:
         # Experts split over more devices (moe_tp) than attention's TP group: each device gathers
         # the tokens of the other g - 1 attention groups for its expert slice, then
         # reduce-scatters the outputs back (ring all-gather + reduce-scatter over g ranks).
         ops.append(comm("comm.moe_tp_gather_scatter", LayerType.MOE, n_moe, 2 * (g - 1) * T * h * act,
-                        Link(LinkKind.GROUP, dep.moe_tp), 2 * (g - 1), moe_tp=dep.moe_tp, tp=dep.tp))
+                        Link(LinkKind.GROUP, dep.moe_tp), 2 * (g - 1)))
     if dep.pp > 1:
         ops.append(comm("comm.pp_send", LayerType.ONCE, 1, T * h * act, Link(LinkKind.STAGE, stage), 1))
     return ops
