@@ -122,24 +122,71 @@ def suite(device: str = "cpu", quick: bool = False) -> list[Point]:
     return train + held
 
 
-def build(p: Point, device: str = "cpu"):
-    """The timed torch kernel of ``p`` (a callable running one step), on ``device``."""
+def last_level_cache_bytes(device: str = "cpu") -> int:
+    """Size of the cache that repeated calls of one kernel would run from: the CPU's L3 (sysfs;
+    32 MiB if unknown) or the GPU's L2."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(getattr(torch.cuda.get_device_properties(torch.device(device)), "L2_cache_size", 50 * 2**20))
+    try:
+        from costsim.units import parse_bytes
+
+        text = open("/sys/devices/system/cpu/cpu0/cache/index3/size", encoding="ascii").read().strip()
+        return int(parse_bytes(text.replace("K", "KiB").replace("M", "MiB")))
+    except (OSError, ValueError):
+        return 32 * 2**20
+
+
+class Rotating:
+    """Calls a ring of copies of one kernel in turn, so that together they exceed the last-level
+    cache by 3x and each call finds its weights and cache in memory, not in the cache, as a
+    layer of a real model does (its neighbours' weights evicted them). ``copies`` of them."""
+
+    def __init__(self, kernels: list):
+        self.kernels, self.i = kernels, 0
+
+    @property
+    def copies(self) -> int:
+        return len(self.kernels)
+
+    def __call__(self):
+        k = self.kernels[self.i]
+        self.i = (self.i + 1) % len(self.kernels)
+        return k()
+
+
+def build(p: Point, device: str = "cpu", cold: bool = True, max_copies: int = 64):
+    """The timed torch kernel of ``p`` (a callable running one step) on ``device``; with
+    ``cold``, a ``Rotating`` ring of copies whose bytes moved add up to 3x the last-level cache
+    (at most ``max_copies``), so the timing is of memory, not of cache."""
+    if not cold:
+        return _build(p, device, 0)
+    from costsim.registry import load_hardware
+
+    moved = float(predict(p, load_hardware("cpu")).bytes)
+    n = int(min(max_copies, max(1, -(-3 * last_level_cache_bytes(device) // max(moved, 1.0)))))
+    return Rotating([_build(p, device, seed) for seed in range(n)])
+
+
+def _build(p: Point, device: str, seed: int):
     from costsim.calibration import timed
 
+    kw = dict(dtype=p.dtype, device=device, seed=seed)
     if p.kernel == "gemm":
-        return timed.Gemm(p.m, p.n, p.k, dtype=p.dtype, device=device)
+        return timed.Gemm(p.m, p.n, p.k, **kw)
     if p.kernel == "rmsnorm":
-        return timed.RMSNormKernel(p.tokens, p.dim, dtype=p.dtype, device=device)
+        return timed.RMSNormKernel(p.tokens, p.dim, **kw)
     if p.kernel == "silu_mul":
-        return timed.SiluMulKernel(p.tokens, p.dim, dtype=p.dtype, device=device)
+        return timed.SiluMulKernel(p.tokens, p.dim, **kw)
     spec = small_spec(p.model)
     if p.kernel == "attention":
-        kw = dict(form=p.form) if p.form else {}
-        return timed.make_attention_kernel(spec, p.batch, p.context, p.new_tokens, dtype=p.dtype, device=device, **kw)
+        form = dict(form=p.form) if p.form else {}
+        return timed.make_attention_kernel(spec, p.batch, p.context, p.new_tokens, **kw, **form)
     if p.kernel == "moe":
-        return timed.MoEKernel(spec, p.tokens, 0, 1, dtype=p.dtype, device=device)
+        return timed.MoEKernel(spec, p.tokens, 0, 1, **kw)
     if p.kernel == "ffn":
-        return timed.DenseFFNKernel(spec, p.tokens, 0, 1, dtype=p.dtype, device=device)
+        return timed.DenseFFNKernel(spec, p.tokens, 0, 1, **kw)
     raise ValueError(f"unknown kernel {p.kernel!r}")
 
 
