@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from costsim.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
+VALIDATE = "costsim validate -H cpu-dev --from-csv benchmarks/data/cpu-dev-heldout-2026-12-02.csv"
 COMMANDS = [
     ["costsim compare deepseek-v2 deepseek-llm-67b --hardware h800 --weight-dtype fp8 --batch 64"],
     ["costsim kv deepseek-v2 deepseek-llm-67b deepseek-v3 qwen2.5-72b llama-3.1-405b --context 128k --batch 8 --kv-dtype fp8"],
@@ -21,6 +22,7 @@ COMMANDS = [
      "--weight-dtype fp8 --kv-dtype fp8"],
     ["costsim max-throughput deepseek-v2 --hardware h800 --weight-dtype fp8 --kv-dtype 6 --context 2048 --tpot-slo 50ms",
      "costsim max-throughput deepseek-llm-67b --hardware h800 --context 2048 --tpot-slo 50ms"],
+    [VALIDATE],
 ]
 
 
@@ -46,6 +48,9 @@ def run_python_example(code: str) -> str:
 
 
 def main() -> None:
+    import os
+
+    os.chdir(ROOT)  # the README's paths are relative to the repository root
     readme = (ROOT / "README.md").read_text()
     code, a, b = python_example(readme)
     readme = readme[:a] + run_python_example(code) + readme[b:]

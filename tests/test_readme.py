@@ -20,9 +20,16 @@ def _block_after(marker: str) -> str:
 
 
 def _run(cmdline: str) -> str:
+    import os
+
     args = shlex.split(cmdline)
     assert args[0] == "costsim"
-    r = runner.invoke(app, args[1:])
+    here = os.getcwd()
+    os.chdir(Path(__file__).resolve().parents[1])  # README paths are relative to the repository root
+    try:
+        r = runner.invoke(app, args[1:])
+    finally:
+        os.chdir(here)
     assert r.exit_code == 0, r.output
     return r.stdout
 
@@ -33,6 +40,7 @@ def _run(cmdline: str) -> str:
     "costsim kv deepseek-v2 deepseek-llm-67b deepseek-v3 qwen2.5-72b llama-3.1-405b --context 128k --batch 8 --kv-dtype fp8",
     "costsim perf deepseek-v3 --hardware h800 --devices 32 --ep 32 --batch 1024 --input 4096 --output 1024 "
     "--weight-dtype fp8 --kv-dtype fp8",
+    "costsim validate -H cpu-dev --from-csv benchmarks/data/cpu-dev-heldout-2026-12-02.csv",
 ])
 def test_readme_example_output_is_current(command):
     out = _run(command)
