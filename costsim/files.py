@@ -18,6 +18,8 @@ def check_target(path: Path | str, what: str = "output") -> Path:
         raise CostsimError(f"{path}: directory {path.parent} does not exist")
     if path.is_dir():
         raise CostsimError(f"{path}: is a directory; give a file name for the {what}")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise CostsimError(f"{path}: not a regular file; the {what} replaces only regular files")
     return path
 
 

@@ -159,3 +159,21 @@ def test_kv_per_device_follows_the_busiest_uneven_stage():
         attention=dict(kind="mha", num_attention_heads=4, num_key_value_heads=4, head_dim=64),
         ffn=dict(kind="dense", intermediate_size=512)))
     assert kv_bytes_per_device(spec, Deployment(devices=2, pp=2), 3, 1000) == 6_144_000
+
+
+@pytest.mark.parametrize("target", ["/dev/null", "link"])
+def test_output_never_replaces_what_is_not_a_regular_file(tmp_path, target):
+    import os
+
+    if target == "link":
+        (tmp_path / "real.yaml").write_text("keep")
+        os.symlink(tmp_path / "real.yaml", tmp_path / "link.yaml")
+        target = str(tmp_path / "link.yaml")
+    from pathlib import Path
+
+    hf = str(Path(__file__).resolve().parent / "fixtures" / "hf" / "llama-3.1-8b.json")
+    r = runner.invoke(app, ["import-hf", hf, "-o", target])
+    assert r.exit_code == 2 and "not a regular file" in r.stderr
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+    if target.endswith("link.yaml"):
+        assert os.path.islink(target) and (tmp_path / "real.yaml").read_text() == "keep"
