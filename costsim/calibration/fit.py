@@ -40,6 +40,18 @@ FREE: dict[str, list[tuple[str, float, float]]] = {
 ORDER = ("elementwise", "gemm", "attention_decode", "attention_prefill", "grouped_gemm")
 
 
+def check_threads(threads: int | None) -> int | None:
+    """``threads`` if it is a usable CPU thread count (1 .. the cores this machine has)."""
+    import os
+
+    from costsim.errors import CostsimError
+
+    cores = os.cpu_count() or 1
+    if threads is not None and not 1 <= threads <= cores:
+        raise CostsimError(f"--threads {threads}: expected 1 to {cores} (the CPU cores of this machine)")
+    return threads
+
+
 def check_device(device: str) -> str:
     """``device`` if torch can time kernels on it; CostsimError naming --device otherwise."""
     from costsim.errors import CostsimError

@@ -49,6 +49,10 @@ def small_spec(name: str) -> ModelSpec:
         hidden_size=2048, num_hidden_layers=1, attention=_ATT[att], ffn=_FFN[ffn]))
 
 
+FAMILIES = ("gemm", "elementwise", "attention_decode", "attention_prefill", "grouped_gemm", "dense_ffn")
+KERNELS = ("gemm", "rmsnorm", "silu_mul", "attention", "moe", "ffn")
+
+
 @dataclass(frozen=True)
 class Point:
     """One kernel at one shape; unused fields stay at their defaults."""

@@ -42,8 +42,9 @@ def _shipped_for(device: str, name: str | None = None) -> str:
 def _measure(points, device, threads, what: str) -> list[dict]:
     from rich.progress import Progress
 
-    from costsim.calibration.fit import measure_points
+    from costsim.calibration.fit import check_threads, measure_points
 
+    check_threads(threads)
     with Progress(transient=True, console=None) as bar:
         task = bar.add_task(f"{what} {len(points)} kernels on {device}", total=len(points))
         return measure_points(points, device, threads, progress=lambda p: bar.advance(task))
@@ -86,6 +87,8 @@ def calibrate_cmd(device: str = Device,
             raise CostsimError(f"{output}: exists; give --force to replace it")
         if measurements is not None:
             check_target(measurements, "measurements CSV")
+            if measurements.exists() and not force:
+                raise CostsimError(f"{measurements}: exists; give --force to replace it")
         if from_csv is not None:
             recs = [r for r in _read_records(from_csv) if r["split"] == "train"]
             if not recs:
@@ -170,11 +173,27 @@ def _read_records(path: Path) -> list[dict]:
     if missing or df.empty:
         raise CostsimError(f"{path}: {'no rows' if not missing else 'missing column(s) ' + ', '.join(missing)}")
     recs = df.to_dict("records")
-    try:
-        for r in recs:
-            point_of(r)
-            if not float(r["min_s"]) > 0:
-                raise ValueError("min_s must be > 0")
-    except (KeyError, TypeError, ValueError) as e:
-        raise CostsimError(f"{path}: a row does not describe a suite kernel ({e})") from None
+    from costsim.calibration.suite import FAMILIES, KERNELS, predict
+    from costsim.errors import FieldError
+    from costsim.registry import load_hardware
+
+    probe = load_hardware("cpu")
+    for i, r in enumerate(recs):
+        where = f"{path}: row {i + 2}"
+        try:
+            p = point_of(r)
+            t = float(r["min_s"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CostsimError(f"{where}: does not describe a suite kernel ({e})") from None
+        if not (0 < t < float("inf")):
+            raise CostsimError(f"{where}, column min_s: expected a finite time > 0 s, got {r['min_s']!r}")
+        if p.family not in FAMILIES or p.kernel not in KERNELS:
+            raise CostsimError(f"{where}: unknown family {p.family!r} or kernel {p.kernel!r} "
+                               f"(expected one of {', '.join(FAMILIES)} / {', '.join(KERNELS)})")
+        try:
+            predict(p, probe)
+        except FieldError as e:
+            raise CostsimError(f"{where}, column {e.field}: {e.reason} (got {e.value})") from None
+        except CostsimError as e:
+            raise CostsimError(f"{where}: {e}") from None
     return recs

@@ -28,7 +28,10 @@ def _rows(p, **shape) -> list[dict]:
             "achieved_bytes_per_s")
     cols = {k: np.broadcast_to(np.asarray(d[k]), (n,)) for k in keys}
     sh = {k: np.broadcast_to(np.asarray(v), (n,)) for k, v in shape.items()}
-    return [dict(kernel=p.kernel, **{k: v[i].item() for k, v in sh.items()},
+    def plain(x):
+        return x.item() if hasattr(x, "item") else x
+
+    return [dict(kernel=p.kernel, **{k: plain(v[i]) for k, v in sh.items()},
                  **{k: (str(v[i]) if k == "bound" else float(v[i])) for k, v in cols.items()}) for i in range(n)]
 
 
@@ -39,24 +42,37 @@ def _shapes(path: Path, default_dtype: str) -> tuple:
     from costsim.files import check_input
 
     check_input(path)
+    import csv
+
     try:
-        df = pd.read_csv(path)
-    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
-        raise CostsimError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
-    df.columns = [str(c).strip().lower() for c in df.columns]
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if any(x.strip() for x in r)]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise CostsimError(f"{path}: not a readable CSV ({e})") from None
+    if not rows:
+        raise CostsimError(f"{path}: empty; expected a header m, n, k [, dtype] and rows")
+    names = [c.strip().lower() for c in rows[0]]
+    dup = sorted({c for c in names if names.count(c) > 1})
+    if dup:
+        raise CostsimError(f"{path}: column(s) {', '.join(dup)} given more than once")
+    for i, r in enumerate(rows[1:]):
+        if len(r) != len(names):
+            raise CostsimError(f"{path}: row {i + 2} has {len(r)} values for {len(names)} columns")
+    df = pd.DataFrame(rows[1:], columns=names, dtype=str)
     missing = [c for c in ("m", "n", "k") if c not in df.columns]
     if missing:
         raise CostsimError(f"{path}: missing column(s) {', '.join(missing)} (expected m, n, k and optionally dtype)")
     if df.empty:
         raise CostsimError(f"{path}: no rows")
     for c in ("m", "n", "k"):
-        v = pd.to_numeric(df[c], errors="coerce")
-        bad = v.isna() | (v < 1) | (v != v.round())
+        v = pd.to_numeric(df[c].str.strip(), errors="coerce")
+        bad = v.isna() | (v < 1) | (v != v.round()) | (v > 2.0**53)
         if bad.any():
-            i = int(bad.idxmax())
-            raise CostsimError(f"{path}: row {i + 2}, column {c}: expected an integer >= 1, got {df[c][i]!r}")
+            i = int(bad.to_numpy().argmax())
+            raise CostsimError(f"{path}: row {i + 2}, column {c}: expected an integer from 1 to 2^53, "
+                               f"got {df[c].iloc[i]!r}")
         df[c] = v.astype(float)
-    dtypes = df["dtype"].fillna(default_dtype).astype(str) if "dtype" in df.columns else None
+    dtypes = df["dtype"].str.strip().replace("", default_dtype) if "dtype" in df.columns else None
     return df, dtypes
 
 
@@ -71,6 +87,8 @@ def gemm_cmd(hardware: O.Hardware, m: Optional[int] = typer.Option(None, "--m", 
     """One GEMM [m, k] x [k, n]: time, bound and terms (or every row of --shapes)."""
 
     def go():
+        import numpy as np
+
         from costsim.simulator import kernels
 
         hw = O.hardware(hardware, hw_sets)
@@ -88,9 +106,9 @@ def gemm_cmd(hardware: O.Hardware, m: Optional[int] = typer.Option(None, "--m", 
                 try:
                     p = kernels.gemm(hw, part["m"].to_numpy(), part["n"].to_numpy(), part["k"].to_numpy(), dt)
                 except O.FieldError as e:
-                    raise CostsimError(f"{shapes}: column {e.field}: {e.reason} (got {e.value!r})") from None
-                rows = _rows(p, m=part["m"].to_numpy(int), n=part["n"].to_numpy(int), k=part["k"].to_numpy(int),
-                             dtype=dt)
+                    raise CostsimError(f"{shapes}: column {e.field}: {e.reason} (got {e.value})") from None
+                rows = _rows(p, m=part["m"].to_numpy(np.int64), n=part["n"].to_numpy(np.int64),
+                             k=part["k"].to_numpy(np.int64), dtype=dt)
                 recs += [dict(row=int(i) + 1, **r) for i, r in zip(part.index, rows)]
             recs.sort(key=lambda r: r["row"])
         _show(recs, fmt, f"GEMM on {hw.name}")

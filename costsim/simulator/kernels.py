@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from costsim.errors import FieldError
+from costsim.errors import CostsimError, FieldError
 from costsim.simulator.deployment import Deployment
 from costsim.simulator.efficiency import operator_terms
 from costsim.simulator.layout import number_format
@@ -80,10 +80,18 @@ def predict(ops: list[Operator], hw: HardwareProfile, kernel: str) -> KernelPred
                             operators=tuple(o.name for o in ops))
 
 
+MAX_SIZE = 2.0**53  # sizes and counts stay exact in float64
+
+
 def _positive(name: str, v, integer: bool = True):
-    a = np.asarray(v, dtype=float)
-    if a.size == 0 or not np.all(np.isfinite(a)) or np.any(a < 1) or (integer and np.any(a != np.round(a))):
-        raise FieldError(name, v, "must be a finite " + ("integer " if integer else "number ") + ">= 1")
+    try:
+        a = np.asarray(v, dtype=float)
+    except (TypeError, ValueError, OverflowError):
+        raise FieldError(name, v, "must be a number") from None
+    if a.size == 0 or not np.all(np.isfinite(a)) or np.any(a < 1) or np.any(a > MAX_SIZE) or (
+            integer and np.any(a != np.round(a))):
+        shown = v if np.ndim(v) == 0 else "[...]"
+        raise FieldError(name, shown, ("must be an integer" if integer else "must be a number") + " from 1 to 2^53")
     return a if a.ndim else float(a)
 
 
@@ -94,9 +102,11 @@ def gemm(hw: HardwareProfile, m, n, k, dtype: str = "bf16") -> KernelPrediction:
     """
     m, n, k = _positive("m", m), _positive("n", n), _positive("k", k)
     fmt = number_format(dtype, "dtype")
+    if fmt.rope_bits is not None:
+        raise FieldError("dtype", dtype, "a KV cache layout, not a weight format")
     try:
         hw.peak(fmt.compute)
-    except Exception as e:
+    except CostsimError as e:
         raise FieldError("dtype", dtype, str(e)) from None
     m, n, k = np.broadcast_arrays(np.asarray(m), np.asarray(n), np.asarray(k))
     op = _gemm("gemm", OpGroup.FFN, LayerType.DENSE, m, n, k, fmt, activation_format(fmt).bytes_per_element, 1)
@@ -118,10 +128,16 @@ def elementwise(hw: HardwareProfile, elements_in, elements_out, dtype: str = "bf
     return predict([op], hw, "elementwise")
 
 
-def _dep(spec: ModelSpec, tp: int, ep: int, weight_dtype, kv_dtype, form: str) -> Deployment:
+def _dep(spec: ModelSpec, hw: HardwareProfile, tp: int, ep: int, weight_dtype, kv_dtype, form: str) -> Deployment:
     if form not in ("absorbed", "naive"):
         raise FieldError("form", form, "expected absorbed or naive")
     wf = number_format(weight_dtype, "weight_dtype")
+    if wf.rope_bits is not None:
+        raise FieldError("weight_dtype", wf.name, "a KV cache layout, not a weight format")
+    try:
+        hw.peak(wf.compute)
+    except CostsimError as e:
+        raise FieldError("weight_dtype", wf.name, str(e)) from None
     dep = Deployment(devices=max(tp, ep), tp=tp, ep=ep, weight_format=wf, kv_format=number_format(kv_dtype, "kv_dtype"),
                      high_precision=activation_format(wf), act_format=activation_format(wf), mla_form=form)
     return dep.check(spec)
@@ -137,9 +153,9 @@ def attention(spec: ModelSpec, hw: HardwareProfile, batch, context, new_tokens=1
     """
     batch, new_tokens = _positive("batch", batch), _positive("new_tokens", new_tokens)
     ctx = np.asarray(context, dtype=float)
-    if not np.all(np.isfinite(ctx)) or np.any(ctx < 0):
-        raise FieldError("context", context, "must be a finite number of tokens >= 0")
-    dep = _dep(spec, tp, 1, weight_dtype, kv_dtype, form)
+    if not np.all(np.isfinite(ctx)) or np.any(ctx < 0) or np.any(ctx > MAX_SIZE):
+        raise FieldError("context", context, "must be a number of tokens from 0 to 2^53")
+    dep = _dep(spec, hw, tp, 1, weight_dtype, kv_dtype, form)
     ops = attention_operators(spec, dep, StepShape(batch, new_tokens, ctx), 1, window, form, norms=False)
     return predict(ops, hw, "attention")
 
@@ -150,7 +166,7 @@ def moe(spec: ModelSpec, hw: HardwareProfile, tokens, ep: int = 1, weight_dtype=
     if not isinstance(spec.ffn, MoEFFN):
         raise FieldError("model", spec.name, "is dense: it has no MoE layer")
     tokens = _positive("tokens", tokens)
-    dep = _dep(spec, 1, ep, weight_dtype, "bf16", "absorbed")
+    dep = _dep(spec, hw, 1, ep, weight_dtype, "bf16", "absorbed")
     # tokens are spread over the ep attention ranks: the batch of the step is all of them
     return predict(ffn_operators(spec, dep, StepShape(tokens, 1, 0), 1, moe=True), hw, "moe")
 
@@ -160,5 +176,5 @@ def dense_ffn(spec: ModelSpec, hw: HardwareProfile, tokens, tp: int = 1, weight_
     if isinstance(spec.ffn, MoEFFN) and spec.ffn.dense_intermediate_size is None:
         raise FieldError("model", spec.name, "has no dense FFN layer")
     tokens = _positive("tokens", tokens)
-    dep = _dep(spec, tp, 1, weight_dtype, "bf16", "absorbed")
+    dep = _dep(spec, hw, tp, 1, weight_dtype, "bf16", "absorbed")
     return predict(ffn_operators(spec, dep, StepShape(tokens, 1, 0), 1, moe=False), hw, "dense_ffn")
