@@ -338,7 +338,31 @@ class KernelFamily(_Frozen):
         given = [k for k in ("tile_m", "tile_n", "units") if getattr(self, k) is not None]
         if given and len(given) != 3:
             raise ValueError(f"tile_m, tile_n and units go together (got only {', '.join(given)})")
+        for k in given:
+            v = getattr(self, k).value
+            if v != int(v) or v > 2**20:
+                raise ValueError(f"{k} must be a whole number of rows/columns/units (1 to 2^20), got {v}")
+        if self.m_half is not None and self.m_half.value > 2**20:
+            raise ValueError(f"m_half must be at most 2^20 rows, got {self.m_half.value}")
+        for k in ("overhead", "per_group_overhead", "per_element"):
+            q = getattr(self, k)
+            if q is not None and q.value > 1.0:
+                raise ValueError(f"{k} must be at most 1 s per launch/element, got {q.value} s")
+        for k in ("compute", "memory"):
+            q = getattr(self, k)
+            if q is not None and q.value < 1e-6:
+                raise ValueError(f"{k} efficiency must be at least 1e-6, got {q.value}")
         return self
+
+
+# the parameters each family's formula reads (costsim.simulator.efficiency); others are refused
+_FAMILY_FIELDS = {
+    "gemm": {"compute", "memory", "overhead", "m_half", "tile_m", "tile_n", "units"},
+    "grouped_gemm": {"compute", "memory", "overhead", "per_group_overhead", "m_half"},
+    "attention_decode": {"compute", "memory", "overhead", "per_element"},
+    "attention_prefill": {"compute", "memory", "overhead", "per_element"},
+    "elementwise": {"memory", "overhead"},
+}
 
 
 class Families(_Frozen):
@@ -349,6 +373,15 @@ class Families(_Frozen):
     attention_decode: KernelFamily = Field(default_factory=KernelFamily)
     attention_prefill: KernelFamily = Field(default_factory=KernelFamily)
     elementwise: KernelFamily = Field(default_factory=KernelFamily)
+
+    @model_validator(mode="after")
+    def _fields_of_each_family(self):
+        for fam, allowed in _FAMILY_FIELDS.items():
+            extra = [k for k, v in getattr(self, fam) if v is not None and k not in allowed]
+            if extra:
+                raise ValueError(f"{fam}: {', '.join(extra)} is not a parameter of this family "
+                                 f"(it takes {', '.join(sorted(allowed))})")
+        return self
 
 
 class Efficiency(_Frozen):

@@ -149,8 +149,14 @@ def run(fn: Callable[[], list[str] | None], given: dict[str, str] | None = None)
     """Call ``fn``; a CostsimError becomes one stderr line and exit code 2. The warnings ``fn``
     returns are printed on stderr only when it succeeds (an error stays one line).
     ``given``: the user's text per engine field, for error messages."""
+    import warnings as _w
+
+    import numpy as np
+
     try:
-        warnings = fn() or []
+        with np.errstate(all="ignore"), _w.catch_warnings():
+            _w.simplefilter("ignore", RuntimeWarning)  # an overflow ends as one error line, not noise
+            warnings = fn() or []
     except FieldError as e:
         _fail(flag_message(e, given))
     except CostsimError as e:

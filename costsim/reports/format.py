@@ -73,9 +73,31 @@ def text(v) -> str:
 Column = tuple[str, str, Callable]  # (key, header with unit, formatter)
 
 
+_HUGE = 1e100  # no time, size or rate of this model comes near it: beyond it an input was absurd
+
+
+def _non_finite(v) -> bool:
+    """True if ``v`` holds an inf, a NaN or a number beyond 1e100 (nested dicts, lists, arrays)."""
+    if isinstance(v, dict):
+        return any(_non_finite(x) for x in v.values())
+    if isinstance(v, (list, tuple)):
+        return any(_non_finite(x) for x in v)
+    if isinstance(v, np.ndarray):
+        return v.dtype.kind == "f" and not np.all(np.abs(v) < _HUGE)
+    return isinstance(v, (float, np.floating)) and not abs(v) < _HUGE
+
+
 def emit(records: list[dict], columns: list[Column], fmt: str = "table", title: str | None = None,
          payload: dict | list | None = None, notes: Iterable[str] = (), out=None) -> None:
-    """Print records as a rich table (columns), JSON (``payload`` or the records) or CSV."""
+    """Print records as a rich table (columns), JSON (``payload`` or the records) or CSV.
+
+    Raises CostsimError rather than print an inf or a NaN (inputs beyond what the model can
+    represent, e.g. an extreme --hw-set)."""
+    from costsim.errors import CostsimError
+
+    if _non_finite(records) or _non_finite(payload):
+        raise CostsimError("a result is not finite (inf, NaN or beyond 1e100): the inputs are beyond what the model can "
+                           "represent; check extreme --set / --hw-set values")
     out = out or sys.stdout
     if fmt == "json":
         out.write(json.dumps(_plain(payload if payload is not None else records), indent=2) + "\n")

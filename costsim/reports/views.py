@@ -5,8 +5,25 @@ notes, and what JSON / CSV carry. Records come from ``costsim.simulator.scenario
 
 from __future__ import annotations
 
+import functools
+
+from costsim.errors import CostsimError
 from costsim.reports import format as F
-from costsim.reports.format import emit
+from costsim.reports.format import _non_finite, emit
+
+
+def _finite(view):
+    """A view refuses to show an inf or a NaN from the engine (inputs beyond what the model can
+    represent, e.g. an extreme --hw-set): one error line instead."""
+
+    @functools.wraps(view)
+    def checked(*args, **kw):
+        if any(_non_finite(a) for a in args if isinstance(a, (dict, list))):
+            raise CostsimError("a result is not finite (inf, NaN or beyond 1e100): the inputs are beyond what the model can "
+                               "represent; check extreme --set / --hw-set values")
+        return view(*args, **kw)
+
+    return checked
 
 
 def _machine(recs: list[dict], fmt: str, payload=None, skip=()) -> None:
@@ -14,6 +31,7 @@ def _machine(recs: list[dict], fmt: str, payload=None, skip=()) -> None:
     emit(recs, cols, fmt, payload=payload if payload is not None else (recs if len(recs) > 1 else recs[0]))
 
 
+@_finite
 def models(recs: list[dict], fmt: str) -> None:
     cols = [("name", "name", F.text), ("attention", "attention", F.text), ("ffn", "FFN", F.text),
             ("experts", "experts", F.text), ("params_total", "params total [1e9]", F.scaled(1e9)),
@@ -21,6 +39,7 @@ def models(recs: list[dict], fmt: str) -> None:
     emit(recs, cols, fmt, title="Shipped model specs", notes=["Full sources: costsim models --format json"])
 
 
+@_finite
 def hardware(recs: list[dict], fmt: str) -> None:
     cols = [("name", "name", F.text), ("full_name", "device", F.text),
             ("bf16_flops", "BF16 dense [TFLOP/s]", F.scaled(1e12)), ("fp8_flops", "FP8 dense [TFLOP/s]", F.scaled(1e12)),
@@ -47,6 +66,7 @@ _PARAM_PARTS = ("embedding", "lm_head", "attention", "dense_ffn", "routed_expert
                 "shared_experts", "router", "norms", "mtp", "total", "active", "active_incl_embedding")
 
 
+@_finite
 def show(rec: dict, fmt: str) -> None:
     rec = {k: v for k, v in rec.items() if k != "warnings"}
     if fmt != "table":
@@ -61,6 +81,7 @@ def show(rec: dict, fmt: str) -> None:
                             "and FLOPs (2 per multiply-add)"))
 
 
+@_finite
 def kv(recs: list[dict], fmt: str) -> None:
     r0 = recs[0]
     dev = "/device" if r0["tp"] > 1 else ""
@@ -75,6 +96,7 @@ def kv(recs: list[dict], fmt: str) -> None:
     emit(recs, cols, fmt, title=f"KV cache per device (tp={r0['tp']})", payload=recs if len(recs) > 1 else r0)
 
 
+@_finite
 def compare(recs: list[dict], fmt: str, devices: int) -> None:
     r0 = recs[0]
     hw, ctx, b = r0["hardware"], r0["context"], r0["batch"]
@@ -110,6 +132,7 @@ def _rate(k: str, v: float) -> str:
     return f"{v * 1e6:g} us" if k.endswith(("overhead", "latency")) else f"{v:g}"
 
 
+@_finite
 def perf(rec: dict, fmt: str, breakdown: bool) -> None:
     if fmt == "csv" and breakdown:  # machines asking for the breakdown get the operator rows
         ops = [dict(phase=ph, **o) for ph in ("prefill", "decode") for o in rec[f"{ph}_operators"]]
@@ -166,6 +189,7 @@ def perf(rec: dict, fmt: str, breakdown: bool) -> None:
                  title=f"{phase} operators per device ({'whole prompt' if phase == 'prefill' else 'first step'})")
 
 
+@_finite
 def max_throughput(rec: dict, fmt: str) -> None:
     rec = {k: v for k, v in rec.items() if k != "warnings"}
     if fmt != "table":
@@ -182,6 +206,7 @@ def max_throughput(rec: dict, fmt: str) -> None:
         f"weights {rec['weight_dtype']}, KV {rec['kv_dtype']}), context {rec['context']}{slo}"))
 
 
+@_finite
 def train(rec: dict, fmt: str) -> None:
     rec = {k: v for k, v in rec.items() if k != "warnings"}
     if fmt != "table":
@@ -201,6 +226,7 @@ def train(rec: dict, fmt: str) -> None:
                 "every token."])
 
 
+@_finite
 def kernels(recs: list[dict], fmt: str, title: str) -> None:
     """Kernel predictions: one row per shape, time and terms in us, achieved rates."""
     if fmt != "table":
@@ -219,6 +245,7 @@ _KERNEL_FIELDS = {"kernel", "time_s", "compute_s", "memory_s", "extra_s", "flops
                   "achieved_flops_per_s", "achieved_bytes_per_s"}
 
 
+@_finite
 def validation(ours: dict, shipped: dict, name: str, shipped_name: str, n: int, orderings: list[dict],
                fmt: str) -> None:
     """Held-out accuracy of a profile beside the shipped one (fractions in JSON)."""

@@ -59,6 +59,6 @@ def train_cost(spec: ModelSpec, hw: HardwareProfile, *, seq_len: int, tokens: fl
         mfu = total / (gpu_hours * 3600.0 * peak)
         if mfu > 1:
             raise FieldError("gpu_hours", f"{gpu_hours:.4g}", f"impossible on {hw.name}: it implies an MFU of "
-                               f"{mfu:.1%} of the {dtype} dense peak (needs >= {total / (peak * 3600.0):.4g} GPU-hours)")
+                               f"{mfu * 100:.3g}% of the {dtype} dense peak (needs >= {total / (peak * 3600.0):.4g} GPU-hours)")
     return TrainCost(seq_len, tokens, f, total, peak, dtype, mfu, gpu_hours, gpu_hours * 1e12 / tokens,
                      tokens / (gpu_hours * 3600.0))
