@@ -81,12 +81,28 @@ def _looks_like_path(ref: str) -> bool:
     return ref.lower().endswith((".yaml", ".yml", ".json")) or "/" in ref or Path(ref).is_file()
 
 
+def _ref(ref, what: str) -> str:
+    if not isinstance(ref, (str, Path)):
+        raise CostsimError(f"{what}: expected a name or a path, got {type(ref).__name__}")
+    return str(ref)
+
+
+def _file(ref: str) -> Path:
+    p = Path(ref)
+    if p.is_dir():
+        raise CostsimError(f"{ref}: is a directory, not a spec file")
+    if p.exists() and not p.is_file():
+        raise CostsimError(f"{ref}: not a regular file")
+    if not p.is_file():
+        raise CostsimError(f"{ref}: no such file")
+    return p
+
+
 def load_model(ref: str) -> ModelSpec:
     """Resolve a model name (case-insensitive slug), a spec YAML path or an HF config.json path."""
+    ref = _ref(ref, "model")
     if _looks_like_path(ref):
-        p = Path(ref)
-        if not p.is_file():
-            raise CostsimError(f"{ref}: no such file")
+        p = _file(ref)
         data = read_json(p) if p.suffix.lower() == ".json" else read_yaml(p)
         if p.suffix.lower() == ".json" or (isinstance(data, dict) and "model_type" in data and "attention" not in data):
             return spec_from_hf_config(data, where=str(p))  # an HF config.json, whatever its suffix
@@ -101,10 +117,9 @@ def load_model(ref: str) -> ModelSpec:
 
 def load_hardware(ref: str) -> HardwareProfile:
     """Resolve a hardware name (case-insensitive slug) or a profile YAML path."""
+    ref = _ref(ref, "hardware")
     if _looks_like_path(ref):
-        p = Path(ref)
-        if not p.is_file():
-            raise CostsimError(f"{ref}: no such file")
+        p = _file(ref)
         return validate(HardwareProfile, read_yaml(p), str(p))
     slug = ref.strip().lower()
     if slug not in _shipped(_HW_PKG):

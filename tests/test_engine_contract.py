@@ -177,3 +177,25 @@ def test_output_never_replaces_what_is_not_a_regular_file(tmp_path, target):
     assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
     if target.endswith("link.yaml"):
         assert os.path.islink(target) and (tmp_path / "real.yaml").read_text() == "keep"
+
+
+@pytest.mark.parametrize("call,needle", [
+    (lambda h, v: perf(Scenario("deepseek-v2", h)), "expected a ModelSpec"),
+    (lambda h, v: perf(Scenario(v, "h800")), "expected a HardwareProfile"),
+    (lambda h, v: perf(Scenario(v, h, {"tp": 1})), "expected a LayoutRequest"),
+    (lambda h, v: perf(Scenario(v, h, LayoutRequest(tp=2.0))), "tp=2.0: must be an integer"),
+    (lambda h, v: compare([], h), "non-empty list"),
+    (lambda h, v: load_model(None), "expected a name or a path"),
+    (lambda h, v: load_hardware("/tmp"), "is a directory"),
+])
+def test_python_api_mistakes_raise_costsim_errors(call, needle):
+    from costsim.api import CostsimError
+
+    with pytest.raises(CostsimError, match=needle):
+        call(load_hardware("h800"), load_model("deepseek-v2"))
+
+
+def test_no_inf_reaches_the_output():
+    r = runner.invoke(app, ["kernel", "gemm", "-H", "h800", "--m", "2", "--n", "64", "--k", "64",
+                            "--hw-set", "memory_bandwidth=1e-300"])
+    assert r.exit_code == 2 and "not finite" in r.stderr and r.stdout == ""

@@ -84,7 +84,7 @@ def gemm_cmd(hardware: O.Hardware, m: Optional[int] = typer.Option(None, "--m", 
              shapes: Optional[Path] = typer.Option(None, "--shapes", help="CSV with columns m, n, k [, dtype]: "
                                                                          "one prediction per row."),
              hw_sets: O.HwSets = None, fmt: O.Format = O.Fmt.table):
-    """One GEMM [m, k] x [k, n]: time, bound and terms (or every row of --shapes)."""
+    """One GEMM, (m x k) times (k x n): time, bound and terms (or every row of --shapes)."""
 
     def go():
         import numpy as np

@@ -256,12 +256,12 @@ def validation(ours: dict, shipped: dict, name: str, shipped_name: str, n: int, 
                    within_25pct=ours["within_25pct"], median_abs_error_shipped=shipped["median_abs_error"],
                    geomean_ratio_shipped=shipped["geomean_ratio"], within_25pct_shipped=shipped["within_25pct"],
                    families=fams, orderings=orderings)
-    if fmt != "table":
-        emit(fams, [(k, k, F.text) for k in fams[0]], fmt, payload=payload)
-        return
     rows = [dict(family="all", points=n, **{k: ours[k] for k in ("mape", "median_abs_error", "geomean_ratio",
                                                                   "within_25pct")},
                  mape_shipped=shipped["mape"], geomean_ratio_shipped=shipped["geomean_ratio"])] + fams
+    if fmt != "table":
+        emit(rows, [(k, k, F.text) for k in fams[0]], fmt, payload=payload)
+        return
     cols = [("family", "family", F.text), ("points", "points", F.integer), ("mape", f"MAPE {name}", F.pct),
             ("median_abs_error", "median |error|", F.pct), ("geomean_ratio", "pred/meas (geomean)", F.num),
             ("within_25pct", "within 25%", F.pct), ("mape_shipped", f"MAPE {shipped_name}", F.pct),

@@ -24,7 +24,7 @@ import numpy as np
 from costsim.errors import CostsimError, FieldError
 from costsim.simulator.deployment import Deployment
 from costsim.simulator.efficiency import operator_terms
-from costsim.simulator.layout import number_format
+from costsim.simulator.layout import check_types, number_format
 from costsim.simulator.operators import _elementwise, _gemm, attention_operators, ffn_operators
 from costsim.simulator.types import LayerType, OpGroup, Operator, StepShape
 from costsim.specs import HardwareProfile, MoEFFN, ModelSpec
@@ -100,6 +100,7 @@ def gemm(hw: HardwareProfile, m, n, k, dtype: str = "bf16") -> KernelPrediction:
 
     ``m``, ``n``, ``k`` broadcast (numpy). FieldError names a bad argument.
     """
+    check_types(hw=hw)
     m, n, k = _positive("m", m), _positive("n", n), _positive("k", k)
     fmt = number_format(dtype, "dtype")
     if fmt.rope_bits is not None:
@@ -122,6 +123,7 @@ def activation_format(weights: NumberFormat) -> NumberFormat:
 def elementwise(hw: HardwareProfile, elements_in, elements_out, dtype: str = "bf16") -> KernelPrediction:
     """One memory-only kernel (a norm, an activation) reading ``elements_in`` and writing
     ``elements_out`` elements of ``dtype``."""
+    check_types(hw=hw)
     e_in, e_out = _positive("elements_in", elements_in), _positive("elements_out", elements_out)
     fmt = number_format(dtype, "dtype")
     op = _elementwise("elementwise", OpGroup.FFN, LayerType.DENSE, e_in, e_out, fmt.bytes_per_element, 1)
@@ -129,6 +131,10 @@ def elementwise(hw: HardwareProfile, elements_in, elements_out, dtype: str = "bf
 
 
 def _dep(spec: ModelSpec, hw: HardwareProfile, tp: int, ep: int, weight_dtype, kv_dtype, form: str) -> Deployment:
+    check_types(spec, hw)
+    for name, v in (("tp", tp), ("ep", ep)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise FieldError(name, v, "must be an integer >= 1")
     if form not in ("absorbed", "naive"):
         raise FieldError("form", form, "expected absorbed or naive")
     wf = number_format(weight_dtype, "weight_dtype")
@@ -163,6 +169,7 @@ def attention(spec: ModelSpec, hw: HardwareProfile, batch, context, new_tokens=1
 def moe(spec: ModelSpec, hw: HardwareProfile, tokens, ep: int = 1, weight_dtype="bf16") -> KernelPrediction:
     """One MoE FFN layer for ``tokens`` tokens on the busiest of ``ep`` expert ranks (router,
     shared experts, routed experts; uniform routing). Raises FieldError for a dense model."""
+    check_types(spec, hw)
     if not isinstance(spec.ffn, MoEFFN):
         raise FieldError("model", spec.name, "is dense: it has no MoE layer")
     tokens = _positive("tokens", tokens)
@@ -173,6 +180,7 @@ def moe(spec: ModelSpec, hw: HardwareProfile, tokens, ep: int = 1, weight_dtype=
 
 def dense_ffn(spec: ModelSpec, hw: HardwareProfile, tokens, tp: int = 1, weight_dtype="bf16") -> KernelPrediction:
     """One dense FFN layer (SwiGLU when gated) for ``tokens`` tokens on one TP rank."""
+    check_types(spec, hw)
     if isinstance(spec.ffn, MoEFFN) and spec.ffn.dense_intermediate_size is None:
         raise FieldError("model", spec.name, "has no dense FFN layer")
     tokens = _positive("tokens", tokens)

@@ -45,6 +45,16 @@ class LayoutRequest:
     block_size: int | None = None
 
 
+def check_types(spec=None, hw=None) -> None:
+    """CostsimError unless ``spec`` is a ModelSpec and ``hw`` a HardwareProfile (as
+    ``costsim.api.load_model`` / ``load_hardware`` return)."""
+    if spec is not None and not isinstance(spec, ModelSpec):
+        raise CostsimError(f"model: expected a ModelSpec (costsim.api.load_model(name)), got {type(spec).__name__}")
+    if hw is not None and not isinstance(hw, HardwareProfile):
+        raise CostsimError(f"hardware: expected a HardwareProfile (costsim.api.load_hardware(name)), "
+                           f"got {type(hw).__name__}")
+
+
 def divisors(n: int) -> list[int]:
     """Positive divisors of ``n``, ascending."""
     return [d for d in range(1, n + 1) if n % d == 0]
@@ -109,11 +119,16 @@ def resolve_deployment(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequ
 
     Raises FieldError naming the request field (``devices``, ``tp``, ``weight_dtype``, ...).
     """
+    check_types(spec, hw)
     r = request
+    if not isinstance(r, LayoutRequest):
+        raise CostsimError(f"layout: expected a LayoutRequest, got {type(r).__name__}")
     devices = hw.devices_per_node if r.devices is None else r.devices
     for k, v in (("devices", devices), ("tp", r.tp), ("ep", r.ep), ("pp", r.pp)):
-        if v is not None and v < 1:
-            raise FieldError(k, v, "must be >= 1")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise FieldError(k, v, "must be an integer >= 1")
+    if isinstance(r.imbalance, bool) or not isinstance(r.imbalance, (int, float)):
+        raise FieldError("imbalance", r.imbalance, "must be a number >= 1")
     if devices % r.pp:
         raise FieldError("devices", devices, f"not a multiple of pp = {r.pp}")
     wf = number_format(r.weight_dtype, "weight_dtype")

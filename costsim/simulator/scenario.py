@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from costsim.errors import CostsimError, FieldError
-from costsim.simulator.deployment import Deployment, kv_format_problem
+from costsim.simulator.deployment import Deployment, kv_format_problem, tp_problem
 from costsim.simulator.flops import flops_per_token_decode, prefill_flops
 from costsim.simulator.kv import kv_bytes_per_token, kv_cache_bytes, kv_elements_per_token
-from costsim.simulator.layout import LayoutRequest, number_format, resolve_deployment, valid_tp
+from costsim.simulator.layout import LayoutRequest, check_types, number_format, resolve_deployment, valid_tp
 from costsim.simulator.memory import memory_report, require_fit, weight_bytes_per_device
 from costsim.simulator.params import param_counts
 from costsim.simulator.roofline import StepTiming, per_layer_seconds, rate_provenance
@@ -56,7 +56,7 @@ def context_warnings(spec: ModelSpec, tokens: int) -> list[str]:
 
 def _count(name: str, v, minimum: int = 0) -> int:
     if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool)) or v < minimum:
-        raise FieldError(name, v, f"must be an integer >= {minimum}")
+        raise FieldError(name, repr(v), f"must be an integer >= {minimum}")
     return int(v)
 
 
@@ -107,6 +107,7 @@ def kv(spec: ModelSpec, kv_dtype="bf16", context: int = 4096, batch: int = 1, tp
        block_size: int | None = None) -> KVRecord:
     """KV cache per token and for ``batch`` sequences of ``context`` tokens, per device under
     TP (DeepSeek-V2 Table 1 per-token sizes). FieldError names a bad argument."""
+    check_types(spec)
     fmt = number_format(kv_dtype, "kv_dtype")
     context, batch, tp = _count("context", context), _count("batch", batch), _count("tp", tp, 1)
     if block_size is not None:
@@ -114,6 +115,9 @@ def kv(spec: ModelSpec, kv_dtype="bf16", context: int = 4096, batch: int = 1, tp
     problem = kv_format_problem(spec, fmt)
     if problem:
         raise FieldError("kv_dtype", fmt.name, problem)
+    problem = tp_problem(spec, tp)
+    if problem:
+        raise FieldError("tp", tp, problem)
     per_tok = kv_bytes_per_token(spec, fmt, tp)
     return KVRecord(spec.name, fmt.name, kv_elements_per_token(spec), per_tok, per_tok / spec.num_hidden_layers,
                     context, batch, tp, block_size,
@@ -148,6 +152,7 @@ class ShowRecord(_Record):
 
 def show(spec: ModelSpec, kv_dtype="bf16", context: int = 4096, batch: int = 1) -> ShowRecord:
     """Everything exact about one model: parameter breakdown, KV cache, FLOPs per token."""
+    check_types(spec)
     k = kv(spec, kv_dtype, context, batch)
     p = param_counts(spec)
     c = max(k.context, 1)
@@ -214,6 +219,11 @@ def compare(specs: list[ModelSpec], hw: HardwareProfile, request: LayoutRequest 
     FLOPs, weights per device, decode TPOT and tokens/s at ``batch``, max batch. Each model
     gets the policy's layout (``layout.resolve_deployment``); a model that cannot run says
     why in ``note`` instead of failing the comparison."""
+    if not isinstance(specs, (list, tuple)) or not specs:
+        raise CostsimError("models: expected a non-empty list of ModelSpec")
+    for spec in specs:
+        check_types(spec)
+    check_types(hw=hw)
     context, batch = _count("context", context), _count("batch", batch, 1)
     out = []
     for name, spec in zip(_unique_names(specs), specs):
@@ -338,7 +348,12 @@ def _deployment(sc: Scenario, batch: int, context: int) -> Deployment:
 def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
     """Serve ``sc`` (``serving.serve``) and report it; ``breakdown`` adds the operator rows of
     the prefill and of the first decode step. FieldError names a bad scenario field."""
+    if not isinstance(sc, Scenario):
+        raise CostsimError(f"scenario: expected a Scenario, got {type(sc).__name__}")
     spec, hw = sc.model, sc.hardware
+    check_types(spec, hw)
+    if not isinstance(sc.layout, (LayoutRequest, Deployment)):
+        raise CostsimError(f"layout: expected a LayoutRequest or a Deployment, got {type(sc.layout).__name__}")
     b, i, o = _count("batch", sc.batch, 1), _count("input_len", sc.input_len, 1), _count("output_len", sc.output_len)
     dep = _deployment(sc, b, i + o)
     r = serve(spec, hw, dep, b, i, o)
@@ -411,8 +426,9 @@ def max_throughput_search(spec: ModelSpec, hw: HardwareProfile, request: LayoutR
     """The layout and decode batch with the most tokens/s. With ``request.tp`` unset every
     valid TP is tried (the layout is part of the answer); otherwise only the requested one.
     Raises SLOError (field ``tpot_slo_s``) when no batch meets the SLO."""
+    check_types(spec, hw)
     context = _count("context", context, 1)
-    if tpot_slo_s is not None and not 0 < tpot_slo_s < float("inf"):
+    if tpot_slo_s is not None and not (isinstance(tpot_slo_s, (int, float)) and 0 < tpot_slo_s < float("inf")):
         raise FieldError("tpot_slo_s", tpot_slo_s, "must be a finite number of seconds > 0")
     dep = resolve_deployment(spec, hw, request, 1, context)
     if request.tp is None:
@@ -456,6 +472,7 @@ class TrainRecord(_Record):
 def train(spec: ModelSpec, hw: HardwareProfile, *, seq_len: int, tokens: float, mfu: float | None = None,
           gpu_hours: float | None = None, dtype: str = "bf16") -> TrainRecord:
     """GPU-hours at an MFU, or the MFU implied by GPU-hours (``training.train_cost``)."""
+    check_types(spec, hw)
     r = train_cost(spec, hw, seq_len=seq_len, tokens=tokens, mfu=mfu, gpu_hours=gpu_hours, dtype=dtype)
     return TrainRecord(spec.name, hw.name, seq_len, tokens, r.flops_per_token, r.total_flops, r.peak_flops, dtype,
                        r.mfu, r.gpu_hours, r.gpu_hours_per_trillion_tokens, r.tokens_per_s_per_device,
@@ -469,6 +486,7 @@ def throughput_curve(spec: ModelSpec, hw: HardwareProfile, request: LayoutReques
                      context: int = 4096) -> dict:
     """Decode tokens/s per device against TPOT, batch swept up to the memory limit, on the
     policy's layout: ``label``, ``tpot_s`` and ``tokens_per_s_per_device`` arrays."""
+    check_types(spec, hw)
     context = _count("context", context, 1)
     dep = resolve_deployment(spec, hw, request, 1, 0)
     r = max_throughput(spec, hw, dep, context)
@@ -490,6 +508,7 @@ def decode_roofline(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequest
     """The operators of one decode step as points on the roofline: each non-comm operator with
     FLOPs that takes at least ``min_share`` of the step, with its intensity (FLOP/byte) and
     achieved FLOP/s; plus the achievable peak (FLOP/s) and bandwidth (B/s) of the profile."""
+    check_types(spec, hw)
     batch, context = _count("batch", batch, 1), _count("context", context)
     dep = resolve_deployment(spec, hw, request, 1, 0)
     require_fit(spec, hw, dep)
