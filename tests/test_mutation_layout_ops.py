@@ -91,3 +91,52 @@ def test_operator_names_with_q_lora_and_naive_form():
     assert (q.shape["N"], q.shape["K"]) == (12, 8)
     kv_a = next(o for o in ops if o.name == "attn.kv_a_proj[dense]")
     assert kv_a.shape["N"] == 8 + 2  # the latent and rope key are replicated, not split
+
+
+def test_auto_form_keeps_the_faster_per_step_and_says_which():
+    from costsim.simulator.roofline import time_step
+
+    spec = moe_spec()
+    for step in (StepShape(2, 1, 64), StepShape(1, 64, 0)):
+        a = time_step(spec, HW, Deployment(mla_form="absorbed"), step)
+        n = time_step(spec, HW, Deployment(mla_form="naive"), step)
+        auto = time_step(spec, HW, Deployment(mla_form="auto"), step)
+        best = "absorbed" if a.time_s <= n.time_s else "naive"
+        assert auto.time_s == min(a.time_s, n.time_s) and auto.mla_form == best
+        assert (a.mla_form, n.mla_form) == ("absorbed", "naive")
+    # arrays: element by element, labelled "auto"
+    import numpy as np
+
+    arr = time_step(spec, HW, Deployment(mla_form="auto"), StepShape(1, np.array([1.0, 64.0]), 0))
+    one = [time_step(spec, HW, Deployment(mla_form="auto"), StepShape(1, s, 0)).time_s for s in (1, 64)]
+    assert arr.mla_form == "auto" and np.allclose(arr.time_s, one, rtol=1e-12)
+
+
+def test_auto_form_on_a_non_mla_model_is_the_one_form_there_is():
+    from costsim.simulator.roofline import time_step
+
+    gqa = ModelSpec.model_validate(dict(
+        name="g", source="t", vocab_size=100, hidden_size=8, num_hidden_layers=1,
+        attention=dict(kind="gqa", num_attention_heads=4, num_key_value_heads=2, head_dim=2),
+        ffn=dict(kind="dense", intermediate_size=16)))
+    t = time_step(gqa, HW, Deployment(mla_form="auto"), StepShape(2, 1, 4))
+    assert t.mla_form == "absorbed"
+    assert t.time_s == time_step(gqa, HW, Deployment(mla_form="naive"), StepShape(2, 1, 4)).time_s
+
+
+def test_step_form_follows_the_deployment_unless_given():
+    spec = moe_spec()
+    assert "attn.core(mha)[dense]" in names(spec, Deployment(mla_form="naive"), None)
+    assert "attn.core(latent)[dense]" in names(spec, Deployment(mla_form="auto"), None)
+    assert "attn.core(latent)[dense]" in names(spec, Deployment(mla_form="naive"), "absorbed")
+
+
+def test_window_layers_are_tagged():
+    spec = moe_spec().model_copy(update=dict(sliding_window=__import__("costsim.specs", fromlist=["x"]).SlidingWindow(
+        window=2, layers=[0])))
+    got = names(spec, Deployment(), "absorbed")
+    assert "attn.core(latent)[dense,window=2]" in got and "attn.core(latent)[moe]" in got
+    # the embedding and LM head carry their groups
+    ops = step_operators(spec, Deployment(), StepShape(2, 1, 4), form="absorbed")
+    assert [(o.name, str(o.group), o.dtype) for o in ops if o.name in ("embedding", "lm_head")] == [
+        ("embedding", "embedding", ""), ("lm_head", "lm_head", "bf16")]
