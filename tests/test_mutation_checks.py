@@ -10,7 +10,8 @@ from costsim.simulator import scenario as S
 from costsim.simulator.deployment import Deployment
 from costsim.simulator.layout import LayoutRequest
 from costsim.simulator.serving import SLOError, max_throughput
-from test_mutation_scenario_records import gqa, hw, tpot
+from test_mutation_scenario_records import tpot
+from tiny import gqa, hw
 
 SPEC, HW = gqa(), hw()
 

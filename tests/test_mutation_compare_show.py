@@ -14,7 +14,8 @@ import pytest
 
 from costsim.simulator.layout import LayoutRequest
 from costsim.simulator.scenario import compare, show
-from test_mutation_scenario_records import MEM, OVH, gqa, hw, tpot  # tests/ is on sys.path under pytest
+from test_mutation_scenario_records import tpot
+from tiny import MEM, OVH, gqa, hw  # tests/ is on sys.path under pytest
 
 
 def test_show_record_by_hand():

@@ -9,7 +9,7 @@ from costsim.simulator.layout import LayoutRequest, resolve_deployment
 from costsim.simulator.operators import step_operators
 from costsim.simulator.types import StepShape
 from costsim.specs import ModelSpec
-from test_mutation_scenario_records import hw
+from tiny import hw
 
 HW = hw()  # 2 devices per node, 1 GB each
 

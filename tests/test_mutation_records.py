@@ -28,30 +28,8 @@ from costsim.simulator.scenario import (
     train,
 )
 from costsim.simulator.types import StepShape
-from costsim.specs import HardwareProfile, ModelSpec
-
-MEM, OVH, INTRA, INTRA_LAT = 5e8, 1e-6, 5e7, 1e-6
-
-
-def hw(**kw):
-    d = dict(
-        name="tiny-hw", source="hand-made test profile",
-        peak_flops=dict(bf16=1e10, fp8=2e10), memory_capacity=1e9, memory_bandwidth=1e9,
-        intra_node_bandwidth=dict(value=1e8, direction="unidirectional"),
-        inter_node_bandwidth=dict(value=1e7, direction="unidirectional"),
-        intra_node_latency=1e-6, inter_node_latency=5e-6, devices_per_node=2,
-        efficiency=dict(compute=0.5, memory=0.5, intra_node=0.5, inter_node=0.25, kernel_overhead=1e-6),
-    )
-    d.update(kw)
-    return HardwareProfile.model_validate(d)
-
-
-def gqa(**kw):
-    d = dict(name="tiny-gqa", source="hand-made test spec", vocab_size=100, hidden_size=8, num_hidden_layers=2,
-             attention=dict(kind="gqa", num_attention_heads=4, num_key_value_heads=2, head_dim=2),
-             ffn=dict(kind="dense", intermediate_size=16))
-    d.update(kw)
-    return ModelSpec.model_validate(d)
+from costsim.specs import ModelSpec
+from tiny import MEM, OVH, INTRA, INTRA_LAT, gqa, hw  # the hand-made spec and profile (tests/tiny.py)
 
 
 def moe():
