@@ -137,7 +137,8 @@ def _peaks(data: dict, train: list[dict], source: str) -> None:
                    and r["dtype"] == dtype)
         data["peak_flops"][parse_format(dtype).compute] = dict(value=best, source=f"best GEMM rate, {source}",
                                                                provenance="calibrated")
-    moved = [float(predict(point_of(r), _profile(data)).bytes) / r["min_s"] for r in train
+    hw = _profile(data)  # bytes moved do not depend on the rates: one profile serves every record
+    moved = [float(predict(point_of(r), hw).bytes) / r["min_s"] for r in train
              if r["kernel"] in ("rmsnorm", "silu_mul", "gemm")]
     if moved:  # the best rate any kernel moved bytes at (a one-row GEMM streams its weights)
         data["memory_bandwidth"] = dict(value=max(moved), source=f"best streaming rate of any kernel, {source}",
