@@ -144,7 +144,9 @@ def test_per_layer_seconds_at_pp2_cover_the_stage_once():
     assert per["dense"] * 40 + per["once"] == pytest.approx(float(t.time_s), rel=1e-12)
     # the PP send is counted once per step, with the embedding and the LM head
     once = sum(float(x.total_s) for x in t.timings if x.op.layer is LayerType.ONCE)
-    assert {x.op.name for x in t.timings if x.op.layer is LayerType.ONCE} == {"embedding", "lm_head", "comm.pp_send"}
+    # (and the TP all-reduce after the vocab-parallel embedding)
+    assert {x.op.name for x in t.timings if x.op.layer is LayerType.ONCE} == {
+        "embedding", "lm_head", "comm.pp_send", "comm.tp_allreduce[embedding]"}
     assert per["once"] == pytest.approx(once, rel=1e-12)
 
 

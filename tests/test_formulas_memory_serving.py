@@ -201,6 +201,9 @@ def test_pipeline_prefill_and_decode():
     stage = (128 + 2880 + 1816) / MEM + 9 * OVH + 64 / INTRA + INTRA_LAT
     r = prefill(gqa(), hw(), Deployment(devices=2, pp=2), 2, 4)
     assert float(r.time_s) == pytest.approx((2 * 2 - 1) * stage)  # pipeline fill: 2 pp - 1 stages
+    # one sequence is one micro-batch: it passes the 2 stages once (pp stage times, sends included)
+    r = prefill(gqa(), hw(), Deployment(devices=2, pp=2), 1, 4)
+    assert float(r.time_s) == pytest.approx(2 * stage)
     # decode in steady state: a token passes pp = 2 stages
     stage_d = (32 + 1728 + 1816) / MEM + 9 * OVH + 16 / INTRA + INTRA_LAT
     r = decode(gqa(), hw(), Deployment(devices=2, pp=2), 2, 9)
@@ -210,25 +213,38 @@ def test_pipeline_prefill_and_decode():
 
 def test_serve_end_to_end_by_hand():
     r = serve(gqa(), hw(), Deployment(), 1, 4, 2)
-    # output tokens 1 and 2 are decoded at contexts 4 and 5
+    # the prefill produces output token 1; token 2 is one decode step at context 4
+    # (vLLM's benchmark convention: TPOT = (e2e - TTFT) / (n - 1))
     assert r.ttft_s == pytest.approx(TTFT)
-    assert r.e2e_s == pytest.approx(TTFT + tpot(4) + tpot(5))
-    assert r.tpot_s == pytest.approx((tpot(4) + tpot(5)) / 2)
-    assert r.tpot_last_s == pytest.approx(tpot(5))
-    assert r.decode_tokens_per_s == pytest.approx(2 / (tpot(4) + tpot(5)))
-    assert r.combined_tokens_per_s == pytest.approx(2 / (TTFT + tpot(4) + tpot(5)))
+    assert r.e2e_s == pytest.approx(TTFT + tpot(4))
+    assert r.tpot_s == pytest.approx(tpot(4))
+    assert r.tpot_last_s == pytest.approx(tpot(4))
+    assert r.decode_tokens_per_s == pytest.approx(1 / tpot(4))
+    assert r.combined_tokens_per_s == pytest.approx(2 / (TTFT + tpot(4)))
     assert r.prefill_tokens_per_s == pytest.approx(4 / TTFT)
     assert float(r.decode_first.time_s) == pytest.approx(tpot(4))
     assert r.prefill_fits
 
 
+def test_serve_one_output_token_is_the_prefill_alone():
+    r = serve(gqa(), hw(), Deployment(), 1, 4, 1)
+    assert r.e2e_s == pytest.approx(TTFT)
+    # no decode step runs; TPOT reports the step that would come next (context 4)
+    assert r.tpot_s == pytest.approx(tpot(4)) and r.tpot_last_s == pytest.approx(tpot(4))
+    assert r.combined_tokens_per_s == pytest.approx(1 / TTFT)
+
+
 def test_serve_batch_scales_tokens():
     r = serve(gqa(), hw(), Deployment(devices=2), 2, 4, 3)  # 2 DP replicas, one sequence each
+    # 3 output tokens: the prefill's, then decode steps at contexts 4 and 5
     assert r.ttft_s == pytest.approx(TTFT)
-    assert r.e2e_s == pytest.approx(TTFT + tpot(4) + tpot(5) + tpot(6))
-    assert r.decode_tokens_per_s == pytest.approx(2 * 3 / (tpot(4) + tpot(5) + tpot(6)))
-    assert r.decode_tokens_per_s_per_device == pytest.approx(3 / (tpot(4) + tpot(5) + tpot(6)))
+    assert r.e2e_s == pytest.approx(TTFT + tpot(4) + tpot(5))
+    assert r.tpot_s == pytest.approx((tpot(4) + tpot(5)) / 2)
+    assert r.tpot_last_s == pytest.approx(tpot(5))
+    assert r.decode_tokens_per_s == pytest.approx(2 * 2 / (tpot(4) + tpot(5)))
+    assert r.decode_tokens_per_s_per_device == pytest.approx(2 / (tpot(4) + tpot(5)))
     assert r.prefill_tokens_per_s_per_device == pytest.approx(4 / TTFT)
+    assert r.combined_tokens_per_s == pytest.approx(2 * 3 / (TTFT + tpot(4) + tpot(5)))
 
 
 def test_serve_rejects_bad_layout_and_no_fit():

@@ -93,9 +93,10 @@ def test_tp2_step_with_and_without_overlap():
     #   act 32 + 16 = 48; down [8 x 8]: 128 + 16 + 16 = 160; embedding 32; lm_head 800 + 16 + 100 = 916
     nbytes = 32 + 2 * (160 + 104 + 88 + 64 + 304 + 48 + 160) + 916
     compute_part = nbytes / MEM + 16 * OVH
-    # 2 all-reduces per layer of [1 x 8] bf16: 2*(2-1)/2 * 16 B = 16 B over NVLink + 2 latencies
+    # 2 all-reduces per layer of [1 x 8] bf16: 2*(2-1)/2 * 16 B = 16 B over NVLink + 2 latencies,
+    # and one after the vocab-parallel embedding (Megatron-LM §3): 2 L + 1 = 5 per step
     allreduce = 16 / INTRA + 2 * INTRA_LAT
-    comm_part = 2 * 2 * allreduce
+    comm_part = (2 * 2 + 1) * allreduce
     dep = Deployment(devices=2, tp=2)
     t = time_step(gqa(), hw(), dep, StepShape(1, 1, 9, 1))
     assert float(t.compute_part_s) == pytest.approx(compute_part)
@@ -105,7 +106,7 @@ def test_tp2_step_with_and_without_overlap():
     assert float(t.time_s) == pytest.approx(max(compute_part, comm_part))
     # a slow link makes the communication the longer part: overlap takes it, not the sum
     slow = hw(intra_node_bandwidth=dict(value=1e6, direction="unidirectional"))
-    comm_slow = 4 * (16 / 5e5 + 2 * INTRA_LAT)
+    comm_slow = 5 * (16 / 5e5 + 2 * INTRA_LAT)
     t = time_step(gqa(), slow, dep.with_(overlap_comm=True), StepShape(1, 1, 9, 1))
     assert float(t.time_s) == pytest.approx(max(compute_part, comm_slow)) == pytest.approx(comm_slow)
 
@@ -144,11 +145,14 @@ def test_tp_allreduce_time_and_link(tp, dpn, bw, lat):
     sent = 2 * (tp - 1) / tp * 3 * 8 * 2
     dep = Deployment(devices=tp, tp=tp)
     t = time_step(gqa(), hw(devices_per_node=dpn), dep, StepShape(3, 1, 9, 1))
-    (c,) = comm_ops(t)
+    c, emb = comm_ops(t)
     assert float(c.op.comm_bytes) == pytest.approx(sent)
     assert c.op.count == 2 * 2  # 2 all-reduces per layer (Megatron-LM §3), 2 layers
     assert float(c.time_s) == pytest.approx(sent / bw + 2 * (tp - 1) * lat)
-    assert float(t.comm_part_s) == pytest.approx(4 * (sent / bw + 2 * (tp - 1) * lat))
+    # the vocab-parallel embedding's all-reduce of the same [3 x 8] activation, once per step
+    assert emb.op.name == "comm.tp_allreduce[embedding]" and emb.op.count == 1
+    assert float(emb.time_s) == pytest.approx(float(c.time_s))
+    assert float(t.comm_part_s) == pytest.approx(5 * (sent / bw + 2 * (tp - 1) * lat))
 
 
 def test_no_comm_without_parallelism():

@@ -119,10 +119,14 @@ def test_operator_rows_compute_bound_and_comm():
     assert gu["flops"] == 2 * 16384 and gu["bytes"] == 2 * 3328
     # the TP all-reduces: 2 per layer, each device sends 2(2-1)/2 * 64*8*2 B = 1024 B over NVLink,
     # 2 latency terms: 1024 / 5e7 + 2e-6 s per occurrence
-    (c,) = [r for r in rows if r["kind"] == "comm"]
+    c, emb = [r for r in rows if r["kind"] == "comm"]
     assert c == pytest.approx(dict(op="comm.tp_allreduce", kind="comm", layer="dense", count=4,
                                    time_s=4 * (1024 / INTRA + 2 * INTRA_LAT), flops=0.0, bytes=0.0,
                                    comm_bytes=4 * 1024, intensity=None, bound="comm"))
+    # and the vocab-parallel embedding's all-reduce of the same activation, once per step
+    assert emb == pytest.approx(dict(op="comm.tp_allreduce[embedding]", kind="comm", layer="once", count=1,
+                                     time_s=1024 / INTRA + 2 * INTRA_LAT, flops=0.0, bytes=0.0,
+                                     comm_bytes=1024, intensity=None, bound="comm"))
 
 
 # ============================================================== decode_roofline

@@ -42,8 +42,8 @@ def test_perf_record_every_field_by_hand():
     r = perf(Scenario(gqa(), hw(), Deployment(), batch=1, input_len=4, output_len=2))
     d = r.to_dict()
     rates = d.pop("rates")
-    t4, t5 = tpot(4), tpot(5)
-    e2e = TTFT + t4 + t5
+    t4 = tpot(4)  # 2 output tokens: the prefill's, then one decode step at context 4
+    e2e = TTFT + t4
     # memory at 4 + 2 = 6 tokens: KV 6 * 32 = 192; decode workspace = the LM head's activations
     # (8 + 100) * 2 = 216 + FP32 logits 100 * 4 = 400 -> 616; max batch floor((9e8 - 5584) / (192 + 616))
     # = 1,113,854, limited by the workspace (616 > 192)
@@ -52,10 +52,10 @@ def test_perf_record_every_field_by_hand():
     expected = dict(
         model="tiny-gqa", hardware="tiny-hw", devices=1, devices_per_node=2, tp=1, ep=1, pp=1, dp=1,
         weight_dtype="bf16", kv_dtype="bf16", batch=1, input=4, output=2,
-        ttft_s=TTFT, tpot_s=(t4 + t5) / 2, tpot_last_s=t5, e2e_s=e2e,
+        ttft_s=TTFT, tpot_s=t4, tpot_last_s=t4, e2e_s=e2e,
         prefill_tokens_per_s=4 / TTFT, prefill_tokens_per_s_per_device=4 / TTFT,
-        decode_tokens_per_s=2 / (t4 + t5), decode_tokens_per_s_per_device=2 / (t4 + t5),
-        decode_tokens_per_s_per_node=2 * 2 / (t4 + t5), combined_tokens_per_s=2 / e2e,
+        decode_tokens_per_s=1 / t4, decode_tokens_per_s_per_device=1 / t4,
+        decode_tokens_per_s_per_node=2 / t4, combined_tokens_per_s=2 / e2e,
         prefill_mfu=11456 / (TTFT * 1e10), decode_mbu=(5304 - 5 * 32) / (t4 * 1e9),
         prefill_mla_form="absorbed", decode_mla_form="absorbed",
         weight_bytes_per_device=5584, kv_bytes_per_device=192, workspace_bytes_per_device=616,
@@ -146,8 +146,9 @@ def test_kv_record_names_the_bad_field(kw, field):
 # TP 1 replicas at context 9: per device floor((9e8 - 5584) / (9 * 32 + 616)) = 995,569 sequences.
 # Throughput b / tpot(9, b) grows with b, so under an SLO the best batch is the largest that meets
 # it. SLO 52 us: tpot(9, 10) = 17904 / 5e8 + 16 us = 51.808 us meets it, 11 sequences (54.608 us) do not.
-# TP 2 on the same 2 devices (one replica) costs tpot = (1952 + 852 b) / 5e8 + 16 us + 4 all-reduces
-# of (16 b / 5e7 + 2 us): 27.904 us + 2.984 us * b -> at most 8 sequences, 8 / 51.776 us, fewer tokens/s
+# TP 2 on the same 2 devices (one replica) costs tpot = (1952 + 852 b) / 5e8 + 16 us + 5 all-reduces
+# (2 per layer + the embedding's) of (16 b / 5e7 + 2 us): 29.904 us + 3.304 us * b -> at most 6
+# sequences, 6 / 49.728 us, fewer tokens/s
 # than 2 replicas x 10 sequences at TP 1, so the search picks TP 1 over the policy's TP 2.
 SLO = 52e-6
 
@@ -161,9 +162,9 @@ def test_max_throughput_record_searches_tp_by_hand():
         tokens_per_s_per_node=20 / t, max_batch_memory=2 * 995569, limit="TPOT SLO", warnings=()))
     # TP given: only that layout is costed
     dep, m = max_throughput_search(gqa(), hw(), LayoutRequest(devices=2, tp=2), context=9, tpot_slo_s=SLO)
-    assert dep.tp == 2 and m.batch == 8
-    assert m.tpot_s == pytest.approx(27.904e-6 + 8 * 2.984e-6)
-    assert m.tokens_per_s == pytest.approx(8 / (27.904e-6 + 8 * 2.984e-6))
+    assert dep.tp == 2 and m.batch == 6
+    assert m.tpot_s == pytest.approx(29.904e-6 + 6 * 3.304e-6)
+    assert m.tokens_per_s == pytest.approx(6 / (29.904e-6 + 6 * 3.304e-6))
 
 
 def test_max_throughput_without_slo_is_memory_bound():

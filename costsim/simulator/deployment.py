@@ -21,6 +21,13 @@ from costsim.specs import GQAAttention, MLAAttention, MoEFFN, ModelSpec
 from costsim.units import FORMATS, NumberFormat
 
 
+def activation_format(weights: NumberFormat) -> NumberFormat:
+    """Activations (and the attention core, embedding, LM head) of a run with ``weights``:
+    FP32 when the weights are FP32 (a full-precision run), else BF16 (FP8 and narrower
+    weights feed BF16 activations; DeepSeek-V3 tech report §3.3)."""
+    return FORMATS["fp32"] if weights.compute == "fp32" else FORMATS["bf16"]
+
+
 @dataclass(frozen=True)
 class Deployment:
     """Formats and parallelism of one serving (or training) replica.

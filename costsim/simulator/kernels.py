@@ -22,13 +22,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from costsim.errors import CostsimError, FieldError
-from costsim.simulator.deployment import Deployment
+from costsim.simulator.deployment import Deployment, activation_format
 from costsim.simulator.efficiency import operator_terms
 from costsim.simulator.layout import check_types, number_format
 from costsim.simulator.operators import _elementwise, _gemm, attention_operators, ffn_operators
 from costsim.simulator.types import LayerType, OpGroup, Operator, StepShape
 from costsim.specs import HardwareProfile, MoEFFN, ModelSpec
-from costsim.units import FORMATS, NumberFormat
 
 
 @dataclass(frozen=True)
@@ -112,12 +111,6 @@ def gemm(hw: HardwareProfile, m, n, k, dtype: str = "bf16") -> KernelPrediction:
     m, n, k = np.broadcast_arrays(np.asarray(m), np.asarray(n), np.asarray(k))
     op = _gemm("gemm", OpGroup.FFN, LayerType.DENSE, m, n, k, fmt, activation_format(fmt).bytes_per_element, 1)
     return predict([op], hw, "gemm")
-
-
-def activation_format(weights: NumberFormat) -> NumberFormat:
-    """Activations of a kernel: FP32 when the weights are FP32 (a full-precision run), else BF16
-    (FP8 and narrower weights are dequantised into BF16 GEMMs, DeepSeek-V3 §3.3)."""
-    return FORMATS["fp32"] if weights.compute == "fp32" else FORMATS["bf16"]
 
 
 def elementwise(hw: HardwareProfile, elements_in, elements_out, dtype: str = "bf16") -> KernelPrediction:

@@ -9,7 +9,8 @@ Policy (per pipeline stage of ``devices / pp`` devices):
     are data-parallel replicas.
   - MoE models take the smallest TP at which the batch fits in memory (TP = 1 is DP-attention,
     as DeepSeek deploys V2/V3); if no TP fits, the TP with the largest max batch.
-- Formats: FP8 weights dispatch tokens to experts in FP8 (1 byte per element) and combine in
+- Formats: activations, the attention core, embedding and LM head are FP32 when the weights
+  are FP32 (a full-precision run), else BF16 (``activation_format``). FP8 weights dispatch tokens to experts in FP8 (1 byte per element) and combine in
   BF16 (2 bytes); other weight formats send BF16 both ways (DeepSeek Open-Infra Day 6
   overview: "FP8 for dispatch, BF16 for combine").
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from costsim.errors import CostsimError, FieldError
-from costsim.simulator.deployment import Deployment, kv_format_problem, tp_problem
+from costsim.simulator.deployment import Deployment, activation_format, kv_format_problem, tp_problem
 from costsim.simulator.memory import memory_report
 from costsim.specs import HardwareProfile, MoEFFN, ModelSpec
 from costsim.units import NumberFormat, parse_format
@@ -142,7 +143,9 @@ def resolve_deployment(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequ
         hw.peak(wf.compute)
     except CostsimError as e:
         raise FieldError("weight_dtype", wf.name, str(e)) from None
+    act = activation_format(wf)
     base = Deployment(devices=devices, tp=1, ep=1, pp=r.pp, weight_format=wf, kv_format=kvf, mla_form=r.mla_form,
+                      high_precision=act, act_format=act,
                       imbalance=r.imbalance, overlap_comm=r.overlap_comm, block_size=r.block_size,
                       dispatch_bytes=1.0 if wf.compute == "fp8" else 2.0, combine_bytes=2.0)
 

@@ -97,7 +97,10 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
     s = np.asarray(step.new_tokens, dtype=float)
     L = np.asarray(step.context, dtype=float)
     T = b * s
-    kv_len = L + s if window is None else np.minimum(L + s, window)
+    # cached + new tokens some query of the step attends to: with a window W the first query
+    # reaches back W - 1 tokens, so s + W - 1 of them (decode: min(L + 1, W)); every new token
+    # is among them (MLA's naive form decompresses each one)
+    kv_len = L + s if window is None else np.minimum(L + s, s + window - 1)
     pairs = attended_pairs(L, s, window) * b
     kv_tok = kv_bytes_per_token_per_layer(spec, dep.kv_format, dep.tp)
     kv_read = b * kv_len * kv_tok

@@ -3,10 +3,13 @@
 Formulas (per device, per occurrence):
 - TP ring all-reduce of an [T, h] activation: sends 2*(TP-1)/TP * T*h*act bytes, with
   2*(TP-1) latency terms (Patarasuk & Yuan 2009; Megatron-LM, arXiv 1909.08053, §3: two
-  all-reduces per layer in the forward pass).
+  all-reduces per layer in the forward pass), plus one after the vocab-parallel embedding
+  (Megatron-LM §3: the input embedding is split along the vocabulary; 2 L + 1 per step).
 - EP dispatch and combine (one-shot all-to-all as DeepEP does it): each token goes once to
   every remote rank holding one of its experts: T * D * h * bytes, where D is the expected
-  number of distinct remote ranks (hypergeometric over expert placement). When EP spans
+  number of distinct remote ranks (hypergeometric over expert placement). With attention
+  TP > 1 the tp ranks of a group hold the same T tokens and each dispatches a 1/tp share, so
+  a token is sent once (T / tp per rank). When EP spans
   nodes, the NIC carries one copy per remote *node* (DeepEP forwards inside the node over
   NVLink), capped at ``topk_group`` nodes when the model routes node-limited (DeepSeek-V3
   §2.1.2: each token to at most 4 nodes). The busiest rank's bytes scale with the load
@@ -105,9 +108,15 @@ def comm_operators(spec: ModelSpec, dep: Deployment, step: StepShape, groups) ->
                 ops.append(comm("comm.tp_allreduce" + (f"[{layer.value}]" if both else ""), layer, 2 * n[layer],
                                 2 * (dep.tp - 1) / dep.tp * T * h * act, Link(LinkKind.GROUP, dep.tp),
                                 2 * (dep.tp - 1)))
+    if dep.tp > 1:  # vocab-parallel embedding: each rank looks up its vocabulary shard, then all-reduce
+        ops.append(comm("comm.tp_allreduce[embedding]", LayerType.ONCE, 1, 2 * (dep.tp - 1) / dep.tp * T * h * act,
+                        Link(LinkKind.GROUP, dep.tp), 2 * (dep.tp - 1)))
     if dep.ep > 1 and n_moe:
+        # a token is dispatched once: the tp ranks of an attention group hold the same T tokens
+        # and each sends its 1/tp share (then gathers the combined outputs back in the TP
+        # all-reduce after the FFN)
         for name, nbytes in (("comm.ep_dispatch", dep.dispatch_bytes), ("comm.ep_combine", dep.combine_bytes)):
-            ops.append(comm(name, LayerType.MOE, n_moe, T * h * nbytes * dep.imbalance,
+            ops.append(comm(name, LayerType.MOE, n_moe, T / dep.tp * h * nbytes * dep.imbalance,
                             Link(LinkKind.ALL_TO_ALL, stage), 1))
     g = dep.moe_tp // dep.tp if dep.moe_tp > dep.tp else 1
     if g > 1 and n_moe:

@@ -3,12 +3,17 @@ batch under memory and an optional TPOT SLO.
 
 Assumptions (stated, not hidden):
 - Prefill of a request batch runs as one step with all prompts (no chunking); TTFT is that
-  step's time. Decode runs ``batch`` sequences in lock-step; TPOT at context L is one decode
-  step's time. Disaggregated: prefill and decode on separate replicas of the same layout;
-  combined: the same replica does both, one after the other.
-- Pipeline parallelism: the batch is split into ``pp`` micro-batches. Decode runs in steady
-  state: a token's latency is ``pp`` stage times, throughput one micro-batch per stage time.
-  Prefill starts with an empty pipeline: TTFT is (2 pp - 1) stage times.
+  step's time, and the prefill produces each request's first output token. Decode runs
+  ``batch`` sequences in lock-step; TPOT at context L is one decode step's time. A request of
+  ``output_len`` = n tokens takes n - 1 decode steps, at contexts input_len .. input_len + n - 2
+  (end-to-end latency = TTFT + those steps; TPOT = their mean, the convention of vLLM's and
+  genai-perf's benchmarks: (e2e - TTFT) / (n - 1)). Disaggregated: prefill and decode on
+  separate replicas of the same layout; combined: the same replica does both.
+- Pipeline parallelism: the batch is split into m = min(batch, pp) micro-batches of whole
+  sequences (``microbatches``). Decode: a token's latency is ``pp`` stage times of one
+  micro-batch, throughput one micro-batch per stage time. Prefill starts with an empty
+  pipeline: TTFT is (m + pp - 1) stage times, i.e. pp stage times (with the sends) for a
+  single sequence and (2 pp - 1) for a batch of at least pp.
 - Times are roofline estimates (``costsim.simulator.roofline``) with the profile's
   efficiency factors; they are models, not measurements.
 """
@@ -40,17 +45,33 @@ class PhaseResult:
     timing: StepTiming
 
 
+def microbatches(batch, pp: int):
+    """Pipeline micro-batches of a batch: min(batch, pp), at least 1 (whole sequences; a batch
+    of at least ``pp`` is split into ``pp`` equal micro-batches). ``batch`` may be an array."""
+    return np.clip(np.asarray(batch, dtype=float), 1.0, float(pp))
+
+
+def mfu_peak(hw: HardwareProfile, timing: StepTiming) -> float:
+    """The peak (FLOP/s) MFU divides by: that of the fastest number format any of the step's
+    FLOP-carrying operators computes in (FP8 GEMMs -> the fp8 peak; a BF16 attention core
+    beside FP32 GEMMs -> the bf16 peak). Each operator takes at least FLOPs / its own
+    format's peak, so MFU <= 1 by construction."""
+    dtypes = {t.op.dtype for t in timing.timings if t.op.dtype and np.any(np.asarray(t.op.flops) > 0)}
+    return max(hw.peak(d) for d in dtypes) if dtypes else hw.peak("bf16")
+
+
 def _phase(spec, hw, dep, batch, new_tokens, context, fill: bool = False) -> PhaseResult:
     """``fill``: the phase starts with an empty pipeline (prefill), so its last micro-batch
-    finishes after (2 pp - 1) stage times; decode runs in steady state (pp stage times)."""
-    mb = np.asarray(batch, dtype=float) / dep.pp
+    finishes after (m + pp - 1) stage times (m = ``microbatches``); decode runs in steady
+    state (pp stage times)."""
+    m = microbatches(batch, dep.pp)
+    mb = np.asarray(batch, dtype=float) / m
     t = time_step(spec, hw, dep, StepShape(mb, new_tokens, context, 1))
-    time = np.asarray(t.time_s) * ((2 * dep.pp - 1) if fill else dep.pp)
+    time = np.asarray(t.time_s) * ((m + dep.pp - 1) if fill else dep.pp)
     tokens = np.asarray(batch, dtype=float) * np.asarray(new_tokens, dtype=float)
     tps = tokens / time
     stage_t = np.asarray(t.time_s)
-    peak = hw.peak(dep.weight_format.compute)
-    mfu = np.asarray(t.flops) / (stage_t * peak)
+    mfu = np.asarray(t.flops) / (stage_t * mfu_peak(hw, t))
     mbu = np.asarray(t.bytes_moved) / (stage_t * hw.memory_bandwidth.value)
     return PhaseResult(time, tokens, tps, tps / dep.devices, mfu, mbu, t)
 
@@ -71,11 +92,11 @@ class ServeResult:
     input_len: int
     output_len: int
     ttft_s: float
-    tpot_s: float  # mean over the output tokens
-    tpot_last_s: float  # at the longest context
+    tpot_s: float  # mean over the n - 1 decode steps (one decode step at the prompt when n <= 1)
+    tpot_last_s: float  # the last decode step (context input_len + n - 2)
     e2e_s: float
     prefill_tokens_per_s: float  # per replica
-    decode_tokens_per_s: float  # per replica (disaggregated decode)
+    decode_tokens_per_s: float  # per replica (disaggregated decode): batch / TPOT
     combined_tokens_per_s: float  # output tokens / e2e, per replica (prefill + decode on one replica)
     devices: int
     devices_per_node: int
@@ -104,22 +125,24 @@ def serve(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch: int, inp
     dep.check(spec)
     require_fit(spec, hw, dep)
     pre = prefill(spec, hw, dep, batch, input_len)
-    ctx = input_len + np.arange(max(output_len, 1), dtype=float)
+    steps = max(output_len - 1, 0)  # the prefill produces the first output token
+    ctx = input_len + np.arange(max(steps, 1), dtype=float)
     dec = decode(spec, hw, dep, batch, ctx)
     times = np.asarray(dec.time_s)
-    decode_total = float(times[:output_len].sum()) if output_len else 0.0
+    decode_total = float(times[:steps].sum())
     ttft = float(pre.time_s)
     e2e = ttft + decode_total
+    tpot = decode_total / steps if steps else float(times[0])
     mem = memory_report(spec, hw, dep, batch, input_len + output_len)
     # prefill runs as one unchunked step: its activations sit beside the weights and the prompt's KV
-    pre_ws = float(workspace_bytes(spec, dep, StepShape(batch / dep.pp, input_len, 0, 1)))
+    pre_ws = float(workspace_bytes(spec, dep, StepShape(batch / microbatches(batch, dep.pp), input_len, 0, 1)))
     pre_need = mem.weight_bytes + float(kv_bytes_per_device(spec, dep, batch, input_len)) + pre_ws
     first = decode(spec, hw, dep, batch, input_len)
     return ServeResult(
         batch=batch, input_len=input_len, output_len=output_len, ttft_s=ttft,
-        tpot_s=decode_total / output_len if output_len else float(times[0]), tpot_last_s=float(times[-1]),
+        tpot_s=tpot, tpot_last_s=float(times[steps - 1]) if steps else tpot,
         e2e_s=e2e, prefill_tokens_per_s=batch * input_len / ttft,
-        decode_tokens_per_s=batch * output_len / decode_total if output_len else 0.0,
+        decode_tokens_per_s=batch / tpot if output_len else 0.0,
         combined_tokens_per_s=batch * output_len / e2e if output_len else 0.0,
         devices=dep.devices, devices_per_node=hw.devices_per_node, prefill=pre, decode_first=first, memory=mem,
         prefill_workspace_bytes=pre_ws, prefill_fits=pre_need <= mem.usable_bytes)

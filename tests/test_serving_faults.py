@@ -1,0 +1,163 @@
+"""The serving and parallelism faults of the issue "Serving and parallelism as deployed", each
+with its expected value worked out by hand (tests/tiny.py's spec and profile, or the published
+config named in the test).
+
+1. a token is dispatched to its experts once, not once per attention TP rank;
+2. a pipeline with fewer sequences than stages: one micro-batch passes the pp stages once;
+4. the vocab-parallel embedding's all-reduce (2 L + 1 per step under TP);
+5. the prefill produces the first output token (n - 1 decode steps for n output tokens);
+6. MFU never exceeds 1 (a full-precision run computes its attention core in FP32);
+7. MLA's naive form with a sliding window decompresses every new token of a prefill chunk.
+"""
+
+import numpy as np
+import pytest
+
+from costsim.api import load_hardware, load_model
+from costsim.simulator.deployment import Deployment
+from costsim.simulator.layout import LayoutRequest, resolve_deployment
+from costsim.simulator.operators import step_operators
+from costsim.simulator.roofline import time_step
+from costsim.simulator.serving import mfu_peak, prefill, serve
+from costsim.simulator.types import StepShape
+from costsim.specs import ModelSpec
+from costsim.units import FORMATS
+
+from tiny import MEM, OVH, gqa, hw
+
+
+def mla_moe(**kw):
+    d = dict(name="tiny-mla-moe", source="hand-made test spec", vocab_size=100, hidden_size=8, num_hidden_layers=2,
+             attention=dict(kind="mla", num_attention_heads=4, kv_lora_rank=8, qk_rope_head_dim=2, qk_nope_head_dim=4,
+                            v_head_dim=4),
+             ffn=dict(kind="moe", n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=8,
+                      n_shared_experts=1, first_k_dense_replace=1, dense_intermediate_size=16))
+    d.update(kw)
+    return ModelSpec.model_validate(d)
+
+
+def op(spec, dep, step, name, form="absorbed"):
+    return next(o for o in step_operators(spec, dep, step, form=form) if o.name == name)
+
+
+# ------------------------------------------------------------------ 1. dispatch once
+
+
+def test_a_token_is_dispatched_once_whatever_the_attention_tp():
+    # 4 sequences decoding on 2 devices, EP 2. TP 2: one attention group holds all 4 tokens, each
+    # rank sends its half: 4 / 2 tokens * h 8 * 2 B = 32 B. TP 1 (DP attention): each rank holds
+    # 2 tokens and sends them: 2 * 8 * 2 = 32 B. The old model charged 64 B at TP 2.
+    step = StepShape(4, 1, 4)
+    for tp in (1, 2):
+        dep = Deployment(devices=2, tp=tp, ep=2)
+        for name in ("comm.ep_dispatch", "comm.ep_combine"):
+            assert float(op(mla_moe(), dep, step, name).comm_bytes) == pytest.approx(32), (tp, name)
+
+
+def test_qwen3_moe_prefill_tp8_ep8_sends_an_eighth_of_the_tokens():
+    # Qwen3-235B-A22B (hidden_size 4096, HF config): 8k-token prefill on 8 H200, TP 8 and EP 8.
+    # Each rank dispatches 8192 / 8 tokens * 4096 * 2 B (BF16) = 8,388,608 B per MoE layer.
+    spec, h200 = load_model("qwen3-235b-a22b"), load_hardware("h200")
+    dep = Deployment(devices=8, tp=8, ep=8)
+    assert float(op(spec, dep, StepShape(1, 8192, 0), "comm.ep_dispatch").comm_bytes) == 8192 / 8 * 4096 * 2
+    # so TTFT at EP 8 is now 190 ms, within 20% of EP 1 (170 ms); it was 338 ms, twice EP 1
+    t_ep8 = float(prefill(spec, h200, dep, 1, 8192).time_s)
+    t_ep1 = float(prefill(spec, h200, Deployment(devices=8, tp=8, ep=1), 1, 8192).time_s)
+    assert t_ep8 < 1.2 * t_ep1
+
+
+# ------------------------------------------------------------------ 2. pipeline with few sequences
+
+
+def test_one_sequence_passes_the_pipeline_once():
+    # Llama-3.1-70B, 8k prompt, TP 4 x PP 2 on 8 H100: one sequence is one micro-batch, so the
+    # TTFT is 2 stage times (each stage: 40 of the 80 layers, the embedding/LM head and the send),
+    # not the 3 of a full pipeline fill
+    spec, h100 = load_model("llama-3.1-70b"), load_hardware("h100")
+    dep = Deployment(devices=8, tp=4, pp=2)
+    stage = float(time_step(spec, h100, dep, StepShape(1, 8192, 0)).time_s)
+    assert float(prefill(spec, h100, dep, 1, 8192).time_s) == pytest.approx(2 * stage)
+    # 3 sequences on 2 stages: 2 micro-batches of 1.5 sequences, 2 + 2 - 1 = 3 stage times
+    stage3 = float(time_step(spec, h100, dep, StepShape(1.5, 8192, 0)).time_s)
+    assert float(prefill(spec, h100, dep, 3, 8192).time_s) == pytest.approx(3 * stage3)
+
+
+# ------------------------------------------------------------------ 4. embedding all-reduce
+
+
+def test_a_64_layer_model_under_tp_runs_129_all_reduces_per_step():
+    # Qwen2.5-72B has 80 layers; a 64-layer spec of the tiny model: 2 per layer + the embedding's
+    spec = gqa(num_hidden_layers=64)
+    ops = step_operators(spec, Deployment(devices=2, tp=2), StepShape(1, 1, 4))
+    assert sum(o.count for o in ops if o.name.startswith("comm.tp_allreduce")) == 129
+
+
+# ------------------------------------------------------------------ 5. first token from the prefill
+
+
+def test_one_output_token_needs_no_decode_step():
+    s = serve(gqa(), hw(), Deployment(), 1, 4, 1)
+    assert s.e2e_s == pytest.approx(s.ttft_s)
+    s = serve(gqa(), hw(), Deployment(), 1, 4, 3)
+    # decode steps at contexts 4 and 5: each reads 32 B of KV per cached token over 2 layers
+    # more than the one before (tests/test_formulas_roofline_parallel.py: 5304 B at context 9)
+    t4, t5 = (5304 - 5 * 32) / MEM + 16 * OVH, (5304 - 4 * 32) / MEM + 16 * OVH
+    assert s.e2e_s - s.ttft_s == pytest.approx(t4 + t5)
+    assert s.tpot_s == pytest.approx((t4 + t5) / 2)
+
+
+# ------------------------------------------------------------------ 6. MFU <= 1
+
+
+def test_full_precision_run_computes_attention_in_fp32():
+    # the issue's case: Llama-3.1-8B, FP32 weights, 128k prompt on H100 gave "prefill MFU 197%":
+    # the attention core ran at the BF16 peak (989 TFLOP/s) while MFU divided by FP32's 66.9
+    spec, h100 = load_model("llama-3.1-8b"), load_hardware("h100")
+    dep = resolve_deployment(spec, h100, LayoutRequest(weight_dtype="fp32"), 1, 131072)
+    assert dep.act_format.name == dep.high_precision.name == "fp32"
+    r = prefill(spec, h100, dep, 1, 131072)
+    assert 0 < float(r.mfu) <= 1
+    assert {t.op.dtype for t in r.timing.timings if t.op.kind in ("gemm", "attention")} == {"fp32"}
+
+
+def test_mfu_divides_by_the_fastest_format_of_the_step():
+    # a hand-built FP32-weight deployment that keeps BF16 activations: its attention core runs at
+    # the bf16 peak (1e10), its GEMMs at the fp32 peak (1e9), so MFU is taken against 1e10
+    h = hw(peak_flops=dict(bf16=1e10, fp8=2e10, fp32=1e9))
+    t = time_step(gqa(), h, Deployment(weight_format=FORMATS["fp32"]), StepShape(1, 4, 0))
+    assert mfu_peak(h, t) == 1e10
+    t = time_step(gqa(), h, Deployment(weight_format=FORMATS["fp32"], act_format=FORMATS["fp32"],
+                                       high_precision=FORMATS["fp32"]), StepShape(1, 4, 0))
+    assert mfu_peak(h, t) == 1e9
+    # FP8 GEMMs beside a BF16 core: the fp8 peak
+    t = time_step(gqa(), h, Deployment(weight_format=FORMATS["fp8"]), StepShape(1, 4, 0))
+    assert mfu_peak(h, t) == 2e10
+
+
+@pytest.mark.parametrize("wd", ["bf16", "fp8", "fp32", "int4"])
+@pytest.mark.parametrize("prompt", [16, 4096, 131072])
+def test_mfu_and_mbu_never_exceed_one(wd, prompt):
+    spec, h100 = load_model("llama-3.1-8b"), load_hardware("h100")
+    dep = resolve_deployment(spec, h100, LayoutRequest(devices=1, weight_dtype=wd), 1, prompt)
+    s = serve(spec, h100, dep, 1, prompt, 2)
+    for x in (s.prefill.mfu, s.prefill.mbu, s.decode_first.mfu, s.decode_first.mbu):
+        assert 0 < float(x) <= 1
+
+
+# ------------------------------------------------------------------ 7. MLA + sliding window
+
+
+def test_mla_naive_prefill_decompresses_every_new_token_in_a_window():
+    # window 4 on both layers; a prefill of 8 tokens: the queries attend to keys 1..8, so all 8
+    # latents are decompressed (min(L + s, s + W - 1) = min(8, 11)); the old model took 4
+    spec = mla_moe(sliding_window=dict(window=4, layers=[0, 1]))
+    dep = Deployment()
+    d = op(spec, dep, StepShape(1, 8, 0), "attn.kv_b_proj(decompress)[dense,window=4]", form="naive")
+    assert float(d.shape["M"]) == 8
+    # a chunk of 2 tokens after 10 cached: keys 8..12 are in some query's window, 5 = 2 + 4 - 1
+    d = op(spec, dep, StepShape(1, 2, 10), "attn.kv_b_proj(decompress)[dense,window=4]", form="naive")
+    assert float(d.shape["M"]) == 5
+    # decode is unchanged: the last W = 4 tokens
+    d = op(spec, dep, StepShape(1, 1, 10), "attn.kv_b_proj(decompress)[dense,window=4]", form="naive")
+    assert float(d.shape["M"]) == 4
+    assert np.ndim(d.shape["M"]) == 0
