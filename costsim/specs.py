@@ -358,6 +358,7 @@ class KernelFamily(_Frozen):
 # the parameters each family's formula reads (costsim.simulator.efficiency); others are refused
 _FAMILY_FIELDS = {
     "gemm": {"compute", "memory", "overhead", "m_half", "tile_m", "tile_n", "units"},
+    "gemm_fp8": {"compute", "memory", "overhead", "m_half", "tile_m", "tile_n", "units"},
     "grouped_gemm": {"compute", "memory", "overhead", "per_group_overhead", "m_half"},
     "attention_decode": {"compute", "memory", "overhead", "per_element"},
     "attention_prefill": {"compute", "memory", "overhead", "per_element"},
@@ -369,6 +370,9 @@ class Families(_Frozen):
     """Per-family time models; ``comm`` is the link factors and latencies of the profile."""
 
     gemm: KernelFamily = Field(default_factory=KernelFamily)
+    # GEMMs on the fp8 tensor cores (their activation-quantisation kernels included); every
+    # absent field falls back to ``gemm``'s, then to the profile-wide factor
+    gemm_fp8: KernelFamily = Field(default_factory=KernelFamily)
     grouped_gemm: KernelFamily = Field(default_factory=KernelFamily)
     attention_decode: KernelFamily = Field(default_factory=KernelFamily)
     attention_prefill: KernelFamily = Field(default_factory=KernelFamily)

@@ -8,6 +8,9 @@ One formula per family (``types.Family``), its parameters in the profile's
                  (M/(M + m_half) is 1 for a single row: a matrix-vector product)
                  q = tile and wave quantisation: M N / (ceil(M/tm) tm ceil(N/tn) tn) x
                  tiles / (ceil(tiles/units) units), tiles = ceil(M/tm) ceil(N/tn); 1 if not given
+- gemm_fp8:      as gemm, for GEMMs on the fp8 tensor cores; each parameter it lacks is gemm's
+                 (the overhead then also carries the activation-quantisation kernels that fp8
+                 GEMMs launch before the matmul)
 - grouped_gemm:  as gemm with M = rows per busy expert, + per_group_overhead x busy experts
 - attention_*:   max(FLOPs / (peak x c), bytes / (bw x m)) + per_element x scores + overhead,
                  decode (one query per sequence) and prefill (more) with their own parameters;
@@ -48,6 +51,11 @@ def rates(hw: HardwareProfile, family: Family) -> FamilyRates:
     """``family``'s parameters on ``hw``, profile-wide factors filling the gaps."""
     e = hw.efficiency
     f: KernelFamily = getattr(e.families, family.value)
+    if family is Family.GEMM_FP8:  # each absent field: gemm's
+        g = e.families.gemm
+        tiles = {k: getattr(f if f.tile_m is not None else g, k) for k in ("tile_m", "tile_n", "units")}
+        f = KernelFamily(**{k: getattr(f, k) if getattr(f, k) is not None else getattr(g, k)
+                            for k in KernelFamily.model_fields if k not in tiles}, **tiles)
 
     def v(q, default=0.0):
         return default if q is None else q.value

@@ -41,6 +41,7 @@ class Family(str, Enum):
     its parameters in the profile's ``efficiency.families``."""
 
     GEMM = "gemm"
+    GEMM_FP8 = "gemm_fp8"  # GEMMs on the fp8 tensor cores; falls back to gemm's parameters
     GROUPED_GEMM = "grouped_gemm"
     ATTENTION_DECODE = "attention_decode"  # one query per sequence
     ATTENTION_PREFILL = "attention_prefill"  # more; chosen per element by the query length
@@ -132,10 +133,12 @@ class Operator:
     def family(self) -> Family:
         """The family whose time model costs this operator (attention: decode when every
         sequence adds one query, else prefill; an array of query lengths is split per element
-        by ``efficiency``)."""
+        by ``efficiency``; a GEMM on the fp8 tensor cores: ``gemm_fp8``)."""
         if self.kind is OpKind.ATTENTION:
             q = np.asarray(self.shape.get("q_len", 1))
             return Family.ATTENTION_DECODE if np.all(q <= 1) else Family.ATTENTION_PREFILL
+        if self.kind is OpKind.GEMM and self.dtype == "fp8":
+            return Family.GEMM_FP8
         return {OpKind.GEMM: Family.GEMM, OpKind.GROUPED_GEMM: Family.GROUPED_GEMM,
                 OpKind.ELEMENTWISE: Family.ELEMENTWISE, OpKind.COMM: Family.COMM}[self.kind]
 
