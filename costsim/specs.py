@@ -317,6 +317,8 @@ class KernelFamily(_Frozen):
     - ``per_group_overhead``: grouped GEMMs, seconds per busy expert (one GEMM launch each).
     - ``per_element``: attention, seconds per (head, query, key) score for scale, mask and
       softmax when a kernel does not fuse them (0 for FlashAttention-style kernels).
+    - ``per_row``: attention, seconds per (sequence, query, head) row: the per-row work of an
+      attention kernel (RoPE, KV append, softmax state, output rescale) and its scheduling.
     - ``m_half``: GEMM rows (per group) at which compute efficiency reaches half its maximum:
       efficiency x M / (M + m_half); small-M GEMMs use the tensor units poorly.
     - ``tile_m``, ``tile_n``, ``units``: output tile and compute units (SMs) for tile and wave
@@ -328,6 +330,7 @@ class KernelFamily(_Frozen):
     overhead: Optional[Seconds] = None
     per_group_overhead: Optional[Seconds] = None
     per_element: Optional[Seconds] = None
+    per_row: Optional[Seconds] = None
     m_half: Optional[Count] = None
     tile_m: Optional[Count] = None
     tile_n: Optional[Count] = None
@@ -344,7 +347,7 @@ class KernelFamily(_Frozen):
                 raise ValueError(f"{k} must be a whole number of rows/columns/units (1 to 2^20), got {v}")
         if self.m_half is not None and self.m_half.value > 2**20:
             raise ValueError(f"m_half must be at most 2^20 rows, got {self.m_half.value}")
-        for k in ("overhead", "per_group_overhead", "per_element"):
+        for k in ("overhead", "per_group_overhead", "per_element", "per_row"):
             q = getattr(self, k)
             if q is not None and q.value > 1.0:
                 raise ValueError(f"{k} must be at most 1 s per launch/element, got {q.value} s")
@@ -359,9 +362,12 @@ class KernelFamily(_Frozen):
 _FAMILY_FIELDS = {
     "gemm": {"compute", "memory", "overhead", "m_half", "tile_m", "tile_n", "units"},
     "gemm_fp8": {"compute", "memory", "overhead", "m_half", "tile_m", "tile_n", "units"},
+    "gemm_fp8_block": {"compute", "memory", "overhead", "m_half", "tile_m", "tile_n", "units"},
     "grouped_gemm": {"compute", "memory", "overhead", "per_group_overhead", "m_half"},
-    "attention_decode": {"compute", "memory", "overhead", "per_element"},
-    "attention_prefill": {"compute", "memory", "overhead", "per_element"},
+    "attention_decode": {"compute", "memory", "overhead", "per_element", "per_row"},
+    "attention_prefill": {"compute", "memory", "overhead", "per_element", "per_row"},
+    "attention_mla_decode": {"compute", "memory", "overhead", "per_element", "per_row"},
+    "attention_mla_prefill": {"compute", "memory", "overhead", "per_element", "per_row"},
     "elementwise": {"memory", "overhead"},
 }
 
@@ -373,9 +379,14 @@ class Families(_Frozen):
     # GEMMs on the fp8 tensor cores (their activation-quantisation kernels included); every
     # absent field falls back to ``gemm``'s, then to the profile-wide factor
     gemm_fp8: KernelFamily = Field(default_factory=KernelFamily)
+    gemm_fp8_block: KernelFamily = Field(default_factory=KernelFamily)  # absent fields: gemm_fp8's
     grouped_gemm: KernelFamily = Field(default_factory=KernelFamily)
     attention_decode: KernelFamily = Field(default_factory=KernelFamily)
     attention_prefill: KernelFamily = Field(default_factory=KernelFamily)
+    # MLA attention cores (FlashMLA-style decode over the latent; prefill over decompressed
+    # keys and values); absent fields: attention_decode's / attention_prefill's
+    attention_mla_decode: KernelFamily = Field(default_factory=KernelFamily)
+    attention_mla_prefill: KernelFamily = Field(default_factory=KernelFamily)
     elementwise: KernelFamily = Field(default_factory=KernelFamily)
 
     @model_validator(mode="after")

@@ -25,9 +25,9 @@ assumptions:
   ``fp8`` (per-tensor scales) and ``fp8_block`` (1x128 activation, 128x128 weight blocks): the
   forward **includes the dynamic quantisation of the activations** before the FP8 GEMM. Weights
   are rotated over several copies when they fit in L2, so the weights come from HBM. Mapped to
-  ``kernels.gemm(m, n, k, dtype)`` with dtype bf16 or fp8 (fp8_block too: its block scales are
-  1/16384 of the weight bytes), family ``gemm`` / ``gemm_fp8``; the quantisation is carried by
-  ``gemm_fp8``'s overhead and efficiencies, not by a separate operator.
+  ``kernels.gemm(m, n, k, dtype)`` with dtype bf16, fp8 or fp8-block (families ``gemm``,
+  ``gemm_fp8``, ``gemm_fp8_block``); the quantisation is carried by the fp8 families' overhead
+  and efficiencies, not by a separate operator.
 - NCCL (``comm/nccl/*/nccl_perf``, ``collect_nccl.py``): nccl-tests ``*_perf -b S -e S -t n``,
   out-of-place time; ``message_size`` is S **in elements** (bytes / 2 for ``half``, / 1 for
   ``int8``), S being nccl-tests' per-rank buffer size (all-reduce buffer, all-gather output,
@@ -57,8 +57,11 @@ assumptions:
   token of the step. ``balanced``: each expert gets tokens x top-k / experts; ``power_law_a``:
   expert loads drawn from a power law with EP rank 0 made the busiest. Mapped to
   ``kernels.moe(router=False)`` on a spec with that hidden/intermediate size, experts and top-k
-  (gated unless the kernel source is ``nongated``), which assumes uniform routing: the
-  power-law rows' extra load on rank 0 is not modelled (reported apart, as ``moe power_law``).
+  (gated unless the kernel source is ``nongated``), which assumes uniform routing; a
+  power-law row is predicted as the balanced kernel of tokens x ``power_law_imbalance`` (the
+  busiest rank's expected load over the mean under the collector's generator), so the extra
+  pairs of rank 0 are charged but not the skew among its experts (reported apart, as
+  ``moe power_law``).
   ``w4a16_mxfp4`` weights map to costsim's ``mxfp4`` format (BF16 compute).
 """
 
@@ -80,7 +83,8 @@ BACKENDS = ("trtllm", "sglang", "vllm")
 SYSTEMS = {"h200_sxm": "h200", "h100_sxm": "h100", "b200_sxm": "b200", "a100_sxm": "a100-80g"}
 MS = 1e-3  # the tables' latency unit
 # families in fitting order: later kernels contain no operators of the earlier families
-FAMILIES = ("gemm", "gemm_fp8", "attention_decode", "attention_prefill", "grouped_gemm", "comm")
+FAMILIES = ("gemm", "gemm_fp8", "gemm_fp8_block", "attention_decode", "attention_prefill", "attention_mla_decode",
+            "attention_mla_prefill", "grouped_gemm", "comm")
 
 
 def data_root() -> Path:
@@ -166,7 +170,8 @@ class Tables:
                 f"{'/'.join(vers)}" + (f", NCCL {nccl[0]}" if nccl else ""))
 
 
-_DT = {"bfloat16": "bf16", "fp8": "fp8", "fp8_block": "fp8", "float16": "bf16", "w4a16_mxfp4": "mxfp4"}
+_DT = {"bfloat16": "bf16", "fp8": "fp8", "fp8_block": "fp8-block", "float16": "bf16", "w4a16_mxfp4": "mxfp4"}
+_KV = {"bfloat16": "bf16", "fp8": "fp8"}
 
 
 def _read(path: Path, columns=None) -> pd.DataFrame:
@@ -177,7 +182,7 @@ def _gemm(df: pd.DataFrame) -> pd.DataFrame:
     df = df[df["gemm_dtype"].isin(["bfloat16", "fp8", "fp8_block"])]
     dt = df["gemm_dtype"].map(_DT)
     return pd.DataFrame(dict(
-        family=np.where(dt == "fp8", "gemm_fp8", "gemm"), label="gemm " + df["gemm_dtype"].str.replace("bfloat16", "bf16"),
+        family=dt.map({"bf16": "gemm", "fp8": "gemm_fp8", "fp8-block": "gemm_fp8_block"}), label="gemm " + df["gemm_dtype"].str.replace("bfloat16", "bf16"),
         kernel="gemm", dtype=dt, m=df["m"], n=df["n"], k=df["k"],
         group=df["gemm_dtype"] + ":" + df["n"].astype(str) + "x" + df["k"].astype(str),
         measured_s=df["latency"] * MS))
@@ -197,7 +202,7 @@ def _attention(df: pd.DataFrame, phase: str) -> pd.DataFrame:
     dec = phase == "decode"
     return pd.DataFrame(dict(
         family="attention_" + phase, label=("decode" if dec else "prefill") + " attention", kernel="attention_core",
-        dtype=df["kv_cache_dtype"].map(_DT), heads=df["num_heads"], kv_heads=df["num_key_value_heads"],
+        dtype=df["kv_cache_dtype"].map(_KV), heads=df["num_heads"], kv_heads=df["num_key_value_heads"],
         head_dim=df["head_dim"], window=df["window_size"], batch=df["batch_size"],
         new_tokens=1 if dec else df["isl"], context=df["step"] if dec else 0,
         group=(phase + ":" + df["num_heads"].astype(str) + "/" + df["num_key_value_heads"].astype(str) + "x"
@@ -210,8 +215,8 @@ def _mla(df: pd.DataFrame, phase: str, module: bool) -> pd.DataFrame:
     what = "mla module" if module else "mla"
     wdt = df["gemm_type"].map(_DT) if module else "bf16"
     return pd.DataFrame(dict(
-        family="mla_module" if module else "attention_" + phase, label=f"{phase} {what}",
-        kernel="mla_block" if module else "mla_core", dtype=df["kv_cache_dtype"].map(_DT), weight_dtype=wdt,
+        family="mla_module" if module else "attention_mla_" + phase, label=f"{phase} {what}",
+        kernel="mla_block" if module else "mla_core", dtype=df["kv_cache_dtype"].map(_KV), weight_dtype=wdt,
         heads=df["num_heads"], batch=df["batch_size"], new_tokens=1 if dec else df["isl"],
         context=df["step"] if dec else 0,
         group=(what + ":" + phase + ":" + df["num_heads"].astype(str) + ":" + df["kv_cache_dtype"]
@@ -310,6 +315,29 @@ def _moe_spec(hidden: int, inter: int, experts: int, topk: int, gated: bool):
                       gated=bool(gated)))
 
 
+def power_law_imbalance(tokens: int, experts: int, topk: int, ep: int, alpha: float, draws: int = 32,
+                        seed: int = 0) -> float:
+    """Busiest EP rank's token-expert pairs over the mean (tokens x top-k / ep) under the MoE
+    collector's power-law routing, averaged over ``draws`` seeded draws (the collector
+    averages 5 draws per row). A numpy replica of ``_generate_power_law_distribution`` in
+    aiconfigurator ``collector/helper.py``: expert loads x ~ inverse-CDF power law on [1, 0.8 T]
+    (on [0.01, 2] when T k <= E), scaled to T k pairs and rounded, each expert capped at T with
+    the overflow spread evenly over the ranks; the busiest rank is then made rank 0."""
+    if ep <= 1:
+        return 1.0
+    rng = np.random.default_rng(seed)
+    lo, hi = (1.0, tokens * 0.8) if tokens * topk > experts else (0.01, 2.0)
+    u = rng.random((draws, experts))
+    a = 1.0 - alpha
+    x = ((hi ** a - lo ** a) * u + lo ** a) ** (1.0 / a)
+    counts = np.round(x / x.sum(axis=1, keepdims=True) * tokens * topk)
+    overflow = np.clip(counts - tokens, 0, None).sum(axis=1)
+    counts = np.minimum(counts, tokens)
+    rank = counts.reshape(draws, ep, experts // ep).sum(axis=2) + overflow[:, None] / ep
+    mean = tokens * topk / ep
+    return float(np.clip(np.mean(rank.max(axis=1)) / mean, 1.0, ep))
+
+
 @dataclass
 class Plan:
     """The operators of a frame's rows, built once: ``parts`` is a list of (row positions,
@@ -363,7 +391,7 @@ def plan(df: pd.DataFrame, hw) -> Plan:
             for key, g in sub.groupby(["heads", "dtype", "weight_dtype", "family", "label"], sort=False):
                 j = i[g.index]
                 h, dt, wdt, fam, _ = key
-                form = "absorbed" if fam == "attention_decode" or (fam == "mla_module" and h_decode(g)) else "naive"
+                form = "absorbed" if h_decode(g) else "naive"
                 args = (_mla_spec(int(h)), hw, g["batch"].to_numpy(float), g["context"].to_numpy(float),
                         g["new_tokens"].to_numpy(float))
                 if kernel == "mla_core":
@@ -377,7 +405,13 @@ def plan(df: pd.DataFrame, hw) -> Plan:
                 j = i[g.index]
                 h, inter, e, k, gated, mtp, ep, dt = key
                 spec = _moe_spec(int(h), int(inter), int(e), int(k), bool(gated))
-                parts.append((j, K.moe_operators(spec, hw, g["tokens"].to_numpy(float), int(ep), dt, int(mtp),
+                tok = g["tokens"].to_numpy(float)
+                alpha = g["distribution"].str.extract(r"power_law_([\d.]+)")[0].astype(float).to_numpy()
+                imb = np.array([1.0 if np.isnan(al) else power_law_imbalance(int(t), int(e), int(k), int(ep), al)
+                                for t, al in zip(tok, alpha)])
+                # the busiest rank of a power-law row: the balanced kernel of tokens x imbalance
+                # (rounded to whole tokens)
+                parts.append((j, K.moe_operators(spec, hw, np.maximum(1.0, np.round(tok * imb)), int(ep), dt, int(mtp),
                                                  router=False)))
         else:
             raise CostsimError(f"silicon: no prediction for kernel {kernel!r}")
@@ -431,10 +465,17 @@ def summary(df: pd.DataFrame, pred) -> list[dict]:
 FREE = {
     "gemm": [("compute", 0.05, 1.0), ("memory", 0.05, 1.0), ("overhead", 0.0, 1e-4), ("m_half", 0.0, 2048.0)],
     "gemm_fp8": [("compute", 0.05, 1.0), ("memory", 0.05, 1.0), ("overhead", 0.0, 1e-4), ("m_half", 0.0, 2048.0)],
-    "attention_decode": [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_element", 0.0, 1e-9),
+    "gemm_fp8_block": [("compute", 0.05, 1.0), ("memory", 0.05, 1.0), ("overhead", 0.0, 1e-4),
+                       ("m_half", 0.0, 2048.0)],
+    # per_element is not fitted: the engine's attention operators give no ``scores`` shape
+    "attention_decode": [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-8),
                          ("overhead", 0.0, 1e-4)],
-    "attention_prefill": [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_element", 0.0, 1e-9),
+    "attention_prefill": [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-8),
                           ("overhead", 0.0, 1e-4)],
+    "attention_mla_decode": [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-8),
+                             ("overhead", 0.0, 1e-4)],
+    "attention_mla_prefill": [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-8),
+                              ("overhead", 0.0, 1e-4)],
     "grouped_gemm": [("compute", 0.005, 1.0), ("memory", 0.02, 1.0), ("per_group_overhead", 0.0, 1e-4),
                      ("overhead", 0.0, 2e-4), ("m_half", 0.0, 2048.0)],
     "comm": [("intra_node", 0.05, 1.0), ("intra_node_latency", 0.0, 5e-5)],
@@ -461,7 +502,7 @@ def _current(hw, fam: str) -> dict:
         return dict(intra_node=hw.efficiency.intra_node.value, intra_node_latency=hw.intra_node_latency.value)
     r = rates(hw, Family(fam))
     return dict(compute=r.compute, memory=r.memory, overhead=r.overhead_s, per_group_overhead=r.per_group_overhead_s,
-                per_element=r.per_element_s, m_half=r.m_half)
+                per_element=r.per_element_s, per_row=r.per_row_s, m_half=r.m_half)
 
 
 def fit(base, df: pd.DataFrame, train: np.ndarray, source: str, name: str, seed: int = 0,
