@@ -318,7 +318,8 @@ class KernelFamily(_Frozen):
     - ``per_element``: attention, seconds per (head, query, key) score for scale, mask and
       softmax when a kernel does not fuse them (0 for FlashAttention-style kernels).
     - ``per_row``: attention, seconds per (sequence, query, head) row: the per-row work of an
-      attention kernel (RoPE, KV append, softmax state, output rescale) and its scheduling.
+      attention kernel (RoPE, KV append, softmax state, output rescale) and its scheduling;
+      per (sequence, KV head) for GQA decode, whose kernels handle a KV head's queries together.
     - ``m_half``: GEMM rows (per group) at which compute efficiency reaches half its maximum:
       efficiency x M / (M + m_half); small-M GEMMs use the tensor units poorly.
     - ``tile_m``, ``tile_n``, ``units``: output tile and compute units (SMs) for tile and wave
@@ -407,6 +408,10 @@ class Efficiency(_Frozen):
     intra_node: Fraction  # achieved over peak link bandwidth (NVLink / xGMI)
     inter_node: Fraction  # achieved over NIC line rate
     kernel_overhead: Seconds = Field(default_factory=lambda: Seconds(value=0.0, provenance="assumed"))
+    # seconds per collective (launch and protocol set-up), once per communication operator on
+    # top of its per-step latencies; 0 unless measured (costsim calibrate --silicon)
+    comm_overhead: Seconds = Field(default_factory=lambda: Seconds(
+        value=0.0, provenance="assumed", source="default: no per-collective overhead charged (not measured)"))
     families: Families = Field(default_factory=Families)
 
 

@@ -149,3 +149,35 @@ def test_missing_package_is_one_line_exit_2(monkeypatch):
     assert len(lines) == 1 and "pip install 'costsim[silicon]'" in lines[0]
     r = CliRunner().invoke(app, ["validate", "--silicon", "z900"])
     assert r.exit_code == 2 and "expected one of h200_sxm" in r.output
+
+
+def test_comm_overhead_is_paid_once_per_collective():
+    eff = dict(compute=0.5, memory=0.5, intra_node=0.5, inter_node=0.25, kernel_overhead=1e-6, comm_overhead=7e-6)
+    h = tiny.hw(efficiency=eff)
+    # all-reduce of 1e6 B on 2 ranks: 1e6 / 5e7 + 2 steps x 1 us + 7 us once
+    assert collective_seconds(h, "all_reduce", 1e6, 2) == pytest.approx(0.02 + 2e-6 + 7e-6, rel=1e-12)
+    assert collective_seconds(h, "all_reduce", 1e6, 1) == 0.0
+    from costsim.simulator.roofline import rate_provenance
+
+    assert rate_provenance(h, "bf16")["efficiency.comm_overhead"]["value"] == 7e-6
+    assert "efficiency.comm_overhead" not in rate_provenance(tiny.hw(), "bf16")
+
+
+def test_attention_rows_and_mla_families():
+    from costsim.simulator.efficiency import resolved_family
+
+    eff = dict(compute=0.5, memory=0.5, intra_node=0.5, inter_node=0.25, kernel_overhead=1e-6,
+               families=dict(attention_decode=dict(per_row=1e-7, overhead=2e-6),
+                             attention_mla_decode=dict(overhead=5e-6)))
+    h = tiny.hw(efficiency=eff)
+    # GQA decode works per (sequence, KV head): 3 sequences x 2 KV heads = 6 rows x 0.1 us,
+    # + 2 us overhead, + the memory term 672 / 5e8 of test_attention_core_by_hand
+    p = kernels.attention_core(tiny.gqa(), h, 3, 10, 1)
+    assert float(p.time_s) == pytest.approx(672 / 5e8 + 6 * 1e-7 + 2e-6, rel=1e-12)
+    # prefill rows are (sequence, query, head): nothing set for prefill, so no row term
+    pre = kernels.attention_core(tiny.gqa(), h, 1, 0, 4)
+    assert float(pre.extra_s) == pytest.approx(1e-6, rel=1e-12)  # the profile-wide overhead only
+    # the MLA decode family takes attention_decode's per_row and its own overhead
+    r = resolved_family(h, Family.ATTENTION_MLA_DECODE)
+    assert r.per_row.value == 1e-7 and r.overhead.value == 5e-6
+    assert resolved_family(h, Family.GEMM_FP8_BLOCK) == resolved_family(h, Family.GEMM)  # nothing set: gemm's

@@ -461,24 +461,25 @@ def summary(df: pd.DataFrame, pred) -> list[dict]:
 # --------------------------------------------------------------------------------------
 
 # family -> fitted parameters (field, lower, upper; SI units). ``comm`` fits the profile's
-# intra-node link efficiency and per-step latency (``parallel.collective_seconds``).
+# intra-node link efficiency, per-step latency and per-collective overhead
+# (``parallel.collective_seconds``).
 FREE = {
     "gemm": [("compute", 0.05, 1.0), ("memory", 0.05, 1.0), ("overhead", 0.0, 1e-4), ("m_half", 0.0, 2048.0)],
     "gemm_fp8": [("compute", 0.05, 1.0), ("memory", 0.05, 1.0), ("overhead", 0.0, 1e-4), ("m_half", 0.0, 2048.0)],
     "gemm_fp8_block": [("compute", 0.05, 1.0), ("memory", 0.05, 1.0), ("overhead", 0.0, 1e-4),
                        ("m_half", 0.0, 2048.0)],
     # per_element is not fitted: the engine's attention operators give no ``scores`` shape
-    "attention_decode": [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-8),
+    "attention_decode": [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-7),
                          ("overhead", 0.0, 1e-4)],
-    "attention_prefill": [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-8),
+    "attention_prefill": [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-7),
                           ("overhead", 0.0, 1e-4)],
-    "attention_mla_decode": [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-8),
+    "attention_mla_decode": [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-7),
                              ("overhead", 0.0, 1e-4)],
-    "attention_mla_prefill": [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-8),
+    "attention_mla_prefill": [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-7),
                               ("overhead", 0.0, 1e-4)],
     "grouped_gemm": [("compute", 0.005, 1.0), ("memory", 0.02, 1.0), ("per_group_overhead", 0.0, 1e-4),
                      ("overhead", 0.0, 2e-4), ("m_half", 0.0, 2048.0)],
-    "comm": [("intra_node", 0.05, 1.0), ("intra_node_latency", 0.0, 5e-5)],
+    "comm": [("intra_node", 0.05, 1.0), ("intra_node_latency", 0.0, 2e-5), ("comm_overhead", 0.0, 5e-5)],
 }
 FIT_ROWS = 1500  # rows per family the least-squares fit sees (a seeded sample of the train half)
 
@@ -486,8 +487,8 @@ FIT_ROWS = 1500  # rows per family the least-squares fit sees (a seeded sample o
 def _put(data: dict, fam: str, name: str, value: float, source: str) -> None:
     q = dict(value=float(value), source=source, provenance="calibrated")
     if fam == "comm":
-        if name == "intra_node":
-            data["efficiency"]["intra_node"] = q
+        if name in ("intra_node", "comm_overhead"):
+            data["efficiency"][name] = q
         else:
             data[name] = q
     else:
@@ -499,7 +500,8 @@ def _current(hw, fam: str) -> dict:
     from costsim.simulator.types import Family
 
     if fam == "comm":
-        return dict(intra_node=hw.efficiency.intra_node.value, intra_node_latency=hw.intra_node_latency.value)
+        return dict(intra_node=hw.efficiency.intra_node.value, intra_node_latency=hw.intra_node_latency.value,
+                    comm_overhead=hw.efficiency.comm_overhead.value)
     r = rates(hw, Family(fam))
     return dict(compute=r.compute, memory=r.memory, overhead=r.overhead_s, per_group_overhead=r.per_group_overhead_s,
                 per_element=r.per_element_s, per_row=r.per_row_s, m_half=r.m_half)

@@ -17,7 +17,9 @@ One formula per family (``types.Family``), its parameters in the profile's
                  + per_row x rows + overhead, decode (one query per sequence) and prefill (more)
                  with their own parameters; scores = heads x (query, key) pairs, the
                  scale/mask/softmax work (an operator that gives no ``scores`` shape gets none);
-                 rows = sequences x queries x heads (RoPE, KV append, softmax state per row).
+                 rows = sequences x queries x heads (RoPE, KV append, softmax state per row);
+                 a GQA decode kernel works per KV head (XQA, FlashDecoding: one block per
+                 sequence and KV head), so its rows are sequences x KV heads (``decode_rows``).
                  MLA cores use attention_mla_decode / _prefill, each absent field the GQA one's
 - elementwise:   bytes / (bw x m) + overhead
 - comm:          ``parallel.comm_seconds`` (link bandwidth x efficiency, latency terms)
@@ -127,11 +129,11 @@ def _attention(op: Operator, hw: HardwareProfile) -> Terms:
     parts = []
     fams = ((Family.ATTENTION_MLA_DECODE, Family.ATTENTION_MLA_PREFILL) if op.shape.get("mla") else
             (Family.ATTENTION_DECODE, Family.ATTENTION_PREFILL))
-    for fam in fams:
+    for fam, rows in zip(fams, (op.shape.get("decode_rows", op.shape.get("rows", 0.0)), op.shape.get("rows", 0.0))):
         r = rates(hw, fam)
         c, m = _roof(op, hw, r)
         extra = (r.per_element_s * np.asarray(op.shape.get("scores", 0.0), dtype=float)
-                 + r.per_row_s * np.asarray(op.shape.get("rows", 0.0), dtype=float) + r.overhead_s)
+                 + r.per_row_s * np.asarray(rows, dtype=float) + r.overhead_s)
         parts.append((c, m, extra))
     dec = q_len <= 1
     c, m, x = (np.where(dec, a, b) for a, b in zip(*parts))

@@ -145,7 +145,7 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
         d = a.head_dim
         ops.append(gemm("attn.qkv_proj", T, (nh + 2 * nkv) * d, h))
         ops.append(core("attn.core", 4.0 * nh * d * pairs, kv_read + T * nh * d * act, kv_write + T * nh * d * act,
-                        dict(heads=nh, q_len=s, rows=T * nh)))
+                        dict(heads=nh, q_len=s, rows=T * nh, decode_rows=T * nkv)))
         ops.append(gemm("attn.o_proj", T, h, nh * d))
     if norms:
         ops.append(_elementwise("norms" + sfx, G, layer, 2 * T * h, 2 * T * h, act, n_layers))

@@ -141,11 +141,12 @@ def comm_seconds(op: Operator, spec: ModelSpec, dep: Deployment, hw: HardwarePro
         raise CostsimError(f"hardware {hw.name} has no {'inter' if inter else 'intra'}_node_bandwidth for {op.name}")
     rate = bw.value * (hw.efficiency.inter_node.value if inter else hw.efficiency.intra_node.value)
     lat = hw.inter_node_latency.value if inter else hw.intra_node_latency.value
+    base = hw.efficiency.comm_overhead.value  # per collective, 0 unless calibrated
     if op.link.kind is LinkKind.ALL_TO_ALL:
         ranks, nodes = ep_destinations(spec, dep, dpn)
         # comm_bytes = tokens * h * bytes (* imbalance): one copy per destination
-        return ep_alltoall_seconds(1.0, nodes if inter else ranks, 1, op.comm_bytes, rate, lat)
-    return np.asarray(op.comm_bytes, dtype=float) / rate + op.hops * lat
+        return ep_alltoall_seconds(1.0, nodes if inter else ranks, 1, op.comm_bytes, rate, lat) + base
+    return np.asarray(op.comm_bytes, dtype=float) / rate + op.hops * lat + base
 
 
 # collective -> (bytes on the link as a fraction of the buffer, latency steps) for n ranks
@@ -161,7 +162,8 @@ def collective_seconds(hw: HardwareProfile, collective: str, size_bytes, ranks):
     """Seconds for one ``collective`` of a ``size_bytes`` per-rank buffer over ``ranks``
     devices (arrays broadcast), on the intra-node link when ``ranks`` fits in a node, else
     the NIC: fraction(n) x size / (bandwidth x efficiency) + steps(n) x latency (``COLLECTIVES``;
-    ring algorithms, Patarasuk & Yuan 2009; one-shot all-to-all). 0 for one rank.
+    ring algorithms, Patarasuk & Yuan 2009; one-shot all-to-all) + ``efficiency.comm_overhead``
+    (once per collective). 0 for one rank.
 
     Raises CostsimError for an unknown collective or a missing link bandwidth."""
     if collective not in COLLECTIVES:
@@ -179,6 +181,6 @@ def collective_seconds(hw: HardwareProfile, collective: str, size_bytes, ranks):
             raise CostsimError(f"hardware {hw.name} has no {'inter' if cross else 'intra'}_node_bandwidth for {collective}")
         rate = bw.value * (hw.efficiency.inter_node.value if cross else hw.efficiency.intra_node.value)
         lat = hw.inter_node_latency.value if cross else hw.intra_node_latency.value
-        t = frac(n) * np.asarray(size_bytes, dtype=float) / rate + steps(n) * lat
+        t = frac(n) * np.asarray(size_bytes, dtype=float) / rate + steps(n) * lat + hw.efficiency.comm_overhead.value
         out = np.where(mask, t, out)
     return out if out.ndim else float(out)
