@@ -400,6 +400,23 @@ class Families(_Frozen):
         return self
 
 
+class ResidualBand(_Frozen):
+    """The spread of measured / predicted time of one kernel family on held-out measurements:
+    its 10th and 90th percentiles (a time t is expected within [p10 t, p90 t] for 80% of
+    kernels), the number of held-out rows and where they came from."""
+
+    p10: Annotated[float, Field(gt=0, lt=1e3)]
+    p90: Annotated[float, Field(gt=0, lt=1e3)]
+    rows: PositiveInt
+    source: str
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.p10 > self.p90:
+            raise ValueError(f"p10 ({self.p10}) exceeds p90 ({self.p90})")
+        return self
+
+
 class Efficiency(_Frozen):
     """Achievable fraction of each peak, with sources (kernel benchmarks or calibration)."""
 
@@ -435,6 +452,9 @@ class HardwareProfile(_Frozen):
     inter_node_latency: Seconds = Field(default_factory=lambda: Seconds(value=0.0))
     devices_per_node: PositiveInt = 8
     efficiency: Efficiency
+    # held-out residual spread per kernel family (``costsim calibrate --silicon``); empty when
+    # the profile was never compared with measurements (then its times are uncalibrated)
+    residuals: dict[str, ResidualBand] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod

@@ -181,3 +181,21 @@ def test_attention_rows_and_mla_families():
     r = resolved_family(h, Family.ATTENTION_MLA_DECODE)
     assert r.per_row.value == 1e-7 and r.overhead.value == 5e-6
     assert resolved_family(h, Family.GEMM_FP8_BLOCK) == resolved_family(h, Family.GEMM)  # nothing set: gemm's
+
+
+def test_tile_quantisation_with_an_array_of_columns():
+    # (a bug: float(N) failed when N was an array of shapes) tiles 2 x 2, one unit: M = 3 rows
+    # pad to 4; N = 2 stays 2, N = 3 pads to 4: shape efficiency 6/8 = 0.75 and 9/16 = 0.5625.
+    # compute 2 M N K / (1e10 x 0.5 x eff): 12 / 3.75e9 = 3.2 ns, 18 / 2.8125e9 = 6.4 ns
+    hw = _fam_hw(gemm=dict(tile_m=2, tile_n=2, units=1))
+    p = kernels.gemm(hw, 3, np.array([2, 3]), 1)
+    assert p.compute_s == pytest.approx([3.2e-9, 6.4e-9], rel=1e-12)
+
+
+def test_fp8_block_format_bytes_and_family():
+    from costsim.units import FORMATS
+
+    f = FORMATS["fp8-block"]
+    # one fp32 scale per 128 x 128 block: 16,384 weights -> 16,384 + 4 bytes
+    assert f.bytes_for(16384) == 16388 and f.compute == "fp8"
+    assert kernels.gemm_operators(tiny.hw(), 1, 128, 128, "fp8-block")[0].family is Family.GEMM_FP8_BLOCK

@@ -199,6 +199,7 @@ def _nccl(df: pd.DataFrame) -> pd.DataFrame:
 def _attention(df: pd.DataFrame, phase: str) -> pd.DataFrame:
     if phase == "prefill":
         df = df[df["attn_dtype"] == "bfloat16"]
+    df = df[df["kv_cache_dtype"].isin(list(_KV))]
     dec = phase == "decode"
     return pd.DataFrame(dict(
         family="attention_" + phase, label=("decode" if dec else "prefill") + " attention", kernel="attention_core",
@@ -211,6 +212,9 @@ def _attention(df: pd.DataFrame, phase: str) -> pd.DataFrame:
 
 
 def _mla(df: pd.DataFrame, phase: str, module: bool) -> pd.DataFrame:
+    if module:  # weight formats costsim has (nvfp4 module rows are left out)
+        df = df[df["gemm_type"].isin(["bfloat16", "fp8_block"])]
+    df = df[df["kv_cache_dtype"].isin(list(_KV))]
     dec = phase == "decode"
     what = "mla module" if module else "mla"
     wdt = df["gemm_type"].map(_DT) if module else "bf16"
@@ -482,6 +486,7 @@ FREE = {
     "comm": [("intra_node", 0.05, 1.0), ("intra_node_latency", 0.0, 2e-5), ("comm_overhead", 0.0, 5e-5)],
 }
 FIT_ROWS = 1500  # rows per family the least-squares fit sees (a seeded sample of the train half)
+MAX_NFEV = 100  # function evaluations per least-squares pass
 
 
 def _put(data: dict, fam: str, name: str, value: float, source: str) -> None:
@@ -552,7 +557,7 @@ def fit(base, df: pd.DataFrame, train: np.ndarray, source: str, name: str, seed:
         u = (x0 - lo) / scale
         for loss in ("linear", "soft_l1"):
             u = least_squares(residuals, u, bounds=(0.0, 1.0), loss=loss, f_scale=0.1, diff_step=1e-3,
-                              max_nfev=100).x
+                              max_nfev=MAX_NFEV).x
         x = lo + u * scale
         n_train = int((train & (df["family"].to_numpy() == fam)).sum())
         for n, v in zip(names, x):
@@ -621,9 +626,23 @@ def profile_yaml(hw, header: str) -> str:
         hw.model_dump(mode="json", exclude_none=True), sort_keys=False)
 
 
+def residual_bands(df: pd.DataFrame, pred, held: np.ndarray, source: str) -> dict:
+    """Per fitting family: the 10th / 90th percentiles of measured / predicted over the
+    ``held`` rows (the profile's ``residuals``)."""
+    out = {}
+    ratio = df["measured_s"].to_numpy() / np.asarray(pred)
+    for fam in FAMILIES:
+        m = held & (df["family"].to_numpy() == fam)
+        if m.sum() >= 10:
+            p10, p90 = np.percentile(ratio[m], [10, 90])
+            out[fam] = dict(p10=float(p10), p90=float(p90), rows=int(m.sum()),
+                            source=f"{source}: measured/predicted over the held-out half")
+    return out
+
+
 def with_provenance(hw, result: dict, system: str, backend: str, seed: int):
     """``hw`` with a top-level source naming the package, backend and version, system and the
-    held-out errors of ``result`` (a ``calibrate`` result)."""
+    held-out errors of ``result`` (a ``calibrate`` result), and the held-out residual bands."""
     from costsim.specs import HardwareProfile
 
     t = result["tables"]
@@ -634,4 +653,6 @@ def with_provenance(hw, result: dict, system: str, backend: str, seed: int):
     data["source"] = (f"costsim calibrate --silicon {system} --backend {backend} (seed {seed}): "
                       f"{t.source_text()}; fitted on a seeded random half of the rows, held-out MAPE: {errs}; "
                       f"peaks and bandwidths: {hw.source}")
+    r = result["random"]
+    data["residuals"] = residual_bands(t.frame, r["predicted"], ~r["train_mask"], t.source_text())
     return HardwareProfile.model_validate(data)

@@ -96,7 +96,7 @@ def gemm_shape_efficiency(r: FamilyRates, M, N):
     # small-M compute penalty
     eff = np.where(M <= 1, 1.0, M / (M + r.m_half)) if r.m_half else np.ones_like(M)
     if r.tile_m:
-        tm, tn = np.ceil(M / r.tile_m), np.ceil(float(N) / r.tile_n)
+        tm, tn = np.ceil(M / r.tile_m), np.ceil(np.asarray(N, dtype=float) / r.tile_n)
         tiles = tm * tn
         padded = (M * N) / (tm * r.tile_m * tn * r.tile_n)
         waves = tiles / (np.ceil(tiles / r.units) * r.units)
