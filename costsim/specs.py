@@ -317,6 +317,9 @@ class KernelFamily(_Frozen):
     - ``per_group_overhead``: grouped GEMMs, seconds per busy expert (one GEMM launch each).
     - ``per_element``: attention, seconds per (head, query, key) score for scale, mask and
       softmax when a kernel does not fuse them (0 for FlashAttention-style kernels).
+    - ``per_row``: attention, seconds per (sequence, query, head) row: the per-row work of an
+      attention kernel (RoPE, KV append, softmax state, output rescale) and its scheduling;
+      per (sequence, KV head) for GQA decode, whose kernels handle a KV head's queries together.
     - ``m_half``: GEMM rows (per group) at which compute efficiency reaches half its maximum:
       efficiency x M / (M + m_half); small-M GEMMs use the tensor units poorly.
     - ``tile_m``, ``tile_n``, ``units``: output tile and compute units (SMs) for tile and wave
@@ -328,6 +331,7 @@ class KernelFamily(_Frozen):
     overhead: Optional[Seconds] = None
     per_group_overhead: Optional[Seconds] = None
     per_element: Optional[Seconds] = None
+    per_row: Optional[Seconds] = None
     m_half: Optional[Count] = None
     tile_m: Optional[Count] = None
     tile_n: Optional[Count] = None
@@ -344,7 +348,7 @@ class KernelFamily(_Frozen):
                 raise ValueError(f"{k} must be a whole number of rows/columns/units (1 to 2^20), got {v}")
         if self.m_half is not None and self.m_half.value > 2**20:
             raise ValueError(f"m_half must be at most 2^20 rows, got {self.m_half.value}")
-        for k in ("overhead", "per_group_overhead", "per_element"):
+        for k in ("overhead", "per_group_overhead", "per_element", "per_row"):
             q = getattr(self, k)
             if q is not None and q.value > 1.0:
                 raise ValueError(f"{k} must be at most 1 s per launch/element, got {q.value} s")
@@ -358,9 +362,13 @@ class KernelFamily(_Frozen):
 # the parameters each family's formula reads (costsim.simulator.efficiency); others are refused
 _FAMILY_FIELDS = {
     "gemm": {"compute", "memory", "overhead", "m_half", "tile_m", "tile_n", "units"},
+    "gemm_fp8": {"compute", "memory", "overhead", "m_half", "tile_m", "tile_n", "units"},
+    "gemm_fp8_block": {"compute", "memory", "overhead", "m_half", "tile_m", "tile_n", "units"},
     "grouped_gemm": {"compute", "memory", "overhead", "per_group_overhead", "m_half"},
-    "attention_decode": {"compute", "memory", "overhead", "per_element"},
-    "attention_prefill": {"compute", "memory", "overhead", "per_element"},
+    "attention_decode": {"compute", "memory", "overhead", "per_element", "per_row"},
+    "attention_prefill": {"compute", "memory", "overhead", "per_element", "per_row"},
+    "attention_mla_decode": {"compute", "memory", "overhead", "per_element", "per_row"},
+    "attention_mla_prefill": {"compute", "memory", "overhead", "per_element", "per_row"},
     "elementwise": {"memory", "overhead"},
 }
 
@@ -369,9 +377,17 @@ class Families(_Frozen):
     """Per-family time models; ``comm`` is the link factors and latencies of the profile."""
 
     gemm: KernelFamily = Field(default_factory=KernelFamily)
+    # GEMMs on the fp8 tensor cores (their activation-quantisation kernels included); every
+    # absent field falls back to ``gemm``'s, then to the profile-wide factor
+    gemm_fp8: KernelFamily = Field(default_factory=KernelFamily)
+    gemm_fp8_block: KernelFamily = Field(default_factory=KernelFamily)  # absent fields: gemm_fp8's
     grouped_gemm: KernelFamily = Field(default_factory=KernelFamily)
     attention_decode: KernelFamily = Field(default_factory=KernelFamily)
     attention_prefill: KernelFamily = Field(default_factory=KernelFamily)
+    # MLA attention cores (FlashMLA-style decode over the latent; prefill over decompressed
+    # keys and values); absent fields: attention_decode's / attention_prefill's
+    attention_mla_decode: KernelFamily = Field(default_factory=KernelFamily)
+    attention_mla_prefill: KernelFamily = Field(default_factory=KernelFamily)
     elementwise: KernelFamily = Field(default_factory=KernelFamily)
 
     @model_validator(mode="after")
@@ -384,6 +400,23 @@ class Families(_Frozen):
         return self
 
 
+class ResidualBand(_Frozen):
+    """The spread of measured / predicted time of one kernel family on held-out measurements:
+    its 10th and 90th percentiles (a time t is expected within [p10 t, p90 t] for 80% of
+    kernels), the number of held-out rows and where they came from."""
+
+    p10: Annotated[float, Field(gt=0, lt=1e3)]
+    p90: Annotated[float, Field(gt=0, lt=1e3)]
+    rows: PositiveInt
+    source: str
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.p10 > self.p90:
+            raise ValueError(f"p10 ({self.p10}) exceeds p90 ({self.p90})")
+        return self
+
+
 class Efficiency(_Frozen):
     """Achievable fraction of each peak, with sources (kernel benchmarks or calibration)."""
 
@@ -392,6 +425,10 @@ class Efficiency(_Frozen):
     intra_node: Fraction  # achieved over peak link bandwidth (NVLink / xGMI)
     inter_node: Fraction  # achieved over NIC line rate
     kernel_overhead: Seconds = Field(default_factory=lambda: Seconds(value=0.0, provenance="assumed"))
+    # seconds per collective (launch and protocol set-up), once per communication operator on
+    # top of its per-step latencies; 0 unless measured (costsim calibrate --silicon)
+    comm_overhead: Seconds = Field(default_factory=lambda: Seconds(
+        value=0.0, provenance="assumed", source="default: no per-collective overhead charged (not measured)"))
     families: Families = Field(default_factory=Families)
 
 
@@ -415,6 +452,9 @@ class HardwareProfile(_Frozen):
     inter_node_latency: Seconds = Field(default_factory=lambda: Seconds(value=0.0))
     devices_per_node: PositiveInt = 8
     efficiency: Efficiency
+    # held-out residual spread per kernel family (``costsim calibrate --silicon``); empty when
+    # the profile was never compared with measurements (then its times are uncalibrated)
+    residuals: dict[str, ResidualBand] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod

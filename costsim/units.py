@@ -154,6 +154,9 @@ FORMATS: dict[str, NumberFormat] = {
     "bf16": NumberFormat("bf16", 16),
     "fp16": NumberFormat("fp16", 16),
     "fp8": NumberFormat("fp8", 8, compute="fp8"),
+    # FP8 E4M3 weights with one fp32 scale per 128 x 128 block (DeepSeek-V3 §3.3.1; TensorRT-LLM
+    # FP8_BLOCK_SCALES): 4 bytes per 16,384 weights; GEMMs of the gemm_fp8_block family
+    "fp8-block": NumberFormat("fp8-block", 8, group_size=128 * 128, scale_bits=32, compute="fp8"),
     "int8": NumberFormat("int8", 8, compute="int8"),
     "int4": NumberFormat("int4", 4),
     # 4-bit payload with one fp16 scale per 32 elements: 18 bytes per 32 elements.

@@ -14,6 +14,11 @@ from costsim.cli.app import app
 from costsim.errors import CostsimError
 
 Device = typer.Option("cpu", "--device", help="cpu or cuda (cuda:N).")
+Silicon = typer.Option(None, "--silicon", help="Use the aiconfigurator-core measured tables of this system "
+                                               "(h200_sxm, h100_sxm, b200_sxm, a100_sxm; or h200, ...) instead of "
+                                               "timing here; needs pip install 'costsim[silicon]'.")
+Backend = typer.Option("trtllm", "--backend", help="Tables of this framework: trtllm, sglang or vllm.")
+Seed = typer.Option(0, "--seed", help="Seed of the train/held-out halves.")
 Threads = typer.Option(None, "--threads", help="CPU threads to pin while timing (default: torch's setting).")
 
 
@@ -71,8 +76,14 @@ def calibrate_cmd(device: str = Device,
                                                               help="Also write the train measurements (CSV)."),
                   from_csv: Optional[Path] = typer.Option(None, "--from-csv", help="Fit these measurements (a "
                                                                                   "CSV --measurements wrote) "
-                                                                                  "instead of timing.")):
-    """Measure this machine's kernels, fit the profile's time-model parameters, write a profile."""
+                                                                                  "instead of timing."),
+                  silicon: Optional[str] = Silicon, backend: str = Backend, seed: int = Seed):
+    """Measure this machine's kernels, fit the profile's time-model parameters, write a profile.
+    With --silicon SYSTEM: fit to NVIDIA's measured kernel tables instead (no GPU needed)."""
+
+    if silicon is not None:
+        O.run(lambda: _calibrate_silicon(silicon, backend, output, force, base, name, seed))
+        return
 
     def go():
         import yaml
@@ -111,15 +122,89 @@ def calibrate_cmd(device: str = Device,
     O.run(go)
 
 
+def _calibrate_silicon(system, backend, output, force, base, name, seed):
+    from costsim.calibration import silicon as S
+    from costsim.files import atomic_write_text, check_target
+    from costsim.registry import load_hardware
+
+    check_target(output, "profile YAML")
+    if output.exists() and not force:
+        raise CostsimError(f"{output}: exists; give --force to replace it")
+    sysname = S.system_name(system)
+    base_hw = load_hardware(base or S.SYSTEMS[sysname])
+    res = S.calibrate(sysname, backend, base_hw, seed, name or output.stem)
+    hw = S.with_provenance(res["random"]["profile"], res, sysname, backend, seed)
+    atomic_write_text(output, S.profile_yaml(hw, f"written by costsim calibrate --silicon {sysname} --backend "
+                                                 f"{backend} --seed {seed}"), "profile YAML")
+    print(f"wrote {output} ({hw.name}; {res['tables'].source_text()})", file=sys.stderr)
+    tr = {r["label"]: r for r in res["random"]["train"]}
+    grp = {r["label"]: r for r in res["group"]["held_out"]}
+    for r in res["random"]["held_out"]:
+        g = grp.get(r["label"])
+        print(f"  {r['label']:22s} train {tr[r['label']]['mape']:6.1%}  held-out {r['mape']:6.1%}  "
+              f"groups held out {g['mape'] if g else float('nan'):6.1%}  ({r['points']} held-out rows)", file=sys.stderr)
+
+
+def _validate_silicon(system, backend, hardware, hw_sets, csv, plot, fmt):
+    from costsim.calibration import silicon as S
+    from costsim.registry import load_hardware
+    from costsim.reports import views
+
+    sysname = S.system_name(system)
+    hw = O.hardware(hardware or S.default_profile(sysname), hw_sets)
+    ref = load_hardware(S.SYSTEMS[sysname])
+    res = S.validate(sysname, hw, backend, reference=ref if ref.name != hw.name else None)
+    frame = res["frame"]
+    if csv is not None:
+        from costsim.files import atomic_write
+
+        atomic_write(csv, lambda tmp: frame.to_csv(tmp, index=False), "predictions CSV")
+    if plot is not None:
+        from costsim.reports.plots import predicted_vs_measured
+
+        sample = frame.groupby("label", group_keys=False).apply(lambda g: g.sample(min(len(g), 2000), random_state=0))
+        rows = [dict(min_s=m, predicted_s=p, family=lab) for m, p, lab in
+                zip(sample["measured_s"], sample["predicted_s"], sample["label"])]
+        predicted_vs_measured(rows, plot, f"{hw.name} on {sysname} ({backend}) tables: MAPE "
+                                          f"{res['overall']['mape']:.1%}")
+    views.silicon_validation(res, hw.name, ref.name if ref.name != hw.name else None, sysname, backend, fmt.value)
+
+
 @app.command("validate")
-def validate_cmd(hardware: O.Hardware, device: str = Device, threads: Optional[int] = Threads,
+def validate_cmd(hardware: Optional[str] = typer.Option(None, "--hardware", "-H", help="Hardware name or profile "
+                                                                                      ".yaml (with --silicon: "
+                                                                                      "default the system's "
+                                                                                      "calibrated profile)."),
+                 device: str = Device, threads: Optional[int] = Threads,
+                 silicon: Optional[str] = Silicon, backend: str = Backend,
                  from_csv: Optional[Path] = typer.Option(None, "--from-csv", help="Re-predict these measurements "
                                                                                  "instead of timing."),
                  csv: Optional[Path] = typer.Option(None, "--csv", help="Write every measurement and prediction."),
                  plot: Optional[Path] = typer.Option(None, "--plot", help="Predicted vs measured scatter (PNG)."),
                  hw_sets: O.HwSets = None, fmt: O.Format = O.Fmt.table):
     """Score a profile on the held-out kernel suite: MAPE, median |error|, geometric-mean ratio,
-    share within 25%, overall and per family, beside the shipped profile of the device kind."""
+    share within 25%, overall and per family, beside the shipped profile of the device kind.
+    With --silicon SYSTEM: score it on every row of NVIDIA's measured kernel tables instead."""
+
+    if silicon is not None:
+        def silicon_go():
+            from costsim.files import check_target
+
+            for p, what in ((csv, "CSV"), (plot, "plot")):
+                if p is not None:
+                    check_target(p, what)
+            if plot is not None:
+                O.check_plot_output(plot)
+            _validate_silicon(silicon, backend, hardware, hw_sets, csv, plot, fmt)
+
+        O.run(silicon_go)
+        return
+    if hardware is None:
+        def need():
+            raise CostsimError("validate: give --hardware PROFILE (or --silicon SYSTEM)")
+
+        O.run(need)
+        return
 
     def go():
         from costsim.calibration.fit import ordering_checks, score

@@ -270,3 +270,28 @@ def validation(ours: dict, shipped: dict, name: str, shipped_name: str, n: int, 
              f"predicted {o['predicted_ratio']:.2f}" for o in orderings]
     emit(rows, cols, title=f"validate {name}: {n} held-out kernels, predicted vs measured (minimum of the runs)",
          notes=notes + ["MAPE = mean |predicted / measured - 1|; pred/meas is the geometric mean of the ratios."])
+
+
+def silicon_validation(res: dict, name: str, reference: str | None, system: str, backend: str, fmt: str) -> None:
+    """Predicted vs measured per label over a system's silicon tables (fractions in JSON)."""
+    labels = res["labels"]
+    rows = [dict(r, worst_group=r["worst"][0]["group"] if r["worst"] else "",
+                 worst_mape=r["worst"][0]["mape"] if r["worst"] else 0.0) for r in labels]
+    payload = dict(profile=name, reference=reference, system=system, backend=backend,
+                   source=res["tables"].source_text(), points=res["overall"]["points"], mape=res["overall"]["mape"],
+                   median_abs_error=res["overall"]["median_abs_error"],
+                   geomean_ratio=res["overall"]["geomean_ratio"], within_25pct=res["overall"]["within_25pct"],
+                   families=labels)
+    cols = [("label", "family", F.text), ("points", "rows", F.integer), ("mape", f"MAPE {name}", F.pct),
+            ("median_abs_error", "median |error|", F.pct), ("geomean_ratio", "pred/meas (geomean)", F.num),
+            ("within_25pct", "within 25%", F.pct)]
+    if reference:
+        cols += [("mape_reference", f"MAPE {reference}", F.pct),
+                 ("geomean_ratio_reference", f"pred/meas {reference}", F.num)]
+    cols += [("worst_group", "worst shape group", F.text), ("worst_mape", "its MAPE", F.pct)]
+    if fmt != "table":
+        emit(rows, cols, fmt, payload=payload)
+        return
+    emit(rows, cols, title=f"validate {name} on {system} silicon tables ({backend}): {res['overall']['points']:,} rows",
+         notes=[res["tables"].source_text(),
+                "MAPE = mean |predicted / measured - 1|; pred/meas is the geometric mean of the ratios."])

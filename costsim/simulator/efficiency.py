@@ -8,10 +8,19 @@ One formula per family (``types.Family``), its parameters in the profile's
                  (M/(M + m_half) is 1 for a single row: a matrix-vector product)
                  q = tile and wave quantisation: M N / (ceil(M/tm) tm ceil(N/tn) tn) x
                  tiles / (ceil(tiles/units) units), tiles = ceil(M/tm) ceil(N/tn); 1 if not given
+- gemm_fp8_block: as gemm_fp8, weights with 128 x 128 block scales; each absent field gemm_fp8's
+- gemm_fp8:      as gemm, for GEMMs on the fp8 tensor cores; each parameter it lacks is gemm's
+                 (the overhead then also carries the activation-quantisation kernels that fp8
+                 GEMMs launch before the matmul)
 - grouped_gemm:  as gemm with M = rows per busy expert, + per_group_overhead x busy experts
-- attention_*:   max(FLOPs / (peak x c), bytes / (bw x m)) + per_element x scores + overhead,
-                 decode (one query per sequence) and prefill (more) with their own parameters;
-                 scores = heads x (query, key) pairs, the scale/mask/softmax work
+- attention_*:   max(FLOPs / (peak x c), bytes / (bw x m)) + per_element x scores
+                 + per_row x rows + overhead, decode (one query per sequence) and prefill (more)
+                 with their own parameters; scores = heads x (query, key) pairs, the
+                 scale/mask/softmax work (an operator that gives no ``scores`` shape gets none);
+                 rows = sequences x queries x heads (RoPE, KV append, softmax state per row);
+                 a GQA decode kernel works per KV head (XQA, FlashDecoding: one block per
+                 sequence and KV head), so its rows are sequences x KV heads (``decode_rows``).
+                 MLA cores use attention_mla_decode / _prefill, each absent field the GQA one's
 - elementwise:   bytes / (bw x m) + overhead
 - comm:          ``parallel.comm_seconds`` (link bandwidth x efficiency, latency terms)
 
@@ -38,23 +47,44 @@ class FamilyRates:
     overhead_s: float
     per_group_overhead_s: float = 0.0
     per_element_s: float = 0.0
+    per_row_s: float = 0.0
     m_half: float = 0.0
     tile_m: float = 0.0
     tile_n: float = 0.0
     units: float = 0.0
 
 
+# family -> the family whose parameters fill its absent fields
+FALLBACK = {Family.GEMM_FP8: Family.GEMM, Family.GEMM_FP8_BLOCK: Family.GEMM_FP8,
+            Family.ATTENTION_MLA_DECODE: Family.ATTENTION_DECODE,
+            Family.ATTENTION_MLA_PREFILL: Family.ATTENTION_PREFILL}
+_TILES = ("tile_m", "tile_n", "units")
+
+
+def resolved_family(hw: HardwareProfile, family: Family) -> KernelFamily:
+    """``family``'s parameters on ``hw``, each absent one taken from its ``FALLBACK`` family
+    (recursively; the tile triple is taken whole from the nearest family that gives it)."""
+    f: KernelFamily = getattr(hw.efficiency.families, family.value)
+    parent = FALLBACK.get(family)
+    if parent is None:
+        return f
+    g = resolved_family(hw, parent)
+    tiles = {k: getattr(f if f.tile_m is not None else g, k) for k in _TILES}
+    return KernelFamily(**{k: getattr(f, k) if getattr(f, k) is not None else getattr(g, k)
+                           for k in KernelFamily.model_fields if k not in _TILES}, **tiles)
+
+
 def rates(hw: HardwareProfile, family: Family) -> FamilyRates:
     """``family``'s parameters on ``hw``, profile-wide factors filling the gaps."""
     e = hw.efficiency
-    f: KernelFamily = getattr(e.families, family.value)
+    f = resolved_family(hw, family)
 
     def v(q, default=0.0):
         return default if q is None else q.value
 
     return FamilyRates(compute=v(f.compute, e.compute.value), memory=v(f.memory, e.memory.value),
                        overhead_s=v(f.overhead, e.kernel_overhead.value), per_group_overhead_s=v(f.per_group_overhead),
-                       per_element_s=v(f.per_element), m_half=v(f.m_half), tile_m=v(f.tile_m), tile_n=v(f.tile_n),
+                       per_element_s=v(f.per_element), per_row_s=v(f.per_row), m_half=v(f.m_half), tile_m=v(f.tile_m), tile_n=v(f.tile_n),
                        units=v(f.units))
 
 
@@ -66,7 +96,7 @@ def gemm_shape_efficiency(r: FamilyRates, M, N):
     # small-M compute penalty
     eff = np.where(M <= 1, 1.0, M / (M + r.m_half)) if r.m_half else np.ones_like(M)
     if r.tile_m:
-        tm, tn = np.ceil(M / r.tile_m), np.ceil(float(N) / r.tile_n)
+        tm, tn = np.ceil(M / r.tile_m), np.ceil(np.asarray(N, dtype=float) / r.tile_n)
         tiles = tm * tn
         padded = (M * N) / (tm * r.tile_m * tn * r.tile_n)
         waves = tiles / (np.ceil(tiles / r.units) * r.units)
@@ -97,10 +127,13 @@ def _attention(op: Operator, hw: HardwareProfile) -> Terms:
     """Decode and prefill parameters chosen per element by the query length (arrays allowed)."""
     q_len = np.asarray(op.shape.get("q_len", 1), dtype=float)
     parts = []
-    for fam in (Family.ATTENTION_DECODE, Family.ATTENTION_PREFILL):
+    fams = ((Family.ATTENTION_MLA_DECODE, Family.ATTENTION_MLA_PREFILL) if op.shape.get("mla") else
+            (Family.ATTENTION_DECODE, Family.ATTENTION_PREFILL))
+    for fam, rows in zip(fams, (op.shape.get("decode_rows", op.shape.get("rows", 0.0)), op.shape.get("rows", 0.0))):
         r = rates(hw, fam)
         c, m = _roof(op, hw, r)
-        extra = r.per_element_s * np.asarray(op.shape.get("scores", 0.0), dtype=float) + r.overhead_s
+        extra = (r.per_element_s * np.asarray(op.shape.get("scores", 0.0), dtype=float)
+                 + r.per_row_s * np.asarray(rows, dtype=float) + r.overhead_s)
         parts.append((c, m, extra))
     dec = q_len <= 1
     c, m, x = (np.where(dec, a, b) for a, b in zip(*parts))
@@ -110,7 +143,8 @@ def _attention(op: Operator, hw: HardwareProfile) -> Terms:
 def operator_terms(op: Operator, hw: HardwareProfile) -> Terms:
     """Time of one occurrence of a compute operator (not comm) by its family's formula."""
     fam = op.family
-    if fam in (Family.ATTENTION_DECODE, Family.ATTENTION_PREFILL):
+    if fam in (Family.ATTENTION_DECODE, Family.ATTENTION_PREFILL, Family.ATTENTION_MLA_DECODE,
+               Family.ATTENTION_MLA_PREFILL):
         return _attention(op, hw)
     r = rates(hw, fam)
     if op.kind is OpKind.GEMM:

@@ -11,6 +11,8 @@ Kernels:
 - ``elementwise``: a memory-only kernel (norm, activation) of given element counts.
 - ``attention``: one layer's attention block (projections and core) of ``batch`` sequences
   adding ``new_tokens`` each after ``context`` cached tokens; MLA in the form asked for.
+- ``attention_core``: the attention core alone (scores, softmax, values; what an attention
+  kernel such as FlashAttention, XQA or FlashMLA does), without the projections.
 - ``moe``: one MoE FFN layer for ``tokens`` tokens (router, shared and routed experts of the
   busiest EP rank); ``dense_ffn``: one dense FFN layer.
 """
@@ -26,7 +28,7 @@ from costsim.simulator.deployment import Deployment, activation_format
 from costsim.simulator.efficiency import operator_terms
 from costsim.simulator.layout import check_types, number_format
 from costsim.simulator.operators import _elementwise, _gemm, attention_operators, ffn_operators
-from costsim.simulator.types import LayerType, OpGroup, Operator, StepShape
+from costsim.simulator.types import LayerType, OpGroup, OpKind, Operator, StepShape
 from costsim.specs import HardwareProfile, MoEFFN, ModelSpec
 
 
@@ -94,11 +96,9 @@ def _positive(name: str, v, integer: bool = True):
     return a if a.ndim else float(a)
 
 
-def gemm(hw: HardwareProfile, m, n, k, dtype: str = "bf16") -> KernelPrediction:
-    """One GEMM [m, k] x [k, n] with weights in ``dtype`` (bf16, fp8, int4-g32, ...).
-
-    ``m``, ``n``, ``k`` broadcast (numpy). FieldError names a bad argument.
-    """
+def gemm_operators(hw: HardwareProfile, m, n, k, dtype: str = "bf16") -> list[Operator]:
+    """The operator of ``gemm`` (one GEMM; validated against ``hw``): for callers that time the
+    same shapes on many profiles (``predict(ops, hw, "gemm")``) without rebuilding them."""
     check_types(hw=hw)
     m, n, k = _positive("m", m), _positive("n", n), _positive("k", k)
     fmt = number_format(dtype, "dtype")
@@ -109,8 +109,15 @@ def gemm(hw: HardwareProfile, m, n, k, dtype: str = "bf16") -> KernelPrediction:
     except CostsimError as e:
         raise FieldError("dtype", dtype, str(e)) from None
     m, n, k = np.broadcast_arrays(np.asarray(m), np.asarray(n), np.asarray(k))
-    op = _gemm("gemm", OpGroup.FFN, LayerType.DENSE, m, n, k, fmt, activation_format(fmt).bytes_per_element, 1)
-    return predict([op], hw, "gemm")
+    return [_gemm("gemm", OpGroup.FFN, LayerType.DENSE, m, n, k, fmt, activation_format(fmt).bytes_per_element, 1)]
+
+
+def gemm(hw: HardwareProfile, m, n, k, dtype: str = "bf16") -> KernelPrediction:
+    """One GEMM [m, k] x [k, n] with weights in ``dtype`` (bf16, fp8, int4-g32, ...).
+
+    ``m``, ``n``, ``k`` broadcast (numpy). FieldError names a bad argument.
+    """
+    return predict(gemm_operators(hw, m, n, k, dtype), hw, "gemm")
 
 
 def elementwise(hw: HardwareProfile, elements_in, elements_out, dtype: str = "bf16") -> KernelPrediction:
@@ -142,6 +149,18 @@ def _dep(spec: ModelSpec, hw: HardwareProfile, tp: int, ep: int, weight_dtype, k
     return dep.check(spec)
 
 
+def attention_block_operators(spec: ModelSpec, hw: HardwareProfile, batch, context, new_tokens=1,
+                              form: str = "absorbed", tp: int = 1, weight_dtype="bf16", kv_dtype="bf16",
+                              window: int | None = None) -> list[Operator]:
+    """The operators of ``attention`` (validated against ``hw``)."""
+    batch, new_tokens = _positive("batch", batch), _positive("new_tokens", new_tokens)
+    ctx = np.asarray(context, dtype=float)
+    if not np.all(np.isfinite(ctx)) or np.any(ctx < 0) or np.any(ctx > MAX_SIZE):
+        raise FieldError("context", context, "must be a number of tokens from 0 to 2^53")
+    dep = _dep(spec, hw, tp, 1, weight_dtype, kv_dtype, form)
+    return attention_operators(spec, dep, StepShape(batch, new_tokens, ctx), 1, window, form, norms=False)
+
+
 def attention(spec: ModelSpec, hw: HardwareProfile, batch, context, new_tokens=1, form: str = "absorbed",
               tp: int = 1, weight_dtype="bf16", kv_dtype="bf16", window: int | None = None) -> KernelPrediction:
     """One layer's attention block on one device (TP rank): projections and core (the layer's
@@ -150,25 +169,62 @@ def attention(spec: ModelSpec, hw: HardwareProfile, batch, context, new_tokens=1
     ``batch`` sequences each add ``new_tokens`` after ``context`` cached tokens (decode:
     new_tokens = 1; prefill: context 0). ``form``: MLA absorbed or naive (ignored otherwise).
     """
+    return predict(attention_block_operators(spec, hw, batch, context, new_tokens, form, tp, weight_dtype, kv_dtype,
+                                             window), hw, "attention")
+
+
+def attention_core_operators(spec: ModelSpec, hw: HardwareProfile, batch, context, new_tokens=1,
+                             form: str = "absorbed", tp: int = 1, kv_dtype="bf16",
+                             window: int | None = None) -> list[Operator]:
+    """The operators of ``attention_core`` (validated against ``hw``)."""
     batch, new_tokens = _positive("batch", batch), _positive("new_tokens", new_tokens)
     ctx = np.asarray(context, dtype=float)
     if not np.all(np.isfinite(ctx)) or np.any(ctx < 0) or np.any(ctx > MAX_SIZE):
         raise FieldError("context", context, "must be a number of tokens from 0 to 2^53")
-    dep = _dep(spec, hw, tp, 1, weight_dtype, kv_dtype, form)
-    ops = attention_operators(spec, dep, StepShape(batch, new_tokens, ctx), 1, window, form, norms=False)
-    return predict(ops, hw, "attention")
+    dep = _dep(spec, hw, tp, 1, "bf16", kv_dtype, form)
+    return [o for o in attention_operators(spec, dep, StepShape(batch, new_tokens, ctx), 1, window, form, norms=False)
+            if o.kind is OpKind.ATTENTION]
 
 
-def moe(spec: ModelSpec, hw: HardwareProfile, tokens, ep: int = 1, weight_dtype="bf16") -> KernelPrediction:
-    """One MoE FFN layer for ``tokens`` tokens on the busiest of ``ep`` expert ranks (router,
-    shared experts, routed experts; uniform routing). Raises FieldError for a dense model."""
+def attention_core(spec: ModelSpec, hw: HardwareProfile, batch, context, new_tokens=1, form: str = "absorbed",
+                   tp: int = 1, kv_dtype="bf16", window: int | None = None) -> KernelPrediction:
+    """The attention core of one layer on one device (TP rank): the ``OpKind.ATTENTION``
+    operators of ``attention`` (scores and values over the cache, FLOPs 4 x heads x head_dim
+    x (query, key) pairs for GQA; bytes: the KV cache read and written, queries and outputs),
+    without the q/k/v/o projections (and, for absorbed MLA, without the W_UK / W_UV products).
+
+    ``batch`` sequences each add ``new_tokens`` after ``context`` cached tokens; arrays
+    broadcast. MLA ``form``: "absorbed" attends over the latent (decode kernels such as
+    FlashMLA), "naive" over decompressed keys and values (prefill kernels).
+    """
+    return predict(attention_core_operators(spec, hw, batch, context, new_tokens, form, tp, kv_dtype, window), hw,
+                   "attention_core")
+
+
+def moe_operators(spec: ModelSpec, hw: HardwareProfile, tokens, ep: int = 1, weight_dtype="bf16",
+                  moe_tp: int = 1, router: bool = True) -> list[Operator]:
+    """The operators of ``moe`` (validated against ``hw``)."""
     check_types(spec, hw)
     if not isinstance(spec.ffn, MoEFFN):
         raise FieldError("model", spec.name, "is dense: it has no MoE layer")
+    if isinstance(moe_tp, bool) or not isinstance(moe_tp, int) or moe_tp < 1:
+        raise FieldError("moe_tp", moe_tp, "must be an integer >= 1")
     tokens = _positive("tokens", tokens)
     dep = _dep(spec, hw, 1, ep, weight_dtype, "bf16", "absorbed")
+    if moe_tp > 1:  # each expert split moe_tp ways: ep x moe_tp devices (Deployment.moe_tp)
+        dep = dep.with_(devices=ep * moe_tp).check(spec)
     # tokens are spread over the ep attention ranks: the batch of the step is all of them
-    return predict(ffn_operators(spec, dep, StepShape(tokens, 1, 0), 1, moe=True), hw, "moe")
+    ops = ffn_operators(spec, dep, StepShape(tokens, 1, 0), 1, moe=True)
+    return ops if router else [o for o in ops if o.name != "moe.router"]
+
+
+def moe(spec: ModelSpec, hw: HardwareProfile, tokens, ep: int = 1, weight_dtype="bf16", moe_tp: int = 1,
+        router: bool = True) -> KernelPrediction:
+    """One MoE FFN layer for ``tokens`` tokens on the busiest of ``ep`` expert ranks (router,
+    shared experts, routed experts; uniform routing), each expert split ``moe_tp`` ways (its
+    intermediate size / moe_tp per device). ``router`` False leaves out the router GEMM (a
+    kernel given the router logits). Raises FieldError for a dense model."""
+    return predict(moe_operators(spec, hw, tokens, ep, weight_dtype, moe_tp, router), hw, "moe")
 
 
 def dense_ffn(spec: ModelSpec, hw: HardwareProfile, tokens, tp: int = 1, weight_dtype="bf16") -> KernelPrediction:

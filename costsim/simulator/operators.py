@@ -74,7 +74,7 @@ def _gemm(name, group: OpGroup, layer: LayerType, M, N, K, wfmt: NumberFormat, a
     return Operator(
         name=name, kind=OpKind.GEMM, group=group, layer=layer, count=count, flops=flops,
         bytes_read=w_bytes + M * K * act * batch_dims, bytes_written=M * N * act * batch_dims,
-        dtype=wfmt.compute, shape=dict(M=M, N=N, K=K, batch=batch_dims),
+        dtype=wfmt.compute, shape=dict(M=M, N=N, K=K, batch=batch_dims, format=wfmt.name),
     )
 
 
@@ -130,7 +130,7 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
             ops.append(gemm("attn.q_absorb(W_UK)", T, dc, dn, batch_dims=nh))
             flops = 2.0 * nh * (dc + dr) * pairs + 2.0 * nh * dc * pairs
             ops.append(core("attn.core(latent)", flops, kv_read + T * nh * (dc + dr) * act, kv_write + T * nh * dc * act,
-                            dict(heads=nh, q_len=s)))
+                            dict(heads=nh, q_len=s, rows=T * nh, mla=True)))
             ops.append(gemm("attn.o_absorb(W_UV)", T, dv, dc, batch_dims=nh))
         else:  # naive: decompress K_nope and V for every cached token, every step
             ctx_tokens = b * kv_len
@@ -139,7 +139,7 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
             kv_dec = ctx_tokens * (nh * (dn + dv) + dr) * act
             ops.append(core("attn.core(mha)", flops, kv_read + kv_dec + T * nh * (dn + dr) * act,
                             kv_write + T * nh * dv * act,
-                            dict(heads=nh, q_len=s)))
+                            dict(heads=nh, q_len=s, rows=T * nh, mla=True)))
         ops.append(gemm("attn.o_proj", T, h, nh * dv))
     else:
         assert isinstance(a, GQAAttention)
@@ -148,7 +148,7 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
         d = a.head_dim
         ops.append(gemm("attn.qkv_proj", T, (nh + 2 * nkv) * d, h))
         ops.append(core("attn.core", 4.0 * nh * d * pairs, kv_read + T * nh * d * act, kv_write + T * nh * d * act,
-                        dict(heads=nh, q_len=s)))
+                        dict(heads=nh, q_len=s, rows=T * nh, decode_rows=T * nkv)))
         ops.append(gemm("attn.o_proj", T, h, nh * d))
     if norms:
         ops.append(_elementwise("norms" + sfx, G, layer, 2 * T * h, 2 * T * h, act, n_layers))

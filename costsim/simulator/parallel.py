@@ -17,6 +17,11 @@ Formulas (per device, per occurrence):
 - Experts split over ``moe_tp`` > TP devices: ring all-gather of the tokens and
   reduce-scatter of the outputs over the moe_tp / TP attention groups, per MoE layer.
 - PP: each stage sends its [T, h] activation to the next once per step.
+- One collective on its own (``collective_seconds``, what nccl-tests times): ring all-reduce
+  sends 2 (n-1)/n x S bytes in 2 (n-1) latency steps; ring all-gather and reduce-scatter
+  (n-1)/n x S in n-1 steps; all-to-all (n-1)/n x S in one step (every peer at once), where S
+  is the per-rank buffer in bytes (nccl-tests' "size": the all-reduce buffer, the gathered
+  output, the scattered input, the all-to-all send buffer).
 Links: a group that fits in a node uses the intra-node link, else the NIC; the EP all-to-all
 spans all devices of a pipeline stage.
 """
@@ -145,8 +150,46 @@ def comm_seconds(op: Operator, spec: ModelSpec, dep: Deployment, hw: HardwarePro
         raise CostsimError(f"hardware {hw.name} has no {'inter' if inter else 'intra'}_node_bandwidth for {op.name}")
     rate = bw.value * (hw.efficiency.inter_node.value if inter else hw.efficiency.intra_node.value)
     lat = hw.inter_node_latency.value if inter else hw.intra_node_latency.value
+    base = hw.efficiency.comm_overhead.value  # per collective, 0 unless calibrated
     if op.link.kind is LinkKind.ALL_TO_ALL:
         ranks, nodes = ep_destinations(spec, dep, dpn)
         # comm_bytes = tokens * h * bytes (* imbalance): one copy per destination
-        return ep_alltoall_seconds(1.0, nodes if inter else ranks, 1, op.comm_bytes, rate, lat)
-    return np.asarray(op.comm_bytes, dtype=float) / rate + op.hops * lat
+        return ep_alltoall_seconds(1.0, nodes if inter else ranks, 1, op.comm_bytes, rate, lat) + base
+    return np.asarray(op.comm_bytes, dtype=float) / rate + op.hops * lat + base
+
+
+# collective -> (bytes on the link as a fraction of the buffer, latency steps) for n ranks
+COLLECTIVES = {
+    "all_reduce": (lambda n: 2.0 * (n - 1) / n, lambda n: 2.0 * (n - 1)),
+    "all_gather": (lambda n: (n - 1) / n, lambda n: n - 1.0),
+    "reduce_scatter": (lambda n: (n - 1) / n, lambda n: n - 1.0),
+    "all_to_all": (lambda n: (n - 1) / n, lambda n: np.ones_like(n)),
+}
+
+
+def collective_seconds(hw: HardwareProfile, collective: str, size_bytes, ranks):
+    """Seconds for one ``collective`` of a ``size_bytes`` per-rank buffer over ``ranks``
+    devices (arrays broadcast), on the intra-node link when ``ranks`` fits in a node, else
+    the NIC: fraction(n) x size / (bandwidth x efficiency) + steps(n) x latency (``COLLECTIVES``;
+    ring algorithms, Patarasuk & Yuan 2009; one-shot all-to-all) + ``efficiency.comm_overhead``
+    (once per collective). 0 for one rank.
+
+    Raises CostsimError for an unknown collective or a missing link bandwidth."""
+    if collective not in COLLECTIVES:
+        raise CostsimError(f"unknown collective {collective!r}: expected one of {', '.join(COLLECTIVES)}")
+    n = np.asarray(ranks, dtype=float)
+    inter = n > hw.devices_per_node
+    out = np.zeros(np.broadcast(n, np.asarray(size_bytes, dtype=float)).shape)
+    frac, steps = COLLECTIVES[collective]
+    for cross in (False, True):
+        mask = (inter == cross) & (n > 1)
+        if not np.any(mask):
+            continue
+        bw = hw.inter_node_bandwidth if cross else hw.intra_node_bandwidth
+        if bw is None:
+            raise CostsimError(f"hardware {hw.name} has no {'inter' if cross else 'intra'}_node_bandwidth for {collective}")
+        rate = bw.value * (hw.efficiency.inter_node.value if cross else hw.efficiency.intra_node.value)
+        lat = hw.inter_node_latency.value if cross else hw.intra_node_latency.value
+        t = frac(n) * np.asarray(size_bytes, dtype=float) / rate + steps(n) * lat + hw.efficiency.comm_overhead.value
+        out = np.where(mask, t, out)
+    return out if out.ndim else float(out)

@@ -137,6 +137,8 @@ def rate_provenance(hw: HardwareProfile, dtype: str) -> dict[str, dict]:
         "intra_node_latency": hw.intra_node_latency,
         "inter_node_latency": hw.inter_node_latency,
     }
+    if e.comm_overhead.value:  # listed once a profile has one (0 adds nothing)
+        items["efficiency.comm_overhead"] = e.comm_overhead
     for fam in Family:
         if fam is Family.COMM:
             continue

@@ -41,9 +41,13 @@ class Family(str, Enum):
     its parameters in the profile's ``efficiency.families``."""
 
     GEMM = "gemm"
+    GEMM_FP8 = "gemm_fp8"  # GEMMs on the fp8 tensor cores; falls back to gemm's parameters
+    GEMM_FP8_BLOCK = "gemm_fp8_block"  # fp8 with 128x128 weight-block scales; falls back to gemm_fp8
     GROUPED_GEMM = "grouped_gemm"
     ATTENTION_DECODE = "attention_decode"  # one query per sequence
     ATTENTION_PREFILL = "attention_prefill"  # more; chosen per element by the query length
+    ATTENTION_MLA_DECODE = "attention_mla_decode"  # MLA cores; fall back to attention_decode / _prefill
+    ATTENTION_MLA_PREFILL = "attention_mla_prefill"
     ELEMENTWISE = "elementwise"
     COMM = "comm"
 
@@ -132,10 +136,16 @@ class Operator:
     def family(self) -> Family:
         """The family whose time model costs this operator (attention: decode when every
         sequence adds one query, else prefill; an array of query lengths is split per element
-        by ``efficiency``)."""
+        by ``efficiency``; an MLA core: the ``attention_mla_*`` pair; a GEMM on the fp8 tensor
+        cores: ``gemm_fp8``, or ``gemm_fp8_block`` with block-scaled weights)."""
         if self.kind is OpKind.ATTENTION:
             q = np.asarray(self.shape.get("q_len", 1))
-            return Family.ATTENTION_DECODE if np.all(q <= 1) else Family.ATTENTION_PREFILL
+            dec = bool(np.all(q <= 1))
+            if self.shape.get("mla"):
+                return Family.ATTENTION_MLA_DECODE if dec else Family.ATTENTION_MLA_PREFILL
+            return Family.ATTENTION_DECODE if dec else Family.ATTENTION_PREFILL
+        if self.kind is OpKind.GEMM and self.dtype == "fp8":
+            return Family.GEMM_FP8_BLOCK if self.shape.get("format") == "fp8-block" else Family.GEMM_FP8
         return {OpKind.GEMM: Family.GEMM, OpKind.GROUPED_GEMM: Family.GROUPED_GEMM,
                 OpKind.ELEMENTWISE: Family.ELEMENTWISE, OpKind.COMM: Family.COMM}[self.kind]
 
