@@ -113,6 +113,15 @@ class MoEFFN(_Strict):
     gated: bool = True
     expert_bias: bool = False  # biases inside each expert (gpt-oss)
     router_bias: bool = False
+    # DeepSeek-V3 ``gate.e_score_correction_bias``: n_routed_experts per MoE layer, added to the
+    # routing scores (aux-loss-free balancing, arXiv 2412.19437 §2.1.2); a checkpoint tensor
+    router_correction_bias: bool = False
+    # Qwen2-MoE ``shared_expert_gate``: Linear(hidden_size, 1), a sigmoid gate on the shared expert
+    shared_expert_gate: bool = False
+    dense_bias: bool = False  # biases of the dense-layer FFN (DeepSeek-V2 ``mlp_bias``)
+    # biases of the shared-expert MLP, built as one MLP n_shared_experts x shared size wide
+    # (DeepSeek-V2 ``mlp_bias``: 2 x n_shared x I + hidden_size)
+    shared_expert_bias: bool = False
 
     @model_validator(mode="after")
     def _check(self):

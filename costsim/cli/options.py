@@ -153,14 +153,18 @@ def run(fn: Callable[[], list[str] | None], given: dict[str, str] | None = None)
 
     import numpy as np
 
+    from costsim.errors import CostsimWarning
+
     try:
-        with np.errstate(all="ignore"), _w.catch_warnings():
-            _w.simplefilter("ignore", RuntimeWarning)  # an overflow ends as one error line, not noise
-            warnings = fn() or []
+        with np.errstate(all="ignore"), _w.catch_warnings(record=True) as caught:
+            _w.simplefilter("ignore")  # an overflow ends as one error line, not noise
+            _w.simplefilter("always", CostsimWarning)  # the loaders' warnings, printed below
+            warnings = list(fn() or [])
     except FieldError as e:
         _fail(flag_message(e, given))
     except CostsimError as e:
         _fail(str(e))
+    warnings = [str(c.message) for c in caught if issubclass(c.category, CostsimWarning)] + warnings
     for w in dict.fromkeys(warnings):
         print(f"costsim: warning: {w}", file=sys.stderr)
 
