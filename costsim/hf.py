@@ -29,7 +29,8 @@ Anything else is refused with a one-line :class:`~costsim.errors.CostsimError` n
 and the unsupported ``model_type``; a missing required key names the key. Nothing is guessed: an
 unknown config is never silently treated as MHA.
 
-Not representable in the schema (ignored, see the model docs): RoPE scaling, quantisation configs.
+``quantization_config`` sets the default weight formats (``fp8`` block-scaled, ``mxfp4``
+experts: :func:`_checkpoint_formats`). Not representable (ignored): RoPE scaling.
 """
 
 from __future__ import annotations
@@ -247,7 +248,48 @@ def spec_from_hf_config(cfg: dict, where: str, name: str | None = None) -> Model
     sw = _sliding_window(c, layers)
     if sw is not None:
         data["sliding_window"] = sw
+    data.update(_checkpoint_formats(c, isinstance(data["ffn"], dict) and data["ffn"].get("kind") == "moe"))
     return validate(ModelSpec, data, where)
+
+
+def _checkpoint_formats(c: _Cfg, moe: bool) -> dict:
+    """``weight_dtype`` / ``expert_weight_dtype`` of the published checkpoint from its
+    ``quantization_config`` (the default weight format of every query on the model).
+
+    - ``quant_method: fp8`` with ``weight_block_size: [128, 128]`` (DeepSeek-V3, Qwen3-FP8):
+      ``fp8-b128`` (one fp32 scale per 128 x 128 block); without a block size: ``fp8``.
+    - ``quant_method: mxfp4`` (gpt-oss): routed experts ``mxfp4``; the modules listed in
+      ``modules_to_not_convert`` (attention, router, embedding, LM head) stay BF16.
+    - any other method: not modelled, weights stay BF16, with a warning.
+    """
+    q = c.cfg.get("quantization_config")
+    if q is None:
+        return {}
+    if not isinstance(q, dict):
+        raise c.fail(f"key 'quantization_config' must be a mapping, got {_short(q)}")
+    method = q.get("quant_method")
+    if method == "fp8":
+        block = q.get("weight_block_size")
+        if block is None:
+            return {"weight_dtype": "fp8"}
+        if block == [128, 128]:
+            return {"weight_dtype": "fp8-b128"}
+        warnings.warn(CostsimWarning(
+            f"{c.where}: quantization_config.weight_block_size {_short(block)} is not modelled; weights "
+            "default to fp8 without their scales"), stacklevel=4)
+        return {"weight_dtype": "fp8"}
+    if method == "mxfp4":
+        skip = q.get("modules_to_not_convert") or []
+        if not isinstance(skip, list):
+            raise c.fail(f"key 'quantization_config.modules_to_not_convert' must be a list, got {_short(skip)}")
+        attention_kept = any(isinstance(m, str) and "self_attn" in m for m in skip)
+        if not moe:
+            return {"weight_dtype": "bf16" if attention_kept else "mxfp4"}
+        return {"weight_dtype": "bf16" if attention_kept else "mxfp4", "expert_weight_dtype": "mxfp4"}
+    warnings.warn(CostsimWarning(
+        f"{c.where}: quantization_config quant_method {_short(method)} is not modelled (fp8 and mxfp4 are); "
+        "weights default to bf16, give --weight-dtype"), stacklevel=4)
+    return {}
 
 
 # --------------------------------------------------------------------------------------

@@ -177,6 +177,11 @@ class ModelSpec(_Strict):
     num_nextn_predict_layers: NonNegativeInt = 0  # MTP modules (DeepSeek-V3 §2.2)
     sliding_window: Optional[SlidingWindow] = None
     max_position_embeddings: Optional[PositiveInt] = None
+    # formats of the published checkpoint (HF quantization_config), the default when a query
+    # names none: matmul weights, and the routed experts where they differ (gpt-oss: MXFP4
+    # experts, BF16 attention). Names of costsim.units.FORMATS.
+    weight_dtype: Optional[str] = None
+    expert_weight_dtype: Optional[str] = None
     description: str = ""
 
     @field_validator("name")
@@ -187,8 +192,17 @@ class ModelSpec(_Strict):
             raise ValueError("name must not be empty")
         return v
 
+    @field_validator("weight_dtype", "expert_weight_dtype")
+    @classmethod
+    def _format_name(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and v not in units.FORMATS:
+            raise ValueError(f"unknown number format {v!r}: expected one of {', '.join(units.FORMATS)}")
+        return v
+
     @model_validator(mode="after")
     def _check(self):
+        if self.expert_weight_dtype is not None and not isinstance(self.ffn, MoEFFN):
+            raise ValueError("expert_weight_dtype is for MoE models (routed experts); this model is dense")
         if isinstance(self.ffn, MoEFFN):
             if self.n_moe_layers == 0:
                 raise ValueError(f"ffn: no layer is MoE (first_k_dense_replace={self.ffn.first_k_dense_replace}, "

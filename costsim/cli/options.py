@@ -44,7 +44,9 @@ TP = Annotated[Optional[int], typer.Option("--tp", help=(
 EP = Annotated[Optional[int], typer.Option("--ep", help="Expert parallel degree (default: the largest that divides "
                                                         "devices and experts).")]
 PP = Annotated[int, typer.Option("--pp", help="Pipeline parallel degree.")]
-WeightDtype = Annotated[str, typer.Option("--weight-dtype", help=f"Matmul weights: {_DTYPES}.")]
+WeightDtype = Annotated[Optional[str], typer.Option(
+    "--weight-dtype", help=f"Matmul weights: {_DTYPES}, fp8-b128 (default: the checkpoint's, from the spec or "
+                           "the config.json quantization_config; else bf16).")]
 KVDtype = Annotated[str, typer.Option("--kv-dtype", help=f"KV cache: {_DTYPES}, or flashmla-fp8 (MLA).")]
 MLAForm = Annotated[str, typer.Option("--mla-form", help="MLA form: absorbed, naive, or auto (faster per phase).")]
 Imbalance = Annotated[float, typer.Option("--imbalance", help="MoE load imbalance: busiest EP rank over mean (>= 1).")]
@@ -112,7 +114,7 @@ def hardware(ref: str, sets):
     return apply_sets(load_hardware(ref), sets, "--hw-set")
 
 
-def layout(devices=None, tp=None, ep=None, pp=1, weight_dtype="bf16", kv_dtype="bf16", mla_form="auto",
+def layout(devices=None, tp=None, ep=None, pp=1, weight_dtype=None, kv_dtype="bf16", mla_form="auto",
            imbalance=1.0, overlap=False, block_size=None):
     """The flags of a layout as the engine's ``LayoutRequest`` (the engine checks them)."""
     from costsim.simulator.layout import LayoutRequest
