@@ -700,7 +700,7 @@ def test_config_json_missing_heads(bad, tmp_path, cmd):
 
 
 def test_import_hf_missing_config(bad):
-    bad(["import-hf", "no-such-config.json"], "no-such-config.json", "cannot read")
+    bad(["import-hf", "no-such-config.json"], "no-such-config.json", "no such file")
 
 
 def test_import_hf_bad_config_does_not_create_output(bad, tmp_path):

@@ -111,7 +111,7 @@ def model(ref: str, sets):
 def hardware(ref: str, sets):
     from costsim.registry import apply_sets, load_hardware
 
-    return apply_sets(load_hardware(ref), sets, "--hw-set")
+    return apply_sets(load_hardware(ref), sets, "--hw-set", require_units=True)
 
 
 def layout(devices=None, tp=None, ep=None, pp=1, weight_dtype=None, kv_dtype="bf16", mla_form="auto",
@@ -162,6 +162,11 @@ def run(fn: Callable[[], list[str] | None], given: dict[str, str] | None = None)
             _w.simplefilter("ignore")  # an overflow ends as one error line, not noise
             _w.simplefilter("always", CostsimWarning)  # the loaders' warnings, printed below
             warnings = list(fn() or [])
+    except BrokenPipeError:  # the reader of stdout left (`| head`); click would make it exit 1
+        from costsim.cli import _quiet_stdout
+
+        _quiet_stdout()
+        raise typer.Exit(0)
     except FieldError as e:
         _fail(flag_message(e, given))
     except CostsimError as e:

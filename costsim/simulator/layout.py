@@ -55,9 +55,19 @@ def check_types(spec=None, hw=None) -> None:
                            f"got {type(hw).__name__}")
 
 
+MAX_DEVICES = 2**20  # devices in one deployment (checked before any search over layouts)
+
+
 def divisors(n: int) -> list[int]:
-    """Positive divisors of ``n``, ascending."""
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """Positive divisors of ``n``, ascending (trial division up to sqrt(n))."""
+    small, large, d = [], [], 1
+    while d * d <= n:
+        if n % d == 0:
+            small.append(d)
+            if d * d != n:
+                large.append(n // d)
+        d += 1
+    return small + large[::-1]
 
 
 def valid_tp(spec: ModelSpec, devices: int) -> list[int]:
@@ -155,6 +165,8 @@ def resolve_deployment(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequ
     for k, v in (("devices", devices), ("tp", r.tp), ("ep", r.ep), ("pp", r.pp)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise FieldError(k, v, "must be an integer >= 1")
+        if v is not None and v > MAX_DEVICES:
+            raise FieldError(k, v, f"must be at most {MAX_DEVICES:,} (2^20 devices)")
     if isinstance(r.imbalance, bool) or not isinstance(r.imbalance, (int, float)):
         raise FieldError("imbalance", r.imbalance, "must be a number >= 1")
     if devices % r.pp:

@@ -54,9 +54,17 @@ def context_warnings(spec: ModelSpec, tokens: int) -> list[str]:
     return []
 
 
+MAX_COUNT = 2**24  # sequences, tokens, TP degree: beyond any deployment, checked before any loop
+MAX_OUTPUT = 2**20  # output tokens per sequence: the decode curve is sampled per output token
+
+
 def _count(name: str, v, minimum: int = 0) -> int:
+    """``v`` as an int in [minimum, MAX_COUNT] (``output_len``: MAX_OUTPUT); else FieldError."""
     if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool)) or v < minimum:
         raise FieldError(name, repr(v), f"must be an integer >= {minimum}")
+    top = MAX_OUTPUT if name == "output_len" else MAX_COUNT
+    if v > top:
+        raise FieldError(name, v, f"must be at most {top:,} (2^{top.bit_length() - 1})")
     return int(v)
 
 
