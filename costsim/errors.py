@@ -20,3 +20,8 @@ class FieldError(CostsimError):
     def __init__(self, field: str, value, reason: str):
         self.field, self.value, self.reason = field, value, reason
         super().__init__(f"{field}={value}: {reason}")
+
+
+class CostsimWarning(UserWarning):
+    """Something the user should know that does not stop the command (an HF config read as
+    another model_type, ...). The CLI prints it as ``costsim: warning: ...`` on stderr."""

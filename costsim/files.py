@@ -14,13 +14,21 @@ from costsim.errors import CostsimError
 def check_target(path: Path | str, what: str = "output") -> Path:
     """Raise CostsimError unless ``path`` can be written as a file in an existing directory."""
     path = Path(path)
-    if not path.parent.is_dir():
-        raise CostsimError(f"{path}: directory {path.parent} does not exist")
-    if path.is_dir():
-        raise CostsimError(f"{path}: is a directory; give a file name for the {what}")
-    if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise CostsimError(f"{path}: not a regular file; the {what} replaces only regular files")
+    try:
+        if not path.parent.is_dir():
+            raise CostsimError(f"{path}: directory {path.parent} does not exist")
+        if path.is_dir():
+            raise CostsimError(f"{path}: is a directory; give a file name for the {what}")
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise CostsimError(f"{path}: not a regular file; the {what} replaces only regular files")
+    except OSError as e:  # name too long, permission denied on a parent, ...
+        raise CostsimError(f"{_short_path(path)}: cannot write the {what} ({e.strerror or e})") from None
     return path
+
+
+def _short_path(path: Path) -> str:
+    s = str(path)
+    return s if len(s) <= 120 else s[:60] + "..." + s[-40:]
 
 
 MAX_INPUT_BYTES = 64 * 2**20
@@ -30,12 +38,15 @@ def check_input(path: Path | str, max_bytes: int = MAX_INPUT_BYTES) -> Path:
     """Raise CostsimError unless ``path`` is a regular file of at most ``max_bytes`` (a device,
     a FIFO or a directory is refused before anything reads it)."""
     path = Path(path)
-    if not path.exists():
-        raise CostsimError(f"{path}: no such file")
-    if not path.is_file():
-        raise CostsimError(f"{path}: not a regular file")
-    if path.stat().st_size > max_bytes:
-        raise CostsimError(f"{path}: {path.stat().st_size:,} bytes, more than the {max_bytes:,} read at most")
+    try:
+        if not path.exists():
+            raise CostsimError(f"{_short_path(path)}: no such file")
+        if not path.is_file():
+            raise CostsimError(f"{path}: not a regular file")
+        if path.stat().st_size > max_bytes:
+            raise CostsimError(f"{path}: {path.stat().st_size:,} bytes, more than the {max_bytes:,} read at most")
+    except OSError as e:
+        raise CostsimError(f"{_short_path(path)}: cannot read file ({e.strerror or e})") from None
     return path
 
 
@@ -51,12 +62,18 @@ def file_mode(path: Path) -> int:
 def atomic_write(path: Path | str, write: Callable[[str], None], what: str = "output") -> None:
     """Call ``write(tmp_path)`` to produce the file, then move it into place at ``path``."""
     path = check_target(path, what)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:64]}.", suffix=path.suffix[:16] or ".tmp")
+    except OSError as e:
+        raise CostsimError(f"{_short_path(path)}: cannot write the {what} ({e.strerror or e})") from None
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, file_mode(path))
         os.replace(tmp, path)
+    except OSError as e:  # disk full, read-only file system, name too long, permission
+        Path(tmp).unlink(missing_ok=True)
+        raise CostsimError(f"{path}: cannot write the {what} ({e.strerror or e})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

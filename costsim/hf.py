@@ -5,31 +5,43 @@ Supported ``model_type`` values (the families whose HF modelling code we mirror)
 * ``deepseek`` (DeepSeekMoE / DeepSeek-LLM remote code), ``deepseek_v2``, ``deepseek_v3``:
   MLA when ``kv_lora_rank`` is present, else MHA/GQA; DeepSeekMoE FFN when ``n_routed_experts``
   is set (layer i is MoE iff ``i >= first_k_dense_replace and i % moe_layer_freq == 0``, the rule
-  in ``modeling_deepseek.py``); ``num_nextn_predict_layers`` (MTP, V3).
+  in ``modeling_deepseek.py``; transformers ignores ``moe_layer_freq``, so V2/V3 need it 1);
+  ``num_nextn_predict_layers`` (MTP, V3); V3's ``e_score_correction_bias``; V2's ``mlp_bias``.
 * ``llama``, ``mistral``: dense SwiGLU; ``attention_bias`` (q/k/v/o) and ``mlp_bias`` (llama).
 * ``mixtral``: top-k of ``num_local_experts``, expert width ``intermediate_size``, no shared expert.
 * ``qwen2``: dense, q/k/v bias always on (o_proj has none) as in ``modeling_qwen2.py``.
-* ``qwen2_moe``: routed ``num_experts`` + one shared expert of ``shared_expert_intermediate_size``.
+* ``qwen2_moe``: routed ``num_experts`` + one shared expert of ``shared_expert_intermediate_size``
+  and its sigmoid ``shared_expert_gate``; q/k/v bias from ``qkv_bias`` (default true).
 * ``qwen3``, ``qwen3_moe``: per-head q/k RMSNorm (``qk_norm``), explicit ``head_dim``.
-* ``gpt_oss``: q/k/v/o bias, attention sinks, expert and router biases, ``layer_types`` ->
-  sliding-window layers.
+* ``gpt_oss``: q/k/v/o bias (``attention_bias``, default true), attention sinks, expert and
+  router biases, ``layer_types`` -> sliding-window layers.
+
+An unknown ``model_type`` whose ``architectures`` names one of these families' classes
+(Kimi-K2: ``kimi_k2`` with ``DeepseekV3ForCausalLM``) is read as that family, with a
+:class:`~costsim.errors.CostsimWarning`.
+
+Absent and null keys: as the transformers config class of the model_type (transformers 5.x)
+would read them, or refused. ``tests/test_hf_differential.py`` checks this against
+transformers on the meta device: parameter count, KV per token and sliding layers agree
+exactly, or the import refuses naming the key. See :class:`_Cfg` for the rule.
 
 Anything else is refused with a one-line :class:`~costsim.errors.CostsimError` naming the file
 and the unsupported ``model_type``; a missing required key names the key. Nothing is guessed: an
 unknown config is never silently treated as MHA.
 
-Not representable in the schema (ignored, see the model docs): Qwen2-MoE's 1-wide sigmoid
-``shared_expert_gate`` (hidden_size weights per layer), RoPE scaling, quantisation configs.
+``quantization_config`` sets the default weight formats (``fp8`` block-scaled, ``mxfp4``
+experts: :func:`_checkpoint_formats`). Not representable (ignored): RoPE scaling.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
 import yaml
 
-from costsim.errors import CostsimError
+from costsim.errors import CostsimError, CostsimWarning
 from costsim.specs import ModelSpec, moe_layer_rule, validate
 
 SUPPORTED_MODEL_TYPES = (
@@ -53,8 +65,27 @@ _QWEN = {"qwen2", "qwen2_moe", "qwen3", "qwen3_moe"}
 _KV_DEFAULTS_TO_HEADS = {"llama", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe"} | _DEEPSEEK
 
 
+_REFUSE = object()  # marker: the transformers default is a size; an absent key is refused, not guessed
+
+# The transformers config class of each model_type (transformers 5.x, ``configuration_*.py``),
+# named in messages about its defaults.
+_TF_CLASS = {
+    "deepseek_v2": "DeepseekV2Config", "deepseek_v3": "DeepseekV3Config", "gpt_oss": "GptOssConfig",
+    "llama": "LlamaConfig", "mistral": "MistralConfig", "mixtral": "MixtralConfig", "qwen2": "Qwen2Config",
+    "qwen2_moe": "Qwen2MoeConfig", "qwen3": "Qwen3Config", "qwen3_moe": "Qwen3MoeConfig",
+}
+
+
 class _Cfg:
-    """Typed access to a config dict; every failure is a one-line CostsimError."""
+    """Typed access to a config dict; every failure is a one-line CostsimError.
+
+    Absent and null keys follow the transformers config class of the model_type: an absent
+    key takes the dataclass default, a null one goes through ``__post_init__``. Where that
+    default is a size (``num_key_value_heads: 32`` in Qwen2Config, ``q_lora_rank: 1536``),
+    the import refuses and names the key and the default instead of building a model of a
+    size nobody wrote down; defaults that switch a feature off (False, 0, None) or derive
+    from other keys (``head_dim = hidden_size // num_attention_heads``) are taken.
+    """
 
     def __init__(self, cfg: dict, where: str, model_type: str):
         self.cfg, self.where, self.mt = cfg, where, model_type
@@ -65,29 +96,58 @@ class _Cfg:
     def has(self, key: str) -> bool:
         return self.cfg.get(key) is not None
 
-    def get_int(self, key: str, default: Any = ..., *, allow_none: bool = False) -> Any:
+    def _missing(self, key: str, tf_default: Any, null: bool) -> CostsimError:
+        state = "is null" if null else "is missing"
+        cls = _TF_CLASS.get(self.mt)
+        if tf_default is not _REFUSE and tf_default is not ... and cls:
+            return self.fail(f"required key '{key}' {state} (transformers' {cls} would take {tf_default!r}; "
+                             "give it explicitly)")
+        return self.fail(f"required key '{key}' {state}")
+
+    def get_int(self, key: str, default: Any = ..., *, allow_none: bool = False, null: Any = ...,
+                tf_default: Any = _REFUSE) -> Any:
+        """The integer at ``key``. Absent: ``default`` (if given), else None with ``allow_none``,
+        else an error naming the key (and ``tf_default``, the size transformers would take).
+        Null: ``null`` if given, else an error (transformers' strict config fields refuse None)."""
+        if key in self.cfg and self.cfg[key] is None:
+            if null is not ...:
+                return null
+            raise self._missing(key, tf_default, True)
         v = self.cfg.get(key)
         if v is None:
             if default is not ...:
                 return default
             if allow_none:
                 return None
-            state = "is null" if key in self.cfg else "is missing"
-            raise self.fail(f"required key '{key}' {state}")
+            raise self._missing(key, tf_default, False)
         if isinstance(v, bool) or not isinstance(v, int):
             # JSON writers sometimes emit 4096.0; accept integral floats, reject the rest
-            if isinstance(v, float) and v.is_integer():
+            if isinstance(v, float) and v.is_integer() and abs(v) < 2**63:
                 return int(v)
-            raise self.fail(f"key '{key}' must be an integer, got {v!r}")
+            raise self.fail(f"key '{key}' must be an integer, got {_short(v)}")
+        if not -(2**63) < v < 2**63:
+            raise self.fail(f"key '{key}' is an integer of {v.bit_length()} bits: expected one below 2^63")
         return v
 
     def get_bool(self, key: str, default: bool) -> bool:
-        v = self.cfg.get(key)
-        if v is None:
+        """A flag: absent -> ``default`` (the transformers default); null -> an error (a bool
+        field of a transformers config refuses None)."""
+        if key not in self.cfg:
             return default
+        v = self.cfg[key]
         if not isinstance(v, bool):
-            raise self.fail(f"key '{key}' must be true or false, got {v!r}")
+            raise self.fail(f"key '{key}' must be true or false, got {'null' if v is None else _short(v)}")
         return v
+
+
+def _short(v: Any) -> str:
+    """``repr`` of a config value, cut to 60 characters (a 10 MB value stays one short line)."""
+    if isinstance(v, (dict, list)):
+        return f"a {'mapping' if isinstance(v, dict) else 'list'} ({len(v)} entries)"
+    if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 200:
+        return f"an integer of {v.bit_length()} bits"
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 def _slug(text: str) -> str:
@@ -109,6 +169,49 @@ def _default_name(cfg: dict, where: str, mt: str) -> str:
     return _slug(stem) or mt.replace("_", "-")
 
 
+_MAX_LAYERS = 100_000  # ModelSpec.num_hidden_layers bound
+
+# ``architectures`` classes whose modelling code is the one of a supported model_type: a config
+# with an unknown model_type (Kimi-K2: ``kimi_k2``) but one of these classes imports as that type.
+_ARCH_TO_MODEL_TYPE = {
+    "DeepseekV2ForCausalLM": "deepseek_v2",
+    "DeepseekV3ForCausalLM": "deepseek_v3",
+    "DeepseekForCausalLM": "deepseek",
+    "GptOssForCausalLM": "gpt_oss",
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "MixtralForCausalLM": "mixtral",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen2MoeForCausalLM": "qwen2_moe",
+    "Qwen3ForCausalLM": "qwen3",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
+}
+
+
+def _model_type(cfg: dict, where: str) -> str:
+    """The supported model_type of ``cfg``: its own, or the one its ``architectures`` class
+    belongs to (with a :class:`~costsim.errors.CostsimWarning`), else a one-line error."""
+    mt = cfg.get("model_type")
+    if isinstance(mt, str) and mt in SUPPORTED_MODEL_TYPES:
+        return mt
+    archs = cfg.get("architectures")
+    archs = archs if isinstance(archs, list) else []
+    known = [a for a in archs if isinstance(a, str) and a in _ARCH_TO_MODEL_TYPE]
+    if known:
+        as_mt = _ARCH_TO_MODEL_TYPE[known[0]]
+        said = "has no model_type" if mt is None else f"model_type {_short(mt)} is not supported"
+        warnings.warn(CostsimWarning(
+            f"{where}: {said}; read as {as_mt}, the model_type of its architectures class {known[0]}"),
+            stacklevel=3)
+        return as_mt
+    if mt is None:
+        raise CostsimError(f"{where}: required key 'model_type' is missing (cannot tell the architecture)")
+    raise CostsimError(
+        f"{where}: unsupported model_type {_short(mt)} (supported: {', '.join(SUPPORTED_MODEL_TYPES)}; "
+        f"or an architectures class among {', '.join(_ARCH_TO_MODEL_TYPE)})"
+    )
+
+
 def spec_from_hf_config(cfg: dict, where: str, name: str | None = None) -> ModelSpec:
     """Build a validated ModelSpec from a HuggingFace ``config.json`` dict.
 
@@ -117,18 +220,16 @@ def spec_from_hf_config(cfg: dict, where: str, name: str | None = None) -> Model
     """
     if not isinstance(cfg, dict):
         raise CostsimError(f"{where}: expected a JSON object at the top level, got {type(cfg).__name__}")
-    mt = cfg.get("model_type")
-    if mt is None:
-        raise CostsimError(f"{where}: required key 'model_type' is missing (cannot tell the architecture)")
-    if not isinstance(mt, str) or mt not in SUPPORTED_MODEL_TYPES:
-        raise CostsimError(
-            f"{where}: unsupported model_type {mt!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
-        )
+    mt = _model_type(cfg, where)
     c = _Cfg(cfg, where, mt)
 
     hidden = c.get_int("hidden_size")
     layers = c.get_int("num_hidden_layers")
     heads = c.get_int("num_attention_heads")
+    if not 0 < layers <= _MAX_LAYERS:  # before any per-layer list is built
+        raise c.fail(f"num_hidden_layers {layers} is out of range: expected 1 to {_MAX_LAYERS:,}")
+    if heads <= 0:
+        raise c.fail(f"num_attention_heads {heads} must be positive")
     data: dict[str, Any] = {
         "name": name or _default_name(cfg, where, mt),
         "source": f"HF config.json: {where}",
@@ -147,12 +248,65 @@ def spec_from_hf_config(cfg: dict, where: str, name: str | None = None) -> Model
     sw = _sliding_window(c, layers)
     if sw is not None:
         data["sliding_window"] = sw
+    data.update(_checkpoint_formats(c, isinstance(data["ffn"], dict) and data["ffn"].get("kind") == "moe"))
     return validate(ModelSpec, data, where)
+
+
+def _checkpoint_formats(c: _Cfg, moe: bool) -> dict:
+    """``weight_dtype`` / ``expert_weight_dtype`` of the published checkpoint from its
+    ``quantization_config`` (the default weight format of every query on the model).
+
+    - ``quant_method: fp8`` with ``weight_block_size: [128, 128]`` (DeepSeek-V3, Qwen3-FP8):
+      ``fp8-b128`` (one fp32 scale per 128 x 128 block); without a block size: ``fp8``.
+    - ``quant_method: mxfp4`` (gpt-oss): routed experts ``mxfp4``; the modules listed in
+      ``modules_to_not_convert`` (attention, router, embedding, LM head) stay BF16.
+    - any other method: not modelled, weights stay BF16, with a warning.
+    """
+    q = c.cfg.get("quantization_config")
+    if q is None:
+        return {}
+    if not isinstance(q, dict):
+        raise c.fail(f"key 'quantization_config' must be a mapping, got {_short(q)}")
+    method = q.get("quant_method")
+    if method == "fp8":
+        block = q.get("weight_block_size")
+        if block is None:
+            return {"weight_dtype": "fp8"}
+        if block == [128, 128]:
+            return {"weight_dtype": "fp8-b128"}
+        warnings.warn(CostsimWarning(
+            f"{c.where}: quantization_config.weight_block_size {_short(block)} is not modelled; weights "
+            "default to fp8 without their scales"), stacklevel=4)
+        return {"weight_dtype": "fp8"}
+    if method == "mxfp4":
+        skip = q.get("modules_to_not_convert") or []
+        if not isinstance(skip, list):
+            raise c.fail(f"key 'quantization_config.modules_to_not_convert' must be a list, got {_short(skip)}")
+        attention_kept = any(isinstance(m, str) and "self_attn" in m for m in skip)
+        if not moe:
+            return {"weight_dtype": "bf16" if attention_kept else "mxfp4"}
+        return {"weight_dtype": "bf16" if attention_kept else "mxfp4", "expert_weight_dtype": "mxfp4"}
+    warnings.warn(CostsimWarning(
+        f"{c.where}: quantization_config quant_method {_short(method)} is not modelled (fp8 and mxfp4 are); "
+        "weights default to bf16, give --weight-dtype"), stacklevel=4)
+    return {}
 
 
 # --------------------------------------------------------------------------------------
 # attention
 # --------------------------------------------------------------------------------------
+
+# num_key_value_heads when absent: "heads" (LlamaConfig: None -> num_attention_heads) or the
+# transformers dataclass default, refused as a size. Null: num_attention_heads (every
+# __post_init__ here) except Qwen2-MoE / Qwen3-MoE, whose None reaches nn.Linear and fails.
+_KV_ABSENT = {"llama": "heads", "mistral": 8, "mixtral": 8, "qwen2": 32, "qwen3": 32, "qwen2_moe": 16,
+              "qwen3_moe": 4, "gpt_oss": 8, "deepseek": "heads"}
+_KV_NULL_FAILS = {"qwen2_moe", "qwen3_moe"}
+# head_dim when absent: derived (hidden_size // num_attention_heads, the modelling code's
+# getattr default) or a dataclass size default (refused). Null: derived where __post_init__
+# or ``getattr(...) or`` derives it, else refused (None reaches nn.Linear).
+_HEAD_DIM_ABSENT = {"qwen3": 128, "gpt_oss": 64}
+_HEAD_DIM_NULL_DERIVES = {"llama", "mistral", "mixtral", "gpt_oss", "deepseek"}
 
 
 def _attention(c: _Cfg, hidden: int, heads: int) -> dict:
@@ -163,34 +317,46 @@ def _attention(c: _Cfg, hidden: int, heads: int) -> dict:
     if mt in _DEEPSEEK and c.has("kv_lora_rank"):
         if c.get_bool("attention_bias", False):
             raise c.fail("attention_bias true with MLA is not representable (MLAAttention has no bias fields)")
+        # q_lora_rank: absent -> 1536 in DeepseekV2Config / DeepseekV3Config (refused as a size);
+        # null -> no query compression (V2-Lite). Remote code (deepseek) defaults it to None.
+        if mt == "deepseek":
+            q_lora = c.get_int("q_lora_rank", allow_none=True, null=None)
+        else:
+            q_lora = c.get_int("q_lora_rank", null=None, tf_default=1536)
         return {
             "kind": "mla",
             "num_attention_heads": heads,
-            "q_lora_rank": c.get_int("q_lora_rank", allow_none=True),  # null: no query compression (V2-Lite)
+            "q_lora_rank": q_lora,
             "kv_lora_rank": c.get_int("kv_lora_rank"),
-            "qk_rope_head_dim": c.get_int("qk_rope_head_dim"),
-            "qk_nope_head_dim": c.get_int("qk_nope_head_dim"),
-            "v_head_dim": c.get_int("v_head_dim"),
+            "qk_rope_head_dim": c.get_int("qk_rope_head_dim", tf_default=64),
+            "qk_nope_head_dim": c.get_int("qk_nope_head_dim", tf_default=128),
+            "v_head_dim": c.get_int("v_head_dim", tf_default=128),
         }
 
-    if mt in _KV_DEFAULTS_TO_HEADS:
-        kv = c.get_int("num_key_value_heads", heads)
+    absent = _KV_ABSENT.get(mt, "heads")
+    null_kv = ... if mt in _KV_NULL_FAILS else heads
+    if absent == "heads":
+        kv = c.get_int("num_key_value_heads", heads, null=null_kv)
     else:
-        kv = c.get_int("num_key_value_heads")
-    if c.has("head_dim"):
-        head_dim = c.get_int("head_dim")
+        kv = c.get_int("num_key_value_heads", null=null_kv, tf_default=absent)
+    if "head_dim" in c.cfg and not (c.cfg["head_dim"] is None and mt in _HEAD_DIM_NULL_DERIVES):
+        head_dim = c.get_int("head_dim", tf_default=_HEAD_DIM_ABSENT.get(mt, _REFUSE))
+    elif mt in _HEAD_DIM_ABSENT and "head_dim" not in c.cfg:
+        raise c._missing("head_dim", _HEAD_DIM_ABSENT[mt], False)
     else:
         if hidden % heads:
             raise c.fail(f"no 'head_dim' and hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
         head_dim = hidden // heads
     kind = "mha" if kv == heads else "mqa" if kv == 1 else "gqa"
 
-    if mt in ("qwen2", "qwen2_moe"):
-        qkv_bias, o_bias = True, False  # hard-coded in modeling_qwen2(_moe).py
+    if mt == "qwen2":
+        qkv_bias, o_bias = True, False  # hard-coded in modeling_qwen2.py
+    elif mt == "qwen2_moe":
+        qkv_bias, o_bias = c.get_bool("qkv_bias", True), False  # Qwen2MoeConfig.qkv_bias (default True)
     elif mt in ("mistral", "mixtral"):
         qkv_bias = o_bias = False  # no bias option in the HF modules
     else:  # llama, qwen3(_moe), gpt_oss, deepseek without MLA: one flag for q/k/v/o
-        qkv_bias = o_bias = c.get_bool("attention_bias", False)
+        qkv_bias = o_bias = c.get_bool("attention_bias", mt == "gpt_oss")  # GptOssConfig: True
     return {
         "kind": kind,
         "num_attention_heads": heads,
@@ -209,7 +375,7 @@ def _attention(c: _Cfg, hidden: int, heads: int) -> dict:
 
 
 def _dense(c: _Cfg) -> dict:
-    bias = c.get_bool("mlp_bias", False) if c.mt == "llama" else False
+    bias = c.get_bool("mlp_bias", False) if c.mt in ("llama", "deepseek_v2") else False
     return {"kind": "dense", "intermediate_size": c.get_int("intermediate_size"), "gated": True, "bias": bias}
 
 
@@ -222,9 +388,9 @@ def _ffn(c: _Cfg, layers: int) -> dict:
     if mt == "mixtral":
         return {
             "kind": "moe",
-            "n_routed_experts": c.get_int("num_local_experts"),
-            "num_experts_per_tok": c.get_int("num_experts_per_tok"),
-            "moe_intermediate_size": c.get_int("intermediate_size"),
+            "n_routed_experts": c.get_int("num_local_experts", tf_default=8),
+            "num_experts_per_tok": c.get_int("num_experts_per_tok", tf_default=2),
+            "moe_intermediate_size": c.get_int("intermediate_size", tf_default=14336),
             "n_shared_experts": 0,
         }
     if mt in ("qwen2_moe", "qwen3_moe"):
@@ -232,12 +398,14 @@ def _ffn(c: _Cfg, layers: int) -> dict:
     if mt == "gpt_oss":
         topk = c.get_int("num_experts_per_tok", None)
         if topk is None:
-            topk = c.get_int("experts_per_token")
+            topk = c.get_int("experts_per_token", None)
+        if topk is None:
+            raise c._missing("num_experts_per_tok", 4, "num_experts_per_tok" in c.cfg)
         return {
             "kind": "moe",
-            "n_routed_experts": c.get_int("num_local_experts"),
+            "n_routed_experts": c.get_int("num_local_experts", tf_default=128),
             "num_experts_per_tok": topk,
-            "moe_intermediate_size": c.get_int("intermediate_size"),
+            "moe_intermediate_size": c.get_int("intermediate_size", tf_default=2880),
             "n_shared_experts": 0,
             "expert_bias": True,  # gate_up_proj_bias / down_proj_bias in GptOssExperts
             "router_bias": True,  # GptOssTopKRouter has a bias
@@ -246,25 +414,43 @@ def _ffn(c: _Cfg, layers: int) -> dict:
 
 
 def _deepseek_ffn(c: _Cfg, layers: int) -> dict:
-    if not c.has("n_routed_experts"):
-        return _dense(c)  # modeling_deepseek: n_routed_experts None -> every layer dense
-    first_k = c.get_int("first_k_dense_replace", 0)
+    mt = c.mt
+    if mt == "deepseek" and not c.has("n_routed_experts"):
+        return _dense(c)  # remote modeling_deepseek: n_routed_experts None -> every layer dense
+    v3 = mt == "deepseek_v3"
+    # transformers' DeepseekV2/V3 build the MoE on every layer >= first_k_dense_replace and
+    # ignore moe_layer_freq; the remote code applies it. Only freq 1 means the same in both.
     freq = c.get_int("moe_layer_freq", 1)
+    if mt != "deepseek" and freq != 1:
+        raise c.fail(f"moe_layer_freq {freq} is read by DeepSeek's remote code but ignored by transformers' "
+                     f"{_TF_CLASS[mt]} (MoE on every layer >= first_k_dense_replace); give 1 or remove it")
+    if mt == "deepseek":
+        first_k = c.get_int("first_k_dense_replace", 0)
+        n_shared = c.get_int("n_shared_experts", 0)  # remote code: shared experts only when not None
+    else:
+        # DeepseekV3Config: first_k_dense_replace 3, n_shared_experts 1; V2: 0 and 2
+        first_k = c.get_int("first_k_dense_replace", tf_default=3) if v3 else c.get_int("first_k_dense_replace", 0)
+        n_shared = c.get_int("n_shared_experts", tf_default=1 if v3 else 2)
     ffn: dict[str, Any] = {
         "kind": "moe",
-        "n_routed_experts": c.get_int("n_routed_experts"),
-        "num_experts_per_tok": c.get_int("num_experts_per_tok"),
-        "moe_intermediate_size": c.get_int("moe_intermediate_size"),
-        # remote code: shared experts exist only when n_shared_experts is not None
-        "n_shared_experts": c.get_int("n_shared_experts", 0),
+        "n_routed_experts": c.get_int("n_routed_experts", tf_default=256 if v3 else 64),
+        "num_experts_per_tok": c.get_int("num_experts_per_tok", tf_default=8 if v3 else _REFUSE),
+        "moe_intermediate_size": c.get_int("moe_intermediate_size", tf_default=2048 if v3 else 1407),
+        "n_shared_experts": n_shared,
         "first_k_dense_replace": first_k,
         "moe_layer_freq": freq,
     }
+    if v3:
+        ffn["router_correction_bias"] = True  # DeepseekV3TopkRouter.e_score_correction_bias (n_routed_experts)
+    if mt == "deepseek_v2" and c.get_bool("mlp_bias", False):
+        ffn["dense_bias"] = ffn["shared_expert_bias"] = True  # DeepseekV2MLP(bias=mlp_bias): dense + shared
+    if v3 and not (c.has("n_group") or c.has("topk_group")):
+        raise c._missing("n_group", 8, "n_group" in c.cfg)  # DeepseekV3Config: n_group 8, topk_group 4
     if c.has("n_group") or c.has("topk_group"):
         ffn["n_group"] = c.get_int("n_group")
         ffn["topk_group"] = c.get_int("topk_group")
     if any(not moe_layer_rule(i, first_k, freq) for i in range(layers)):
-        ffn["dense_intermediate_size"] = c.get_int("intermediate_size")
+        ffn["dense_intermediate_size"] = c.get_int("intermediate_size", tf_default=18432 if v3 else 11008)
     return ffn
 
 
@@ -279,28 +465,33 @@ def _qwen_moe_ffn(c: _Cfg, layers: int) -> dict:
         )
     only = c.cfg.get("mlp_only_layers") or []
     if not isinstance(only, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in only):
-        raise c.fail(f"key 'mlp_only_layers' must be a list of layer indices, got {only!r}")
-    only = sorted(set(only))
+        raise c.fail(f"key 'mlp_only_layers' must be a list of layer indices, got {_short(only)}")
+    only = sorted({i for i in only if 0 <= i < layers})  # indices past the last layer select nothing
     if only != list(range(len(only))):
         raise c.fail(
-            f"mlp_only_layers {only} is not representable (only a leading run 0..k-1 maps to first_k_dense_replace)"
+            f"mlp_only_layers {_short(only)} is not representable (only a leading run 0..k-1 maps to "
+            "first_k_dense_replace)"
         )
-    n_exp = c.get_int("num_experts")
+    q2 = c.mt == "qwen2_moe"
+    n_exp = c.get_int("num_experts", tf_default=60 if q2 else 128)
     ffn: dict[str, Any] = {
         "kind": "moe",
         "n_routed_experts": n_exp,
-        "num_experts_per_tok": c.get_int("num_experts_per_tok"),
-        "moe_intermediate_size": c.get_int("moe_intermediate_size"),
+        "num_experts_per_tok": c.get_int("num_experts_per_tok", tf_default=4 if q2 else 8),
+        "moe_intermediate_size": c.get_int("moe_intermediate_size", tf_default=1408 if q2 else 768),
         "n_shared_experts": 0,
         "first_k_dense_replace": len(only),
     }
-    if c.mt == "qwen2_moe":
-        shared = c.get_int("shared_expert_intermediate_size", 0)
+    if q2:
+        # Qwen2MoeSparseMoeBlock: one shared expert of shared_expert_intermediate_size and its
+        # 1-wide sigmoid gate (hidden_size weights), both always built
+        shared = c.get_int("shared_expert_intermediate_size", tf_default=5632)
         if shared > 0:
             ffn["n_shared_experts"] = 1
             ffn["shared_expert_intermediate_size"] = shared
+        ffn["shared_expert_gate"] = True
     if only:
-        ffn["dense_intermediate_size"] = c.get_int("intermediate_size")
+        ffn["dense_intermediate_size"] = c.get_int("intermediate_size", tf_default=5632 if q2 else 6144)
     return ffn
 
 
@@ -310,33 +501,48 @@ def _qwen_moe_ffn(c: _Cfg, layers: int) -> dict:
 
 
 def _sliding_window(c: _Cfg, layers: int) -> dict | None:
+    """Sliding-window layers as the transformers config computes ``layer_types`` (or uses the
+    config's own list) and the modelling code applies them."""
     mt, cfg = c.mt, c.cfg
     types = cfg.get("layer_types")
     if types is None and mt == "gpt_oss":
         # GptOssConfig default when layer_types is absent: even layers slide, odd layers are full
         types = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers)]
-    if types is not None:
+    if types is not None and mt not in ("mistral", "mixtral", "qwen3_moe", "llama") + tuple(_DEEPSEEK):
+        if mt in _QWEN and not c.get_bool("use_sliding_window", False):
+            return None  # Qwen2(Moe)Config: no window unless use_sliding_window, whatever layer_types says
         if not isinstance(types, list) or len(types) != layers:
             raise c.fail(f"layer_types must be a list of {layers} entries (one per layer)")
         bad = sorted({t for t in types if t not in ("sliding_attention", "full_attention")}, key=str)
         if bad:
-            raise c.fail(f"layer_types entries {bad} are not supported (only sliding_attention / full_attention)")
+            raise c.fail(f"layer_types entries {_short(bad)} are not supported (only sliding_attention / "
+                         "full_attention)")
         idx = [i for i, t in enumerate(types) if t == "sliding_attention"]
         if not idx:
             return None
-        return {"window": c.get_int("sliding_window"), "layers": idx}
+        return {"window": c.get_int("sliding_window", tf_default=128 if mt == "gpt_oss" else 4096), "layers": idx}
 
-    if not c.has("sliding_window"):
-        return None
+    if mt == "mistral":
+        # MistralConfig: sliding_window 4096 when absent (refused as a size), every layer; null: none
+        if "sliding_window" not in cfg:
+            raise c._missing("sliding_window", 4096, False)
     if mt in ("mistral", "mixtral"):
+        if not c.has("sliding_window"):
+            return None
         return {"window": c.get_int("sliding_window"), "layers": list(range(layers))}
     if mt in _QWEN:
-        # modeling_qwen2: sliding only when use_sliding_window and layer_idx >= max_window_layers
         if not c.get_bool("use_sliding_window", False):
             return None
-        start = c.get_int("max_window_layers", 0)
-        idx = list(range(start, layers))
-        return {"window": c.get_int("sliding_window"), "layers": idx} if idx else None
+        window = c.get_int("sliding_window", tf_default=4096)
+        if mt == "qwen3_moe":
+            idx = list(range(layers))  # Qwen3MoeAttention: config.sliding_window on every layer
+        else:
+            start = c.get_int("max_window_layers", tf_default=28)
+            if mt == "qwen2_moe":  # Qwen2MoeConfig.layer_types: even layers below max_window_layers
+                idx = [i for i in range(layers) if (i + 1) % 2 and i < start]
+            else:  # Qwen2Config / Qwen3Config.layer_types: layers from max_window_layers on
+                idx = list(range(start, layers))
+        return {"window": window, "layers": idx} if idx else None
     return None  # llama / deepseek: no sliding window in the HF modules
 
 

@@ -24,32 +24,108 @@ _MODEL_PKG = "costsim.model_specs"
 _HW_PKG = "costsim.hardware_profiles"
 
 
-def read_yaml(path: Path | str, text: str | None = None) -> Any:
-    """``yaml.safe_load`` a file; malformed YAML -> CostsimError with the line number."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (the second would
+    silently win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                dup = key in seen
+            except TypeError:  # an unhashable key: the base class raises its own error
+                dup = False
+            if dup:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (given twice in one mapping)", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+MAX_DEPTH = 64  # nesting of lists/mappings in a spec, profile or --set value
+MAX_NODES = 1_000_000  # values in one document, aliases expanded (a YAML alias bomb stops here)
+MAX_INT = 2**63  # integers at or beyond this are refused (no float conversion overflows later)
+
+
+def check_structure(data: Any, where: str) -> Any:
+    """``data`` unless it nests deeper than MAX_DEPTH, holds more than MAX_NODES values with
+    YAML aliases expanded, or an integer of magnitude >= 2^63; else a one-line CostsimError.
+    Iterative, so a hostile document cannot exhaust the stack or the time."""
+    stack, count = [(data, 0)], 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise CostsimError(f"{where}: more than {MAX_NODES:,} values (are YAML aliases expanding without bound?)")
+        if isinstance(node, (dict, list)):
+            if depth >= MAX_DEPTH:
+                raise CostsimError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+            children = list(node.keys()) + list(node.values()) if isinstance(node, dict) else node
+            stack.extend((c, depth + 1) for c in children)
+        elif isinstance(node, int) and not isinstance(node, bool) and not -MAX_INT < node < MAX_INT:
+            raise CostsimError(f"{where}: an integer of {node.bit_length()} bits: expected one below 2^63")
+    return data
+
+
+def load_yaml_text(text: str, where: str) -> Any:
+    """``yaml.safe_load`` with duplicate keys refused, then :func:`check_structure`; every
+    failure is a one-line CostsimError naming ``where``."""
     try:
-        if text is None:
-            text = Path(path).read_text(encoding="utf-8-sig")
-        return yaml.safe_load(text)
-    except OSError as e:
-        raise CostsimError(f"{path}: cannot read file ({e.strerror})") from None
-    except UnicodeDecodeError as e:
-        raise CostsimError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the file as UTF-8") from None
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise CostsimError(f"{path}: malformed YAML{line}: {problem}") from None
+        raise CostsimError(f"{where}: malformed YAML{line}: {problem}") from None
+    except RecursionError:
+        raise CostsimError(f"{where}: nested too deeply (more than {MAX_DEPTH} levels expected at most)") from None
+    except ValueError as e:  # int('9' * 5000): Python's integer string conversion limit
+        raise CostsimError(f"{where}: {str(e).split(';')[0]}") from None
+    return check_structure(data, where)
 
 
-def read_json(path: Path | str) -> Any:
+def _read_text(path: Path | str) -> str:
+    from costsim.files import check_input
+
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8-sig"))
+        return Path(check_input(path)).read_text(encoding="utf-8-sig")
     except OSError as e:
         raise CostsimError(f"{path}: cannot read file ({e.strerror})") from None
     except UnicodeDecodeError as e:
         raise CostsimError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the file as UTF-8") from None
+
+
+def read_yaml(path: Path | str, text: str | None = None) -> Any:
+    """Load a YAML file (a regular file of bounded size, duplicate keys refused, bounded
+    nesting and alias expansion); any problem -> CostsimError naming the file (and line)."""
+    return load_yaml_text(_read_text(path) if text is None else text, str(path))
+
+
+def read_json(path: Path | str) -> Any:
+    """Load a JSON file with the same bounds as :func:`read_yaml`."""
+    text = _read_text(path)
+    try:
+        data = json.loads(text, object_pairs_hook=_unique_pairs(path))
     except json.JSONDecodeError as e:
         raise CostsimError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise CostsimError(f"{path}: nested too deeply (more than {MAX_DEPTH} levels expected at most)") from None
+    except ValueError as e:  # int('9' * 5000), or a duplicate key
+        raise CostsimError(f"{path}: {str(e).split(';')[0]}") from None
+    return check_structure(data, str(path))
+
+
+def _unique_pairs(path):
+    def hook(pairs):
+        d = {}
+        for k, v in pairs:
+            if k in d:
+                raise ValueError(f"duplicate key {k!r} (given twice in one object)")
+            d[k] = v
+        return d
+
+    return hook
 
 
 @lru_cache(maxsize=None)
@@ -127,7 +203,22 @@ def load_hardware(ref: str) -> HardwareProfile:
     return _load_shipped(_HW_PKG, slug, "HardwareProfile")
 
 
-def apply_sets(spec: T, assignments: list[str] | None, flag: str) -> T:
+def _field_class(model: type, keys: list[str]):
+    """The pydantic model class at ``keys`` under ``model`` (None if it is not a model)."""
+    import typing
+
+    cls = model
+    for k in keys:
+        fields = getattr(cls, "model_fields", None)
+        if not fields or k not in fields:
+            return None
+        ann = fields[k].annotation
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        cls = args[0] if typing.get_origin(ann) is not None and len(args) == 1 else ann
+    return cls if isinstance(cls, type) else None
+
+
+def apply_sets(spec: T, assignments: list[str] | None, flag: str, require_units: bool = False) -> T:
     """Apply ``path.to.field=value`` what-ifs to a spec and re-validate the whole spec.
 
     Values are parsed with ``yaml.safe_load`` (``256`` -> int, ``null`` -> None, ``8TB/s``
@@ -145,9 +236,11 @@ def apply_sets(spec: T, assignments: list[str] | None, flag: str) -> T:
         if not all(keys):
             raise CostsimError(f"{flag} {item!r}: empty field name in path {path!r}")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+            value = load_yaml_text(raw, f"{flag} {path.strip()}") if raw.strip() else ""
+        except CostsimError as e:
+            if "malformed YAML" not in str(e):
+                raise
+            value = raw  # not YAML: a string for the field's own parser (8TB/s)
         node = data
         for depth, k in enumerate(keys):
             last = depth == len(keys) - 1
@@ -161,6 +254,10 @@ def apply_sets(spec: T, assignments: list[str] | None, flag: str) -> T:
             if last:
                 old = node[k]
                 if isinstance(old, dict) and "value" in old and not isinstance(value, dict):
+                    if require_units and _bare_number_for_a_unit(type(spec), keys, value):
+                        raise CostsimError(
+                            f"{flag} {path.strip()}={raw.strip()}: give the unit (e.g. {path.strip()}="
+                            f"{_unit_example(type(spec), keys)}); a bare number is ambiguous here")
                     # a sourced quantity: replace value, mark it as a what-if
                     node[k] = {**old, "value": value, "source": f"what-if ({flag})", "provenance": "assumed"}
                 else:
@@ -168,3 +265,22 @@ def apply_sets(spec: T, assignments: list[str] | None, flag: str) -> T:
             else:
                 node = node[k]
     return validate(type(spec), data, f"{flag}")
+
+
+def _unit_classes():
+    from costsim.specs import Bandwidth, Bytes, FlopRate, Seconds
+
+    return {FlopRate: "2000TFLOPS", Bandwidth: "8TB/s", Bytes: "80GB", Seconds: "3us"}
+
+
+def _bare_number_for_a_unit(model: type, keys: list[str], value) -> bool:
+    """True for a non-zero bare number aimed at a field that has a unit (a rate, a size, a time)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value == 0:
+        return False
+    cls = _field_class(model, keys)
+    return cls is not None and any(issubclass(cls, u) for u in _unit_classes())
+
+
+def _unit_example(model: type, keys: list[str]) -> str:
+    cls = _field_class(model, keys)
+    return next((ex for u, ex in _unit_classes().items() if cls is not None and issubclass(cls, u)), "")

@@ -113,6 +113,15 @@ class MoEFFN(_Strict):
     gated: bool = True
     expert_bias: bool = False  # biases inside each expert (gpt-oss)
     router_bias: bool = False
+    # DeepSeek-V3 ``gate.e_score_correction_bias``: n_routed_experts per MoE layer, added to the
+    # routing scores (aux-loss-free balancing, arXiv 2412.19437 §2.1.2); a checkpoint tensor
+    router_correction_bias: bool = False
+    # Qwen2-MoE ``shared_expert_gate``: Linear(hidden_size, 1), a sigmoid gate on the shared expert
+    shared_expert_gate: bool = False
+    dense_bias: bool = False  # biases of the dense-layer FFN (DeepSeek-V2 ``mlp_bias``)
+    # biases of the shared-expert MLP, built as one MLP n_shared_experts x shared size wide
+    # (DeepSeek-V2 ``mlp_bias``: 2 x n_shared x I + hidden_size)
+    shared_expert_bias: bool = False
 
     @model_validator(mode="after")
     def _check(self):
@@ -168,6 +177,11 @@ class ModelSpec(_Strict):
     num_nextn_predict_layers: NonNegativeInt = 0  # MTP modules (DeepSeek-V3 §2.2)
     sliding_window: Optional[SlidingWindow] = None
     max_position_embeddings: Optional[PositiveInt] = None
+    # formats of the published checkpoint (HF quantization_config), the default when a query
+    # names none: matmul weights, and the routed experts where they differ (gpt-oss: MXFP4
+    # experts, BF16 attention). Names of costsim.units.FORMATS.
+    weight_dtype: Optional[str] = None
+    expert_weight_dtype: Optional[str] = None
     description: str = ""
 
     @field_validator("name")
@@ -178,8 +192,17 @@ class ModelSpec(_Strict):
             raise ValueError("name must not be empty")
         return v
 
+    @field_validator("weight_dtype", "expert_weight_dtype")
+    @classmethod
+    def _format_name(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and v not in units.FORMATS:
+            raise ValueError(f"unknown number format {v!r}: expected one of {', '.join(units.FORMATS)}")
+        return v
+
     @model_validator(mode="after")
     def _check(self):
+        if self.expert_weight_dtype is not None and not isinstance(self.ffn, MoEFFN):
+            raise ValueError("expert_weight_dtype is for MoE models (routed experts); this model is dense")
         if isinstance(self.ffn, MoEFFN):
             if self.n_moe_layers == 0:
                 raise ValueError(f"ffn: no layer is MoE (first_k_dense_replace={self.ffn.first_k_dense_replace}, "

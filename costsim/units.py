@@ -161,6 +161,9 @@ FORMATS: dict[str, NumberFormat] = {
     "int4": NumberFormat("int4", 4),
     # 4-bit payload with one fp16 scale per 32 elements: 18 bytes per 32 elements.
     "int4-g32": NumberFormat("int4-g32", 4, group_size=32, scale_bits=16),
+    # DeepSeek-V3 FP8 checkpoint (config.json quantization_config: fp8 e4m3, weight_block_size
+    # [128, 128]): one fp32 scale (weight_scale_inv) per 128 x 128 block = 16,384 elements.
+    "fp8-b128": NumberFormat("fp8-b128", 8, group_size=128 * 128, scale_bits=32, compute="fp8"),
     # OCP MXFP4: 4-bit E2M1 payload, one 8-bit E8M0 scale per 32 elements (OCP MX spec v1.0).
     "mxfp4": NumberFormat("mxfp4", 4, group_size=32, scale_bits=8),
     # FlashMLA FP8 KV cache (deepseek-ai/FlashMLA README, 2025-09-29 deep dive): per token per

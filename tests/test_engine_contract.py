@@ -199,5 +199,5 @@ def test_python_api_mistakes_raise_costsim_errors(call, needle):
 
 def test_no_inf_reaches_the_output():
     r = runner.invoke(app, ["kernel", "gemm", "-H", "h800", "--m", "2", "--n", "64", "--k", "64",
-                            "--hw-set", "memory_bandwidth=1e-300"])
+                            "--hw-set", "memory_bandwidth=1e-300B/s"])
     assert r.exit_code == 2 and "not finite" in r.stderr and r.stdout == ""

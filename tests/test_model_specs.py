@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from costsim.errors import CostsimError
+from costsim.errors import CostsimError, CostsimWarning
+from costsim.simulator.params import param_counts
 from costsim.hf import spec_from_hf_config, spec_to_yaml
 from costsim.registry import load_model, model_names
 from costsim.specs import DenseFFN, GQAAttention, MLAAttention, MoEFFN
@@ -291,6 +292,81 @@ def test_hf_gpt_oss_layer_types():
     assert spec_from_hf_config(cfg, "x.json").sliding_window is None
 
 
+def test_hf_qwen2_moe_counts_the_shared_expert_gate():
+    # Qwen1.5-MoE-A2.7B: 14.3B total (Qwen blog "Qwen1.5-MoE", model card); the shared-expert
+    # gate (Linear(2048, 1) per layer, modeling_qwen2_moe.Qwen2MoeSparseMoeBlock) is 24 x 2048
+    s = load_model(str(FIXTURES / "qwen1.5-moe-a2.7b.json"))
+    p = param_counts(s)
+    assert s.ffn.shared_expert_gate and p.router == 24 * (2048 * 60 + 2048)
+    assert round(p.total / 1e9, 1) == 14.3
+    off = s.model_copy(update={"ffn": s.ffn.model_copy(update={"shared_expert_gate": False})})
+    assert p.total - param_counts(off).total == 24 * 2048
+
+
+def test_hf_deepseek_v3_counts_the_score_correction_bias():
+    # DeepseekV3TopkRouter.e_score_correction_bias: n_routed_experts (256) per MoE layer (58 of 61)
+    s = load_model(str(FIXTURES / "deepseek-v3.json"))
+    assert s.ffn.router_correction_bias
+    assert param_counts(s).router == 58 * (7168 * 256 + 256)
+
+
+@pytest.mark.parametrize("stem, key, tf_default", [
+    ("qwen2.5-72b", "num_key_value_heads", 32),  # Qwen2Config default 32, not num_attention_heads
+    ("qwen3-235b-a22b", "num_key_value_heads", 4),  # Qwen3MoeConfig
+    ("gpt-oss-120b", "head_dim", 64),  # GptOssConfig
+    ("deepseek-v3", "q_lora_rank", 1536),  # DeepseekV3Config; null would mean no compression
+    ("deepseek-v3", "n_shared_experts", 1),
+    ("deepseek-v3", "first_k_dense_replace", 3),
+    ("deepseek-v2", "n_shared_experts", 2),  # DeepseekV2Config
+    ("deepseek-v2", "n_routed_experts", 64),  # transformers builds 64 experts, the remote code none
+])
+def test_hf_absent_size_key_is_refused_naming_the_transformers_default(stem, key, tf_default):
+    cfg = json.loads((FIXTURES / f"{stem}.json").read_text())
+    del cfg[key]
+    with pytest.raises(CostsimError) as ei:
+        spec_from_hf_config(cfg, "x.json")
+    assert f"'{key}' is missing" in str(ei.value) and f"would take {tf_default}" in str(ei.value)
+
+
+def test_hf_transformers_default_flags():
+    cfg = json.loads((FIXTURES / "gpt-oss-120b.json").read_text())
+    del cfg["attention_bias"]  # GptOssConfig.attention_bias defaults to True
+    assert spec_from_hf_config(cfg, "x.json").attention.qkv_bias is True
+    cfg = json.loads((FIXTURES / "qwen1.5-moe-a2.7b.json").read_text())
+    cfg["qkv_bias"] = False  # Qwen2MoeConfig.qkv_bias: read, not hard-coded
+    assert spec_from_hf_config(cfg, "x.json").attention.qkv_bias is False
+    cfg = json.loads((FIXTURES / "deepseek-v2.json").read_text())
+    cfg["mlp_bias"] = True  # DeepseekV2MLP(bias=mlp_bias): the dense layer and the fused shared MLP
+    f = spec_from_hf_config(cfg, "x.json").ffn
+    assert f.dense_bias and f.shared_expert_bias
+    base = param_counts(load_model(str(FIXTURES / "deepseek-v2.json"))).total
+    # dense layer 0: 2 x 12288 + 5120; 59 MoE layers: one 2 x 1536 wide shared MLP, 2 x 3072 + 5120
+    assert param_counts(spec_from_hf_config(cfg, "x.json")).total - base == (2 * 12288 + 5120) + 59 * (2 * 3072 + 5120)
+    cfg["mlp_bias"] = None  # DeepseekV2Config.mlp_bias is a strict bool: null is refused
+    with pytest.raises(CostsimError, match="'mlp_bias' must be true or false, got null"):
+        spec_from_hf_config(cfg, "x.json")
+
+
+def test_hf_qwen_moe_sliding_layers_follow_transformers():
+    cfg = json.loads((FIXTURES / "qwen1.5-moe-a2.7b.json").read_text())
+    cfg.update(use_sliding_window=True, sliding_window=4096, max_window_layers=21)
+    # Qwen2MoeConfig.layer_types: even layers below max_window_layers slide
+    assert spec_from_hf_config(cfg, "x.json").sliding_window.layers == list(range(0, 21, 2))
+    cfg = json.loads((FIXTURES / "qwen3-235b-a22b.json").read_text())
+    cfg.update(use_sliding_window=True, sliding_window=4096)
+    # Qwen3MoeAttention: config.sliding_window on every layer
+    assert spec_from_hf_config(cfg, "x.json").sliding_window.layers == list(range(94))
+
+
+def test_hf_kimi_k2_falls_back_on_architectures():
+    cfg = json.loads((FIXTURES / "deepseek-v3.json").read_text())
+    cfg["model_type"] = "kimi_k2"  # Kimi-K2's config.json: kimi_k2 + DeepseekV3ForCausalLM
+    with pytest.warns(CostsimWarning, match="read as deepseek_v3"):
+        s = spec_from_hf_config(cfg, "x.json")
+    ref = spec_from_hf_config(json.loads((FIXTURES / "deepseek-v3.json").read_text()), "x.json")
+    assert s.model_dump(exclude={"description"}) == ref.model_dump(exclude={"description"})
+
+
 def test_hf_qwen_moe_leading_dense_layers():
     cfg = json.loads((FIXTURES / "qwen3-235b-a22b.json").read_text())
     cfg["mlp_only_layers"] = [0, 1]
@@ -329,13 +405,13 @@ def test_bad_config_null_required_key(tmp_path):
 
 
 def test_bad_config_unknown_model_type(tmp_path):
-    msg = _err(_write(tmp_path, _llama(model_type="foo")))
-    assert "'foo'" in msg and "model_type" in msg
+    msg = _err(_write(tmp_path, _llama(model_type="foo", architectures=["FooForCausalLM"])))
+    assert "'foo'" in msg and "model_type" in msg and "architectures" in msg
 
 
 def test_bad_config_missing_model_type(tmp_path):
     cfg = _llama()
-    del cfg["model_type"]
+    del cfg["model_type"], cfg["architectures"]
     assert "'model_type'" in _err(_write(tmp_path, cfg))
 
 

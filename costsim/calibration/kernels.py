@@ -309,7 +309,7 @@ class DenseFFN(MLP):
     def __init__(self, spec: S.ModelSpec):
         f = spec.ffn
         if isinstance(f, S.MoEFFN):
-            super().__init__(spec.hidden_size, f.dense_intermediate_size, f.gated)
+            super().__init__(spec.hidden_size, f.dense_intermediate_size, f.gated, f.dense_bias)
         else:
             super().__init__(spec.hidden_size, f.intermediate_size, f.gated, f.bias)
 
@@ -321,16 +321,22 @@ class Router(nn.Module):
     there are exactly T*k token-expert assignments whatever the scores are.
     """
 
-    def __init__(self, hidden: int, n_experts: int, top_k: int, bias: bool = False):
+    def __init__(self, hidden: int, n_experts: int, top_k: int, bias: bool = False, correction_bias: bool = False):
         super().__init__()
         self.top_k = top_k
         self.weight = nn.Parameter(torch.empty(n_experts, hidden))
         self.bias = nn.Parameter(torch.zeros(n_experts)) if bias else None
+        # DeepSeek-V3 e_score_correction_bias [E]: shifts which experts are chosen, not their weights
+        self.e_score_correction_bias = nn.Parameter(torch.zeros(n_experts)) if correction_bias else None
         nn.init.normal_(self.weight, std=hidden ** -0.5)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scores = F.linear(x, self.weight, self.bias).float().softmax(dim=-1)  # [T, E]
-        weights, indices = torch.topk(scores, self.top_k, dim=-1)  # [T, k] each
+        if self.e_score_correction_bias is None:
+            weights, indices = torch.topk(scores, self.top_k, dim=-1)  # [T, k] each
+        else:
+            indices = torch.topk(scores + self.e_score_correction_bias.float(), self.top_k, dim=-1).indices
+            weights = scores.gather(-1, indices)
         return weights.type_as(x), indices
 
 
@@ -345,11 +351,14 @@ class MoEFFN(nn.Module):
         assert isinstance(f, S.MoEFFN), f"{spec.name} has no experts"
         h = spec.hidden_size
         self.n_experts, self.top_k = f.n_routed_experts, f.num_experts_per_tok
-        self.router = Router(h, f.n_routed_experts, f.num_experts_per_tok, bias=f.router_bias)
+        self.router = Router(h, f.n_routed_experts, f.num_experts_per_tok, bias=f.router_bias,
+                             correction_bias=f.router_correction_bias)
         self.experts = nn.ModuleList(
             MLP(h, f.moe_intermediate_size, f.gated, f.expert_bias) for _ in range(f.n_routed_experts))
-        self.shared_experts = (MLP(h, f.n_shared_experts * f.shared_size, f.gated, f.expert_bias)
-                               if f.n_shared_experts else None)
+        self.shared_experts = (MLP(h, f.n_shared_experts * f.shared_size, f.gated, f.expert_bias or f.shared_expert_bias)
+                               if f.n_shared_experts or f.shared_expert_bias else None)
+        # Qwen2-MoE: sigmoid(x W_g) [T, 1] scales the shared expert's output
+        self.shared_expert_gate = nn.Linear(h, 1, bias=False) if f.shared_expert_gate else None
 
     def forward(self, x: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, s, h] -> [B, s, h]. ``indices`` [B*s, k] forces the routing (distinct
@@ -368,7 +377,10 @@ class MoEFFN(nn.Module):
             tok, slot = torch.where(routed == e)  # [n], [n]
             y.index_add_(0, tok, self.experts[e](x[tok]) * weights[tok, slot, None])  # [n, h]
         if self.shared_experts is not None:
-            y = y + self.shared_experts(x)
+            shared = self.shared_experts(x)  # [T, h]
+            if self.shared_expert_gate is not None:
+                shared = torch.sigmoid(self.shared_expert_gate(x)) * shared  # [T, 1] * [T, h]
+            y = y + shared
         return y.view(shape)
 
 

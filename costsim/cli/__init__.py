@@ -28,16 +28,19 @@ __all__ = ["app", "main"]
 def main() -> None:
     """Console-script entry point: usage errors (missing option, bad integer, unknown
     command) are printed as one line on stderr with exit code 2, like every user mistake."""
+    if sys.stdout is None:  # started with stdout closed (`costsim ... >&-`): write nowhere, quietly
+        sys.stdout = open(os.devnull, "w")
     try:
         rv = app(standalone_mode=False)
     except BrokenPipeError:  # `costsim ... | head`: the reader left, nothing went wrong
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _quiet_stdout()
         sys.exit(0)
+    except (KeyboardInterrupt, typer.Abort):  # Ctrl-C (click turns it into Abort)
+        print("costsim: interrupted", file=sys.stderr)
+        _quiet_stdout()
+        sys.exit(130)
     except OSError as e:  # stdout on a full disk, etc.
         print(f"costsim: error: cannot write output: {e.strerror or e}", file=sys.stderr)
-        sys.exit(1)
-    except typer.Abort:
-        print("costsim: aborted", file=sys.stderr)
         sys.exit(1)
     except Exception as e:  # click/typer usage errors carry format_message() and exit_code
         if not hasattr(e, "format_message"):
@@ -51,6 +54,14 @@ def main() -> None:
         print(f"costsim{cmd}: error: {msg} (see costsim{cmd} --help)", file=sys.stderr)
         sys.exit(getattr(e, "exit_code", 2))
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        sys.stdout = open(os.devnull, "w")
 
 
 if __name__ == "__main__":

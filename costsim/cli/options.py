@@ -44,7 +44,9 @@ TP = Annotated[Optional[int], typer.Option("--tp", help=(
 EP = Annotated[Optional[int], typer.Option("--ep", help="Expert parallel degree (default: the largest that divides "
                                                         "devices and experts).")]
 PP = Annotated[int, typer.Option("--pp", help="Pipeline parallel degree.")]
-WeightDtype = Annotated[str, typer.Option("--weight-dtype", help=f"Matmul weights: {_DTYPES}.")]
+WeightDtype = Annotated[Optional[str], typer.Option(
+    "--weight-dtype", help=f"Matmul weights: {_DTYPES}, fp8-b128 (default: the checkpoint's, from the spec or "
+                           "the config.json quantization_config; else bf16).")]
 KVDtype = Annotated[str, typer.Option("--kv-dtype", help=f"KV cache: {_DTYPES}, or flashmla-fp8 (MLA).")]
 MLAForm = Annotated[str, typer.Option("--mla-form", help="MLA form: absorbed, naive, or auto (faster per phase).")]
 Imbalance = Annotated[float, typer.Option("--imbalance", help="MoE load imbalance: busiest EP rank over mean (>= 1).")]
@@ -109,10 +111,10 @@ def model(ref: str, sets):
 def hardware(ref: str, sets):
     from costsim.registry import apply_sets, load_hardware
 
-    return apply_sets(load_hardware(ref), sets, "--hw-set")
+    return apply_sets(load_hardware(ref), sets, "--hw-set", require_units=True)
 
 
-def layout(devices=None, tp=None, ep=None, pp=1, weight_dtype="bf16", kv_dtype="bf16", mla_form="auto",
+def layout(devices=None, tp=None, ep=None, pp=1, weight_dtype=None, kv_dtype="bf16", mla_form="auto",
            imbalance=1.0, overlap=False, block_size=None):
     """The flags of a layout as the engine's ``LayoutRequest`` (the engine checks them)."""
     from costsim.simulator.layout import LayoutRequest
@@ -153,14 +155,23 @@ def run(fn: Callable[[], list[str] | None], given: dict[str, str] | None = None)
 
     import numpy as np
 
+    from costsim.errors import CostsimWarning
+
     try:
-        with np.errstate(all="ignore"), _w.catch_warnings():
-            _w.simplefilter("ignore", RuntimeWarning)  # an overflow ends as one error line, not noise
-            warnings = fn() or []
+        with np.errstate(all="ignore"), _w.catch_warnings(record=True) as caught:
+            _w.simplefilter("ignore")  # an overflow ends as one error line, not noise
+            _w.simplefilter("always", CostsimWarning)  # the loaders' warnings, printed below
+            warnings = list(fn() or [])
+    except BrokenPipeError:  # the reader of stdout left (`| head`); click would make it exit 1
+        from costsim.cli import _quiet_stdout
+
+        _quiet_stdout()
+        raise typer.Exit(0)
     except FieldError as e:
         _fail(flag_message(e, given))
     except CostsimError as e:
         _fail(str(e))
+    warnings = [str(c.message) for c in caught if issubclass(c.category, CostsimWarning)] + warnings
     for w in dict.fromkeys(warnings):
         print(f"costsim: warning: {w}", file=sys.stderr)
 

@@ -13,7 +13,7 @@ from costsim.cli.app import plot_app
 @plot_app.command("throughput")
 def plot_throughput_cmd(models: O.Models, hardware: O.Hardware, output: O.Output, devices: O.Devices = None,
                         context: O.Context = "4096",
-                        tpot_slo: O.TpotSlo = None, weight_dtype: O.WeightDtype = "bf16", kv_dtype: O.KVDtype = "bf16",
+                        tpot_slo: O.TpotSlo = None, weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16",
                         sets: O.Sets = None, hw_sets: O.HwSets = None):
     """Decode throughput per device against TPOT, batch swept up to the memory limit."""
 
@@ -27,7 +27,7 @@ def plot_throughput_cmd(models: O.Models, hardware: O.Hardware, output: O.Output
         slo = O.slo(tpot_slo)
         req = O.layout(devices, weight_dtype=weight_dtype, kv_dtype=kv_dtype)
         curves = [throughput_curve(O.model(m, sets), hw, req, ctx) for m in models]
-        throughput_latency(curves, path, f"decode on {hw.name}, context {ctx}, weights {weight_dtype}, KV {kv_dtype}", slo)
+        throughput_latency(curves, path, f"decode on {hw.name}, context {ctx}, weights {weight_dtype or 'as the checkpoint'}, KV {kv_dtype}", slo)
         print(f"wrote {path}", file=sys.stderr)
 
     O.run(go)
@@ -36,7 +36,7 @@ def plot_throughput_cmd(models: O.Models, hardware: O.Hardware, output: O.Output
 @plot_app.command("roofline")
 def plot_roofline_cmd(model: O.Model, hardware: O.Hardware, output: O.Output, devices: O.Devices = None,
                       tp: O.TP = None, ep: O.EP = None, batch: O.Batch = "64", context: O.Context = "4096",
-                      weight_dtype: O.WeightDtype = "bf16", kv_dtype: O.KVDtype = "bf16",
+                      weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16",
                       sets: O.Sets = None, hw_sets: O.HwSets = None):
     """Operators of one decode step placed on the hardware's roofline."""
 

@@ -16,7 +16,7 @@ from costsim.cli.app import app
 
 @app.command("compare")
 def compare_cmd(models: O.Models, hardware: O.Hardware, context: O.Context = "4096", batch: O.Batch = "32",
-                devices: O.Devices = None, weight_dtype: O.WeightDtype = "bf16", kv_dtype: O.KVDtype = "bf16",
+                devices: O.Devices = None, weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16",
                 sets: O.Sets = None, hw_sets: O.HwSets = None, fmt: O.Format = O.Fmt.table):
     """Side by side: params, activated params, KV per token and per batch, FLOPs per token,
     decode tokens/s and max batch on one replica (default: one node of the hardware; MoE
@@ -42,7 +42,7 @@ def perf_cmd(model: O.Model, hardware: O.Hardware, devices: O.Devices = None, tp
              pp: O.PP = 1, batch: str = typer.Option("1", "--batch", help="Concurrent requests over all the devices."),
              input_len: str = typer.Option("4096", "--input", help="Prompt tokens (k = 1024)."),
              output_len: str = typer.Option("1024", "--output", help="Generated tokens (k = 1024)."),
-             weight_dtype: O.WeightDtype = "bf16", kv_dtype: O.KVDtype = "bf16", mla_form: O.MLAForm = "auto",
+             weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16", mla_form: O.MLAForm = "auto",
              imbalance: O.Imbalance = 1.0, overlap: O.Overlap = False, block_size: O.BlockSize = None,
              breakdown: bool = typer.Option(False, "--breakdown", help="Per-operator table (prefill and first decode "
                                                                        "step)."),
@@ -67,7 +67,7 @@ def perf_cmd(model: O.Model, hardware: O.Hardware, devices: O.Devices = None, tp
 @app.command("max-throughput")
 def max_throughput_cmd(model: O.Model, hardware: O.Hardware, devices: O.Devices = None, tp: O.TP = None,
                        ep: O.EP = None, pp: O.PP = 1, context: O.Context = "4096", tpot_slo: O.TpotSlo = None,
-                       weight_dtype: O.WeightDtype = "bf16", kv_dtype: O.KVDtype = "bf16",
+                       weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16",
                        mla_form: O.MLAForm = "auto", imbalance: O.Imbalance = 1.0, overlap: O.Overlap = False,
                        block_size: O.BlockSize = None, sets: O.Sets = None, hw_sets: O.HwSets = None,
                        fmt: O.Format = O.Fmt.table):

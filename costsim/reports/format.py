@@ -126,11 +126,16 @@ def emit(records: list[dict], columns: list[Column], fmt: str = "table", title: 
     # a terminal gets its own width; files and pipes get a fixed, wide layout
     tty = out.isatty()
     console = Console(file=out, width=None if tty else 160, force_terminal=tty, color_system="auto" if tty else None)
+    console.on_broken_pipe = _broken_pipe  # rich would exit 1; the CLI exits 0 when the reader left
     if title:
         console.print(escape(title), style="bold", highlight=False)
     console.print(table)
     for n in notes:
         console.print(escape(n), highlight=False)
+
+
+def _broken_pipe() -> None:
+    raise BrokenPipeError("stdout closed by its reader")
 
 
 def transpose(records: list[dict], rows: list[Column]) -> tuple[list[dict], list[Column]]:

@@ -35,6 +35,8 @@ class Deployment:
     - ``weight_format``: matmul weights (``fp8`` -> FP8 GEMMs on the fp8 peak). Embedding,
       LM head, norms and router stay in ``high_precision`` (BF16), as DeepSeek's FP8
       checkpoints keep them (DeepSeek-V3 tech report §3.3).
+    - ``expert_format``: routed-expert weights when they differ from ``weight_format`` (gpt-oss
+      ships MXFP4 experts beside BF16 attention); None: ``weight_format``.
     - ``kv_format``: KV cache storage (see ``costsim.units.FORMATS``).
     - ``act_format``: activations, communication payloads and the attention core's compute
       precision (BF16; FP32 for a full-precision run). ``act_bytes`` is its size.
@@ -55,6 +57,7 @@ class Deployment:
     ep: int = 1
     pp: int = 1
     weight_format: NumberFormat = field(default_factory=lambda: FORMATS["bf16"])
+    expert_format: NumberFormat | None = None  # routed experts, when not weight_format (gpt-oss MXFP4)
     kv_format: NumberFormat = field(default_factory=lambda: FORMATS["bf16"])
     high_precision: NumberFormat = field(default_factory=lambda: FORMATS["bf16"])
     act_format: NumberFormat = field(default_factory=lambda: FORMATS["bf16"])
@@ -82,6 +85,17 @@ class Deployment:
     def seqs_per_rank(self, batch):
         """Sequences on the busiest attention DP rank: ceil(batch / dp) (batch may be an array)."""
         return np.ceil(np.asarray(batch, dtype=float) / self.dp - 1e-9)
+
+    @property
+    def expert_weights(self) -> NumberFormat:
+        """The routed experts' weight format."""
+        return self.weight_format if self.expert_format is None else self.expert_format
+
+    @property
+    def weights_name(self) -> str:
+        """``weight_format``'s name, with the experts' when they differ (``bf16+mxfp4-experts``)."""
+        e = self.expert_weights
+        return self.weight_format.name if e == self.weight_format else f"{self.weight_format.name}+{e.name}-experts"
 
     def with_(self, **kw) -> "Deployment":
         return replace(self, **kw)
@@ -126,6 +140,8 @@ class Deployment:
             raise FieldError("kv_format", self.kv_format.name, problem)
         if self.weight_format.rope_bits is not None:
             raise FieldError("weight_format", self.weight_format.name, "a KV cache layout, not a weight format")
+        if self.expert_format is not None and self.expert_format.rope_bits is not None:
+            raise FieldError("expert_format", self.expert_format.name, "a KV cache layout, not a weight format")
         return self
 
 

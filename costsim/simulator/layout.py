@@ -17,7 +17,7 @@ Policy (per pipeline stage of ``devices / pp`` devices):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from costsim.errors import CostsimError, FieldError
 from costsim.simulator.deployment import Deployment, activation_format, kv_format_problem, tp_problem
@@ -38,7 +38,7 @@ class LayoutRequest:
     tp: int | None = None
     ep: int | None = None
     pp: int = 1
-    weight_dtype: str | NumberFormat = "bf16"
+    weight_dtype: str | NumberFormat | None = None  # None: the checkpoint's (spec.weight_dtype), else bf16
     kv_dtype: str | NumberFormat = "bf16"
     mla_form: str = "auto"
     imbalance: float = 1.0
@@ -56,9 +56,19 @@ def check_types(spec=None, hw=None) -> None:
                            f"got {type(hw).__name__}")
 
 
+MAX_DEVICES = 2**20  # devices in one deployment (checked before any search over layouts)
+
+
 def divisors(n: int) -> list[int]:
-    """Positive divisors of ``n``, ascending."""
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """Positive divisors of ``n``, ascending (trial division up to sqrt(n))."""
+    small, large, d = [], [], 1
+    while d * d <= n:
+        if n % d == 0:
+            small.append(d)
+            if d * d != n:
+                large.append(n // d)
+        d += 1
+    return small + large[::-1]
 
 
 def valid_tp(spec: ModelSpec, devices: int) -> list[int]:
@@ -113,6 +123,34 @@ def number_format(value: str | NumberFormat, field: str) -> NumberFormat:
         raise FieldError(field, value, str(e)) from None
 
 
+def weight_formats(spec: ModelSpec, hw: HardwareProfile,
+                   weight_dtype: str | NumberFormat | None) -> tuple[NumberFormat, NumberFormat | None]:
+    """(matmul weights, routed experts or None) for a request's ``weight_dtype``.
+
+    A named format applies to every matmul weight. None takes the checkpoint's formats
+    (``spec.weight_dtype`` / ``spec.expert_weight_dtype``, from its HF quantization_config),
+    else bf16; a checkpoint format whose tensor-core dtype the hardware lacks (FP8 on an
+    A100) is kept in memory at its size and computed in bf16 (weight-only, upcast per tile),
+    and its name says so (``fp8-b128@bf16``).
+    """
+    if weight_dtype is not None:
+        return number_format(weight_dtype, "weight_dtype"), None
+
+    def stored(name: str | None) -> NumberFormat | None:
+        if name is None:
+            return None
+        f = number_format(name, "weight_dtype")
+        try:
+            hw.peak(f.compute)
+        except CostsimError:
+            f = replace(f, name=f"{f.name}@bf16", compute="bf16")
+        return f
+
+    wf = stored(spec.weight_dtype) or number_format("bf16", "weight_dtype")
+    ef = stored(spec.expert_weight_dtype)
+    return wf, (None if ef == wf else ef)
+
+
 def resolve_deployment(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequest = LayoutRequest(),
                        batch: int = 1, context: int = 0) -> Deployment:
     """The checked ``Deployment`` for ``request``: unset TP/EP follow the policy above, fitting
@@ -128,11 +166,13 @@ def resolve_deployment(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequ
     for k, v in (("devices", devices), ("tp", r.tp), ("ep", r.ep), ("pp", r.pp)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise FieldError(k, v, "must be an integer >= 1")
+        if v is not None and v > MAX_DEVICES:
+            raise FieldError(k, v, f"must be at most {MAX_DEVICES:,} (2^20 devices)")
     if isinstance(r.imbalance, bool) or not isinstance(r.imbalance, (int, float)):
         raise FieldError("imbalance", r.imbalance, "must be a number >= 1")
     if devices % r.pp:
         raise FieldError("devices", devices, f"not a multiple of pp = {r.pp}")
-    wf = number_format(r.weight_dtype, "weight_dtype")
+    wf, ef = weight_formats(spec, hw, r.weight_dtype)
     kvf = number_format(r.kv_dtype, "kv_dtype")
     if wf.rope_bits is not None:
         raise FieldError("weight_dtype", wf.name, "a KV cache layout, not a weight format")
@@ -144,8 +184,8 @@ def resolve_deployment(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequ
     except CostsimError as e:
         raise FieldError("weight_dtype", wf.name, str(e)) from None
     act = activation_format(wf)
-    base = Deployment(devices=devices, tp=1, ep=1, pp=r.pp, weight_format=wf, kv_format=kvf, mla_form=r.mla_form,
-                      high_precision=act, act_format=act,
+    base = Deployment(devices=devices, tp=1, ep=1, pp=r.pp, weight_format=wf, expert_format=ef, kv_format=kvf,
+                      mla_form=r.mla_form, high_precision=act, act_format=act,
                       imbalance=r.imbalance, overlap_comm=r.overlap_comm, block_size=r.block_size,
                       dispatch_bytes=1.0 if wf.compute == "fp8" else 2.0, combine_bytes=2.0)
 

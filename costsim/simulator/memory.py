@@ -5,7 +5,8 @@ Sharding (``Deployment``): attention, dense FFN and shared experts split by TP (
 down-projection W^DKV|W^KR and the latent cache are replicated on every TP rank); routed
 experts split over EP x expert-TP (= devices / PP); embedding and LM head split by TP
 (vocab-parallel); layers split over PP; norms and router replicated. Matmul weights are in
-``weight_format``; embedding, LM head, norms and router stay in ``high_precision``.
+``weight_format`` (routed experts in ``expert_weights``); embedding, LM head, norms and router
+stay in ``high_precision``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def weight_bytes_per_device(spec: ModelSpec, dep: Deployment) -> float:
         lp = layer_params(spec, is_moe)
         tp_sharded = (lp["attention"] - replicated) / dep.tp + replicated + (lp["dense_ffn"] + lp["shared"]) / dep.tp
         experts = lp["routed"] / (dep.ep * dep.moe_tp)
-        total += n * ((tp_sharded + experts) * w + (lp["norms"] + lp["router"]) * hp)
+        total += n * (tp_sharded * w + experts * dep.expert_weights.bytes_per_element
+                      + (lp["norms"] + lp["router"]) * hp)
     vocab = (p.embedding + p.lm_head) * hp / dep.tp
     return float(total + vocab + spec.hidden_size * hp)  # + final norm
 
@@ -126,4 +128,4 @@ def require_fit(spec: ModelSpec, hw: HardwareProfile, dep: Deployment) -> None:
         raise CostsimError(
             f"{spec.name} does not fit on {hw.name}: {wb / 1e9:.1f} GB of weights per device "
             f"> {usable / 1e9:.1f} GB usable ({dep.devices} devices, tp={dep.tp}, ep={dep.ep}, pp={dep.pp}, "
-            f"weights {dep.weight_format.name}); add devices or use a narrower weight format")
+            f"weights {dep.weights_name}); add devices or use a narrower weight format")

@@ -189,6 +189,7 @@ def ffn_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: i
     distinct = np.maximum(distinct, np.minimum(1.0, e_local))  # at least one expert is busy
     i_e = f.moe_intermediate_size // dep.moe_tp
     up = 2 * i_e if f.gated else i_e
+    w = dep.expert_weights
     for name, N, K in (("moe.experts.gate_up_proj", up, h), ("moe.experts.down_proj", h, i_e)):
         ops.append(Operator(
             name=name, kind=OpKind.GROUPED_GEMM, group=G, layer=M, count=n_layers, flops=2.0 * assign * N * K,

@@ -118,11 +118,18 @@ def layer_params(spec: ModelSpec, moe: bool) -> dict[str, int]:
         expert = ffn_matrix_params(h, f.moe_intermediate_size, f.gated, f.expert_bias)
         out["routed"] = f.n_routed_experts * expert
         out["routed_active"] = f.num_experts_per_tok * expert
-        out["shared"] = f.n_shared_experts * ffn_matrix_params(h, f.shared_size, f.gated, f.expert_bias)
-        out["router"] = h * f.n_routed_experts + (f.n_routed_experts if f.router_bias else 0)
+        if f.shared_expert_bias:
+            # one fused MLP n_shared x I wide (HF DeepseekV2MLP), biases included once; with no
+            # shared expert the 0-wide MLP still has its down_proj bias (hidden_size)
+            out["shared"] = ffn_matrix_params(h, f.n_shared_experts * f.shared_size, f.gated, True)
+        else:
+            out["shared"] = f.n_shared_experts * ffn_matrix_params(h, f.shared_size, f.gated, f.expert_bias)
+        # router: gate weights (+ bias, + V3 e_score_correction_bias, + Qwen2-MoE shared-expert gate)
+        out["router"] = (h * f.n_routed_experts + (f.n_routed_experts if f.router_bias else 0)
+                         + (f.n_routed_experts if f.router_correction_bias else 0) + (h if f.shared_expert_gate else 0))
     else:
         inter = f.intermediate_size if not isinstance(f, MoEFFN) else f.dense_intermediate_size
-        bias = getattr(f, "bias", False)
+        bias = f.dense_bias if isinstance(f, MoEFFN) else f.bias
         out["dense_ffn"] = ffn_matrix_params(h, inter, f.gated, bias)
     return out
 

@@ -54,9 +54,17 @@ def context_warnings(spec: ModelSpec, tokens: int) -> list[str]:
     return []
 
 
+MAX_COUNT = 2**24  # sequences, tokens, TP degree: beyond any deployment, checked before any loop
+MAX_OUTPUT = 2**20  # output tokens per sequence: the decode curve is sampled per output token
+
+
 def _count(name: str, v, minimum: int = 0) -> int:
+    """``v`` as an int in [minimum, MAX_COUNT] (``output_len``: MAX_OUTPUT); else FieldError."""
     if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool)) or v < minimum:
         raise FieldError(name, repr(v), f"must be an integer >= {minimum}")
+    top = MAX_OUTPUT if name == "output_len" else MAX_COUNT
+    if v > top:
+        raise FieldError(name, v, f"must be at most {top:,} (2^{top.bit_length() - 1})")
     return int(v)
 
 
@@ -231,7 +239,7 @@ def compare(specs: list[ModelSpec], hw: HardwareProfile, request: LayoutRequest 
         s = show(spec, dep.kv_format, context, batch).to_dict()
         s.pop("params"), s.pop("warnings")
         rec = dict(s, name=name, hardware=hw.name, devices=dep.devices, tp=dep.tp, ep=dep.ep,
-                   weight_dtype=dep.weight_format.name, weight_bytes_per_device=weight_bytes_per_device(spec, dep),
+                   weight_dtype=dep.weights_name, weight_bytes_per_device=weight_bytes_per_device(spec, dep),
                    decode_tokens_per_s=None, tpot_s=None, max_batch=None, fits=False, note="",
                    warnings=tuple(context_warnings(spec, context)))
         mem = memory_report(spec, hw, dep, batch, context)
@@ -373,7 +381,7 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
     return PerfRecord(
         model=spec.name, hardware=hw.name, devices=dep.devices, devices_per_node=hw.devices_per_node, tp=dep.tp,
         ep=dep.ep, pp=dep.pp, dp=dep.dp,
-        weight_dtype=dep.weight_format.name, kv_dtype=dep.kv_format.name, batch=b, input=i, output=o,
+        weight_dtype=dep.weights_name, kv_dtype=dep.kv_format.name, batch=b, input=i, output=o,
         ttft_s=r.ttft_s, tpot_s=r.tpot_s if decoding else None, tpot_last_s=r.tpot_last_s if decoding else None,
         e2e_s=r.e2e_s, prefill_tokens_per_s=r.prefill_tokens_per_s,
         prefill_tokens_per_s_per_device=r.prefill_tokens_per_s_per_device,
@@ -442,7 +450,7 @@ def max_throughput_record(spec: ModelSpec, hw: HardwareProfile, request: LayoutR
     """``max_throughput_search`` as a record."""
     dep, r = max_throughput_search(spec, hw, request, context, tpot_slo_s)
     return MaxThroughputRecord(
-        spec.name, hw.name, dep.devices, dep.tp, dep.ep, dep.pp, dep.weight_format.name, dep.kv_format.name, context,
+        spec.name, hw.name, dep.devices, dep.tp, dep.ep, dep.pp, dep.weights_name, dep.kv_format.name, context,
         tpot_slo_s, r.batch, r.tpot_s, r.tokens_per_s, r.tokens_per_s_per_device,
         r.tokens_per_s_per_device * hw.devices_per_node, r.max_batch_memory, r.limit,
         tuple(context_warnings(spec, context)))
