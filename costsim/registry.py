@@ -72,7 +72,11 @@ def load_yaml_text(text: str, where: str) -> Any:
     """``yaml.safe_load`` with duplicate keys refused, then :func:`check_structure`; every
     failure is a one-line CostsimError naming ``where``."""
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+        loader = _UniqueKeyLoader(text)  # what yaml.safe_load runs, plus the duplicate-key check
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""

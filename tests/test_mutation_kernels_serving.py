@@ -19,30 +19,19 @@ from costsim.simulator.roofline import rate_provenance, time_step
 from costsim.simulator.scenario import Scenario, perf
 from costsim.simulator.serving import SLOError, max_throughput, mla_crossover, serve
 from costsim.simulator.types import StepShape
-from costsim.specs import HardwareProfile, ModelSpec
+from costsim.specs import ModelSpec
+
+import tiny  # the hand-made spec and profile (tests/tiny.py)
 
 MEM, OVH = 5e8, 1e-6
 
 
 def hw(**kw):
-    d = dict(
-        name="tiny-hw", source="hand-made test profile",
-        peak_flops=dict(bf16=1e10, fp8=2e10, fp32=5e9), memory_capacity=1e9, memory_bandwidth=1e9,
-        intra_node_bandwidth=dict(value=1e8, direction="unidirectional"),
-        inter_node_bandwidth=dict(value=1e7, direction="unidirectional"),
-        intra_node_latency=1e-6, inter_node_latency=5e-6, devices_per_node=2,
-        efficiency=dict(compute=0.5, memory=0.5, intra_node=0.5, inter_node=0.25, kernel_overhead=1e-6),
-    )
-    d.update(kw)
-    return HardwareProfile.model_validate(d)
+    """tests/tiny.py's profile with an fp32 peak of 5e9 FLOP/s added."""
+    return tiny.hw(**{"peak_flops": dict(bf16=1e10, fp8=2e10, fp32=5e9), **kw})
 
 
-def gqa(**kw):
-    d = dict(name="tiny-gqa", source="hand-made test spec", vocab_size=100, hidden_size=8, num_hidden_layers=2,
-             attention=dict(kind="gqa", num_attention_heads=4, num_key_value_heads=2, head_dim=2),
-             ffn=dict(kind="dense", intermediate_size=16))
-    d.update(kw)
-    return ModelSpec.model_validate(d)
+gqa = tiny.gqa
 
 
 def moe(**ffn):
