@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from costsim.calibration import silicon as S  # noqa: E402
+
+from costsim.calibration import silicon_fit as F  # noqa: E402
 from costsim.registry import load_hardware  # noqa: E402
 
 PER_LABEL = 60  # extract rows per system and family
@@ -54,9 +56,9 @@ def main() -> None:
         t0 = time.time()
         base = load_hardware(S.SYSTEMS[system])
         name = f"{base.name}-calibrated"
-        res = S.calibrate(system, "trtllm", base, args.seed, name)
-        hw = S.with_provenance(res["random"]["profile"], res, system, "trtllm", args.seed)
-        (PROFILES / f"{name}.yaml").write_text(S.profile_yaml(
+        res = F.calibrate(system, "trtllm", base, args.seed, name)
+        hw = F.with_provenance(res["random"]["profile"], res, system, "trtllm", args.seed)
+        (PROFILES / f"{name}.yaml").write_text(F.profile_yaml(
             hw, f"written by benchmarks/silicon_calibrate.py (= costsim calibrate --silicon {system} --backend "
                 f"trtllm --seed {args.seed}), {dt.date.today().isoformat()}"))
         tr = {r["label"]: r for r in res["random"]["train"]}
@@ -72,7 +74,7 @@ def main() -> None:
         cross = {}
         for backend in ("sglang", "vllm"):
             try:
-                v = S.validate(system, hw, backend)
+                v = F.validate(system, hw, backend)
             except Exception as e:  # a backend without tables for this system
                 cross[backend] = f"not available: {e}"
                 continue
@@ -91,7 +93,7 @@ def main() -> None:
         extract.append(sub)
         pred = S.predict_frame(sub.reset_index(drop=True), hw)
         guard[system] = dict(profile=name, families={r["label"]: _r(r["mape"]) for r in
-                                                     S.summary(sub.reset_index(drop=True), pred)})
+                                                     F.summary(sub.reset_index(drop=True), pred)})
         print(f"{system}: {time.time() - t0:.0f} s", file=sys.stderr)
         for k, v in fams.items():
             print(f"  {k:22s} train {v['train_mape']:.1%} held-out {v['held_out_mape']:.1%} "

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 import tiny
 from costsim.calibration import silicon as S
+from costsim.calibration import silicon_fit as F
 from costsim.cli import app
 from costsim.errors import CostsimError
 from costsim.simulator import kernels
@@ -128,7 +129,7 @@ def test_plan_predicts_what_the_kernel_api_predicts():
 
 def test_split_halves_are_seeded_and_groups_stay_whole():
     df = pd.DataFrame(dict(family=["gemm"] * 40, group=[f"g{i // 4}" for i in range(40)]))
-    a, b = S.split(df, 0, by_group=True), S.split(df, 0, by_group=True)
+    a, b = F.split(df, 0, by_group=True), F.split(df, 0, by_group=True)
     assert (a == b).all() and a.sum() == 20  # 5 of 10 groups
     for _, g in df.assign(t=a).groupby("group"):
         assert g["t"].nunique() == 1

@@ -17,6 +17,8 @@ import yaml
 from typer.testing import CliRunner
 
 from costsim.calibration import silicon as S
+
+from costsim.calibration import silicon_fit as F
 from costsim.cli import app
 from costsim.registry import load_hardware
 
@@ -42,7 +44,7 @@ def test_calibrated_profile_keeps_its_accuracy(system):
     assert hw.efficiency.families.gemm.compute.provenance == "calibrated"
     df = _rows(system)
     pred = S.predict_frame(df, hw)
-    got = {r["label"]: r["mape"] for r in S.summary(df, pred)}
+    got = {r["label"]: r["mape"] for r in F.summary(df, pred)}
     assert set(got) == set(rec["families"])
     worse = {k: (round(got[k], 4), v) for k, v in rec["families"].items() if got[k] > v + GUARD["margin"]}
     assert not worse, f"{system}: MAPE (now, recorded) beyond the {GUARD['margin']:.0%} margin: {worse}"
@@ -52,8 +54,8 @@ def test_calibrated_beats_datasheet_profile_on_the_extract():
     # the point of calibrating: every system's calibrated profile is closer than its datasheet one
     for system, rec in GUARD["systems"].items():
         df = _rows(system)
-        cal = S.stats(S.predict_frame(df, load_hardware(rec["profile"])), df["measured_s"])
-        raw = S.stats(S.predict_frame(df, load_hardware(S.SYSTEMS[system])), df["measured_s"])
+        cal = F.stats(S.predict_frame(df, load_hardware(rec["profile"])), df["measured_s"])
+        raw = F.stats(S.predict_frame(df, load_hardware(S.SYSTEMS[system])), df["measured_s"])
         assert cal["mape"] < 0.6 * raw["mape"], system
 
 
@@ -82,7 +84,7 @@ def test_validate_silicon_cli(extract_tables, tmp_path):
 
 
 def test_calibrate_silicon_cli_writes_a_calibrated_profile(extract_tables, tmp_path, monkeypatch):
-    monkeypatch.setattr(S, "MAX_NFEV", 3)  # the plumbing, not the optimum
+    monkeypatch.setattr(F, "MAX_NFEV", 3)  # the plumbing, not the optimum
     out = tmp_path / "h200-fit.yaml"
     r = CliRunner().invoke(app, ["calibrate", "--silicon", "h200_sxm", "-o", str(out)])
     assert r.exit_code == 0, r.output

@@ -124,6 +124,7 @@ def calibrate_cmd(device: str = Device,
 
 def _calibrate_silicon(system, backend, output, force, base, name, seed):
     from costsim.calibration import silicon as S
+    from costsim.calibration import silicon_fit as F
     from costsim.files import atomic_write_text, check_target
     from costsim.registry import load_hardware
 
@@ -132,9 +133,9 @@ def _calibrate_silicon(system, backend, output, force, base, name, seed):
         raise CostsimError(f"{output}: exists; give --force to replace it")
     sysname = S.system_name(system)
     base_hw = load_hardware(base or S.SYSTEMS[sysname])
-    res = S.calibrate(sysname, backend, base_hw, seed, name or output.stem)
-    hw = S.with_provenance(res["random"]["profile"], res, sysname, backend, seed)
-    atomic_write_text(output, S.profile_yaml(hw, f"written by costsim calibrate --silicon {sysname} --backend "
+    res = F.calibrate(sysname, backend, base_hw, seed, name or output.stem)
+    hw = F.with_provenance(res["random"]["profile"], res, sysname, backend, seed)
+    atomic_write_text(output, F.profile_yaml(hw, f"written by costsim calibrate --silicon {sysname} --backend "
                                                  f"{backend} --seed {seed}"), "profile YAML")
     print(f"wrote {output} ({hw.name}; {res['tables'].source_text()})", file=sys.stderr)
     tr = {r["label"]: r for r in res["random"]["train"]}
@@ -147,13 +148,14 @@ def _calibrate_silicon(system, backend, output, force, base, name, seed):
 
 def _validate_silicon(system, backend, hardware, hw_sets, csv, plot, fmt):
     from costsim.calibration import silicon as S
+    from costsim.calibration import silicon_fit as F
     from costsim.registry import load_hardware
     from costsim.reports import views
 
     sysname = S.system_name(system)
-    hw = O.hardware(hardware or S.default_profile(sysname), hw_sets)
+    hw = O.hardware(hardware or F.default_profile(sysname), hw_sets)
     ref = load_hardware(S.SYSTEMS[sysname])
-    res = S.validate(sysname, hw, backend, reference=ref if ref.name != hw.name else None)
+    res = F.validate(sysname, hw, backend, reference=ref if ref.name != hw.name else None)
     frame = res["frame"]
     if csv is not None:
         from costsim.files import atomic_write
