@@ -86,7 +86,8 @@ def test_one_sequence_passes_the_pipeline_once():
 
 
 def test_a_64_layer_model_under_tp_runs_129_all_reduces_per_step():
-    # Qwen2.5-72B has 80 layers; a 64-layer spec of the tiny model: 2 per layer + the embedding's
+    # the count for a 64-layer model under TP (Megatron-LM §3: two all-reduces per layer in
+    # the forward pass, one after the vocab-parallel input embedding): 2 * 64 + 1
     spec = gqa(num_hidden_layers=64)
     ops = step_operators(spec, Deployment(devices=2, tp=2), StepShape(1, 1, 4))
     assert sum(o.count for o in ops if o.name.startswith("comm.tp_allreduce")) == 129
