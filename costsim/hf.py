@@ -15,6 +15,21 @@ Supported ``model_type`` values (the families whose HF modelling code we mirror)
 * ``qwen3``, ``qwen3_moe``: per-head q/k RMSNorm (``qk_norm``), explicit ``head_dim``.
 * ``gpt_oss``: q/k/v/o bias (``attention_bias``, default true), attention sinks, expert and
   router biases, ``layer_types`` -> sliding-window layers.
+* ``olmoe``: every layer MoE (``num_experts``), q/k RMSNorm over the whole projections.
+* ``minimax_m2``: MoE with a sigmoid router and ``e_score_correction_bias``; q/k RMSNorm over
+  the projections (``qk_norm_scope: projection``); its MTP modules are not built (as transformers).
+* ``phimoe`` (Phi-3.5-MoE): LayerNorm with bias, ``attention_bias``, a window on every layer.
+* ``granitemoe``, ``granitemoeshared``: MoE (+ one shared MLP of ``shared_intermediate_size``).
+* ``glm4_moe`` (GLM-4.5): DeepSeek-V3's MoE layout with GQA attention, q/k/v bias, optional
+  per-head q/k norm (``use_qk_norm``), ``num_nextn_predict_layers`` (MTP).
+* ``llama4_text`` / ``llama4`` (text_config): MoE on ``moe_layers`` (or every
+  ``interleave_moe_layer_step``-th layer) with one shared expert; chunked-attention layers as a
+  window of ``attention_chunk_size`` (see :func:`_layer_type_window` for what that over-counts).
+* ``gemma2``, ``gemma3_text`` / ``gemma3`` (text_config): four norms per layer
+  (``sandwich_norm``), tied embeddings by default, sliding layers from ``layer_types`` (or the
+  config class's pattern), per-head q/k norm (Gemma-3).
+
+Multimodal wrappers (``gemma3``, ``llama4``) import their language model only, with a warning.
 
 An unknown ``model_type`` whose ``architectures`` names one of these families' classes
 (Kimi-K2: ``kimi_k2`` with ``DeepseekV3ForCausalLM``) is read as that family, with a
@@ -48,21 +63,39 @@ SUPPORTED_MODEL_TYPES = (
     "deepseek",
     "deepseek_v2",
     "deepseek_v3",
+    "gemma2",
+    "gemma3",
+    "gemma3_text",
+    "glm4_moe",
     "gpt_oss",
+    "granitemoe",
+    "granitemoeshared",
     "llama",
+    "llama4",
+    "llama4_text",
+    "minimax_m2",
     "mistral",
     "mixtral",
+    "olmoe",
+    "phimoe",
     "qwen2",
     "qwen2_moe",
     "qwen3",
     "qwen3_moe",
 )
 
+# multimodal wrappers: the language model is ``text_config`` (of this model_type); the vision
+# tower and projector are not counted (a warning says so)
+_TEXT_CONFIG = {"gemma3": "gemma3_text", "llama4": "llama4_text"}
+_GEMMA = {"gemma2", "gemma3_text"}
+_GRANITE = {"granitemoe", "granitemoeshared"}
+
 _DEEPSEEK = {"deepseek", "deepseek_v2", "deepseek_v3"}
 _QWEN = {"qwen2", "qwen2_moe", "qwen3", "qwen3_moe"}
 # Families whose HF config class defaults num_key_value_heads to num_attention_heads when absent.
 # (Mistral, Mixtral and gpt-oss default it to 8 in transformers, so there we require the key.)
-_KV_DEFAULTS_TO_HEADS = {"llama", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe"} | _DEEPSEEK
+_KV_DEFAULTS_TO_HEADS = {"llama", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "olmoe", "phimoe",
+                         "llama4_text"} | _DEEPSEEK | _GRANITE
 
 
 _REFUSE = object()  # marker: the transformers default is a size; an absent key is refused, not guessed
@@ -185,6 +218,17 @@ _ARCH_TO_MODEL_TYPE = {
     "Qwen2MoeForCausalLM": "qwen2_moe",
     "Qwen3ForCausalLM": "qwen3",
     "Qwen3MoeForCausalLM": "qwen3_moe",
+    "Gemma2ForCausalLM": "gemma2",
+    "Gemma3ForCausalLM": "gemma3_text",
+    "Gemma3ForConditionalGeneration": "gemma3",
+    "Glm4MoeForCausalLM": "glm4_moe",
+    "GraniteMoeForCausalLM": "granitemoe",
+    "GraniteMoeSharedForCausalLM": "granitemoeshared",
+    "Llama4ForCausalLM": "llama4_text",
+    "Llama4ForConditionalGeneration": "llama4",
+    "MiniMaxM2ForCausalLM": "minimax_m2",
+    "OlmoeForCausalLM": "olmoe",
+    "PhimoeForCausalLM": "phimoe",
 }
 
 
@@ -221,6 +265,8 @@ def spec_from_hf_config(cfg: dict, where: str, name: str | None = None) -> Model
     if not isinstance(cfg, dict):
         raise CostsimError(f"{where}: expected a JSON object at the top level, got {type(cfg).__name__}")
     mt = _model_type(cfg, where)
+    if mt in _TEXT_CONFIG:
+        cfg, mt = _text_config(cfg, where, mt), _TEXT_CONFIG[mt]
     c = _Cfg(cfg, where, mt)
 
     hidden = c.get_int("hidden_size")
@@ -237,9 +283,12 @@ def spec_from_hf_config(cfg: dict, where: str, name: str | None = None) -> Model
         "vocab_size": c.get_int("vocab_size"),
         "hidden_size": hidden,
         "num_hidden_layers": layers,
-        "norm": "rmsnorm",
-        "tie_word_embeddings": c.get_bool("tie_word_embeddings", False),
-        "num_nextn_predict_layers": c.get_int("num_nextn_predict_layers", 0) if mt in _DEEPSEEK else 0,
+        # Phi-3.5-MoE: nn.LayerNorm with bias; Gemma-2/3: pre/post norms around attention and FFN
+        "norm": "layernorm" if mt == "phimoe" else "rmsnorm",
+        "sandwich_norm": mt in _GEMMA,
+        "tie_word_embeddings": c.get_bool("tie_word_embeddings", mt in _GEMMA),  # Gemma*Config: True
+        "num_nextn_predict_layers": (c.get_int("num_nextn_predict_layers", 0)
+                                     if mt in _DEEPSEEK or mt == "glm4_moe" else 0),
         "attention": _attention(c, hidden, heads),
         "ffn": _ffn(c, layers),
     }
@@ -250,6 +299,24 @@ def spec_from_hf_config(cfg: dict, where: str, name: str | None = None) -> Model
         data["sliding_window"] = sw
     data.update(_checkpoint_formats(c, isinstance(data["ffn"], dict) and data["ffn"].get("kind") == "moe"))
     return validate(ModelSpec, data, where)
+
+
+def _text_config(cfg: dict, where: str, mt: str) -> dict:
+    """The language model of a multimodal config (Gemma-3, Llama-4): its ``text_config``, with
+    ``tie_word_embeddings`` and ``quantization_config`` from the top level where it has none,
+    and a warning that the vision tower is left out."""
+    text = cfg.get("text_config")
+    if not isinstance(text, dict):
+        raise CostsimError(f"{where}: model_type {mt} keeps its language model in 'text_config', "
+                           f"expected a mapping, got {_short(text) if 'text_config' in cfg else 'nothing'}")
+    out = dict(text)
+    out["model_type"] = _TEXT_CONFIG[mt]
+    for key in ("tie_word_embeddings", "quantization_config", "_name_or_path"):
+        if key in cfg and key not in out:
+            out[key] = cfg[key]
+    warnings.warn(CostsimWarning(f"{where}: model_type {mt}: only the language model (text_config) is "
+                                 "modelled; the vision encoder and projector are not counted"), stacklevel=3)
+    return out
 
 
 def _checkpoint_formats(c: _Cfg, moe: bool) -> dict:
@@ -300,13 +367,15 @@ def _checkpoint_formats(c: _Cfg, moe: bool) -> dict:
 # transformers dataclass default, refused as a size. Null: num_attention_heads (every
 # __post_init__ here) except Qwen2-MoE / Qwen3-MoE, whose None reaches nn.Linear and fails.
 _KV_ABSENT = {"llama": "heads", "mistral": 8, "mixtral": 8, "qwen2": 32, "qwen3": 32, "qwen2_moe": 16,
-              "qwen3_moe": 4, "gpt_oss": 8, "deepseek": "heads"}
-_KV_NULL_FAILS = {"qwen2_moe", "qwen3_moe"}
+              "qwen3_moe": 4, "gpt_oss": 8, "deepseek": "heads", "gemma2": 4, "gemma3_text": 4, "glm4_moe": 8,
+              "minimax_m2": 8}
+_KV_NULL_FAILS = {"qwen2_moe", "qwen3_moe", "gemma2", "gemma3_text", "glm4_moe", "minimax_m2"}
 # head_dim when absent: derived (hidden_size // num_attention_heads, the modelling code's
 # getattr default) or a dataclass size default (refused). Null: derived where __post_init__
 # or ``getattr(...) or`` derives it, else refused (None reaches nn.Linear).
-_HEAD_DIM_ABSENT = {"qwen3": 128, "gpt_oss": 64}
-_HEAD_DIM_NULL_DERIVES = {"llama", "mistral", "mixtral", "gpt_oss", "deepseek"}
+_HEAD_DIM_ABSENT = {"qwen3": 128, "gpt_oss": 64, "gemma2": 256, "gemma3_text": 256, "llama4_text": 128,
+                    "minimax_m2": 128}
+_HEAD_DIM_NULL_DERIVES = {"llama", "mistral", "mixtral", "gpt_oss", "deepseek", "llama4_text"}
 
 
 def _attention(c: _Cfg, hidden: int, heads: int) -> dict:
@@ -349,13 +418,25 @@ def _attention(c: _Cfg, hidden: int, heads: int) -> dict:
         head_dim = hidden // heads
     kind = "mha" if kv == heads else "mqa" if kv == 1 else "gqa"
 
+    qk_norm, scope = mt in ("qwen3", "qwen3_moe", "gemma3_text"), "head"
+    if mt == "glm4_moe":
+        qk_norm = c.get_bool("use_qk_norm", False)  # Glm4MoeAttention: RMSNorm(head_dim) if use_qk_norm
+    elif mt in ("olmoe", "minimax_m2"):
+        # OlmoeAttention: q_norm = RMSNorm(hidden_size), k_norm = RMSNorm(kv_heads * head_dim);
+        # MiniMaxM2Attention: RMSNorm(heads * head_dim) and RMSNorm(kv_heads * head_dim), always
+        qk_norm, scope = True, "projection"
+        if mt == "olmoe" and heads * head_dim != hidden:
+            raise c.fail(f"num_attention_heads x head_dim = {heads * head_dim} differs from hidden_size {hidden}: "
+                         "OLMoE's q_norm spans hidden_size, not representable")
     if mt == "qwen2":
         qkv_bias, o_bias = True, False  # hard-coded in modeling_qwen2.py
     elif mt == "qwen2_moe":
         qkv_bias, o_bias = c.get_bool("qkv_bias", True), False  # Qwen2MoeConfig.qkv_bias (default True)
-    elif mt in ("mistral", "mixtral"):
+    elif mt in ("mistral", "mixtral", "minimax_m2"):
         qkv_bias = o_bias = False  # no bias option in the HF modules
-    else:  # llama, qwen3(_moe), gpt_oss, deepseek without MLA: one flag for q/k/v/o
+    elif mt == "glm4_moe":
+        qkv_bias, o_bias = c.get_bool("attention_bias", False), False  # o_proj: bias=False
+    else:  # llama(4), qwen3(_moe), gpt_oss, deepseek without MLA, gemma, olmoe, granite, phimoe: q/k/v/o
         qkv_bias = o_bias = c.get_bool("attention_bias", mt == "gpt_oss")  # GptOssConfig: True
     return {
         "kind": kind,
@@ -364,7 +445,8 @@ def _attention(c: _Cfg, hidden: int, heads: int) -> dict:
         "head_dim": head_dim,
         "qkv_bias": qkv_bias,
         "o_bias": o_bias,
-        "qk_norm": mt in ("qwen3", "qwen3_moe"),
+        "qk_norm": qk_norm,
+        "qk_norm_scope": scope,
         "sinks": mt == "gpt_oss",
     }
 
@@ -381,8 +463,14 @@ def _dense(c: _Cfg) -> dict:
 
 def _ffn(c: _Cfg, layers: int) -> dict:
     mt = c.mt
-    if mt in ("llama", "mistral", "qwen2", "qwen3"):
+    if mt in ("llama", "mistral", "qwen2", "qwen3") or mt in _GEMMA:
         return _dense(c)
+    if mt in ("olmoe", "minimax_m2", "phimoe") or mt in _GRANITE:
+        return _simple_moe_ffn(c)
+    if mt == "glm4_moe":
+        return _glm4_moe_ffn(c, layers)
+    if mt == "llama4_text":
+        return _llama4_ffn(c, layers)
     if mt in _DEEPSEEK:
         return _deepseek_ffn(c, layers)
     if mt == "mixtral":
@@ -411,6 +499,86 @@ def _ffn(c: _Cfg, layers: int) -> dict:
             "router_bias": True,  # GptOssTopKRouter has a bias
         }
     raise c.fail("no FFN mapping")  # unreachable: model_type checked above
+
+
+# transformers defaults (sizes, refused when absent) of the one-expert-type MoE families
+_SIMPLE_MOE = {  # model_type: (experts key, experts, top-k, expert width)
+    "olmoe": ("num_experts", 64, 8, 2048), "minimax_m2": ("num_local_experts", 256, 8, 1536),
+    "phimoe": ("num_local_experts", 16, 2, 6400), "granitemoe": ("num_local_experts", 8, 2, 11008),
+    "granitemoeshared": ("num_local_experts", 8, 2, 11008),
+}
+
+
+def _simple_moe_ffn(c: _Cfg) -> dict:
+    """Every layer MoE, routed experts of ``intermediate_size`` (OLMoE, MiniMax-M2, Phi-3.5-MoE,
+    Granite-MoE); Granite-MoE-Shared adds one shared MLP of ``shared_intermediate_size``
+    (0: none); MiniMax-M2 stores an ``e_score_correction_bias`` per layer."""
+    key, n, k, inter = _SIMPLE_MOE[c.mt]
+    if c.mt == "phimoe" and c.get_bool("lm_head_bias", False):
+        raise c.fail("lm_head_bias true is not representable (the LM head has no bias in costsim)")
+    ffn: dict[str, Any] = {
+        "kind": "moe",
+        "n_routed_experts": c.get_int(key, tf_default=n),
+        "num_experts_per_tok": c.get_int("num_experts_per_tok", tf_default=k),
+        "moe_intermediate_size": c.get_int("intermediate_size", tf_default=inter),
+        "n_shared_experts": 0,
+        "router_correction_bias": c.mt == "minimax_m2",  # MiniMaxM2SparseMoeBlock buffer
+    }
+    if c.mt == "granitemoeshared":
+        shared = c.get_int("shared_intermediate_size", 0)
+        if shared > 0:  # GraniteMoeSharedMLP: input_linear (h -> 2 x shared) + output_linear
+            ffn.update(n_shared_experts=1, shared_expert_intermediate_size=shared)
+    return ffn
+
+
+def _glm4_moe_ffn(c: _Cfg, layers: int) -> dict:
+    """GLM-4.5 (Glm4MoeConfig): DeepSeek-V3's layout (first_k_dense_replace dense layers, then
+    routed + shared experts with a sigmoid router and its e_score_correction_bias)."""
+    first_k = c.get_int("first_k_dense_replace", tf_default=1)
+    ffn: dict[str, Any] = {
+        "kind": "moe",
+        "n_routed_experts": c.get_int("n_routed_experts", tf_default=128),
+        "num_experts_per_tok": c.get_int("num_experts_per_tok", tf_default=8),
+        "moe_intermediate_size": c.get_int("moe_intermediate_size", tf_default=1408),
+        "n_shared_experts": c.get_int("n_shared_experts", tf_default=1),
+        "first_k_dense_replace": first_k,
+        "router_correction_bias": True,  # Glm4MoeTopkRouter.e_score_correction_bias
+        "n_group": c.get_int("n_group", 1),
+        "topk_group": c.get_int("topk_group", 1),
+    }
+    if first_k > 0:
+        ffn["dense_intermediate_size"] = c.get_int("intermediate_size", tf_default=10944)
+    return ffn
+
+
+def _llama4_ffn(c: _Cfg, layers: int) -> dict:
+    """Llama-4 (Llama4TextConfig): MoE on ``moe_layers`` (default: every
+    ``interleave_moe_layer_step``-th layer from step - 1), each with ``num_local_experts``
+    routed experts of ``intermediate_size`` and one shared expert of the same width; the other
+    layers a dense MLP of ``intermediate_size_mlp``."""
+    moe = c.cfg.get("moe_layers")
+    if moe is None:
+        step = c.get_int("interleave_moe_layer_step", 1)
+        if step < 1:
+            raise c.fail(f"interleave_moe_layer_step {step} must be at least 1")
+        moe = list(range(step - 1, layers, step))
+    elif not isinstance(moe, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in moe):
+        raise c.fail(f"key 'moe_layers' must be a list of layer indices, got {_short(moe)}")
+    moe = sorted({i for i in moe if 0 <= i < layers})  # transformers: a layer is MoE iff its index is listed
+    if not moe:  # e.g. one layer with interleave step 2: every layer is the dense MLP
+        return {"kind": "dense", "intermediate_size": c.get_int("intermediate_size_mlp", tf_default=16384)}
+    inter = c.get_int("intermediate_size", tf_default=8192)
+    ffn: dict[str, Any] = {
+        "kind": "moe",
+        "n_routed_experts": c.get_int("num_local_experts", tf_default=16),
+        "num_experts_per_tok": c.get_int("num_experts_per_tok", tf_default=1),
+        "moe_intermediate_size": inter,
+        "n_shared_experts": 1,  # Llama4TextMoe.shared_expert (intermediate_size wide)
+        "moe_layers": moe,
+    }
+    if len(moe) < layers:
+        ffn["dense_intermediate_size"] = c.get_int("intermediate_size_mlp", tf_default=16384)
+    return ffn
 
 
 def _deepseek_ffn(c: _Cfg, layers: int) -> dict:
@@ -504,6 +672,12 @@ def _sliding_window(c: _Cfg, layers: int) -> dict | None:
     """Sliding-window layers as the transformers config computes ``layer_types`` (or uses the
     config's own list) and the modelling code applies them."""
     mt, cfg = c.mt, c.cfg
+    if mt in _GEMMA or mt == "llama4_text":
+        return _layer_type_window(c, layers)
+    if mt == "phimoe":  # PhimoeConfig.sliding_window: None by default, else every layer
+        return {"window": c.get_int("sliding_window"), "layers": list(range(layers))} if c.has("sliding_window") else None
+    if mt in ("glm4_moe", "olmoe", "minimax_m2") or mt in _GRANITE:
+        return None  # no sliding window in these HF modules
     types = cfg.get("layer_types")
     if types is None and mt == "gpt_oss":
         # GptOssConfig default when layer_types is absent: even layers slide, odd layers are full
@@ -544,6 +718,47 @@ def _sliding_window(c: _Cfg, layers: int) -> dict | None:
                 idx = list(range(start, layers))
         return {"window": window, "layers": idx} if idx else None
     return None  # llama / deepseek: no sliding window in the HF modules
+
+
+def _layer_type_window(c: _Cfg, layers: int) -> dict | None:
+    """Gemma-2/3 and Llama-4 windows from ``layer_types`` (or the config class's default list).
+
+    Gemma-2: sliding on even layers; Gemma-3: on all but every ``sliding_window_pattern``-th
+    (6). Llama-4's ``chunked_attention`` layers (the RoPE layers: all but every
+    ``no_rope_layer_interval``-th, 4) attend within chunks of ``attention_chunk_size`` tokens;
+    they are modelled as a window of that size: the cache holds at most a chunk, as in
+    transformers' chunked cache, but the attention FLOPs are those of a window (each query sees
+    up to W - 1 earlier tokens; in a chunk, on average half a chunk), an over-estimate.
+    """
+    mt, cfg = c.mt, c.cfg
+    types = cfg.get("layer_types")
+    if mt == "llama4_text":
+        if types is None:
+            interval = c.get_int("no_rope_layer_interval", 4)
+            nope = cfg.get("no_rope_layers")
+            if nope:
+                if not isinstance(nope, list) or len(nope) != layers:
+                    raise c.fail(f"no_rope_layers must be a list of {layers} entries (one per layer)")
+                rope = [bool(x) for x in nope]
+            else:
+                rope = [(i + 1) % interval != 0 for i in range(layers)] if interval > 0 else [True] * layers
+            chunk = c.get_int("attention_chunk_size", 8192, null=None)
+            types = ["chunked_attention" if r and chunk is not None else "full_attention" for r in rope]
+        kind, window = "chunked_attention", c.get_int("attention_chunk_size", tf_default=8192, null=None)
+    else:
+        if mt == "gemma3_text" and c.get_bool("use_bidirectional_attention", False):
+            raise c.fail("use_bidirectional_attention true is not representable (costsim models causal decoders)")
+        if types is None:
+            pattern = 2 if mt == "gemma2" else c.get_int("sliding_window_pattern", 6)
+            types = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers)]
+        kind, window = "sliding_attention", c.get_int("sliding_window", tf_default=4096, null=None)
+    if not isinstance(types, list) or len(types) != layers:
+        raise c.fail(f"layer_types must be a list of {layers} entries (one per layer)")
+    bad = sorted({t for t in types if t not in (kind, "full_attention")}, key=str)
+    if bad:
+        raise c.fail(f"layer_types entries {_short(bad)} are not supported (only {kind} / full_attention)")
+    idx = [i for i, t in enumerate(types) if t == kind]
+    return {"window": window, "layers": idx} if idx and window is not None else None
 
 
 # --------------------------------------------------------------------------------------

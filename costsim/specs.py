@@ -47,7 +47,11 @@ class GQAAttention(_Strict):
     head_dim: PositiveInt  # may differ from hidden_size / num_attention_heads (Qwen3, gpt-oss)
     qkv_bias: bool = False
     o_bias: bool = False
-    qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3): 2 * head_dim weights per layer
+    qk_norm: bool = False  # RMSNorm on q and k (Qwen3, OLMoE, MiniMax-M2, Gemma-3, GLM-4.5)
+    # "head": one RMSNorm(head_dim) shared by the heads (Qwen3, Gemma-3, GLM-4.5): 2 * head_dim
+    # weights per layer; "projection": RMSNorm over the whole q and k projections (OLMoE,
+    # MiniMax-M2 ``qk_norm_type: per_layer``): (num_attention_heads + num_key_value_heads) * head_dim
+    qk_norm_scope: Literal["head", "projection"] = "head"
     sinks: bool = False  # one learned attention-sink logit per head (gpt-oss)
 
     @model_validator(mode="after")
@@ -122,6 +126,9 @@ class MoEFFN(_Strict):
     # biases of the shared-expert MLP, built as one MLP n_shared_experts x shared size wide
     # (DeepSeek-V2 ``mlp_bias``: 2 x n_shared x I + hidden_size)
     shared_expert_bias: bool = False
+    # explicit 0-based MoE layer indices, overriding first_k_dense_replace / moe_layer_freq
+    # (Llama-4 ``moe_layers``: every ``interleave_moe_layer_step``-th layer, from step - 1)
+    moe_layers: Optional[list[NonNegativeInt]] = None
 
     @model_validator(mode="after")
     def _check(self):
@@ -173,6 +180,9 @@ class ModelSpec(_Strict):
     attention: Attention
     ffn: FFN
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    # Gemma-2/3 "sandwich" norms: besides the input and post-attention norms, each layer has a
+    # pre- and a post-feedforward norm (4 per layer instead of 2; HF Gemma2DecoderLayer)
+    sandwich_norm: bool = False
     tie_word_embeddings: bool = False
     num_nextn_predict_layers: NonNegativeInt = 0  # MTP modules (DeepSeek-V3 §2.2)
     sliding_window: Optional[SlidingWindow] = None
@@ -211,6 +221,10 @@ class ModelSpec(_Strict):
             has_dense = any(not self.is_moe_layer(i) for i in range(self.num_hidden_layers))
             if has_dense and self.ffn.dense_intermediate_size is None:
                 raise ValueError("ffn.dense_intermediate_size is required when some layers are dense")
+        if isinstance(self.ffn, MoEFFN) and self.ffn.moe_layers is not None:
+            bad = [i for i in self.ffn.moe_layers if i >= self.num_hidden_layers]
+            if bad:
+                raise ValueError(f"ffn.moe_layers {bad} out of range 0..{self.num_hidden_layers - 1}")
         if self.sliding_window is not None:
             bad = [i for i in self.sliding_window.layers if i >= self.num_hidden_layers]
             if bad:
@@ -219,7 +233,16 @@ class ModelSpec(_Strict):
 
     def is_moe_layer(self, i: int) -> bool:
         f = self.ffn
-        return isinstance(f, MoEFFN) and moe_layer_rule(i, f.first_k_dense_replace, f.moe_layer_freq)
+        if not isinstance(f, MoEFFN):
+            return False
+        if f.moe_layers is not None:
+            return i in f.moe_layers
+        return moe_layer_rule(i, f.first_k_dense_replace, f.moe_layer_freq)
+
+    @property
+    def norms_per_layer(self) -> int:
+        """Norms of one decoder layer: 2 (input, post-attention), 4 with ``sandwich_norm``."""
+        return 4 if self.sandwich_norm else 2
 
     @property
     def n_moe_layers(self) -> int:

@@ -101,6 +101,36 @@ def _config(mt: str, rng) -> dict:
         if mt == "deepseek_v2":
             c["mlp_bias"] = bool(rng.integers(2))
             c["topk_method"] = "greedy"
+    elif mt in ("olmoe", "minimax_m2", "phimoe", "granitemoe", "granitemoeshared"):
+        n = int(rng.integers(2, 9))
+        c["num_local_experts" if mt != "olmoe" else "num_experts"] = n
+        c["num_experts_per_tok"] = int(rng.integers(1, n + 1))
+        if mt != "minimax_m2":
+            c["attention_bias"] = bool(rng.integers(2))
+        if mt == "minimax_m2":  # (OLMoE refuses heads x head_dim != hidden_size: its q_norm is hidden wide)
+            c["head_dim"] = _pick(rng, 4, 8, h // heads)
+        if mt == "phimoe":
+            c["sliding_window"] = _pick(rng, None, 16)
+        if mt == "granitemoeshared":
+            c["shared_intermediate_size"] = _pick(rng, 0, 6, 20)
+    elif mt == "glm4_moe":
+        n = int(rng.integers(2, 9))
+        c.update(n_routed_experts=n, num_experts_per_tok=int(rng.integers(1, n + 1)),
+                 moe_intermediate_size=int(rng.integers(2, 16)), n_shared_experts=int(rng.integers(0, 3)),
+                 first_k_dense_replace=int(rng.integers(0, c["num_hidden_layers"])), n_group=1, topk_group=1,
+                 use_qk_norm=bool(rng.integers(2)), attention_bias=bool(rng.integers(2)),
+                 head_dim=_pick(rng, 4, 8, h // heads))
+    elif mt == "llama4_text":
+        n = int(rng.integers(2, 9))
+        c.update(num_local_experts=n, num_experts_per_tok=int(rng.integers(1, n + 1)),
+                 intermediate_size_mlp=int(rng.integers(4, 48)), interleave_moe_layer_step=_pick(rng, 1, 2),
+                 attention_chunk_size=_pick(rng, None, 16), head_dim=_pick(rng, 4, 8, h // heads),
+                 attention_bias=bool(rng.integers(2)), no_rope_layer_interval=_pick(rng, 2, 4))
+    elif mt in ("gemma2", "gemma3_text"):
+        c.update(head_dim=_pick(rng, 4, 8, 16), sliding_window=_pick(rng, None, 16, 64),
+                 attention_bias=bool(rng.integers(2)), query_pre_attn_scalar=16)
+        if mt == "gemma2" and rng.random() < 0.5:
+            c["layer_types"] = [_pick(rng, "sliding_attention", "full_attention") for _ in range(c["num_hidden_layers"])]
     # drop or null optional keys (the required core stays)
     core = {"model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"}
     optional = sorted(k for k in c if k not in core)
@@ -132,7 +162,9 @@ def _transformers_counts(cfg: dict):
         else:
             kv += a.k_proj.out_features + a.v_proj.out_features
         types = getattr(config, "layer_types", None)
-        if types is not None:  # Qwen2/Qwen2-MoE/Qwen3, gpt-oss: the config's per-layer list
+        if types is not None and types[i] == "chunked_attention":  # Llama-4: the cache holds a chunk
+            w = config.attention_chunk_size
+        elif types is not None:  # Qwen2/Qwen2-MoE/Qwen3, gpt-oss, Gemma-2/3: the config's per-layer list
             w = config.sliding_window if types[i] == "sliding_attention" else None
         elif hasattr(a, "sliding_window"):  # Qwen3-MoE: every layer's module
             w = a.sliding_window
@@ -144,7 +176,8 @@ def _transformers_counts(cfg: dict):
 
 
 FAMILIES = ["llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "gpt_oss", "deepseek_v2",
-            "deepseek_v3"]
+            "deepseek_v3", "olmoe", "minimax_m2", "phimoe", "granitemoe", "granitemoeshared", "glm4_moe",
+            "llama4_text", "gemma2", "gemma3_text"]
 
 
 @pytest.mark.parametrize("mt", FAMILIES)

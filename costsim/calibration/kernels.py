@@ -232,8 +232,10 @@ class GQAAttention(nn.Module):
         self.scale = 1.0 / math.sqrt(self.head_dim)
         self.qkv_proj = nn.Linear(h, (self.n_heads + 2 * self.n_kv) * self.head_dim, bias=a.qkv_bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=a.o_bias)
-        self.q_norm = RMSNorm(self.head_dim) if a.qk_norm else None
-        self.k_norm = RMSNorm(self.head_dim) if a.qk_norm else None
+        self.qk_scope = a.qk_norm_scope  # "head": RMSNorm(head_dim); "projection": over all heads
+        per_head = a.qk_norm_scope == "head"
+        self.q_norm = RMSNorm(self.head_dim if per_head else self.n_heads * self.head_dim) if a.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim if per_head else self.n_kv * self.head_dim) if a.qk_norm else None
         self.sinks = nn.Parameter(torch.zeros(self.n_heads)) if a.sinks else None
 
     def empty_cache(self, batch: int, context: int, **kw) -> torch.Tensor:
@@ -248,9 +250,12 @@ class GQAAttention(nn.Module):
             cache = self.empty_cache(B, 0, dtype=x.dtype, device=x.device)
         L = cache.shape[1]
         qkv = self.qkv_proj(x)  # [B, s, (nh + 2 nkv) d]
+        if self.q_norm is not None and self.qk_scope == "projection":  # OLMoE / MiniMax-M2
+            q_, k_, v_ = qkv.split([nh * d, nkv * d, nkv * d], dim=-1)
+            qkv = torch.cat([self.q_norm(q_), self.k_norm(k_), v_], dim=-1)
         q = qkv[..., : nh * d].view(B, s, nkv, g, d)  # [B, s, nkv, g, d]; RoPE omitted
         kv_new = qkv[..., nh * d:].view(B, s, 2, nkv, d)  # [B, s, 2, nkv, d]
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.qk_scope == "head":
             q = self.q_norm(q)
             kv_new = torch.stack([self.k_norm(kv_new[:, :, 0]), kv_new[:, :, 1]], dim=2)
         kv = torch.cat([cache, kv_new.to(cache.dtype)], dim=1).to(x.dtype)  # [B, L+s, 2, nkv, d]

@@ -448,6 +448,8 @@ class GQAAttentionKernel(TimedKernel):
             raise TypeError(f"{spec.name} does not use MHA/GQA/MQA")
         if a.sinks:
             raise NotImplementedError("attention sinks are not implemented in the timed kernels")
+        if a.qk_norm and a.qk_norm_scope != "head":
+            raise NotImplementedError("q/k norms over the whole projection are not implemented in the timed kernels")
         self.name = f"{a.kind}.{'decode' if new_tokens == 1 else 'prefill'}"
         self.spec, self.batch, self.context, self.new_tokens = spec, batch, context, new_tokens
         h = spec.hidden_size

@@ -90,7 +90,8 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
                         layer: LayerType = LayerType.DENSE, norms: bool = True) -> list[Operator]:
     """Projections + core attention of ``n_layers`` identical layers on one device (the
     operators of ``step_operators``' attention, for callers that need one layer's block), and
-    with ``norms`` the layer's two RMSNorms (input and post-attention)."""
+    with ``norms`` the layer's norms (input and post-attention; Gemma's sandwich adds the
+    pre- and post-feedforward ones)."""
     a, h, act = spec.attention, spec.hidden_size, dep.act_bytes
     w = dep.weight_format
     b = dep.seqs_per_rank(step.batch)  # sequences on this device's DP group
@@ -151,7 +152,8 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
                         dict(heads=nh, q_len=s, rows=T * nh, decode_rows=T * nkv)))
         ops.append(gemm("attn.o_proj", T, h, nh * d))
     if norms:
-        ops.append(_elementwise("norms" + sfx, G, layer, 2 * T * h, 2 * T * h, act, n_layers))
+        k = spec.norms_per_layer
+        ops.append(_elementwise("norms" + sfx, G, layer, k * T * h, k * T * h, act, n_layers))
     return ops
 
 

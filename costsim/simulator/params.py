@@ -88,7 +88,7 @@ def attention_params(spec: ModelSpec) -> int:
     if a.o_bias:
         n += h
     if a.qk_norm:
-        n += 2 * a.head_dim
+        n += 2 * a.head_dim if a.qk_norm_scope == "head" else q_out + kv_out
     if a.sinks:
         n += a.num_attention_heads
     return n
@@ -111,7 +111,7 @@ def layer_params(spec: ModelSpec, moe: bool) -> dict[str, int]:
     shared, router (a MoE layer when ``moe``). ``routed_active`` is the top-k share of
     ``routed``, not weights of their own: see ``stored_layer_params``."""
     h, f = spec.hidden_size, spec.ffn
-    out = dict(attention=attention_params(spec), norms=2 * _norm_params(spec), dense_ffn=0, routed=0,
+    out = dict(attention=attention_params(spec), norms=spec.norms_per_layer * _norm_params(spec), dense_ffn=0, routed=0,
                routed_active=0, shared=0, router=0)
     if moe:
         assert isinstance(f, MoEFFN)
