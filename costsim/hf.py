@@ -7,6 +7,8 @@ Supported ``model_type`` values (the families whose HF modelling code we mirror)
   is set (layer i is MoE iff ``i >= first_k_dense_replace and i % moe_layer_freq == 0``, the rule
   in ``modeling_deepseek.py``; transformers ignores ``moe_layer_freq``, so V2/V3 need it 1);
   ``num_nextn_predict_layers`` (MTP, V3); V3's ``e_score_correction_bias``; V2's ``mlp_bias``.
+* ``deepseek_v32``: V3 plus DeepSeek Sparse Attention (``index_n_heads``, ``index_head_dim``,
+  ``index_topk``): the indexer's weights and key cache are counted, attention is top-k sparse.
 * ``llama``, ``mistral``: dense SwiGLU; ``attention_bias`` (q/k/v/o) and ``mlp_bias`` (llama).
 * ``mixtral``: top-k of ``num_local_experts``, expert width ``intermediate_size``, no shared expert.
 * ``qwen2``: dense, q/k/v bias always on (o_proj has none) as in ``modeling_qwen2.py``.
@@ -63,6 +65,7 @@ SUPPORTED_MODEL_TYPES = (
     "deepseek",
     "deepseek_v2",
     "deepseek_v3",
+    "deepseek_v32",
     "gemma2",
     "gemma3",
     "gemma3_text",
@@ -90,20 +93,16 @@ _TEXT_CONFIG = {"gemma3": "gemma3_text", "llama4": "llama4_text"}
 _GEMMA = {"gemma2", "gemma3_text"}
 _GRANITE = {"granitemoe", "granitemoeshared"}
 
-_DEEPSEEK = {"deepseek", "deepseek_v2", "deepseek_v3"}
+_DEEPSEEK = {"deepseek", "deepseek_v2", "deepseek_v3", "deepseek_v32"}
 _QWEN = {"qwen2", "qwen2_moe", "qwen3", "qwen3_moe"}
-# Families whose HF config class defaults num_key_value_heads to num_attention_heads when absent.
-# (Mistral, Mixtral and gpt-oss default it to 8 in transformers, so there we require the key.)
-_KV_DEFAULTS_TO_HEADS = {"llama", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "olmoe", "phimoe",
-                         "llama4_text"} | _DEEPSEEK | _GRANITE
-
 
 _REFUSE = object()  # marker: the transformers default is a size; an absent key is refused, not guessed
 
 # The transformers config class of each model_type (transformers 5.x, ``configuration_*.py``),
 # named in messages about its defaults.
 _TF_CLASS = {
-    "deepseek_v2": "DeepseekV2Config", "deepseek_v3": "DeepseekV3Config", "gpt_oss": "GptOssConfig",
+    "deepseek_v2": "DeepseekV2Config", "deepseek_v3": "DeepseekV3Config", "deepseek_v32": "DeepseekV32Config",
+    "gpt_oss": "GptOssConfig",
     "llama": "LlamaConfig", "mistral": "MistralConfig", "mixtral": "MixtralConfig", "qwen2": "Qwen2Config",
     "qwen2_moe": "Qwen2MoeConfig", "qwen3": "Qwen3Config", "qwen3_moe": "Qwen3MoeConfig",
 }
@@ -209,6 +208,7 @@ _MAX_LAYERS = 100_000  # ModelSpec.num_hidden_layers bound
 _ARCH_TO_MODEL_TYPE = {
     "DeepseekV2ForCausalLM": "deepseek_v2",
     "DeepseekV3ForCausalLM": "deepseek_v3",
+    "DeepseekV32ForCausalLM": "deepseek_v32",
     "DeepseekForCausalLM": "deepseek",
     "GptOssForCausalLM": "gpt_oss",
     "LlamaForCausalLM": "llama",
@@ -368,7 +368,7 @@ def _checkpoint_formats(c: _Cfg, moe: bool) -> dict:
 # __post_init__ here) except Qwen2-MoE / Qwen3-MoE, whose None reaches nn.Linear and fails.
 _KV_ABSENT = {"llama": "heads", "mistral": 8, "mixtral": 8, "qwen2": 32, "qwen3": 32, "qwen2_moe": 16,
               "qwen3_moe": 4, "gpt_oss": 8, "deepseek": "heads", "gemma2": 4, "gemma3_text": 4, "glm4_moe": 8,
-              "minimax_m2": 8}
+              "minimax_m2": 8, "olmoe": 16, "phimoe": 8, "granitemoe": 32, "granitemoeshared": 32, "llama4_text": 8}
 _KV_NULL_FAILS = {"qwen2_moe", "qwen3_moe", "gemma2", "gemma3_text", "glm4_moe", "minimax_m2"}
 # head_dim when absent: derived (hidden_size // num_attention_heads, the modelling code's
 # getattr default) or a dataclass size default (refused). Null: derived where __post_init__
@@ -380,7 +380,7 @@ _HEAD_DIM_NULL_DERIVES = {"llama", "mistral", "mixtral", "gpt_oss", "deepseek", 
 
 def _attention(c: _Cfg, hidden: int, heads: int) -> dict:
     mt = c.mt
-    if mt in ("deepseek_v2", "deepseek_v3") and not c.has("kv_lora_rank"):
+    if mt in ("deepseek_v2", "deepseek_v3", "deepseek_v32") and not c.has("kv_lora_rank"):
         # every DeepSeek-V2/V3 model uses MLA; a missing latent rank is a broken config, not MHA
         raise c.fail("required key 'kv_lora_rank' is missing (DeepSeek-V2/V3 configs use MLA)")
     if mt in _DEEPSEEK and c.has("kv_lora_rank"):
@@ -392,7 +392,7 @@ def _attention(c: _Cfg, hidden: int, heads: int) -> dict:
             q_lora = c.get_int("q_lora_rank", allow_none=True, null=None)
         else:
             q_lora = c.get_int("q_lora_rank", null=None, tf_default=1536)
-        return {
+        mla = {
             "kind": "mla",
             "num_attention_heads": heads,
             "q_lora_rank": q_lora,
@@ -401,6 +401,14 @@ def _attention(c: _Cfg, hidden: int, heads: int) -> dict:
             "qk_nope_head_dim": c.get_int("qk_nope_head_dim", tf_default=128),
             "v_head_dim": c.get_int("v_head_dim", tf_default=128),
         }
+        if mt == "deepseek_v32":  # DSA indexer (DeepseekV32Config: 64 heads of 128, top-2048)
+            if q_lora is None:
+                raise c.fail("q_lora_rank null is not representable with DSA (the indexer projects the "
+                             "compressed query)")
+            mla.update(index_n_heads=c.get_int("index_n_heads", tf_default=64),
+                       index_head_dim=c.get_int("index_head_dim", tf_default=128),
+                       index_topk=c.get_int("index_topk", tf_default=2048))
+        return mla
 
     absent = _KV_ABSENT.get(mt, "heads")
     null_kv = ... if mt in _KV_NULL_FAILS else heads
@@ -585,7 +593,7 @@ def _deepseek_ffn(c: _Cfg, layers: int) -> dict:
     mt = c.mt
     if mt == "deepseek" and not c.has("n_routed_experts"):
         return _dense(c)  # remote modeling_deepseek: n_routed_experts None -> every layer dense
-    v3 = mt == "deepseek_v3"
+    v3 = mt in ("deepseek_v3", "deepseek_v32")  # V3.2 keeps V3's MoE (and its config defaults)
     # transformers' DeepseekV2/V3 build the MoE on every layer >= first_k_dense_replace and
     # ignore moe_layer_freq; the remote code applies it. Only freq 1 means the same in both.
     freq = c.get_int("moe_layer_freq", 1)

@@ -81,6 +81,27 @@ class MLAAttention(_Strict):
     qk_rope_head_dim: PositiveInt
     qk_nope_head_dim: PositiveInt
     v_head_dim: PositiveInt
+    # DeepSeek Sparse Attention (DeepSeek-V3.2-Exp, DSA): a lightning indexer of
+    # ``index_n_heads`` heads of ``index_head_dim`` scores every cached token (ReLU, FP8) and
+    # each query attends to its ``index_topk`` best. The indexer caches one key of
+    # index_head_dim per token per layer (FP8 + an FP32 scale per 128: 132 B for 128).
+    index_n_heads: Optional[PositiveInt] = None
+    index_head_dim: Optional[PositiveInt] = None
+    index_topk: Optional[PositiveInt] = None
+
+    @model_validator(mode="after")
+    def _check_indexer(self):
+        given = [self.index_n_heads is not None, self.index_head_dim is not None, self.index_topk is not None]
+        if any(given) and not all(given):
+            raise ValueError("index_n_heads, index_head_dim and index_topk (DeepSeek Sparse Attention) go together")
+        if all(given) and self.q_lora_rank is None:
+            raise ValueError("the DSA indexer projects the compressed query: q_lora_rank is required with index_topk")
+        return self
+
+    @property
+    def sparse(self) -> bool:
+        """DeepSeek Sparse Attention (an indexer selects ``index_topk`` keys per query)."""
+        return self.index_topk is not None
 
 
 Attention = Annotated[Union[GQAAttention, MLAAttention], Field(discriminator="kind")]

@@ -90,7 +90,7 @@ def _config(mt: str, rng) -> dict:
         c.update(num_local_experts=n, num_experts_per_tok=int(rng.integers(1, n + 1)), head_dim=_pick(rng, 4, 8, 16),
                  sliding_window=16, attention_bias=bool(rng.integers(2)))
         c["layer_types"] = [_pick(rng, "sliding_attention", "full_attention") for _ in range(c["num_hidden_layers"])]
-    elif mt in ("deepseek_v2", "deepseek_v3"):
+    elif mt in ("deepseek_v2", "deepseek_v3", "deepseek_v32"):
         groups = _pick(rng, 1, 2)
         n = groups * int(rng.integers(1, 5))
         c.update(kv_lora_rank=_pick(rng, 4, 8, 16), q_lora_rank=_pick(rng, None, 8, 12), qk_rope_head_dim=_pick(rng, 2, 4),
@@ -98,6 +98,9 @@ def _config(mt: str, rng) -> dict:
                  num_experts_per_tok=int(rng.integers(1, n + 1)), n_shared_experts=int(rng.integers(0, 3)),
                  moe_intermediate_size=int(rng.integers(2, 16)),
                  first_k_dense_replace=int(rng.integers(0, c["num_hidden_layers"])), n_group=groups, topk_group=1)
+        if mt == "deepseek_v32":
+            c.update(q_lora_rank=_pick(rng, 8, 12), index_n_heads=_pick(rng, 1, 2, 4), index_head_dim=_pick(rng, 4, 8),
+                     index_topk=_pick(rng, 4, 16))
         if mt == "deepseek_v2":
             c["mlp_bias"] = bool(rng.integers(2))
             c["topk_method"] = "greedy"
@@ -159,6 +162,8 @@ def _transformers_counts(cfg: dict):
         a = layer.self_attn
         if hasattr(a, "kv_a_proj_with_mqa"):
             kv += a.kv_a_proj_with_mqa.out_features
+            if hasattr(a, "indexer"):  # DeepSeek-V3.2: the indexer caches its key (wk) per token
+                kv += a.indexer.wk.out_features
         else:
             kv += a.k_proj.out_features + a.v_proj.out_features
         types = getattr(config, "layer_types", None)
@@ -176,7 +181,7 @@ def _transformers_counts(cfg: dict):
 
 
 FAMILIES = ["llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "gpt_oss", "deepseek_v2",
-            "deepseek_v3", "olmoe", "minimax_m2", "phimoe", "granitemoe", "granitemoeshared", "glm4_moe",
+            "deepseek_v3", "deepseek_v32", "olmoe", "minimax_m2", "phimoe", "granitemoe", "granitemoeshared", "glm4_moe",
             "llama4_text", "gemma2", "gemma3_text"]
 
 

@@ -104,7 +104,8 @@ def test_wrapper_warns_that_the_vision_tower_is_not_counted():
 
 def test_unrepresentable_variants_are_refused_in_one_line():
     base = {"model_type": "olmoe", "vocab_size": 10, "hidden_size": 16, "num_hidden_layers": 1,
-            "num_attention_heads": 4, "intermediate_size": 8, "num_experts": 2, "num_experts_per_tok": 1}
+            "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 8, "num_experts": 2,
+            "num_experts_per_tok": 1}
     with pytest.raises(CostsimError, match="q_norm spans hidden_size"):
         spec_from_hf_config({**base, "head_dim": 8}, "o.json")  # 4 x 8 != 16
     phi = {**base, "model_type": "phimoe", "num_local_experts": 2, "lm_head_bias": True}
@@ -114,3 +115,42 @@ def test_unrepresentable_variants_are_refused_in_one_line():
           "use_bidirectional_attention": True}
     with pytest.raises(CostsimError, match="use_bidirectional_attention"):
         spec_from_hf_config(g3, "g.json")
+
+
+def test_deepseek_v32_adds_the_dsa_indexer_weights_and_cache():
+    """DeepSeek-V3.2-Exp (config: index_n_heads 64, index_head_dim 128, index_topk 2048): V3's
+    weights plus, per layer, the indexer wq_b (1536 x 64 x 128), wk (7168 x 128), k_norm (2 x
+    128) and weights_proj (7168 x 64) = 13,959,424; over 61 layers 851,524,864 on top of V3's
+    671,026,419,200 (tests/test_checkpoint_formats.py)."""
+    from costsim.simulator.kv import kv_bytes_per_token_per_layer
+    from costsim.units import parse_format
+
+    s = _load("deepseek-v3.2")
+    assert param_counts(s).total == 671_026_419_200 + 61 * 13_959_424
+    # cache per token per layer: FlashMLA FP8 656 B (FlashMLA README) + indexer FP8 128 + FP32 scale 4
+    assert kv_bytes_per_token_per_layer(s, parse_format("flashmla-fp8")) == 656 + 132
+    assert kv_bytes_per_token_per_layer(s, parse_format("bf16")) == 576 * 2 + 132
+    assert kv_elements_per_token(s) == 61 * (512 + 64 + 128)
+
+
+def test_dsa_attends_to_top_k_keys_and_the_indexer_scores_every_key():
+    """Decode at L = 100,000 cached tokens: the sparse core sees top-k = 2048 keys, as dense MLA
+    does at L = 2047 (L + 1 = 2048 pairs); the indexer scores all L + 1 keys with H_I (d_I + 1)
+    multiply-adds each (V3.2-Exp eq. 1)."""
+    from costsim.simulator.deployment import Deployment
+    from costsim.simulator.operators import attention_operators
+    from costsim.simulator.types import StepShape
+
+    v32, v3 = _load("deepseek-v3.2"), _load("deepseek-v3")
+    dep = Deployment(devices=1)
+
+    def ops(spec, L):
+        return {o.name: o for o in attention_operators(spec, dep, StepShape(1, 1, L, 1))}
+
+    sparse, dense = ops(v32, 100_000), ops(v3, 2047)
+    core = "attn.core(latent)"
+    assert float(sparse[core].flops) == float(dense[core].flops) == 2 * 128 * (576 + 512) * 2048
+    assert float(sparse["attn.indexer.scores"].flops) == 2 * 64 * (128 + 1) * 100_001
+    # the latent read is the 2048 selected entries; the indexer reads every cached key (132 B)
+    assert float(sparse[core].bytes_read) == 2048 * 1152 + 128 * 576 * 2
+    assert "attn.indexer.scores" not in ops(v3, 100_000)

@@ -21,11 +21,26 @@ from costsim.specs import MLAAttention, ModelSpec
 from costsim.units import NumberFormat
 
 
+INDEXER_SCALE_BLOCK = 128  # DSA indexer key cache: one FP32 scale per 128 FP8 elements
+
+
+def indexer_bytes_per_token_per_layer(spec: ModelSpec) -> float:
+    """Bytes of the DSA indexer's key cache per token per layer: index_head_dim FP8 elements
+    plus one FP32 scale per 128 (DeepSeek-V3.2-Exp ``inference/model.py``: ``k_cache``
+    float8_e4m3fn, ``k_scale_cache`` float32; 132 B for d_I = 128), whatever the main KV
+    format. 0 without DSA."""
+    a = spec.attention
+    if not isinstance(a, MLAAttention) or not a.sparse:
+        return 0.0
+    return float(a.index_head_dim + 4 * -(-a.index_head_dim // INDEXER_SCALE_BLOCK))
+
+
 def kv_elements_per_token_per_layer(spec: ModelSpec) -> int:
-    """Elements cached per token in one layer (Table 1 of the DeepSeek-V2 paper)."""
+    """Elements cached per token in one layer (Table 1 of the DeepSeek-V2 paper); with DSA
+    (DeepSeek-V3.2) the indexer's key (index_head_dim) too."""
     a = spec.attention
     if isinstance(a, MLAAttention):
-        return a.kv_lora_rank + a.qk_rope_head_dim
+        return a.kv_lora_rank + a.qk_rope_head_dim + (a.index_head_dim if a.sparse else 0)
     return 2 * a.num_key_value_heads * a.head_dim
 
 
@@ -53,14 +68,15 @@ def kv_bytes_per_token_per_layer(spec: ModelSpec, fmt: NumberFormat, tp: int = 1
     """Bytes per token per layer on one device, in format ``fmt`` (scales included).
 
     MLA: latent (d_c) in ``fmt``; the RoPE key (d_h^R) in ``fmt.rope_bits`` if set, else in
-    ``fmt``. GQA under TP: ``kv_heads_per_device`` heads of 2 * head_dim elements.
+    ``fmt``; with DSA plus the indexer key (``indexer_bytes_per_token_per_layer``). GQA under TP: ``kv_heads_per_device`` heads of 2 * head_dim elements.
     """
     a = spec.attention
     if isinstance(a, MLAAttention):
         latent = fmt.bytes_for(a.kv_lora_rank)
+        extra = indexer_bytes_per_token_per_layer(spec)
         if fmt.rope_bits is not None:
-            return float(latent + a.qk_rope_head_dim * fmt.rope_bits / 8.0)
-        return float(fmt.bytes_for(a.kv_lora_rank + a.qk_rope_head_dim))
+            return float(latent + a.qk_rope_head_dim * fmt.rope_bits / 8.0 + extra)
+        return float(fmt.bytes_for(a.kv_lora_rank + a.qk_rope_head_dim) + extra)
     problem = kv_format_problem(spec, fmt)
     if problem:
         raise FieldError("kv_format", fmt.name, problem)

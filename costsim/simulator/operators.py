@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from costsim.simulator.deployment import Deployment
-from costsim.simulator.kv import kv_bytes_per_token_per_layer, kv_heads_per_device
+from costsim.simulator.kv import indexer_bytes_per_token_per_layer, kv_bytes_per_token_per_layer, kv_heads_per_device
 from costsim.simulator.parallel import comm_operators
 from costsim.simulator.params import stored_layer_params
 from costsim.simulator.types import LayerType, OpGroup, OpKind, Operator, StepShape
@@ -104,8 +104,17 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
     kv_len = L + s if window is None else np.minimum(L + s, s + window - 1)
     pairs = attended_pairs(L, s, window) * b
     kv_tok = kv_bytes_per_token_per_layer(spec, dep.kv_format, dep.tp)
-    kv_read = b * kv_len * kv_tok
-    kv_write = T * kv_tok
+    idx_tok = indexer_bytes_per_token_per_layer(spec)
+    sparse = isinstance(a, MLAAttention) and a.sparse
+    pairs_all = pairs  # what a dense layer (and the DSA indexer) scores
+    if sparse:
+        # DSA: each query attends to min(position, top-k) keys (the window count with W = k);
+        # the step reads at most s * k distinct selected entries of the latent cache
+        k_top = a.index_topk
+        pairs = attended_pairs(L, s, k_top if window is None else min(window, k_top)) * b
+        kv_len = np.minimum(kv_len, s * k_top)
+    kv_read = b * kv_len * (kv_tok - idx_tok)
+    kv_write = T * (kv_tok - idx_tok)
     ops: list[Operator] = []
     sfx = f"[{tag}]" if tag else ""
     G = OpGroup.ATTENTION
@@ -127,6 +136,10 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
             ops.append(gemm("attn.q_proj", T, nh * (dn + dr), h))
         # latent + rope key, replicated on every TP rank (not divided by TP)
         ops.append(gemm("attn.kv_a_proj", T, dc + dr, h))
+        if sparse:
+            ops.extend(_indexer_operators(a, dep, T, b, L, s, pairs_all, idx_tok, h, act, gemm, core))
+            ops.append(_elementwise("attn.indexer.topk" + sfx, G, layer, pairs_all * 4.0 / act,
+                                    T * a.index_topk * 4.0 / act, act, n_layers))  # FP32 scores -> int32 indices
         if form == "absorbed":
             ops.append(gemm("attn.q_absorb(W_UK)", T, dc, dn, batch_dims=nh))
             flops = 2.0 * nh * (dc + dr) * pairs + 2.0 * nh * dc * pairs
@@ -155,6 +168,26 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
         k = spec.norms_per_layer
         ops.append(_elementwise("norms" + sfx, G, layer, k * T * h, k * T * h, act, n_layers))
     return ops
+
+
+def _indexer_operators(a: MLAAttention, dep: Deployment, T, b, L, s, pairs, idx_tok: float, h: int, act: float,
+                       gemm, core) -> list[Operator]:
+    """The DSA lightning indexer of one layer (DeepSeek-V3.2-Exp §2.1, eq. 1:
+    I_ts = sum_j w_tj ReLU(q_tj . k_s)): its three projections, the scores of every causal
+    (query, key) pair (H_I (d_I + 1) multiply-adds each, logits written in FP32), and the top-k
+    selection reading them (appended by the caller). Indexer heads split over TP like the attention heads; its key is
+    one per token, replicated. Assumption: the scores are costed at the activation format's
+    peak; the paper runs them in FP8 (twice the BF16 rate on Hopper)."""
+    nI = max(1, a.index_n_heads // dep.tp)
+    dI = a.index_head_dim
+    logits = pairs * 4.0  # FP32 index scores, one per (query, key) pair
+    return [
+        gemm("attn.indexer.wq_b", T, nI * dI, a.q_lora_rank),
+        gemm("attn.indexer.wk", T, dI, h),
+        gemm("attn.indexer.weights_proj", T, nI, h),
+        core("attn.indexer.scores", 2.0 * nI * (dI + 1) * pairs, b * (L + s) * idx_tok + T * nI * (dI + 1) * act,
+             T * idx_tok + logits, dict(heads=nI, q_len=s, rows=T * nI, decode_rows=T)),
+    ]
 
 
 def ffn_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: int = 1,

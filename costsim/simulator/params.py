@@ -79,7 +79,7 @@ def attention_params(spec: ModelSpec) -> int:
         nh, qk = a.num_attention_heads, a.qk_nope_head_dim + a.qk_rope_head_dim
         q = (h * a.q_lora_rank + a.q_lora_rank + a.q_lora_rank * nh * qk) if a.q_lora_rank else h * nh * qk
         kv = h * (a.kv_lora_rank + a.qk_rope_head_dim) + a.kv_lora_rank + a.kv_lora_rank * nh * (a.qk_nope_head_dim + a.v_head_dim)
-        return q + kv + nh * a.v_head_dim * h
+        return q + kv + nh * a.v_head_dim * h + indexer_params(spec)
     assert isinstance(a, GQAAttention)
     q_out, kv_out = a.num_attention_heads * a.head_dim, a.num_key_value_heads * a.head_dim
     n = h * q_out + 2 * h * kv_out + q_out * h
@@ -92,6 +92,17 @@ def attention_params(spec: ModelSpec) -> int:
     if a.sinks:
         n += a.num_attention_heads
     return n
+
+
+def indexer_params(spec: ModelSpec) -> int:
+    """Weights of one layer's DSA lightning indexer (DeepSeek-V3.2-Exp ``inference/model.py``,
+    HF DeepseekV32Indexer): wq_b (d'_c x H_I d_I), wk (h x d_I), k_norm LayerNorm (2 d_I),
+    weights_proj (h x H_I). 0 without DSA."""
+    a = spec.attention
+    if not isinstance(a, MLAAttention) or not a.sparse:
+        return 0
+    nI, dI, h = a.index_n_heads, a.index_head_dim, spec.hidden_size
+    return a.q_lora_rank * nI * dI + h * dI + 2 * dI + h * nI
 
 
 def ffn_matrix_params(hidden: int, inter: int, gated: bool, bias: bool = False) -> int:
