@@ -169,6 +169,15 @@ FORMATS: dict[str, NumberFormat] = {
     # FlashMLA FP8 KV cache (deepseek-ai/FlashMLA README, 2025-09-29 deep dive): per token per
     # layer 512 fp8 latent + 4 fp32 scales (one per 128) + 64 bf16 RoPE key = 656 bytes.
     "flashmla-fp8": NumberFormat("flashmla-fp8", 8, group_size=128, scale_bits=32, rope_bits=16, compute="fp8"),
+    # llama.cpp / GGML block formats (``--cache-type-k/-v``, GGUF weights), blocks of 32 with
+    # fp16 scales (ggml/src/ggml-common.h: sizeof(block_q8_0) = 34, q4_0 18, q4_1 20 (+ fp16
+    # min), q5_0 22, q5_1 24, iq4_nl 18 bytes); dequantised to 16 bits to compute
+    "q8_0": NumberFormat("q8_0", 8, group_size=32, scale_bits=16),
+    "q4_0": NumberFormat("q4_0", 4, group_size=32, scale_bits=16),
+    "q4_1": NumberFormat("q4_1", 4, group_size=32, scale_bits=32),
+    "q5_0": NumberFormat("q5_0", 5, group_size=32, scale_bits=16),
+    "q5_1": NumberFormat("q5_1", 5, group_size=32, scale_bits=32),
+    "iq4_nl": NumberFormat("iq4_nl", 4, group_size=32, scale_bits=16),
 }
 
 

@@ -154,3 +154,15 @@ def test_dsa_attends_to_top_k_keys_and_the_indexer_scores_every_key():
     # the latent read is the 2048 selected entries; the indexer reads every cached key (132 B)
     assert float(sparse[core].bytes_read) == 2048 * 1152 + 128 * 576 * 2
     assert "attn.indexer.scores" not in ops(v3, 100_000)
+
+
+@pytest.mark.parametrize("fmt,block_bytes", [("q8_0", 34), ("q4_0", 18), ("q4_1", 20), ("q5_0", 22), ("q5_1", 24),
+                                             ("iq4_nl", 18)])
+def test_llama_cpp_kv_formats_store_blocks_of_32(fmt, block_bytes):
+    """ggml/src/ggml-common.h block sizes (32 elements each). Llama-3.1-8B: per token, 32 layers
+    x K and V x 8 heads x 128 = 4 blocks per head."""
+    from costsim.api import load_model
+    from costsim.simulator.kv import kv_bytes_per_token
+    from costsim.units import parse_format
+
+    assert kv_bytes_per_token(load_model("llama-3.1-8b"), parse_format(fmt)) == 32 * 2 * 8 * 4 * block_bytes
