@@ -31,7 +31,12 @@ Supported ``model_type`` values (the families whose HF modelling code we mirror)
   (``sandwich_norm``), tied embeddings by default, sliding layers from ``layer_types`` (or the
   config class's pattern), per-head q/k norm (Gemma-3).
 
-Multimodal wrappers (``gemma3``, ``llama4``) import their language model only, with a warning.
+* ``qwen3_next``, ``qwen3_5_text`` / ``qwen3_5``, ``qwen3_5_moe_text`` / ``qwen3_5_moe``: hybrids of
+  Gated DeltaNet layers (``layer_types`` ``linear_attention``, or all but every
+  ``full_attention_interval``-th) and gated full attention (``output_gate``, per-head q/k norm).
+
+Multimodal wrappers (``gemma3``, ``llama4``, ``qwen3_5``, ``qwen3_5_moe``) import their language
+model only, with a warning.
 
 An unknown ``model_type`` whose ``architectures`` names one of these families' classes
 (Kimi-K2: ``kimi_k2`` with ``DeepseekV3ForCausalLM``) is read as that family, with a
@@ -84,12 +89,20 @@ SUPPORTED_MODEL_TYPES = (
     "qwen2",
     "qwen2_moe",
     "qwen3",
+    "qwen3_5",
+    "qwen3_5_moe",
+    "qwen3_5_moe_text",
+    "qwen3_5_text",
     "qwen3_moe",
+    "qwen3_next",
 )
 
 # multimodal wrappers: the language model is ``text_config`` (of this model_type); the vision
 # tower and projector are not counted (a warning says so)
-_TEXT_CONFIG = {"gemma3": "gemma3_text", "llama4": "llama4_text"}
+_TEXT_CONFIG = {"gemma3": "gemma3_text", "llama4": "llama4_text", "qwen3_5": "qwen3_5_text",
+                "qwen3_5_moe": "qwen3_5_moe_text"}
+# hybrid models: Gated DeltaNet linear attention on most layers, gated full attention on the rest
+_HYBRID = {"qwen3_next", "qwen3_5_text", "qwen3_5_moe_text"}
 _GEMMA = {"gemma2", "gemma3_text"}
 _GRANITE = {"granitemoe", "granitemoeshared"}
 
@@ -228,6 +241,9 @@ _ARCH_TO_MODEL_TYPE = {
     "Llama4ForConditionalGeneration": "llama4",
     "MiniMaxM2ForCausalLM": "minimax_m2",
     "OlmoeForCausalLM": "olmoe",
+    "Qwen3NextForCausalLM": "qwen3_next",
+    "Qwen3_5ForConditionalGeneration": "qwen3_5",
+    "Qwen3_5MoeForConditionalGeneration": "qwen3_5_moe",
     "PhimoeForCausalLM": "phimoe",
 }
 
@@ -297,6 +313,8 @@ def spec_from_hf_config(cfg: dict, where: str, name: str | None = None) -> Model
     sw = _sliding_window(c, layers)
     if sw is not None:
         data["sliding_window"] = sw
+    if mt in _HYBRID:
+        data["linear_attention"] = _linear_attention(c, layers)
     data.update(_checkpoint_formats(c, isinstance(data["ffn"], dict) and data["ffn"].get("kind") == "moe"))
     return validate(ModelSpec, data, where)
 
@@ -368,13 +386,14 @@ def _checkpoint_formats(c: _Cfg, moe: bool) -> dict:
 # __post_init__ here) except Qwen2-MoE / Qwen3-MoE, whose None reaches nn.Linear and fails.
 _KV_ABSENT = {"llama": "heads", "mistral": 8, "mixtral": 8, "qwen2": 32, "qwen3": 32, "qwen2_moe": 16,
               "qwen3_moe": 4, "gpt_oss": 8, "deepseek": "heads", "gemma2": 4, "gemma3_text": 4, "glm4_moe": 8,
-              "minimax_m2": 8, "olmoe": 16, "phimoe": 8, "granitemoe": 32, "granitemoeshared": 32, "llama4_text": 8}
-_KV_NULL_FAILS = {"qwen2_moe", "qwen3_moe", "gemma2", "gemma3_text", "glm4_moe", "minimax_m2"}
+              "minimax_m2": 8, "olmoe": 16, "phimoe": 8, "granitemoe": 32, "granitemoeshared": 32, "llama4_text": 8,
+              "qwen3_next": 2, "qwen3_5_moe_text": 2, "qwen3_5_text": 4}
+_KV_NULL_FAILS = {"qwen2_moe", "qwen3_moe", "gemma2", "gemma3_text", "glm4_moe", "minimax_m2"} | _HYBRID
 # head_dim when absent: derived (hidden_size // num_attention_heads, the modelling code's
 # getattr default) or a dataclass size default (refused). Null: derived where __post_init__
 # or ``getattr(...) or`` derives it, else refused (None reaches nn.Linear).
 _HEAD_DIM_ABSENT = {"qwen3": 128, "gpt_oss": 64, "gemma2": 256, "gemma3_text": 256, "llama4_text": 128,
-                    "minimax_m2": 128}
+                    "minimax_m2": 128, "qwen3_next": 256, "qwen3_5_text": 256, "qwen3_5_moe_text": 256}
 _HEAD_DIM_NULL_DERIVES = {"llama", "mistral", "mixtral", "gpt_oss", "deepseek", "llama4_text"}
 
 
@@ -426,7 +445,7 @@ def _attention(c: _Cfg, hidden: int, heads: int) -> dict:
         head_dim = hidden // heads
     kind = "mha" if kv == heads else "mqa" if kv == 1 else "gqa"
 
-    qk_norm, scope = mt in ("qwen3", "qwen3_moe", "gemma3_text"), "head"
+    qk_norm, scope = mt in ("qwen3", "qwen3_moe", "gemma3_text") or mt in _HYBRID, "head"
     if mt == "glm4_moe":
         qk_norm = c.get_bool("use_qk_norm", False)  # Glm4MoeAttention: RMSNorm(head_dim) if use_qk_norm
     elif mt in ("olmoe", "minimax_m2"):
@@ -456,6 +475,7 @@ def _attention(c: _Cfg, hidden: int, heads: int) -> dict:
         "qk_norm": qk_norm,
         "qk_norm_scope": scope,
         "sinks": mt == "gpt_oss",
+        "output_gate": mt in _HYBRID,  # Qwen3NextAttention: q_proj emits query and gate
     }
 
 
@@ -471,8 +491,10 @@ def _dense(c: _Cfg) -> dict:
 
 def _ffn(c: _Cfg, layers: int) -> dict:
     mt = c.mt
-    if mt in ("llama", "mistral", "qwen2", "qwen3") or mt in _GEMMA:
+    if mt in ("llama", "mistral", "qwen2", "qwen3", "qwen3_5_text") or mt in _GEMMA:
         return _dense(c)
+    if mt in ("qwen3_next", "qwen3_5_moe_text"):
+        return _qwen_moe_ffn(c, layers)
     if mt in ("olmoe", "minimax_m2", "phimoe") or mt in _GRANITE:
         return _simple_moe_ffn(c)
     if mt == "glm4_moe":
@@ -633,6 +655,8 @@ def _deepseek_ffn(c: _Cfg, layers: int) -> dict:
 def _qwen_moe_ffn(c: _Cfg, layers: int) -> dict:
     # modeling_qwen2_moe / qwen3_moe: layer i is sparse iff
     #   i not in mlp_only_layers and num_experts > 0 and (i + 1) % decoder_sparse_step == 0
+    if c.mt == "qwen3_5_moe_text":  # Qwen3_5MoeDecoderLayer: every layer sparse
+        return _qwen_moe_body(c, layers, [])
     step = c.get_int("decoder_sparse_step", 1)
     if step != 1:
         raise c.fail(
@@ -648,27 +672,38 @@ def _qwen_moe_ffn(c: _Cfg, layers: int) -> dict:
             f"mlp_only_layers {_short(only)} is not representable (only a leading run 0..k-1 maps to "
             "first_k_dense_replace)"
         )
-    q2 = c.mt == "qwen2_moe"
-    n_exp = c.get_int("num_experts", tf_default=60 if q2 else 128)
+    return _qwen_moe_body(c, layers, only)
+
+
+def _qwen_moe_body(c: _Cfg, layers: int, only: list[int]) -> dict:
+    q2 = c.mt in ("qwen2_moe", "qwen3_next", "qwen3_5_moe_text")  # with a gated shared expert
+    experts, topk, width, shared_w, dense_w = _QWEN_MOE_DEFAULTS[c.mt]
+    n_exp = c.get_int("num_experts", tf_default=experts)
     ffn: dict[str, Any] = {
         "kind": "moe",
         "n_routed_experts": n_exp,
-        "num_experts_per_tok": c.get_int("num_experts_per_tok", tf_default=4 if q2 else 8),
-        "moe_intermediate_size": c.get_int("moe_intermediate_size", tf_default=1408 if q2 else 768),
+        "num_experts_per_tok": c.get_int("num_experts_per_tok", tf_default=topk),
+        "moe_intermediate_size": c.get_int("moe_intermediate_size", tf_default=width),
         "n_shared_experts": 0,
         "first_k_dense_replace": len(only),
     }
     if q2:
-        # Qwen2MoeSparseMoeBlock: one shared expert of shared_expert_intermediate_size and its
-        # 1-wide sigmoid gate (hidden_size weights), both always built
-        shared = c.get_int("shared_expert_intermediate_size", tf_default=5632)
+        # Qwen2MoeSparseMoeBlock (and Qwen3-Next's, Qwen3.5's): one shared expert of
+        # shared_expert_intermediate_size and its 1-wide sigmoid gate (hidden_size weights)
+        shared = c.get_int("shared_expert_intermediate_size", tf_default=shared_w)
         if shared > 0:
             ffn["n_shared_experts"] = 1
             ffn["shared_expert_intermediate_size"] = shared
         ffn["shared_expert_gate"] = True
     if only:
-        ffn["dense_intermediate_size"] = c.get_int("intermediate_size", tf_default=5632 if q2 else 6144)
+        ffn["dense_intermediate_size"] = c.get_int("intermediate_size", tf_default=dense_w)
     return ffn
+
+
+# transformers defaults (sizes, refused when absent): experts, top-k, expert width, shared
+# expert width, dense width
+_QWEN_MOE_DEFAULTS = {"qwen2_moe": (60, 4, 1408, 5632, 5632), "qwen3_moe": (128, 8, 768, None, 6144),
+                      "qwen3_next": (512, 10, 512, 512, 5632), "qwen3_5_moe_text": (256, 8, 512, 512, _REFUSE)}
 
 
 # --------------------------------------------------------------------------------------
@@ -684,7 +719,7 @@ def _sliding_window(c: _Cfg, layers: int) -> dict | None:
         return _layer_type_window(c, layers)
     if mt == "phimoe":  # PhimoeConfig.sliding_window: None by default, else every layer
         return {"window": c.get_int("sliding_window"), "layers": list(range(layers))} if c.has("sliding_window") else None
-    if mt in ("glm4_moe", "olmoe", "minimax_m2") or mt in _GRANITE:
+    if mt in ("glm4_moe", "olmoe", "minimax_m2") or mt in _GRANITE or mt in _HYBRID:
         return None  # no sliding window in these HF modules
     types = cfg.get("layer_types")
     if types is None and mt == "gpt_oss":
@@ -726,6 +761,36 @@ def _sliding_window(c: _Cfg, layers: int) -> dict | None:
                 idx = list(range(start, layers))
         return {"window": window, "layers": idx} if idx else None
     return None  # llama / deepseek: no sliding window in the HF modules
+
+
+def _linear_attention(c: _Cfg, layers: int) -> dict:
+    """Qwen3-Next / Qwen3.5 Gated DeltaNet layers: ``layer_types`` entries ``linear_attention``
+    (default: all but every ``full_attention_interval``-th layer, 4), with the config's
+    ``linear_*`` sizes (transformers defaults are sizes, refused when absent)."""
+    types = c.cfg.get("layer_types")
+    if types is None:
+        interval = c.get_int("full_attention_interval", 4)
+        if interval < 1:
+            raise c.fail(f"full_attention_interval {interval} must be at least 1")
+        types = ["linear_attention" if (i + 1) % interval else "full_attention" for i in range(layers)]
+    if not isinstance(types, list) or len(types) != layers:
+        raise c.fail(f"layer_types must be a list of {layers} entries (one per layer)")
+    bad = sorted({t for t in types if t not in ("linear_attention", "full_attention")}, key=str)
+    if bad:
+        raise c.fail(f"layer_types entries {_short(bad)} are not supported (only linear_attention / full_attention)")
+    dtype = c.cfg.get("mamba_ssm_dtype") or "float32"
+    state = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(dtype)
+    if state is None:
+        raise c.fail(f"mamba_ssm_dtype {_short(dtype)} is not supported (float32, bfloat16, float16)")
+    return {
+        "layers": [i for i, t in enumerate(types) if t == "linear_attention"],
+        "num_key_heads": c.get_int("linear_num_key_heads", tf_default=16),
+        "num_value_heads": c.get_int("linear_num_value_heads", tf_default=32),
+        "key_head_dim": c.get_int("linear_key_head_dim", tf_default=128),
+        "value_head_dim": c.get_int("linear_value_head_dim", tf_default=128),
+        "conv_kernel_dim": c.get_int("linear_conv_kernel_dim", tf_default=4),
+        "state_dtype": state,
+    }
 
 
 def _layer_type_window(c: _Cfg, layers: int) -> dict | None:

@@ -53,6 +53,9 @@ class GQAAttention(_Strict):
     # MiniMax-M2 ``qk_norm_type: per_layer``): (num_attention_heads + num_key_value_heads) * head_dim
     qk_norm_scope: Literal["head", "projection"] = "head"
     sinks: bool = False  # one learned attention-sink logit per head (gpt-oss)
+    # Qwen3-Next / Qwen3.5 ``attn_output_gate``: q_proj also emits a sigmoid gate per head
+    # channel (num_attention_heads * head_dim more outputs), multiplied into the attention output
+    output_gate: bool = False
 
     @model_validator(mode="after")
     def _check_heads(self):
@@ -180,6 +183,38 @@ def moe_layer_rule(i: int, first_k_dense_replace: int, moe_layer_freq: int) -> b
     return i >= first_k_dense_replace and i % moe_layer_freq == 0
 
 
+class LinearAttention(_Strict):
+    """Gated DeltaNet linear-attention layers beside full-attention ones (Qwen3-Next, Qwen3.5;
+    Yang, Kautz & Hatamizadeh, arXiv 2412.06464; HF Qwen3NextGatedDeltaNet).
+
+    A linear layer caches no keys or values: each sequence keeps a state of
+    ``num_value_heads`` x ``key_head_dim`` x ``value_head_dim`` elements in ``state_dtype``
+    (HF ``mamba_ssm_dtype``, FP32) plus a causal-conv state of conv_dim x (``conv_kernel_dim`` -
+    1) elements in BF16, conv_dim = 2 num_key_heads key_head_dim + num_value_heads
+    value_head_dim, whatever the context length.
+    """
+
+    kind: Literal["gated_deltanet"] = "gated_deltanet"
+    layers: list[NonNegativeInt]  # 0-based indices of the linear-attention layers
+    num_key_heads: PositiveInt
+    num_value_heads: PositiveInt
+    key_head_dim: PositiveInt
+    value_head_dim: PositiveInt
+    conv_kernel_dim: PositiveInt = 4
+    state_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+    @model_validator(mode="after")
+    def _check_heads(self):
+        if self.num_value_heads % self.num_key_heads:
+            raise ValueError(f"num_value_heads ({self.num_value_heads}) must be a multiple of num_key_heads "
+                             f"({self.num_key_heads})")
+        return self
+
+    @property
+    def conv_dim(self) -> int:
+        return 2 * self.num_key_heads * self.key_head_dim + self.num_value_heads * self.value_head_dim
+
+
 class SlidingWindow(_Strict):
     """Sliding-window attention on some layers: those layers cache at most ``window`` tokens."""
 
@@ -207,6 +242,7 @@ class ModelSpec(_Strict):
     tie_word_embeddings: bool = False
     num_nextn_predict_layers: NonNegativeInt = 0  # MTP modules (DeepSeek-V3 §2.2)
     sliding_window: Optional[SlidingWindow] = None
+    linear_attention: Optional[LinearAttention] = None  # hybrid models: these layers are linear
     max_position_embeddings: Optional[PositiveInt] = None
     # formats of the published checkpoint (HF quantization_config), the default when a query
     # names none: matmul weights, and the routed experts where they differ (gpt-oss: MXFP4
@@ -246,6 +282,13 @@ class ModelSpec(_Strict):
             bad = [i for i in self.ffn.moe_layers if i >= self.num_hidden_layers]
             if bad:
                 raise ValueError(f"ffn.moe_layers {bad} out of range 0..{self.num_hidden_layers - 1}")
+        if self.linear_attention is not None:
+            lin = set(self.linear_attention.layers)
+            bad = sorted(i for i in lin if i >= self.num_hidden_layers)
+            if bad:
+                raise ValueError(f"linear_attention.layers {bad} out of range 0..{self.num_hidden_layers - 1}")
+            if self.sliding_window is not None and lin & set(self.sliding_window.layers):
+                raise ValueError("a layer cannot be both linear-attention and sliding-window")
         if self.sliding_window is not None:
             bad = [i for i in self.sliding_window.layers if i >= self.num_hidden_layers]
             if bad:
@@ -259,6 +302,14 @@ class ModelSpec(_Strict):
         if f.moe_layers is not None:
             return i in f.moe_layers
         return moe_layer_rule(i, f.first_k_dense_replace, f.moe_layer_freq)
+
+    def is_linear_layer(self, i: int) -> bool:
+        """Layer ``i`` is a linear-attention (Gated DeltaNet) layer of a hybrid model."""
+        return self.linear_attention is not None and i in self.linear_attention.layers
+
+    @property
+    def n_linear_layers(self) -> int:
+        return len(set(self.linear_attention.layers)) if self.linear_attention else 0
 
     @property
     def norms_per_layer(self) -> int:

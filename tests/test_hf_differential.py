@@ -134,6 +134,18 @@ def _config(mt: str, rng) -> dict:
                  attention_bias=bool(rng.integers(2)), query_pre_attn_scalar=16)
         if mt == "gemma2" and rng.random() < 0.5:
             c["layer_types"] = [_pick(rng, "sliding_attention", "full_attention") for _ in range(c["num_hidden_layers"])]
+    elif mt in ("qwen3_next", "qwen3_5_moe_text", "qwen3_5_text"):
+        c.update(head_dim=_pick(rng, 4, 8, 16), attention_bias=bool(rng.integers(2)),
+                 linear_num_key_heads=_pick(rng, 1, 2), linear_key_head_dim=_pick(rng, 4, 8),
+                 linear_value_head_dim=_pick(rng, 4, 6), linear_conv_kernel_dim=_pick(rng, 2, 4))
+        c["linear_num_value_heads"] = c["linear_num_key_heads"] * _pick(rng, 1, 2)
+        if rng.random() < 0.5:
+            c["layer_types"] = [_pick(rng, "linear_attention", "full_attention") for _ in range(c["num_hidden_layers"] - 1)]
+            c["layer_types"].append("full_attention")
+        if mt != "qwen3_5_text":
+            n = int(rng.integers(2, 9))
+            c.update(num_experts=n, num_experts_per_tok=int(rng.integers(1, n + 1)),
+                     moe_intermediate_size=int(rng.integers(2, 24)), shared_expert_intermediate_size=_pick(rng, 0, 8))
     # drop or null optional keys (the required core stays)
     core = {"model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"}
     optional = sorted(k for k in c if k not in core)
@@ -158,7 +170,11 @@ def _transformers_counts(cfg: dict):
     n = sum(p.numel() for p in model.parameters())  # unique: a tied LM head is counted once
     n += sum(b.numel() for name, b in model.named_buffers() if name in state)  # checkpoint buffers
     kv, sliding = 0, []
+    linear = []
     for i, layer in enumerate(model.model.layers):
+        if hasattr(layer, "linear_attn"):  # Qwen3-Next / Qwen3.5 Gated DeltaNet: no KV cache
+            linear.append(i)
+            continue
         a = layer.self_attn
         if hasattr(a, "kv_a_proj_with_mqa"):
             kv += a.kv_a_proj_with_mqa.out_features
@@ -177,12 +193,12 @@ def _transformers_counts(cfg: dict):
             w = getattr(config, "sliding_window", None)
         if w:
             sliding.append((i, w))
-    return n, kv, sliding
+    return n, kv, sliding, linear
 
 
 FAMILIES = ["llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "gpt_oss", "deepseek_v2",
             "deepseek_v3", "deepseek_v32", "olmoe", "minimax_m2", "phimoe", "granitemoe", "granitemoeshared", "glm4_moe",
-            "llama4_text", "gemma2", "gemma3_text"]
+            "llama4_text", "gemma2", "gemma3_text", "qwen3_next", "qwen3_5_moe_text", "qwen3_5_text"]
 
 
 @pytest.mark.parametrize("mt", FAMILIES)
@@ -201,7 +217,7 @@ def test_import_agrees_with_transformers_or_refuses_naming_the_key(mt):
             refused += 1
             continue
         try:
-            n, kv, sliding = _transformers_counts(cfg)
+            n, kv, sliding, linear = _transformers_counts(cfg)
         except Exception as e:  # noqa: BLE001 (huggingface_hub StrictDataclassFieldValidationError)
             # transformers' strict config fields refuse a null that costsim does not read
             # (max_position_embeddings, intermediate_size of a model without dense layers)
@@ -213,6 +229,8 @@ def test_import_agrees_with_transformers_or_refuses_naming_the_key(mt):
         sw = spec.sliding_window
         got = [(i, sw.window) for i in sorted(set(sw.layers))] if sw else []
         assert got == sliding, f"{mt}: sliding layers {got} vs transformers {sliding}\n{cfg}"
+        got = sorted(spec.linear_attention.layers) if spec.linear_attention else []
+        assert got == linear, f"{mt}: linear-attention layers {got} vs transformers {linear}\n{cfg}"
         agreed += 1
     # the random configs exercise the import, not only its refusals
     assert agreed >= N_PER_FAMILY // 3, (f"{mt}: only {agreed} of {N_PER_FAMILY} configs compared ({refused} refused "

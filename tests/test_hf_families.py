@@ -166,3 +166,39 @@ def test_llama_cpp_kv_formats_store_blocks_of_32(fmt, block_bytes):
     from costsim.units import parse_format
 
     assert kv_bytes_per_token(load_model("llama-3.1-8b"), parse_format(fmt)) == 32 * 2 * 8 * 4 * block_bytes
+
+
+def test_qwen35_hybrid_counts_linear_layers_and_their_fixed_state():
+    """Qwen3.5-397B-A17B (Qwen's model card: 397B total, 17B activated): 60 layers, every 4th
+    full attention (15 layers of GQA with 2 KV heads of 256 and an output gate), 45 Gated
+    DeltaNet layers (16 key heads and 64 value heads of 128, conv kernel 4, FP32 state)."""
+    from costsim.simulator.kv import kv_cache_bytes, linear_state_bytes_per_layer
+    from costsim.units import parse_format
+
+    s = _load("qwen3.5-397b-a17b")
+    p = param_counts(s)
+    assert abs(p.total / 397e9 - 1) < 0.01 and abs(p.active_incl_embedding / 17e9 - 1) < 0.03
+    assert s.n_linear_layers == 45 and s.linear_attention.layers == [i for i in range(60) if (i + 1) % 4]
+    assert kv_elements_per_token(s) == 15 * 2 * 2 * 256  # only the full-attention layers cache K and V
+    # state per sequence per linear layer: 64 x 128 x 128 x 4 B + conv (2 x 16 x 128 + 64 x 128) x 3 x 2 B
+    assert linear_state_bytes_per_layer(s) == 64 * 128 * 128 * 4 + 12_288 * 3 * 2 == 4_268_032
+    ctx = 131_072
+    assert kv_cache_bytes(s, parse_format("bf16"), ctx) == 15 * 2 * 2 * 256 * 2 * ctx + 45 * 4_268_032
+
+
+def test_deltanet_decode_reads_and_writes_the_state_not_the_context():
+    """One decode step of a Gated DeltaNet layer costs the same at 1k and 100k cached tokens:
+    3 d_k d_v multiply-adds per value head, and the FP32 state read and written once."""
+    from costsim.simulator.deployment import Deployment
+    from costsim.simulator.operators import linear_attention_operators
+    from costsim.simulator.types import StepShape
+
+    s = _load("qwen3.5-397b-a17b")
+    dep = Deployment(devices=1)
+
+    def core(L):
+        return next(o for o in linear_attention_operators(s, dep, StepShape(1, 1, L, 1)) if "delta_rule" in o.name)
+
+    a, b = core(1000), core(100_000)
+    assert float(a.flops) == float(b.flops) == 2 * 64 * 3 * 128 * 128
+    assert float(a.bytes_written) == float(b.bytes_written) == 64 * 128 * 128 * 4 + 64 * 128 * 2

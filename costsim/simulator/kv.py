@@ -46,8 +46,27 @@ def kv_elements_per_token_per_layer(spec: ModelSpec) -> int:
 
 def kv_elements_per_token(spec: ModelSpec) -> int:
     """Elements cached per token over all layers (ignores sliding windows: a token inside
-    every window). DeepSeek-V2: (512 + 64) * 60 = 34,560."""
-    return kv_elements_per_token_per_layer(spec) * spec.num_hidden_layers
+    every window; linear-attention layers cache none). DeepSeek-V2: (512 + 64) * 60 = 34,560."""
+    return kv_elements_per_token_per_layer(spec) * (spec.num_hidden_layers - spec.n_linear_layers)
+
+
+_STATE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+CONV_STATE_BYTES = 2  # the causal-conv state is kept in the model's BF16 (vLLM: the model dtype)
+
+
+def linear_state_bytes_per_layer(spec: ModelSpec, tp: int = 1) -> float:
+    """Bytes of recurrent state one sequence keeps in one linear-attention layer on one device,
+    independent of context: H_v/TP x d_k x d_v in ``state_dtype`` + (conv_dim/TP) x (kernel - 1)
+    in BF16 (heads split over TP, at least one). 0 without linear attention.
+
+    Qwen3.5-397B (H_v 64, d_k = d_v = 128, kernel 4, conv_dim 12,288): 4,194,304 + 73,728 B."""
+    la = spec.linear_attention
+    if la is None:
+        return 0.0
+    nv = max(1, la.num_value_heads // tp)
+    conv = la.conv_dim / min(tp, la.num_key_heads)
+    return float(nv * la.key_head_dim * la.value_head_dim * _STATE_BYTES[la.state_dtype]
+                 + conv * (la.conv_kernel_dim - 1) * CONV_STATE_BYTES)
 
 
 def kv_heads_per_device(spec: ModelSpec, tp: int = 1) -> int:
@@ -104,8 +123,9 @@ def kv_cache_bytes(spec: ModelSpec, fmt: NumberFormat, context, batch=1, *, tp: 
                    block_size: int | None = None):
     """Bytes of KV cache for ``batch`` sequences of ``context`` tokens, on one device.
 
-    Sliding-window layers hold min(context, window) tokens. Paged caches (``block_size``
-    tokens per block) round each sequence's tokens up to whole blocks, per layer.
+    Sliding-window layers hold min(context, window) tokens; linear-attention layers hold
+    their fixed state per sequence (``linear_state_bytes_per_layer``). Paged caches
+    (``block_size`` tokens per block) round each sequence's tokens up to whole blocks, per layer.
     Shapes: ``context`` and ``batch`` broadcast (numpy); returns float or ndarray, bytes.
     """
     per_layer = kv_bytes_per_token_per_layer(spec, fmt, tp)
@@ -113,9 +133,10 @@ def kv_cache_bytes(spec: ModelSpec, fmt: NumberFormat, context, batch=1, *, tp: 
     if np.any(context < 0) or np.any(np.asarray(batch) < 0):
         raise FieldError("context" if np.any(context < 0) else "batch", "<0", "must be >= 0")
     n_win = spec.n_window_layers
-    n_full = spec.num_hidden_layers - n_win
+    n_full = spec.num_hidden_layers - n_win - spec.n_linear_layers
     tokens = n_full * cached_tokens(context, block_size)
     if n_win:
         tokens = tokens + n_win * cached_tokens(np.minimum(context, spec.sliding_window.window), block_size)
-    out = per_layer * tokens * np.asarray(batch, dtype=float)
+    state = spec.n_linear_layers * linear_state_bytes_per_layer(spec, tp)
+    out = (per_layer * tokens + state) * np.asarray(batch, dtype=float)
     return float(out) if np.ndim(out) == 0 else out

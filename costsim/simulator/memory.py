@@ -17,7 +17,7 @@ import numpy as np
 
 from costsim.errors import CostsimError, FieldError
 from costsim.simulator.deployment import Deployment
-from costsim.simulator.kv import cached_tokens, kv_bytes_per_token_per_layer
+from costsim.simulator.kv import cached_tokens, kv_bytes_per_token_per_layer, linear_state_bytes_per_layer
 from costsim.simulator.operators import layer_groups, step_operators
 from costsim.simulator.params import layer_params, param_counts
 from costsim.simulator.types import OpKind, StepShape
@@ -36,8 +36,8 @@ def weight_bytes_per_device(spec: ModelSpec, dep: Deployment) -> float:
     if isinstance(a, MLAAttention):
         replicated = spec.hidden_size * (a.kv_lora_rank + a.qk_rope_head_dim) + a.kv_lora_rank
     total = 0.0
-    for is_moe, _window, n in layer_groups(spec, dep.pp):
-        lp = layer_params(spec, is_moe)
+    for is_moe, _window, n, linear in layer_groups(spec, dep.pp):
+        lp = layer_params(spec, is_moe, linear)
         tp_sharded = (lp["attention"] - replicated) / dep.tp + replicated + (lp["dense_ffn"] + lp["shared"]) / dep.tp
         experts = lp["routed"] / (dep.ep * dep.moe_tp)
         total += n * (tp_sharded * w + experts * dep.expert_weights.bytes_per_element
@@ -49,16 +49,20 @@ def weight_bytes_per_device(spec: ModelSpec, dep: Deployment) -> float:
 def kv_bytes_per_device(spec: ModelSpec, dep: Deployment, batch, context):
     """KV cache bytes on the busiest device: its DP group's sequences, the layers of the busiest
     pipeline stage (``operators.layer_groups``, as weights and timing use; with uneven stages
-    that is more than 1/pp of the layers), sliding-window layers capped at their window."""
+    that is more than 1/pp of the layers), sliding-window layers capped at their window,
+    linear-attention layers holding their fixed state per sequence."""
     dep.check(spec)
     seqs = dep.seqs_per_rank(batch)
     per_layer = kv_bytes_per_token_per_layer(spec, dep.kv_format, dep.tp)
     ctx = np.asarray(context, dtype=float)
     if np.any(ctx < 0) or np.any(np.asarray(batch) < 0):
         raise FieldError("context" if np.any(ctx < 0) else "batch", "<0", "must be >= 0")
+    groups = layer_groups(spec, dep.pp)
     tokens = sum(n * cached_tokens(ctx if w is None else np.minimum(ctx, w), dep.block_size)
-                 for _moe, w, n in layer_groups(spec, dep.pp))
-    return per_layer * tokens * seqs
+                 for _moe, w, n, linear in groups if not linear)
+    # linear-attention layers: a fixed state per sequence, whatever the context
+    state = sum(g.n for g in groups if g.linear) * linear_state_bytes_per_layer(spec, dep.tp)
+    return (per_layer * tokens + state) * seqs + 0.0 * ctx  # (+ 0 ctx: a stage of only linear layers broadcasts too)
 
 
 def workspace_bytes(spec: ModelSpec, dep: Deployment, step: StepShape):

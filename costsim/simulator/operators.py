@@ -22,6 +22,8 @@ E*(1-(1-k/E)^T) for T uniformly routed tokens (each expert picked with probabili
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from costsim.simulator.deployment import Deployment
@@ -160,7 +162,8 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
         nh = a.num_attention_heads // dep.tp
         nkv = kv_heads_per_device(spec, dep.tp)
         d = a.head_dim
-        ops.append(gemm("attn.qkv_proj", T, (nh + 2 * nkv) * d, h))
+        gate = nh * d if a.output_gate else 0  # Qwen3-Next: q_proj also yields the output gate
+        ops.append(gemm("attn.qkv_proj", T, (nh + 2 * nkv) * d + gate, h))
         ops.append(core("attn.core", 4.0 * nh * d * pairs, kv_read + T * nh * d * act, kv_write + T * nh * d * act,
                         dict(heads=nh, q_len=s, rows=T * nh, decode_rows=T * nkv)))
         ops.append(gemm("attn.o_proj", T, h, nh * d))
@@ -168,6 +171,51 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
         k = spec.norms_per_layer
         ops.append(_elementwise("norms" + sfx, G, layer, k * T * h, k * T * h, act, n_layers))
     return ops
+
+
+# Gated DeltaNet chunk length of the chunked (prefill) form (fla-org/flash-linear-attention
+# chunk_gated_delta_rule, BT = 64)
+DELTANET_CHUNK = 64
+
+
+def linear_attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: int = 1,
+                               tag: str = "", layer: LayerType = LayerType.DENSE) -> list[Operator]:
+    """One Gated DeltaNet layer type (Qwen3-Next / Qwen3.5 linear attention) on one device.
+
+    Operators: in_proj (q, k, v, z, b, a), the depthwise causal conv (kernel K over conv_dim
+    channels, reading its K - 1 cached inputs), the delta-rule recurrence and the gated
+    RMSNorm, out_proj, the layer's norms. The recurrence per token and value head updates a
+    d_k x d_v state S <- a S + b (v - S k) k^T and reads q S: 3 d_k d_v multiply-adds; with
+    s > 1 tokens it runs chunk-wise (chunk C = min(s, 64)) and adds C (d_k + d_v) for the
+    intra-chunk attention. Each step reads and writes every sequence's state once. Heads split
+    over TP (at least one per device). Assumption: no extra FLOPs for the chunked form's WY
+    factorisation (a few percent at d = 128)."""
+    la, h, act = spec.linear_attention, spec.hidden_size, dep.act_bytes
+    b = dep.seqs_per_rank(step.batch)
+    s = np.asarray(step.new_tokens, dtype=float)
+    T = b * s
+    nk, nv = max(1, la.num_key_heads // dep.tp), max(1, la.num_value_heads // dep.tp)
+    dk, dv = la.key_head_dim, la.value_head_dim
+    kd, vd = nk * dk, nv * dv
+    conv = 2 * kd + vd
+    state = nv * dk * dv * {"fp32": 4, "bf16": 2, "fp16": 2}[la.state_dtype]
+    sfx = f"[{tag}]" if tag else ""
+    G, w = OpGroup.ATTENTION, dep.weight_format
+    chunk = np.minimum(s, DELTANET_CHUNK)
+    flops = 2.0 * nv * T * (3 * dk * dv + np.where(s > 1, chunk * (dk + dv), 0.0))
+    k_conv = la.conv_kernel_dim
+    return [
+        _gemm("linear_attn.in_proj" + sfx, G, layer, T, 2 * kd + 2 * vd + 2 * nv, h, w, act, n_layers),
+        _elementwise("linear_attn.conv1d" + sfx, G, layer, T * conv + b * conv * (k_conv - 1), T * conv, act, n_layers),
+        Operator(name="linear_attn.delta_rule" + sfx, kind=OpKind.ATTENTION, group=G, layer=layer, count=n_layers,
+                 flops=flops, bytes_read=b * state + T * (2 * kd + vd + 2 * nv) * act,
+                 bytes_written=b * state + T * vd * act, dtype=dep.act_format.compute,
+                 shape=dict(heads=nv, q_len=s, rows=T * nv, decode_rows=T * nv)),
+        _elementwise("linear_attn.gated_norm" + sfx, G, layer, 2 * T * vd, T * vd, act, n_layers),
+        _gemm("linear_attn.out_proj" + sfx, G, layer, T, h, vd, w, act, n_layers),
+        _elementwise("norms" + sfx, G, layer, spec.norms_per_layer * T * h, spec.norms_per_layer * T * h, act,
+                     n_layers),
+    ]
 
 
 def _indexer_operators(a: MLAAttention, dep: Deployment, T, b, L, s, pairs, idx_tok: float, h: int, act: float,
@@ -240,8 +288,18 @@ def stage_layers(n_layers: int, pp: int) -> list[range]:
     return [range(a, a + n) for a, n in zip(starts, sizes)]
 
 
-def layer_groups(spec: ModelSpec, pp: int = 1) -> list[tuple[bool, int | None, int]]:
-    """(is_moe, window or None, number of layers) on the busiest pipeline stage.
+class LayerGroup(NamedTuple):
+    """Identical layers of a pipeline stage: MoE or dense FFN, sliding window (or None), how
+    many, and whether their mixer is linear attention (a hybrid model's Gated DeltaNet)."""
+
+    is_moe: bool
+    window: int | None
+    n: int
+    linear: bool = False
+
+
+def layer_groups(spec: ModelSpec, pp: int = 1) -> list[LayerGroup]:
+    """(is_moe, window or None, number of layers, linear) on the busiest pipeline stage.
 
     The busiest stage is the one whose layers store the most weights (every routed expert
     counts, not only the activated ones), then the one with the most layers. It is costed with
@@ -253,14 +311,14 @@ def layer_groups(spec: ModelSpec, pp: int = 1) -> list[tuple[bool, int | None, i
     def groups(layers) -> dict:
         g: dict[tuple, int] = {}
         for i in layers:
-            key = (spec.is_moe_layer(i), spec.sliding_window.window if i in win else None)
+            key = (spec.is_moe_layer(i), spec.sliding_window.window if i in win else None, spec.is_linear_layer(i))
             g[key] = g.get(key, 0) + 1
         return g
 
     stages = [groups(r) for r in stage_layers(spec.num_hidden_layers, pp)]
-    size = {m: stored_layer_params(spec, m) for m in {k[0] for g in stages for k in g}}
-    busiest = max(stages, key=lambda g: (sum(size[m] * n for (m, _), n in g.items()), sum(g.values())))
-    return [(m, w, n) for (m, w), n in busiest.items()]
+    size = {(m, lin): stored_layer_params(spec, m, lin) for g in stages for (m, _w, lin) in g}
+    busiest = max(stages, key=lambda g: (sum(size[(m, lin)] * n for (m, _w, lin), n in g.items()), sum(g.values())))
+    return [LayerGroup(m, w, n, lin) for (m, w, lin), n in busiest.items()]
 
 
 def step_operators(spec: ModelSpec, dep: Deployment, step: StepShape, *, form: str | None = None,
@@ -283,10 +341,14 @@ def step_operators(spec: ModelSpec, dep: Deployment, step: StepShape, *, form: s
                  flops=0.0, bytes_read=T * h * dep.high_precision.bytes_per_element, bytes_written=T * h * act, dtype="")
     ]
     groups = layer_groups(spec, dep.pp)
-    for is_moe, window, n in groups:
-        tag = ("moe" if is_moe else "dense") + (f",window={window}" if window else "")
+    for is_moe, window, n, linear in groups:
+        tag = ("moe" if is_moe else "dense") + (f",window={window}" if window else "") + (",linear" if linear else "")
         layer = LayerType.MOE if is_moe else LayerType.DENSE
-        ops += attention_operators(spec, dep, step, n, window, form, tag if len(groups) > 1 else "", layer)
+        tag = tag if len(groups) > 1 else ""
+        if linear:
+            ops += linear_attention_operators(spec, dep, step, n, tag, layer)
+        else:
+            ops += attention_operators(spec, dep, step, n, window, form, tag, layer)
     for is_moe in (False, True):
         n = sum(g[2] for g in groups if g[0] == is_moe)
         if n:

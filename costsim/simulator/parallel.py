@@ -89,7 +89,7 @@ def ep_alltoall_seconds(tokens, destinations, hidden: int, bytes_per_elem: float
 def comm_operators(spec: ModelSpec, dep: Deployment, step: StepShape, groups) -> list[Operator]:
     """Communication operators of one device for a step (see module docstring).
 
-    ``groups``: (is_moe, window, layers) of the device's pipeline stage
+    ``groups``: (is_moe, window, layers, linear) of the device's pipeline stage
     (``operators.layer_groups``). The TP all-reduces are one operator per layer type, so each
     is counted in its own layer type.
     """

@@ -82,9 +82,9 @@ def attention_params(spec: ModelSpec) -> int:
         return q + kv + nh * a.v_head_dim * h + indexer_params(spec)
     assert isinstance(a, GQAAttention)
     q_out, kv_out = a.num_attention_heads * a.head_dim, a.num_key_value_heads * a.head_dim
-    n = h * q_out + 2 * h * kv_out + q_out * h
+    n = h * q_out + 2 * h * kv_out + q_out * h + (h * q_out if a.output_gate else 0)
     if a.qkv_bias:
-        n += q_out + 2 * kv_out
+        n += q_out + 2 * kv_out + (q_out if a.output_gate else 0)  # the gate half of q_proj has its bias
     if a.o_bias:
         n += h
     if a.qk_norm:
@@ -92,6 +92,20 @@ def attention_params(spec: ModelSpec) -> int:
     if a.sinks:
         n += a.num_attention_heads
     return n
+
+
+def linear_attention_params(spec: ModelSpec) -> int:
+    """Weights of one Gated DeltaNet layer (HF Qwen3NextGatedDeltaNet): in_proj_qkvz
+    (h x (2 H_k d_k + 2 H_v d_v)), in_proj_ba (h x 2 H_v), depthwise conv1d (conv_dim x
+    kernel, no bias), dt_bias and A_log (H_v each), the gated RMSNorm (d_v) and out_proj
+    (H_v d_v x h). 0 for a model without linear attention."""
+    la = spec.linear_attention
+    if la is None:
+        return 0
+    h = spec.hidden_size
+    kd, vd = la.num_key_heads * la.key_head_dim, la.num_value_heads * la.value_head_dim
+    return (h * (2 * kd + 2 * vd) + h * 2 * la.num_value_heads + la.conv_dim * la.conv_kernel_dim
+            + 2 * la.num_value_heads + la.value_head_dim + vd * h)
 
 
 def indexer_params(spec: ModelSpec) -> int:
@@ -117,12 +131,14 @@ def _norm_params(spec: ModelSpec) -> int:
     return spec.hidden_size * (2 if spec.norm == "layernorm" else 1)
 
 
-def layer_params(spec: ModelSpec, moe: bool) -> dict[str, int]:
+def layer_params(spec: ModelSpec, moe: bool, linear: bool = False) -> dict[str, int]:
     """Weights of one layer by part: attention, norms, dense_ffn, routed, routed_active,
-    shared, router (a MoE layer when ``moe``). ``routed_active`` is the top-k share of
-    ``routed``, not weights of their own: see ``stored_layer_params``."""
+    shared, router (a MoE layer when ``moe``; a linear-attention layer of a hybrid model when
+    ``linear``). ``routed_active`` is the top-k share of ``routed``, not weights of their own:
+    see ``stored_layer_params``."""
     h, f = spec.hidden_size, spec.ffn
-    out = dict(attention=attention_params(spec), norms=spec.norms_per_layer * _norm_params(spec), dense_ffn=0, routed=0,
+    mixer = linear_attention_params(spec) if linear else attention_params(spec)
+    out = dict(attention=mixer, norms=spec.norms_per_layer * _norm_params(spec), dense_ffn=0, routed=0,
                routed_active=0, shared=0, router=0)
     if moe:
         assert isinstance(f, MoEFFN)
@@ -145,9 +161,9 @@ def layer_params(spec: ModelSpec, moe: bool) -> dict[str, int]:
     return out
 
 
-def stored_layer_params(spec: ModelSpec, moe: bool) -> int:
+def stored_layer_params(spec: ModelSpec, moe: bool, linear: bool = False) -> int:
     """Weights one layer stores (every routed expert; ``routed_active`` is not added again)."""
-    lp = layer_params(spec, moe)
+    lp = layer_params(spec, moe, linear)
     return lp["attention"] + lp["norms"] + lp["dense_ffn"] + lp["routed"] + lp["shared"] + lp["router"]
 
 
@@ -160,7 +176,7 @@ def param_counts(spec: ModelSpec) -> ParamBreakdown:
     h = spec.hidden_size
     acc = dict(attention=0, norms=0, dense_ffn=0, routed=0, routed_active=0, shared=0, router=0)
     for i in range(spec.num_hidden_layers):
-        for k, v in layer_params(spec, spec.is_moe_layer(i)).items():
+        for k, v in layer_params(spec, spec.is_moe_layer(i), spec.is_linear_layer(i)).items():
             acc[k] += v
     embedding = spec.vocab_size * h
     lm_head = 0 if spec.tie_word_embeddings else spec.vocab_size * h
