@@ -436,3 +436,48 @@ def _bare_number_for_a_unit(model: type, keys: list[str], value) -> bool:
 def _unit_example(model: type, keys: list[str]) -> str:
     cls = _field_class(model, keys)
     return next((ex for u, ex in _unit_classes().items() if cls is not None and issubclass(cls, u)), "")
+
+
+_CONVERSIONS = {  # name -> (attention kinds it converts from, required and optional parameters)
+    "mha-to-mla": (("mha", "gqa", "mqa"), ("d_c", "d_h_r"), ("d_q",)),
+}
+
+
+def conversion_sets(spec: ModelSpec, text: str | None, flag: str = "--convert") -> list[str]:
+    """A named conversion as ``--set`` assignments for ``apply_sets``.
+
+    ``mha-to-mla:d_c=512,d_h_r=64[,d_q=1536]``: MHA/GQA/MQA attention becomes MLA
+    (DeepSeek-V2, arXiv 2405.04434, §2.1) with KV latent rank d_c (``kv_lora_rank``),
+    decoupled RoPE key dim d_h^R (``qk_rope_head_dim``), optional query latent rank d'_c
+    (``q_lora_rank``; absent: queries uncompressed, as V2-Lite); the heads are kept, and the
+    per-head dim d_h becomes ``qk_nope_head_dim`` and ``v_head_dim`` (V2: d_h = 128 for both).
+    Raises CostsimError naming ``flag`` and what was expected.
+    """
+    if not text:
+        return []
+    name, _, args = text.partition(":")
+    name = name.strip().lower()
+    if name not in _CONVERSIONS:
+        raise CostsimError(f"{flag} {text}: unknown conversion {name!r}: expected one of {', '.join(_CONVERSIONS)}")
+    kinds, required, optional = _CONVERSIONS[name]
+    params = {}
+    for part in filter(None, (p.strip() for p in args.split(","))):
+        k, eq, v = part.partition("=")
+        k = k.strip()
+        if not eq or k not in required + optional:
+            raise CostsimError(f"{flag} {text}: expected {name}:" + ",".join(f"{r}=N" for r in required)
+                               + "".join(f"[,{o}=N]" for o in optional) + f", got {part!r}")
+        if not v.strip().isdigit() or int(v) < 1:
+            raise CostsimError(f"{flag} {text}: {k} must be a whole number >= 1, got {v.strip()!r}")
+        params[k] = int(v)
+    missing = [r for r in required if r not in params]
+    if missing:
+        raise CostsimError(f"{flag} {text}: {name} needs {', '.join(missing)} ({name}:"
+                           + ",".join(f"{r}=N" for r in required) + ")")
+    att = spec.attention
+    if att.kind not in kinds:
+        raise CostsimError(f"{flag} {text}: {spec.name}'s attention is {att.kind}; {name} converts {', '.join(kinds)}")
+    a = "attention."
+    return [f"{a}kind=mla", f"{a}kv_lora_rank={params['d_c']}", f"{a}qk_rope_head_dim={params['d_h_r']}",
+            f"{a}qk_nope_head_dim={att.head_dim}", f"{a}v_head_dim={att.head_dim}",
+            f"{a}q_lora_rank={params['d_q'] if 'd_q' in params else 'null'}"]

@@ -53,6 +53,9 @@ Imbalance = Annotated[float, typer.Option("--imbalance", help="MoE load imbalanc
 Overlap = Annotated[bool, typer.Option("--overlap/--no-overlap", help="Overlap communication with compute.")]
 BlockSize = Annotated[Optional[int], typer.Option("--block-size", help="Paged KV cache block size (tokens).")]
 TpotSlo = Annotated[Optional[str], typer.Option("--tpot-slo", help="TPOT limit with a unit, e.g. 50ms.")]
+RequestBatch = Annotated[str, typer.Option("--batch", help="Concurrent requests over all the devices (k = 1024).")]
+InputLen = Annotated[str, typer.Option("--input", help="Prompt tokens (k = 1024).")]
+OutputLen = Annotated[str, typer.Option("--output", help="Generated tokens (k = 1024).")]
 Output = Annotated[Path, typer.Option("--output", "-o", help="Plot file: .png, .svg or .pdf.")]
 
 # engine field -> the flag that sets it

@@ -295,3 +295,52 @@ def silicon_validation(res: dict, name: str, reference: str | None, system: str,
     emit(rows, cols, title=f"validate {name} on {system} silicon tables ({backend}): {res['overall']['points']:,} rows",
          notes=[res["tables"].source_text(),
                 "MAPE = mean |predicted / measured - 1|; pred/meas is the geometric mean of the ratios."])
+
+
+_WHATIF_UNITS = {  # SI unit of a what-if metric -> (header unit, formatter); bytes per token stay in bytes
+    "params": ("1e9", F.scaled(1e9, 5)), "elements": ("elements", F.integer), "FLOP": ("GFLOP", F.scaled(1e9)),
+    "s": ("ms", F.ms), "tokens/s": ("tokens/s", F.num), "sequences": ("sequences", F.integer),
+    "fraction": ("%", F.pct), "bytes": ("GB", F.scaled(1e9)),
+}
+
+
+def _signed_pct(v) -> str:
+    return "-" if v is None else f"{v * 100:+.2f}%"
+
+
+def _elasticity(v) -> str:
+    return "n/a" if v is None else f"{v:+.3f}"
+
+
+def _knob_value(v) -> str:
+    return "(absent)" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))
+
+
+@_finite
+def whatif(rec: dict, fmt: str) -> None:
+    """Before / after / change / elasticity per metric (JSON: the whole record, SI units)."""
+    rows = []
+    for m in rec["metrics"]:
+        unit, f = _WHATIF_UNITS[m["unit"]]
+        if m["unit"] == "bytes" and m["key"].endswith("per_token"):
+            unit, f = "bytes", F.num
+        label = f"{m['label']}, {rec['kv_dtype']}" if m["key"] == "kv_cache_bytes_per_token" else m["label"]
+        rows.append(dict(m, field=f"{label} [{unit}]", b=f(m["before"]), a=f(m["after"]),
+                         c=_signed_pct(m["change"]), e=_elasticity(m["elasticity"])))
+    rows += [dict(key=t["key"], field=t["label"], b=F.text(t["before"]), a=F.text(t["after"]), c="", e="",
+                  before=t["before"], after=t["after"]) for t in rec["texts"]]
+    if fmt != "table":
+        emit(rows, [(k, k, F.text) for k in ("key", "unit", "before", "after", "change", "elasticity")], fmt,
+             payload={k: v for k, v in rec.items() if k != "warnings"})
+        return
+    cols = [("field", "metric [unit]", F.text), ("b", "before", F.text), ("a", "after", F.text),
+            ("c", "change", F.text), ("e", "elasticity", F.text)]
+    knobs = "; ".join(f"{k['path']} {_knob_value(k['before'])} -> {_knob_value(k['after'])}" for k in rec["knobs"])
+    e = rec["elasticity_knob"]
+    notes = [f"elasticity = log(after / before) / log({e} after / before), the arc d log metric / d log {e}."
+             if e else f"elasticity: {rec['elasticity_note']}."]
+    notes += list(rec["notes"]) + ["Parameters, KV and FLOPs are exact arithmetic; times, tokens/s and max batch "
+                                   "are roofline models (GB = 1e9 B)."]
+    emit(rows, cols, notes=notes, title=(
+        f"what-if: {rec['model']} on {rec['devices']} x {rec['hardware']}, batch {rec['batch']}, {rec['input']} in -> "
+        f"{rec['output']} out; {knobs or 'no change'}"))
