@@ -344,3 +344,57 @@ def whatif(rec: dict, fmt: str) -> None:
     emit(rows, cols, notes=notes, title=(
         f"what-if: {rec['model']} on {rec['devices']} x {rec['hardware']}, batch {rec['batch']}, {rec['input']} in -> "
         f"{rec['output']} out; {knobs or 'no change'}"))
+
+
+def _claim_value(v: float, unit: str, like: str = "") -> str:
+    """A claim's value in the paper's style (its unit in the text; times in the unit of ``like``)."""
+    if unit == "params":
+        return f"{v / 1e9:.2f}B"
+    if unit in ("elements", "bytes", "GPU-hours"):
+        return f"{v:,.0f}" + {"bytes": " B", "GPU-hours": " GPU-h"}.get(unit, "")
+    if unit == "fraction":
+        return f"{v * 100:.2f}%"
+    if unit in ("ratio", "groups"):
+        return f"{v:.3f}" + ("x" if unit == "ratio" else "")
+    if unit == "s":
+        return f"{v * 1e6:.2f} us" if like.endswith("us") or (v < 1e-4 and not like) else f"{v * 1e3:.3f} ms"
+    if unit == "USD":
+        return f"${v / 1e6:.3f}M" if v >= 1e5 else f"${v:,.0f}"
+    if unit == "FLOP/s":
+        return f"{v / 1e12:.1f} TFLOP/s"
+    if unit == "GFLOP":
+        return f"{v:.1f}"
+    return f"{v:,.4g} {'tok/s' if unit == 'tokens/s' else unit}"
+
+
+def _tolerance(r: dict) -> str:
+    if r["kind"] == "exact":
+        return "0" if r["tolerance"] == 0 else f"±{_claim_value(r['tolerance'], r['unit'], 'us' if r['tolerance'] < 1e-4 else '')}"
+    band = r["tolerance"] / r["paper_value"]
+    return f"±{band:.0%}" if r["relation"] == "=" else f">= {1 - band:.0%} of it"
+
+
+@_finite
+def reproduce(recs: list[dict], papers: list[str], fmt: str) -> None:
+    """Claims: paper vs costsim, difference, tolerance and status; the command, assumptions and
+    notes of each row below the table (JSON / CSV: every field, SI units)."""
+    if fmt != "table":
+        emit(recs, [(k, k, F.text) for k in recs[0]], fmt, payload=dict(papers=papers, claims=recs))
+        return
+    rows = [dict(r, n=str(i), name=r["claim"], c=_claim_value(r["costsim_value"], r["unit"], r["paper_text"]),
+                 d=f"{r['relative_difference'] * 100:+.2f}%", s=r["status"], t=_tolerance(r))
+            for i, r in enumerate(recs, 1)]
+    cols = [("n", "#", F.text), ("name", "claim", F.text), ("paper_text", "paper", F.text),
+            ("c", "costsim", F.text), ("d", "difference", F.text), ("kind", "kind", F.text), ("t", "tolerance", F.text),
+            ("s", "status", F.text)]
+    notes, last = [], None
+    for r in rows:
+        same = r["assumptions"] == last and r["assumptions"]
+        notes.append(f"{r['n']}. [{r['source']}] {r['command']}"
+                     + (" | assumes: as above" if same else f" | assumes: {r['assumptions']}" if r["assumptions"] else "")
+                     + (f" | NOTE: {r['note']}" if r["note"] else ""))
+        last = r["assumptions"]
+    ok = sum(r["passes"] for r in recs)
+    notes.append(f"{ok} of {len(recs)} claims within tolerance; exact = arithmetic on the published configs, model = "
+                 "roofline estimate with a band.")
+    emit(rows, cols, title="reproduce: " + "; ".join(papers), notes=notes)
