@@ -335,10 +335,16 @@ def whatif(rec: dict, fmt: str) -> None:
         return
     cols = [("field", "metric [unit]", F.text), ("b", "before", F.text), ("a", "after", F.text),
             ("c", "change", F.text), ("e", "elasticity", F.text)]
-    knobs = "; ".join(f"{k['path']} {_knob_value(k['before'])} -> {_knob_value(k['after'])}" for k in rec["knobs"])
+    both = [k for k in rec["knobs"] if k["before"] is not None and k["after"] is not None]
+    knobs = "; ".join(f"{k['path']} {_knob_value(k['before'])} -> {_knob_value(k['after'])}" for k in both)
+    added = [f"{k['path']}={_knob_value(k['after'])}" for k in rec["knobs"] if k["before"] is None]
+    dropped = [k["path"] for k in rec["knobs"] if k["after"] is None]
     e = rec["elasticity_knob"]
     notes = [f"elasticity = log(after / before) / log({e} after / before), the arc d log metric / d log {e}."
              if e else f"elasticity: {rec['elasticity_note']}."]
+    if added or dropped:
+        notes.insert(0, "fields of the new kind: " + ", ".join(added) + (f"; dropped: {', '.join(dropped)}"
+                                                                          if dropped else ""))
     notes += list(rec["notes"]) + ["Parameters, KV and FLOPs are exact arithmetic; times, tokens/s and max batch "
                                    "are roofline models (GB = 1e9 B)."]
     emit(rows, cols, notes=notes, title=(

@@ -122,7 +122,8 @@ def _elasticity_knob(knobs: list[Knob]) -> tuple[Knob | None, str]:
     if not knobs:
         return None, "nothing changed"
     if len(knobs) > 1:
-        return None, f"{len(knobs)} fields changed ({', '.join(k.path for k in knobs)}): elasticity needs one knob"
+        listed = f" ({', '.join(k.path for k in knobs)})" if len(knobs) <= 4 else ""
+        return None, f"{len(knobs)} fields changed{listed}: elasticity needs one numeric knob"
     k = knobs[0]
     if not (_number(k.before) and _number(k.after) and k.before > 0 and k.after > 0):
         return None, f"{k.path} is not a positive number ({k.before!r} -> {k.after!r}): elasticity n/a"
