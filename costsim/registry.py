@@ -259,8 +259,15 @@ def apply_sets(spec: T, assignments: list[str] | None, flag: str, require_units:
         sourced = isinstance(old, dict) and "value" in old
         rel = relative_factor(raw)
         if rel is not None:
-            value = _scaled(old["value"] if sourced else old, rel, raw.strip(), flag, path)
+            base = old["value"] if sourced else old
+            if sourced and isinstance(base, str):  # set with its unit by an earlier --hw-set (8TB/s)
+                base = _parse_sourced(type(spec), keys, base, flag, path)
+            value = _scaled(base, rel, raw.strip(), flag, path)
         else:
+            if re.fullmatch(r"\s*\+\s*[0-9.]+\s*", raw):
+                n = raw.strip().lstrip("+").strip()
+                raise CostsimError(f"{flag} {path}={raw.strip()}: ambiguous; write +{n}% for a relative change or "
+                                   f"{n} for the value")
             try:
                 value = load_yaml_text(raw, f"{flag} {path}") if raw.strip() else ""
             except CostsimError as e:
@@ -307,6 +314,15 @@ def relative_factor(text: str):
     if f < 0:
         raise CostsimError(f"{text.strip()}: a change below -100% would make the value negative")
     return f
+
+
+def _parse_sourced(model: type, keys: list[str], text: str, flag: str, path: str) -> float:
+    """The SI value of ``text`` by the parser of the sourced quantity at ``keys``."""
+    cls = _field_class(model, keys)
+    try:
+        return float(cls._parser(text))
+    except (ValueError, CostsimError, AttributeError, TypeError) as e:
+        raise CostsimError(f"{flag} {path}: cannot read {text!r} ({e})") from None
 
 
 def _scaled(old, factor, text: str, flag: str, path: str):

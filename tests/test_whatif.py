@@ -57,6 +57,9 @@ def test_relative_hw_set_needs_no_unit_and_scales_the_si_value():
     assert hw.memory_bandwidth.value == pytest.approx(3.35e12 * 1.1, rel=1e-15)  # datasheet 3.35 TB/s
     assert hw.peak_flops.bf16.value == pytest.approx(h800.peak_flops.bf16.value / 2, rel=1e-15)
     assert hw.memory_bandwidth.provenance == "assumed" and "+10%" in hw.memory_bandwidth.source
+    # a relative value after an absolute one with its unit scales that value: 8 TB/s x 0.5 = 4e12 B/s
+    chained = apply_sets(h800, ["memory_bandwidth=8TB/s", "memory_bandwidth=x0.5"], "--hw-set", require_units=True)
+    assert chained.memory_bandwidth.value == 4e12
 
 
 @pytest.mark.parametrize("args, needles", [
@@ -70,6 +73,7 @@ def test_relative_hw_set_needs_no_unit_and_scales_the_si_value():
     (["show", "deepseek-v2", "--set", "name=x2"], ["needs a number to scale"]),
     (["show", "deepseek-v2", "--set", "tie_word_embeddings=x2"], ["needs a number to scale"]),
     (["show", "deepseek-v2", "--set", "attention.kv_lora_rank=-150%"], ["below -100%"]),
+    (["show", "deepseek-v2", "--set", "attention.kv_lora_rank=+10"], ["ambiguous", "+10%", "10 for the value"]),
     (["show", "deepseek-v2", "--set", "attention.kv_lora_rank=-100%"], ["kv_lora_rank", "greater than 0"]),
     # H800 efficiency.memory 0.896 x 2 = 1.792 > 1
     (["perf", "llama-3.1-8b", "-H", "h800", "--hw-set", "efficiency.memory=x2"], ["efficiency.memory", "(0, 1]"]),
