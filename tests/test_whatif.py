@@ -243,3 +243,14 @@ def test_whatif_bad_input():
     check_user_error(cli("whatif", "deepseek-v2", "-H", "h800", "--tp", "3"), "tp*pp = 3")  # as perf says it
     check_user_error(cli("whatif", "deepseek-v2", "-H", "h800", "--hw-set", "memory_bandwidth=8"), "give the unit")
     check_user_error(cli("whatif", "nope", "-H", "h800"), "unknown model")
+
+
+def test_whatif_says_when_the_layout_policy_changes_the_layout():
+    """Mixtral-8x7B on 8 x H800, 1024 sequences of 4096 + 1024 tokens. KV per token 2 x 8 heads x
+    128 x 32 layers x 2 B = 131,072 B; at tp=1 (DP-attention) a device holds 128 sequences:
+    128 x 5120 x 131,072 B = 85.9 GB > 72 GB usable, so the policy picks another TP. With 4 KV
+    heads it is 43.0 GB beside 11.7 GB of weights (46.7B x 2 B / 8): tp=1 fits."""
+    r = js("whatif", "mixtral-8x7b", "-H", "h800", "--batch", "1024", "--set", "attention.num_key_value_heads=x0.5")
+    layout = next(t for t in r["texts"] if t["key"] == "layout")
+    assert layout["before"].startswith("tp=8") and layout["after"].startswith("tp=1 ")
+    assert "another layout" in r["notes"][0] and "--tp" in r["notes"][0]
