@@ -23,6 +23,9 @@ COMMANDS = [
     ["costsim max-throughput deepseek-v2 --hardware h800 --weight-dtype fp8 --kv-dtype 6 --context 2048 --tpot-slo 50ms",
      "costsim max-throughput deepseek-llm-67b --hardware h800 --context 2048 --tpot-slo 50ms"],
     [VALIDATE],
+    ["costsim whatif deepseek-v2 --hardware h800 --weight-dtype fp8 --batch 64 --set attention.kv_lora_rank=256"],
+    ["costsim whatif llama-3.1-70b --hardware h800 --batch 64 --convert mha-to-mla:d_c=512,d_h_r=64"],
+    ["costsim reproduce deepseek-v2"],
 ]
 
 

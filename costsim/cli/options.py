@@ -29,9 +29,11 @@ class Fmt(str, Enum):
 _DTYPES = "bf16, fp16, fp8, int8, int4, int4-g32, mxfp4, or bits (6)"
 Format = Annotated[Fmt, typer.Option("--format", "-f", help="table (people), json or csv (machines; SI units).")]
 Sets = Annotated[Optional[List[str]], typer.Option(
-    "--set", help="What-if on the model spec: PATH=VALUE, e.g. attention.kv_lora_rank=256 (repeatable).")]
+    "--set", help="What-if on the model spec: PATH=VALUE, e.g. attention.kv_lora_rank=256, or relative: =x0.5, "
+             "=+10%, =-5% (repeatable; attention.kind=mla switches the kind, its fields set by further --set).")]
 HwSets = Annotated[Optional[List[str]], typer.Option(
-    "--hw-set", help="What-if on the hardware: PATH=VALUE, e.g. memory_bandwidth=8TB/s (repeatable).")]
+    "--hw-set", help="What-if on the hardware: PATH=VALUE, e.g. memory_bandwidth=8TB/s, or relative without a "
+                "unit: memory_bandwidth=+10%, peak_flops.fp8=x2 (repeatable).")]
 Model = Annotated[str, typer.Argument(help="Model name, spec .yaml or HF config.json.")]
 Models = Annotated[List[str], typer.Argument(help="One or more models (name, spec .yaml or HF config.json).")]
 Hardware = Annotated[str, typer.Option("--hardware", "-H", help="Hardware name or profile .yaml.")]
@@ -53,6 +55,9 @@ Imbalance = Annotated[float, typer.Option("--imbalance", help="MoE load imbalanc
 Overlap = Annotated[bool, typer.Option("--overlap/--no-overlap", help="Overlap communication with compute.")]
 BlockSize = Annotated[Optional[int], typer.Option("--block-size", help="Paged KV cache block size (tokens).")]
 TpotSlo = Annotated[Optional[str], typer.Option("--tpot-slo", help="TPOT limit with a unit, e.g. 50ms.")]
+RequestBatch = Annotated[str, typer.Option("--batch", help="Concurrent requests over all the devices (k = 1024).")]
+InputLen = Annotated[str, typer.Option("--input", help="Prompt tokens (k = 1024).")]
+OutputLen = Annotated[str, typer.Option("--output", help="Generated tokens (k = 1024).")]
 Output = Annotated[Path, typer.Option("--output", "-o", help="Plot file: .png, .svg or .pdf.")]
 
 # engine field -> the flag that sets it
@@ -112,6 +117,12 @@ def hardware(ref: str, sets):
     from costsim.registry import apply_sets, load_hardware
 
     return apply_sets(load_hardware(ref), sets, "--hw-set", require_units=True)
+
+
+def lengths(batch: str, input_len: str, output_len: str) -> tuple[int, int, int]:
+    """``--batch`` (>= 1), ``--input`` (>= 1) and ``--output`` (>= 0) of a serving question."""
+    return (count(batch, "--batch", minimum=1), count(input_len, "--input", minimum=1),
+            count(output_len, "--output"))
 
 
 def layout(devices=None, tp=None, ep=None, pp=1, weight_dtype=None, kv_dtype="bf16", mla_form="auto",

@@ -54,8 +54,7 @@ def perf_cmd(model: O.Model, hardware: O.Hardware, devices: O.Devices = None, tp
         from costsim.simulator.scenario import Scenario, perf
 
         spec, hw = O.model(model, sets), O.hardware(hardware, hw_sets)
-        b = O.count(batch, "--batch", minimum=1)
-        i, o = O.count(input_len, "--input", minimum=1), O.count(output_len, "--output")
+        b, i, o = O.lengths(batch, input_len, output_len)
         req = O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype, mla_form, imbalance, overlap, block_size)
         rec = perf(Scenario(spec, hw, req, b, i, o), breakdown=breakdown)
         views.perf(rec.to_dict(), fmt.value, breakdown)

@@ -295,3 +295,112 @@ def silicon_validation(res: dict, name: str, reference: str | None, system: str,
     emit(rows, cols, title=f"validate {name} on {system} silicon tables ({backend}): {res['overall']['points']:,} rows",
          notes=[res["tables"].source_text(),
                 "MAPE = mean |predicted / measured - 1|; pred/meas is the geometric mean of the ratios."])
+
+
+_WHATIF_UNITS = {  # SI unit of a what-if metric -> (header unit, formatter); bytes per token stay in bytes
+    "params": ("1e9", F.scaled(1e9, 5)), "elements": ("elements", F.integer), "FLOP": ("GFLOP", F.scaled(1e9)),
+    "s": ("ms", F.ms), "tokens/s": ("tokens/s", F.num), "sequences": ("sequences", F.integer),
+    "fraction": ("%", F.pct), "bytes": ("GB", F.scaled(1e9)),
+}
+
+
+def _signed_pct(v) -> str:
+    return "-" if v is None else f"{v * 100:+.2f}%"
+
+
+def _elasticity(v) -> str:
+    return "n/a" if v is None else f"{v:+.3f}"
+
+
+def _knob_value(v) -> str:
+    return "(absent)" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))
+
+
+@_finite
+def whatif(rec: dict, fmt: str) -> None:
+    """Before / after / change / elasticity per metric (JSON: the whole record, SI units)."""
+    rows = []
+    for m in rec["metrics"]:
+        unit, f = _WHATIF_UNITS[m["unit"]]
+        if m["unit"] == "bytes" and m["key"].endswith("per_token"):
+            unit, f = "bytes", F.num
+        label = f"{m['label']}, {rec['kv_dtype']}" if m["key"] == "kv_cache_bytes_per_token" else m["label"]
+        rows.append(dict(m, field=f"{label} [{unit}]", b=f(m["before"]), a=f(m["after"]),
+                         c=_signed_pct(m["change"]), e=_elasticity(m["elasticity"])))
+    rows += [dict(key=t["key"], field=t["label"], b=F.text(t["before"]), a=F.text(t["after"]), c="", e="",
+                  before=t["before"], after=t["after"]) for t in rec["texts"]]
+    if fmt != "table":
+        emit(rows, [(k, k, F.text) for k in ("key", "unit", "before", "after", "change", "elasticity")], fmt,
+             payload={k: v for k, v in rec.items() if k != "warnings"})
+        return
+    cols = [("field", "metric [unit]", F.text), ("b", "before", F.text), ("a", "after", F.text),
+            ("c", "change", F.text), ("e", "elasticity", F.text)]
+    both = [k for k in rec["knobs"] if k["before"] is not None and k["after"] is not None]
+    knobs = "; ".join(f"{k['path']} {_knob_value(k['before'])} -> {_knob_value(k['after'])}" for k in both)
+    added = [f"{k['path']}={_knob_value(k['after'])}" for k in rec["knobs"] if k["before"] is None]
+    dropped = [k["path"] for k in rec["knobs"] if k["after"] is None]
+    e = rec["elasticity_knob"]
+    notes = [f"elasticity = log(after / before) / log({e} after / before), the arc d log metric / d log {e}."
+             if e else f"elasticity: {rec['elasticity_note']}."]
+    if added or dropped:
+        notes.insert(0, "fields of the new kind: " + ", ".join(added) + (f"; dropped: {', '.join(dropped)}"
+                                                                          if dropped else ""))
+    notes += list(rec["notes"]) + ["Parameters, KV and FLOPs are exact arithmetic; times, tokens/s and max batch "
+                                   "are roofline models (GB = 1e9 B)."]
+    emit(rows, cols, notes=notes, title=(
+        f"what-if: {rec['model']} on {rec['devices']} x {rec['hardware']}, batch {rec['batch']}, {rec['input']} in -> "
+        f"{rec['output']} out; {knobs or 'no change'}"))
+
+
+def _claim_value(v: float, unit: str, like: str = "") -> str:
+    """A claim's value in the paper's style (its unit in the text; times in the unit of ``like``)."""
+    if unit == "params":
+        return f"{v / 1e9:.2f}B"
+    if unit in ("elements", "bytes", "GPU-hours"):
+        return f"{v:,.0f}" + {"bytes": " B", "GPU-hours": " GPU-h"}.get(unit, "")
+    if unit == "fraction":
+        return f"{v * 100:.2f}%"
+    if unit in ("ratio", "groups"):
+        return f"{v:.3f}" + ("x" if unit == "ratio" else "")
+    if unit == "s":
+        return f"{v * 1e6:.2f} us" if like.endswith("us") or (v < 1e-4 and not like) else f"{v * 1e3:.3f} ms"
+    if unit == "USD":
+        return f"${v / 1e6:.3f}M" if v >= 1e5 else f"${v:,.0f}"
+    if unit == "FLOP/s":
+        return f"{v / 1e12:.1f} TFLOP/s"
+    if unit == "GFLOP":
+        return f"{v:.1f}"
+    return f"{v:,.4g} {'tok/s' if unit == 'tokens/s' else unit}"
+
+
+def _tolerance(r: dict) -> str:
+    if r["kind"] == "exact":
+        return "0" if r["tolerance"] == 0 else f"±{_claim_value(r['tolerance'], r['unit'], 'us' if r['tolerance'] < 1e-4 else '')}"
+    band = r["tolerance"] / r["paper_value"]
+    return f"±{band:.0%}" if r["relation"] == "=" else f">= {1 - band:.0%} of it"
+
+
+@_finite
+def reproduce(recs: list[dict], papers: list[str], fmt: str) -> None:
+    """Claims: paper vs costsim, difference, tolerance and status; the command, assumptions and
+    notes of each row below the table (JSON / CSV: every field, SI units)."""
+    if fmt != "table":
+        emit(recs, [(k, k, F.text) for k in recs[0]], fmt, payload=dict(papers=papers, claims=recs))
+        return
+    rows = [dict(r, n=str(i), name=r["claim"], c=_claim_value(r["costsim_value"], r["unit"], r["paper_text"]),
+                 d=f"{r['relative_difference'] * 100:+.2f}%", s=r["status"], t=_tolerance(r))
+            for i, r in enumerate(recs, 1)]
+    cols = [("n", "#", F.text), ("name", "claim", F.text), ("paper_text", "paper", F.text),
+            ("c", "costsim", F.text), ("d", "difference", F.text), ("kind", "kind", F.text), ("t", "tolerance", F.text),
+            ("s", "status", F.text)]
+    notes, last = [], None
+    for r in rows:
+        same = r["assumptions"] == last and r["assumptions"]
+        notes.append(f"{r['n']}. [{r['source']}] {r['command']}"
+                     + (" | assumes: as above" if same else f" | assumes: {r['assumptions']}" if r["assumptions"] else "")
+                     + (f" | NOTE: {r['note']}" if r["note"] else ""))
+        last = r["assumptions"]
+    ok = sum(r["passes"] for r in recs)
+    notes.append(f"{ok} of {len(recs)} claims within tolerance; exact = arithmetic on the published configs, model = "
+                 "roofline estimate with a band.")
+    emit(rows, cols, title="reproduce: " + "; ".join(papers), notes=notes)

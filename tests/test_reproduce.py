@@ -1,0 +1,141 @@
+"""``costsim reproduce``: every row is a test. The papers' numbers are typed here again from
+the papers (not read from the engine), so a wrong value in either place fails."""
+
+import json
+import shlex
+
+import pytest
+
+from costsim.registry import load_hardware, load_model
+from costsim.simulator.reproduce import PAPERS, claims
+from test_cli import check_user_error, cli
+
+# id -> the paper's printed value (SI units) and where it is printed
+PAPER = {
+    "v2.params_total": (236e9, "arXiv 2405.04434 abstract: 236B total"),
+    "v2.params_active": (21e9, "arXiv 2405.04434 abstract: 21B activated"),
+    "v2.kv_elements": (34_560, "arXiv 2405.04434 Table 1: (d_c + d_h^R) l = (512 + 64) x 60"),
+    "v2.gqa_groups": (2.25, "arXiv 2405.04434 §2.1.4: 'equal to GQA with only 2.25 groups'"),
+    "v2.kv_reduction": (0.933, "arXiv 2405.04434 abstract: 'reduces the KV cache by 93.3%'"),
+    "v2.decode_tokens_per_s": (50_000, "arXiv 2405.04434 §3.2.3: generation throughput exceeding 50K tokens/s"),
+    "v2.throughput_ratio": (5.76, "arXiv 2405.04434 §3.2.3 / Fig. 1b: 5.76 times DeepSeek 67B"),
+    "v2.prefill_tokens_per_s": (100_000, "arXiv 2405.04434 §3.2.3: prompt input throughput exceeding 100K tokens/s"),
+    "v3.params_total": (671e9, "arXiv 2412.19437 abstract: 671B total"),
+    "v3.params_active": (37e9, "arXiv 2412.19437 abstract: 37B activated"),
+    "v3.gpu_hours_per_trillion": (180e3, "arXiv 2412.19437 §1: 180K H800 GPU hours per trillion tokens"),
+    "v3.days_per_trillion": (3.7, "arXiv 2412.19437 §1: 3.7 days on our cluster with 2048 H800 GPUs"),
+    "v3.cost_usd": (5.576e6, "arXiv 2412.19437 Table 1: $5.576M at $2 per GPU hour"),
+    "v3.mfu_implied": (0.3894, "arXiv 2505.09343 Table 4: causal MFU 38.94% (MPFT)"),
+    "isca.kv_v3": (70_272, "arXiv 2505.09343 Table 1: 70.272 KB"),
+    "isca.kv_qwen": (327_680, "arXiv 2505.09343 Table 1: 327.680 KB"),
+    "isca.kv_llama": (516_096, "arXiv 2505.09343 Table 1: 516.096 KB"),
+    "isca.kv_ratio_qwen": (4.66, "arXiv 2505.09343 Table 1: 4.66x"),
+    "isca.kv_ratio_llama": (7.28, "arXiv 2505.09343 Table 1: 7.28x"),
+    "isca.train_gflop_deepseek-v2": (155, "arXiv 2505.09343 Table 2: 155 GFLOPS/token"),
+    "isca.train_gflop_deepseek-v3": (250, "arXiv 2505.09343 Table 2: 250"),
+    "isca.train_gflop_qwen2.5-72b": (394, "arXiv 2505.09343 Table 2: 394"),
+    "isca.train_gflop_llama-3.1-405b": (2448, "arXiv 2505.09343 Table 2: 2448"),
+    "isca.ep_ib_step": (120.96e-6, "arXiv 2505.09343 §2.3.2: 120.96 us"),
+    "isca.ep_ib_tpot": (14.76e-3, "arXiv 2505.09343 §2.3.2: 14.76 ms"),
+    "isca.ep_ib_tokens_per_s": (67, "arXiv 2505.09343 §2.3.2: 67 tokens per second"),
+    "isca.ep_ib_tpot_7168": (14.76e-3, "arXiv 2505.09343 §2.3.2: 14.76 ms"),
+    "isca.ep_nvl72_step": (6.72e-6, "arXiv 2505.09343 §2.3.2: 6.72 us"),
+    "isca.ep_nvl72_tpot": (0.82e-3, "arXiv 2505.09343 §2.3.2: 0.82 ms"),
+    "isca.ep_nvl72_tokens_per_s": (1200, "arXiv 2505.09343 §2.3.2: about 1,200 tokens/s"),
+    "isca.mfu_causal": (0.3894, "arXiv 2505.09343 Table 4: 38.94%"),
+    "isca.tflops_causal": (385e12, "arXiv 2505.09343 Table 4: 385 TFLOPS causal"),
+}
+
+# rows whose paper number is NOT reproduced, and the value costsim gives instead, derived
+# independently (the project's reference notes, published-values.md §5):
+KNOWN = {
+    # 516,096 / 70,272 B from the same Table 1 = 7.344x, not the printed 7.28x (§5.4)
+    "isca.kv_ratio_llama": (516_096 / 70_272, 1e-12),
+    # Qwen2.5-72B derives to ~445 GFLOP/token with the method that reproduces V2 and V3 (§5.5)
+    "isca.train_gflop_qwen2.5-72b": (445, 0.001),
+    # LLaMA-3.1-405B derives to 2,473, within 1% of the printed 2,448 (§5.5)
+    "isca.train_gflop_llama-3.1-405b": (2473, 0.0005),
+}
+
+ROWS = [c for p in PAPERS for c in claims(p, load_model, load_hardware)]
+
+
+def test_every_row_is_listed_here():
+    assert sorted(c.id for c in ROWS) == sorted(PAPER)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[c.id for c in ROWS])
+def test_claim(row):
+    paper, where = PAPER[row.id]
+    assert row.paper_value == paper, where
+    assert row.source and row.command and row.paper_text
+    if row.id in KNOWN:
+        want, rel = KNOWN[row.id]
+        assert row.costsim_value == pytest.approx(want, rel=rel)
+        assert not row.passes and row.note and row.status == "see note"
+        assert abs(row.costsim_value - paper) > row.tolerance
+        return
+    assert not row.note
+    if row.relation == ">=":  # "more than X": at least X less the band
+        assert row.costsim_value >= paper - row.tolerance, where
+    else:
+        assert abs(row.costsim_value - paper) <= row.tolerance * (1 + 1e-12), where
+    assert row.passes
+
+
+def test_exact_rows_are_exact_and_model_rows_carry_a_band():
+    # exact rows: the paper's printed precision, half its last digit (236B: 0.5e9; 93.3%: 0.05 pp;
+    # 14.76 ms: 5 us); "67" tokens/s is 67.75 truncated, so +-1 there
+    want = {"v2.params_total": 0.5e9, "v3.params_active": 0.5e9, "v2.kv_reduction": 0.0005, "v2.gqa_groups": 0.005,
+            "v3.cost_usd": 500, "v3.days_per_trillion": 0.05, "isca.ep_ib_tpot": 0.005e-3,
+            "isca.ep_ib_step": 0.005e-6, "isca.train_gflop_deepseek-v3": 0.5, "isca.ep_ib_tokens_per_s": 1}
+    tol = {r.id: r.tolerance for r in ROWS}
+    for k, v in want.items():
+        assert tol[k] == pytest.approx(v, rel=1e-9), k
+    for r in ROWS:
+        if r.kind == "model":
+            assert r.assumptions and 0 < r.tolerance / r.paper_value <= 0.25, r.id
+    exact_zero = {r.id for r in ROWS if r.kind == "exact" and r.tolerance == 0}
+    assert {"v2.kv_elements", "isca.kv_v3", "isca.kv_qwen", "isca.kv_llama"} <= exact_zero
+
+
+def test_cli_reproduce_all_json_and_table():
+    res = cli("reproduce", "all", "-f", "json")
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert len(d["claims"]) == len(PAPER) and len(d["papers"]) == 3
+    table = cli("reproduce", "deepseek-v2").stdout
+    assert "93.34%" in table and "5.76x" in table and "costsim kv deepseek-v2 --kv-dtype 6" in table
+
+
+def test_cli_reproduce_unknown_paper():
+    check_user_error(cli("reproduce", "gpt-4"), "gpt-4", "deepseek-v2, deepseek-v3, isca25")
+
+
+def _commands():
+    out = set()
+    for r in ROWS:
+        for c in r.command.split(";"):
+            c = c.split("  (")[0].strip()
+            if c.startswith("costsim "):
+                out.add(c)
+    return sorted(out)
+
+
+@pytest.mark.parametrize("cmd", _commands())
+def test_each_rows_command_runs(cmd):
+    res = cli(*shlex.split(cmd)[1:], "-f", "json")
+    assert res.exit_code == 0, res.output
+
+
+def test_commands_give_the_rows_values():
+    by = {r.id: r for r in ROWS}
+    show = json.loads(cli("show", "deepseek-v2", "-f", "json").stdout)
+    assert show["params_total"] == by["v2.params_total"].costsim_value
+    kv = json.loads(cli("kv", "deepseek-v3", "qwen2.5-72b", "llama-3.1-405b", "-f", "json").stdout)
+    assert [k["kv_cache_bytes_per_token"] for k in kv] == [by[i].costsim_value
+                                                          for i in ("isca.kv_v3", "isca.kv_qwen", "isca.kv_llama")]
+    tr = json.loads(cli(*shlex.split(by["v3.gpu_hours_per_trillion"].command)[1:], "-f", "json").stdout)
+    assert tr["mfu"] == by["v3.mfu_implied"].costsim_value
+    mt = json.loads(cli(*shlex.split(by["v2.decode_tokens_per_s"].command)[1:], "-f", "json").stdout)
+    assert mt["tokens_per_s"] == by["v2.decode_tokens_per_s"].costsim_value
