@@ -1,5 +1,6 @@
 """Writing output files atomically: a temp file in the target directory, then a rename, so a
-failure never leaves a half-written file; the result gets the mode open() would give it."""
+failure never leaves a half-written file; the result gets the mode open() would give it. A
+temp file a killed run left behind is removed by the next write to that target."""
 
 from __future__ import annotations
 
@@ -59,11 +60,56 @@ def file_mode(path: Path) -> int:
     return 0o666 & ~umask
 
 
-def atomic_write(path: Path | str, write: Callable[[str], None], what: str = "output") -> None:
-    """Call ``write(tmp_path)`` to produce the file, then move it into place at ``path``."""
-    path = check_target(path, what)
+_TMP_TAG = ".costsim-"  # temp files: .<name>.costsim-<pid>-<random><suffix>
+
+
+def _tmp_prefix(path: Path, pid: int | None = None) -> str:
+    return f".{path.name[:64]}{_TMP_TAG}{os.getpid() if pid is None else pid}-"
+
+
+def _pid_alive(pid: int) -> bool:
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:64]}.", suffix=path.suffix[:16] or ".tmp")
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process (or not a pid): leave its file alone
+    return True
+
+
+def remove_stale_temps(path: Path) -> int:
+    """Delete temp files an earlier write to ``path`` left behind when it was killed (SIGKILL
+    leaves no chance to clean up): ``.<name>.costsim-<pid>-*`` whose process is gone. Returns
+    how many were removed; errors are ignored (another run may be cleaning them too)."""
+    head = f".{path.name[:64]}{_TMP_TAG}"
+    removed = 0
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return 0
+    for entry in entries:
+        name = entry.name
+        if not name.startswith(head):
+            continue
+        pid = name[len(head):].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)) and entry.is_file() and not entry.is_symlink():
+            try:
+                entry.unlink()
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+def atomic_write(path: Path | str, write: Callable[[str], None], what: str = "output") -> None:
+    """Call ``write(tmp_path)`` to produce the file, then move it into place at ``path``.
+
+    The temp file sits beside the target; one left by a run that was killed is removed by
+    the next write to the same target (``remove_stale_temps``)."""
+    path = check_target(path, what)
+    remove_stale_temps(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=path.suffix[:16] or ".tmp")
     except OSError as e:
         raise CostsimError(f"{_short_path(path)}: cannot write the {what} ({e.strerror or e})") from None
     os.close(fd)

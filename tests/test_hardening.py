@@ -159,6 +159,29 @@ def test_sigint_exits_130_without_a_traceback():
     assert p.returncode == 130 and "Traceback" not in err and len(err.splitlines()) <= 1, err
 
 
+def test_sigkill_mid_write_leaves_a_temp_that_the_next_write_removes(tmp_path):
+    """A write killed with SIGKILL cannot clean up: its temp file (.<name>.costsim-<pid>-*)
+    stays beside the target, the target untouched. The next write to the same target removes
+    it, because its process is gone."""
+    target = tmp_path / "out.csv"
+    target.write_text("old\n")
+    code = ("import sys, time\nfrom costsim.files import atomic_write\n"
+            "def slow(tmp):\n    open(tmp, 'w').write('half')\n    print('writing', flush=True)\n    time.sleep(60)\n"
+            "atomic_write(sys.argv[1], slow)\n")
+    p = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.stdout.readline().strip() == "writing"
+    p.kill()
+    p.wait(timeout=20)
+    left = [f.name for f in tmp_path.iterdir() if f.name != "out.csv"]
+    assert len(left) == 1 and left[0].startswith(f".out.csv.costsim-{p.pid}-"), left
+    assert target.read_text() == "old\n"
+    from costsim.files import atomic_write_text
+
+    atomic_write_text(target, "new\n")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["out.csv"] and target.read_text() == "new\n"
+
+
 # ---- bounded fuzz of the exit-code contract ------------------------------------------------
 
 _WORDS = ["llama-3.1-8b", "mixtral-8x7b", "deepseek-v2-lite", "h100", "a100-80g", "0", "1", "-1", "3", "1e20",
