@@ -518,6 +518,43 @@ class Families(_Frozen):
         return self
 
 
+class CollectiveModel(_Frozen):
+    """The intra-node time model of one NCCL collective, as NCCL's own tuner builds it
+    (``src/graph/tuning.cc``: per algorithm and protocol a latency and a bandwidth, the fastest
+    one chosen per message size). Two protocols:
+
+    - ``simple``: full link bandwidth (``efficiency`` of the intra-node peak), higher
+      per-step ``latency``: large messages.
+    - ``ll`` (NCCL's low-latency protocols LL/LL128: 8-byte stores with flags, lower bandwidth),
+      low per-step ``ll_latency`` at ``ll_efficiency``: small messages.
+
+    t(S, n) = min over protocols of fraction(n) S / (B x efficiency) + steps(n) x latency +
+    ``overhead``. Absent fields fall back to the profile-wide ``intra_node`` efficiency,
+    ``intra_node_latency`` and ``comm_overhead`` (one ring protocol: the datasheet model).
+    """
+
+    efficiency: Optional[Fraction] = None
+    latency: Optional[Seconds] = None
+    overhead: Optional[Seconds] = None
+    ll_efficiency: Optional[Fraction] = None
+    ll_latency: Optional[Seconds] = None
+
+    @model_validator(mode="after")
+    def _ll_together(self):
+        if (self.ll_efficiency is None) != (self.ll_latency is None):
+            raise ValueError("ll_efficiency and ll_latency go together")
+        return self
+
+
+class Collectives(_Frozen):
+    """Per-collective intra-node models (``CollectiveModel``), fitted on measured NCCL tables."""
+
+    all_reduce: CollectiveModel = Field(default_factory=CollectiveModel)
+    all_gather: CollectiveModel = Field(default_factory=CollectiveModel)
+    reduce_scatter: CollectiveModel = Field(default_factory=CollectiveModel)
+    all_to_all: CollectiveModel = Field(default_factory=CollectiveModel)
+
+
 class ResidualBand(_Frozen):
     """The spread of measured / predicted time of one kernel family on held-out measurements:
     its 10th and 90th percentiles (a time t is expected within [p10 t, p90 t] for 80% of
@@ -548,6 +585,7 @@ class Efficiency(_Frozen):
     comm_overhead: Seconds = Field(default_factory=lambda: Seconds(
         value=0.0, provenance="assumed", source="default: no per-collective overhead charged (not measured)"))
     families: Families = Field(default_factory=Families)
+    collectives: Collectives = Field(default_factory=Collectives)
 
 
 class HardwareProfile(_Frozen):

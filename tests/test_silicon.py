@@ -41,6 +41,36 @@ def test_collective_seconds_vectorises_and_refuses_unknown():
         collective_seconds(tiny.hw(), "broadcast", 1e6, 2)
 
 
+def _proto_hw():
+    coll = dict(all_reduce=dict(efficiency=0.5, latency=4e-6, ll_efficiency=0.25, ll_latency=1e-7))
+    return tiny.hw(efficiency=dict(compute=0.5, memory=0.5, intra_node=0.5, inter_node=0.25, kernel_overhead=1e-6,
+                                   collectives=coll))
+
+
+def test_the_faster_protocol_is_taken_per_size():
+    """NCCL's tuner picks, per size, the fastest (algorithm, protocol). 2 ranks on tiny's 1e8 B/s
+    link: 100 B by the low-latency protocol (100 / 2.5e7 + 2 x 0.1 us = 4.2 us, against
+    100 / 5e7 + 2 x 4 us = 10 us), 1 MB by the simple one (0.02 s + 8 us)."""
+    h = _proto_hw()
+    assert collective_seconds(h, "all_reduce", [100.0, 1e6], 2) == pytest.approx([4.2e-6, 0.02 + 8e-6], rel=1e-12)
+    # collectives without their own model keep the profile-wide ring formula
+    assert collective_seconds(h, "all_gather", 1e6, 2) == pytest.approx(0.5 * 1e6 / 5e7 + 1e-6, rel=1e-12)
+
+
+def test_serving_tp_allreduce_uses_the_collective_model():
+    from costsim.simulator.deployment import Deployment
+    from costsim.simulator.operators import step_operators
+    from costsim.simulator.parallel import comm_seconds
+    from costsim.simulator.types import StepShape
+
+    spec, h = tiny.gqa(), _proto_hw()
+    dep = Deployment(devices=2, tp=2)
+    op = next(o for o in step_operators(spec, dep, StepShape(1, 1, 16, 1)) if o.name.startswith("comm.tp_allreduce"))
+    buffer = 1 * spec.hidden_size * 2  # one token's hidden state in BF16, per rank
+    assert float(comm_seconds(op, spec, dep, h)) == pytest.approx(collective_seconds(h, "all_reduce", buffer, 2))
+    assert float(comm_seconds(op, spec, dep, h)) == pytest.approx(buffer / 2.5e7 + 2e-7)  # small: low-latency
+
+
 # ---- gemm_fp8 ------------------------------------------------------------------------------
 
 def _fam_hw(**families):

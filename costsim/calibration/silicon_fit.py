@@ -51,9 +51,11 @@ def summary(df: pd.DataFrame, pred) -> list[dict]:
 # Fitting a profile to the tables
 # --------------------------------------------------------------------------------------
 
-# family -> fitted parameters (field, lower, upper; SI units). ``comm`` fits the profile's
-# intra-node link efficiency, per-step latency and per-collective overhead
-# (``parallel.collective_seconds``).
+# family -> fitted parameters (field, lower, upper; SI units). ``comm`` is fitted once per
+# collective (``efficiency.collectives.<collective>``, ``specs.CollectiveModel``): the simple
+# protocol's link efficiency and per-step latency, the per-collective overhead, and the
+# low-latency protocol's efficiency and latency (``parallel.collective_seconds`` takes the
+# faster one per size, as NCCL's tuner does).
 FREE = {
     "gemm": [("compute", 0.05, 1.0), ("memory", 0.05, 1.0), ("overhead", 0.0, 1e-4), ("m_half", 0.0, 2048.0)],
     "gemm_fp8": [("compute", 0.05, 1.0), ("memory", 0.05, 1.0), ("overhead", 0.0, 1e-4), ("m_half", 0.0, 2048.0)],
@@ -70,30 +72,35 @@ FREE = {
                               ("overhead", 0.0, 1e-4)],
     "grouped_gemm": [("compute", 0.005, 1.0), ("memory", 0.02, 1.0), ("per_group_overhead", 0.0, 1e-4),
                      ("overhead", 0.0, 2e-4), ("m_half", 0.0, 2048.0)],
-    "comm": [("intra_node", 0.05, 1.0), ("intra_node_latency", 0.0, 2e-5), ("comm_overhead", 0.0, 5e-5)],
+    "comm": [("efficiency", 0.05, 1.0), ("latency", 0.0, 2e-5), ("overhead", 0.0, 5e-5),
+             ("ll_efficiency", 0.01, 1.0), ("ll_latency", 0.0, 2e-5)],
 }
 FIT_ROWS = 1500  # rows per family the least-squares fit sees (a seeded sample of the train half)
 MAX_NFEV = 100  # function evaluations per least-squares pass
 
 
+COLLECTIVE_KERNELS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
+
+
 def _put(data: dict, fam: str, name: str, value: float, source: str) -> None:
+    """Write one fitted value into a profile dict; ``fam`` is a family or ``comm:<collective>``."""
     q = dict(value=float(value), source=source, provenance="calibrated")
-    if fam == "comm":
-        if name in ("intra_node", "comm_overhead"):
-            data["efficiency"][name] = q
-        else:
-            data[name] = q
+    if fam.startswith("comm:"):
+        data["efficiency"].setdefault("collectives", {}).setdefault(fam[5:], {})[name] = q
     else:
         data["efficiency"]["families"].setdefault(fam, {})[name] = q
 
 
 def _current(hw, fam: str) -> dict:
     from costsim.simulator.efficiency import rates
+    from costsim.simulator.parallel import collective_protocols
     from costsim.simulator.types import Family
 
-    if fam == "comm":
-        return dict(intra_node=hw.efficiency.intra_node.value, intra_node_latency=hw.intra_node_latency.value,
-                    comm_overhead=hw.efficiency.comm_overhead.value)
+    if fam.startswith("comm:"):
+        protos = collective_protocols(hw, fam[5:])
+        e, lat, ov = protos[0]
+        ll_e, ll_lat = protos[1][:2] if len(protos) > 1 else (e / 2, lat / 4)
+        return dict(efficiency=e, latency=lat, overhead=ov, ll_efficiency=ll_e, ll_latency=ll_lat)
     r = rates(hw, Family(fam))
     return dict(compute=r.compute, memory=r.memory, overhead=r.overhead_s, per_group_overhead=r.per_group_overhead_s,
                 per_element=r.per_element_s, per_row=r.per_row_s, m_half=r.m_half)
@@ -114,26 +121,30 @@ def fit(base, df: pd.DataFrame, train: np.ndarray, source: str, name: str, seed:
     data["efficiency"].setdefault("families", {})
     rng = np.random.default_rng(seed)
     report = {}
-    for fam in families:
-        rows = np.flatnonzero(train & (df["family"].to_numpy() == fam))
-        if not len(rows) or fam not in FREE:
+    # fitting units: each family, and each collective of ``comm`` on its own
+    units = [(f"comm:{k}", "comm", df["kernel"].to_numpy() == k) if fam == "comm" else (fam, fam, True)
+             for fam in families for k in (COLLECTIVE_KERNELS if fam == "comm" else (None,))]
+    for fam, free_key, sel in units:
+        rows = np.flatnonzero(train & (df["family"].to_numpy() == free_key) & sel)
+        if not len(rows) or free_key not in FREE:
             continue
         if len(rows) > FIT_ROWS:
             rows = np.sort(rng.choice(rows, FIT_ROWS, replace=False))
         sub = df.iloc[rows].reset_index(drop=True)
         p = plan(sub, base)
         meas = np.log(sub["measured_s"].to_numpy())
-        names = [n for n, _, _ in FREE[fam]]
-        lo = np.array([b for _, b, _ in FREE[fam]])
-        hi = np.array([b for _, _, b in FREE[fam]])
+        names = [n for n, _, _ in FREE[free_key]]
+        lo = np.array([b for _, b, _ in FREE[free_key]])
+        hi = np.array([b for _, _, b in FREE[free_key]])
         cur = _current(HardwareProfile.model_validate(data), fam)
         x0 = np.clip([cur[n] for n in names], lo, hi)
         x0 = np.where(x0 > lo, x0, lo + 1e-2 * (hi - lo))
         scale = hi - lo
 
         def trial(x):
-            d = {**data, "efficiency": {**data["efficiency"], "families": {
-                k: dict(v) for k, v in data["efficiency"]["families"].items()}}}
+            eff = data["efficiency"]
+            d = {**data, "efficiency": {**eff, "families": {k: dict(v) for k, v in eff["families"].items()},
+                                        "collectives": {k: dict(v) for k, v in eff.get("collectives", {}).items()}}}
             for n, v in zip(names, x):
                 _put(d, fam, n, v, source)
             return HardwareProfile.model_validate(d)
@@ -146,7 +157,7 @@ def fit(base, df: pd.DataFrame, train: np.ndarray, source: str, name: str, seed:
             u = least_squares(residuals, u, bounds=(0.0, 1.0), loss=loss, f_scale=0.1, diff_step=1e-3,
                               max_nfev=MAX_NFEV).x
         x = lo + u * scale
-        n_train = int((train & (df["family"].to_numpy() == fam)).sum())
+        n_train = int((train & (df["family"].to_numpy() == free_key) & sel).sum())
         for n, v in zip(names, x):
             _put(data, fam, n, v, f"{source}: fitted on {len(rows)} of {n_train} {fam} rows (train half)")
         pred = np.exp(residuals(u) + meas)

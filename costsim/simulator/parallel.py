@@ -102,9 +102,11 @@ def comm_operators(spec: ModelSpec, dep: Deployment, step: StepShape, groups) ->
     stage = dep.devices // dep.pp
     C = OpGroup.COMM
 
-    def comm(name, layer, count, nbytes, link, hops):
+    def comm(name, layer, count, nbytes, link, hops, collective=None):
+        # ``collective``: (NCCL collective, per-rank buffer bytes) for a calibrated intra-node model
+        shape = dict(collective=collective[0], buffer_bytes=collective[1]) if collective else {}
         return Operator(name=name, kind=OpKind.COMM, group=C, layer=layer, count=count, comm_bytes=nbytes,
-                        link=link, hops=hops, dtype="")
+                        link=link, hops=hops, dtype="", shape=shape)
 
     if dep.tp > 1:
         both = n[LayerType.DENSE] and n[LayerType.MOE]
@@ -112,10 +114,10 @@ def comm_operators(spec: ModelSpec, dep: Deployment, step: StepShape, groups) ->
             if n[layer]:  # two all-reduces per layer: after attention and after the FFN
                 ops.append(comm("comm.tp_allreduce" + (f"[{layer.value}]" if both else ""), layer, 2 * n[layer],
                                 2 * (dep.tp - 1) / dep.tp * T * h * act, Link(LinkKind.GROUP, dep.tp),
-                                2 * (dep.tp - 1)))
+                                2 * (dep.tp - 1), ("all_reduce", T * h * act)))
     if dep.tp > 1:  # vocab-parallel embedding: each rank looks up its vocabulary shard, then all-reduce
         ops.append(comm("comm.tp_allreduce[embedding]", LayerType.ONCE, 1, 2 * (dep.tp - 1) / dep.tp * T * h * act,
-                        Link(LinkKind.GROUP, dep.tp), 2 * (dep.tp - 1)))
+                        Link(LinkKind.GROUP, dep.tp), 2 * (dep.tp - 1), ("all_reduce", T * h * act)))
     if dep.ep > 1 and n_moe:
         # a token is dispatched once: the tp ranks of an attention group hold the same T tokens
         # and each sends its 1/tp share (then gathers the combined outputs back in the TP
@@ -139,7 +141,8 @@ def comm_seconds(op: Operator, spec: ModelSpec, dep: Deployment, hw: HardwarePro
     """Seconds for a comm operator on ``hw`` (per occurrence), including latency terms.
 
     The link is chosen at timing time from the hardware's ``devices_per_node``
-    (``Link.crosses_nodes``). An all-to-all sends each token once per remote rank holding its
+    (``Link.crosses_nodes``). A TP all-reduce inside a node is timed by ``collective_seconds``
+    (the fastest protocol of a calibrated profile; the ring formula otherwise). An all-to-all sends each token once per remote rank holding its
     experts inside a node, or once per remote node across nodes (``ep_destinations``).
     Raises CostsimError when the profile lacks the link's bandwidth.
     """
@@ -151,6 +154,8 @@ def comm_seconds(op: Operator, spec: ModelSpec, dep: Deployment, hw: HardwarePro
     rate = bw.value * (hw.efficiency.inter_node.value if inter else hw.efficiency.intra_node.value)
     lat = hw.inter_node_latency.value if inter else hw.intra_node_latency.value
     base = hw.efficiency.comm_overhead.value  # per collective, 0 unless calibrated
+    if op.shape.get("collective") and not inter:  # a TP all-reduce: the collective's protocol model
+        return np.asarray(collective_seconds(hw, op.shape["collective"], op.shape["buffer_bytes"], op.link.span))
     if op.link.kind is LinkKind.ALL_TO_ALL:
         ranks, nodes = ep_destinations(spec, dep, dpn)
         # comm_bytes = tokens * h * bytes (* imbalance): one copy per destination
@@ -172,7 +177,9 @@ def collective_seconds(hw: HardwareProfile, collective: str, size_bytes, ranks):
     devices (arrays broadcast), on the intra-node link when ``ranks`` fits in a node, else
     the NIC: fraction(n) x size / (bandwidth x efficiency) + steps(n) x latency (``COLLECTIVES``;
     ring algorithms, Patarasuk & Yuan 2009; one-shot all-to-all) + ``efficiency.comm_overhead``
-    (once per collective). 0 for one rank.
+    (once per collective). Inside a node the fastest of the collective's protocols is taken,
+    as NCCL's tuner does (``collective_protocols``: simple and, when calibrated, low-latency).
+    0 for one rank.
 
     Raises CostsimError for an unknown collective or a missing link bandwidth."""
     if collective not in COLLECTIVES:
@@ -188,8 +195,27 @@ def collective_seconds(hw: HardwareProfile, collective: str, size_bytes, ranks):
         bw = hw.inter_node_bandwidth if cross else hw.intra_node_bandwidth
         if bw is None:
             raise CostsimError(f"hardware {hw.name} has no {'inter' if cross else 'intra'}_node_bandwidth for {collective}")
-        rate = bw.value * (hw.efficiency.inter_node.value if cross else hw.efficiency.intra_node.value)
-        lat = hw.inter_node_latency.value if cross else hw.intra_node_latency.value
-        t = frac(n) * np.asarray(size_bytes, dtype=float) / rate + steps(n) * lat + hw.efficiency.comm_overhead.value
+        size = np.asarray(size_bytes, dtype=float)
+        if cross:
+            rate = bw.value * hw.efficiency.inter_node.value
+            t = frac(n) * size / rate + steps(n) * hw.inter_node_latency.value + hw.efficiency.comm_overhead.value
+        else:
+            t = np.min([frac(n) * size / (bw.value * e) + steps(n) * lat + ov
+                        for e, lat, ov in collective_protocols(hw, collective)], axis=0)
         out = np.where(mask, t, out)
     return out if out.ndim else float(out)
+
+
+def collective_protocols(hw: HardwareProfile, collective: str) -> list[tuple[float, float, float]]:
+    """(bandwidth efficiency, per-step latency, per-collective overhead) of each intra-node
+    protocol of ``collective`` on ``hw`` (``efficiency.collectives``, ``CollectiveModel``):
+    the simple protocol, plus the low-latency one where the profile has it. Absent fields take
+    the profile-wide ``intra_node``, ``intra_node_latency`` and ``comm_overhead``."""
+    m = getattr(hw.efficiency.collectives, collective)
+    e = (m.efficiency or hw.efficiency.intra_node).value
+    lat = (m.latency or hw.intra_node_latency).value
+    ov = (m.overhead or hw.efficiency.comm_overhead).value
+    out = [(e, lat, ov)]
+    if m.ll_efficiency is not None:
+        out.append((m.ll_efficiency.value, m.ll_latency.value, ov))
+    return out
