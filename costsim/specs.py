@@ -525,8 +525,9 @@ class CollectiveModel(_Frozen):
 
     - ``simple``: full link bandwidth (``efficiency`` of the intra-node peak), higher
       per-step ``latency``: large messages.
-    - ``ll`` (NCCL's low-latency protocols LL/LL128: 8-byte stores with flags, lower bandwidth),
-      low per-step ``ll_latency`` at ``ll_efficiency``: small messages.
+    - ``ll`` (NCCL's low-latency protocol LL: 8-byte stores of 4 data bytes and a 4-byte
+      flag, so half the bandwidth), low per-step ``ll_latency`` at ``ll_efficiency`` (default:
+      half of ``efficiency``): small messages. Present when ``ll_latency`` is given.
 
     t(S, n) = min over protocols of fraction(n) S / (B x efficiency) + steps(n) x latency +
     ``overhead``. Absent fields fall back to the profile-wide ``intra_node`` efficiency,
@@ -540,9 +541,9 @@ class CollectiveModel(_Frozen):
     ll_latency: Optional[Seconds] = None
 
     @model_validator(mode="after")
-    def _ll_together(self):
-        if (self.ll_efficiency is None) != (self.ll_latency is None):
-            raise ValueError("ll_efficiency and ll_latency go together")
+    def _ll_needs_latency(self):
+        if self.ll_efficiency is not None and self.ll_latency is None:
+            raise ValueError("ll_efficiency needs ll_latency (the low-latency protocol's per-step latency)")
         return self
 
 

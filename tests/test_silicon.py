@@ -42,7 +42,7 @@ def test_collective_seconds_vectorises_and_refuses_unknown():
 
 
 def _proto_hw():
-    coll = dict(all_reduce=dict(efficiency=0.5, latency=4e-6, ll_efficiency=0.25, ll_latency=1e-7))
+    coll = dict(all_reduce=dict(efficiency=0.5, latency=4e-6, ll_latency=1e-7))  # LL at half: 0.25
     return tiny.hw(efficiency=dict(compute=0.5, memory=0.5, intra_node=0.5, inter_node=0.25, kernel_overhead=1e-6,
                                    collectives=coll))
 

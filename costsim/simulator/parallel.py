@@ -209,13 +209,14 @@ def collective_seconds(hw: HardwareProfile, collective: str, size_bytes, ranks):
 def collective_protocols(hw: HardwareProfile, collective: str) -> list[tuple[float, float, float]]:
     """(bandwidth efficiency, per-step latency, per-collective overhead) of each intra-node
     protocol of ``collective`` on ``hw`` (``efficiency.collectives``, ``CollectiveModel``):
-    the simple protocol, plus the low-latency one where the profile has it. Absent fields take
+    the simple protocol, plus the low-latency one where the profile gives its ``ll_latency``
+    (at half the simple efficiency unless ``ll_efficiency`` says otherwise). Absent fields take
     the profile-wide ``intra_node``, ``intra_node_latency`` and ``comm_overhead``."""
     m = getattr(hw.efficiency.collectives, collective)
     e = (m.efficiency or hw.efficiency.intra_node).value
     lat = (m.latency or hw.intra_node_latency).value
     ov = (m.overhead or hw.efficiency.comm_overhead).value
     out = [(e, lat, ov)]
-    if m.ll_efficiency is not None:
-        out.append((m.ll_efficiency.value, m.ll_latency.value, ov))
+    if m.ll_latency is not None:  # LL: half the payload per store unless calibrated otherwise
+        out.append((m.ll_efficiency.value if m.ll_efficiency else e / 2, m.ll_latency.value, ov))
     return out
