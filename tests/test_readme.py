@@ -44,6 +44,8 @@ def _run(cmdline: str) -> str:
     "costsim whatif deepseek-v2 --hardware h800 --weight-dtype fp8 --batch 64 --set attention.kv_lora_rank=256",
     "costsim whatif llama-3.1-70b --hardware h800 --batch 64 --convert mha-to-mla:d_c=512,d_h_r=64",
     "costsim reproduce deepseek-v2",
+    "costsim sweep --models deepseek-v3,llama-3.1-70b --hardware h800,h200 --batch 1,64 --context 4k,32k --devices 8 "
+    "--weight-dtype fp8",
 ])
 def test_readme_example_output_is_current(command):
     out = _run(command)

@@ -404,3 +404,30 @@ def reproduce(recs: list[dict], papers: list[str], fmt: str) -> None:
     notes.append(f"{ok} of {len(recs)} claims within tolerance; exact = arithmetic on the published configs, model = "
                  "roofline estimate with a band.")
     emit(rows, cols, title="reproduce: " + "; ".join(papers), notes=notes)
+SWEEP_TABLE_ROWS = 200  # rows a sweep prints without -o; the rest go to a file
+
+
+def sweep(recs: list[dict], fmt: str = "table") -> None:
+    """A sweep's rows (``costsim.sweeps``) as a compact table: layout, point, the headline
+    metrics and the reason of an infeasible point; NaN (infeasible) shows as '-'."""
+    import math
+
+    def clean(r):
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+
+    def v(x):  # an invalid layout's unset degree is <NA>
+        return "-" if x is None or x != x or str(x) == "<NA>" else x
+
+    shown = [clean(dict(r, name=r["model"], layout=f"{v(r['devices'])} tp{v(r['tp'])} ep{v(r['ep'])} pp{v(r['pp'])}",
+                        formats=f"{r['weight_dtype']}/{r['kv_dtype']}",
+                        reason=r["reason"] or "ok")) for r in recs[:SWEEP_TABLE_ROWS]]
+    cols = [("name", "model", F.text), ("hardware", "hw", F.text), ("layout", "layout", F.text),
+            ("formats", "W/KV", F.text), ("batch", "batch", F.integer), ("input_tokens", "in [tok]", F.integer),
+            ("output_tokens", "out [tok]", F.integer), ("ttft_s", "TTFT [ms]", F.ms), ("tpot_s", "TPOT [ms]", F.ms),
+            ("tokens_per_s", "tok/s", F.num), ("tokens_per_s_per_device", "tok/s/dev", F.num),
+            ("memory_per_device_bytes", "GB/dev", F.scaled(1e9)), ("reason", "reason", F.text)]
+    notes = [f"{len(recs) - SWEEP_TABLE_ROWS:,} more rows: write them all with -o FILE.csv|.parquet"] \
+        if len(recs) > SWEEP_TABLE_ROWS else []
+    emit(shown, cols, fmt, title=f"Sweep: {len(recs):,} points ({sum(bool(r['feasible']) for r in recs):,} feasible); "
+                                 "TPOT = mean over the n - 1 decode steps; tok/s = decode tokens/s (batch / TPOT); GB = 1e9 B",
+         notes=notes)
