@@ -22,6 +22,10 @@ Supported ``model_type`` values (the families whose HF modelling code we mirror)
   the projections (``qk_norm_scope: projection``); its MTP modules are not built (as transformers).
 * ``phimoe`` (Phi-3.5-MoE): LayerNorm with bias, ``attention_bias``, a window on every layer.
 * ``granitemoe``, ``granitemoeshared``: MoE (+ one shared MLP of ``shared_intermediate_size``).
+* ``dbrx`` (DBRX): ``d_model``, ``n_heads``, ``n_layers``, ``max_seq_len``; GQA of
+  ``attn_config.kv_n_heads`` (fused Wqkv, no biases); every layer MoE of
+  ``ffn_config.moe_num_experts`` GLU experts of ``ffn_hidden_size``, top ``moe_top_k``;
+  LayerNorm without bias (``modeling_dbrx.py``); untied embeddings (DbrxConfig refuses tied).
 * ``glm4_moe`` (GLM-4.5): DeepSeek-V3's MoE layout with GQA attention, q/k/v bias, optional
   per-head q/k norm (``use_qk_norm``), ``num_nextn_predict_layers`` (MTP).
 * ``llama4_text`` / ``llama4`` (text_config): MoE on ``moe_layers`` (or every
@@ -71,6 +75,7 @@ SUPPORTED_MODEL_TYPES = (
     "deepseek_v2",
     "deepseek_v3",
     "deepseek_v32",
+    "dbrx",
     "gemma2",
     "gemma3",
     "gemma3_text",
@@ -245,6 +250,7 @@ _ARCH_TO_MODEL_TYPE = {
     "Qwen3_5ForConditionalGeneration": "qwen3_5",
     "Qwen3_5MoeForConditionalGeneration": "qwen3_5_moe",
     "PhimoeForCausalLM": "phimoe",
+    "DbrxForCausalLM": "dbrx",
 }
 
 
@@ -283,6 +289,8 @@ def spec_from_hf_config(cfg: dict, where: str, name: str | None = None) -> Model
     mt = _model_type(cfg, where)
     if mt in _TEXT_CONFIG:
         cfg, mt = _text_config(cfg, where, mt), _TEXT_CONFIG[mt]
+    if mt == "dbrx":
+        cfg = _dbrx_flat(cfg, where)
     c = _Cfg(cfg, where, mt)
 
     hidden = c.get_int("hidden_size")
@@ -300,7 +308,8 @@ def spec_from_hf_config(cfg: dict, where: str, name: str | None = None) -> Model
         "hidden_size": hidden,
         "num_hidden_layers": layers,
         # Phi-3.5-MoE: nn.LayerNorm with bias; Gemma-2/3: pre/post norms around attention and FFN
-        "norm": "layernorm" if mt == "phimoe" else "rmsnorm",
+        # DBRX: nn.LayerNorm(bias=False), a weight only
+        "norm": "layernorm" if mt == "phimoe" else "layernorm_nobias" if mt == "dbrx" else "rmsnorm",
         "sandwich_norm": mt in _GEMMA,
         "tie_word_embeddings": c.get_bool("tie_word_embeddings", mt in _GEMMA),  # Gemma*Config: True
         "num_nextn_predict_layers": (c.get_int("num_nextn_predict_layers", 0)
@@ -334,6 +343,44 @@ def _text_config(cfg: dict, where: str, mt: str) -> dict:
             out[key] = cfg[key]
     warnings.warn(CostsimWarning(f"{where}: model_type {mt}: only the language model (text_config) is "
                                  "modelled; the vision encoder and projector are not counted"), stacklevel=3)
+    return out
+
+
+# DbrxConfig key -> the key the common path reads; nested under attn_config / ffn_config
+_DBRX_TOP = {"d_model": "hidden_size", "n_heads": "num_attention_heads", "n_layers": "num_hidden_layers",
+             "max_seq_len": "max_position_embeddings", "vocab_size": "vocab_size"}
+_DBRX_SUB = {("attn_config", "kv_n_heads"): "num_key_value_heads",
+             ("ffn_config", "moe_num_experts"): "num_local_experts", ("ffn_config", "moe_top_k"): "num_experts_per_tok",
+             ("ffn_config", "ffn_hidden_size"): "intermediate_size"}
+
+
+def _dbrx_flat(cfg: dict, where: str) -> dict:
+    """A DBRX config (``d_model``, ``attn_config``, ``ffn_config``: transformers DbrxConfig) as
+    the flat keys of the common path. Every size DbrxConfig would default (``d_model`` 2048,
+    ``kv_n_heads`` 1, ``moe_num_experts`` 4, ...) is refused when absent or null, naming the
+    DBRX key; ``max_seq_len`` is optional. ``tie_word_embeddings`` true is refused (DbrxConfig
+    refuses it)."""
+    def fail(msg):
+        return CostsimError(f"{where}: {msg} (model_type dbrx)")
+
+    out = {k: v for k, v in cfg.items() if k not in _DBRX_TOP and k not in ("attn_config", "ffn_config")}
+    out["model_type"] = "dbrx"
+    for key, flat in _DBRX_TOP.items():
+        if cfg.get(key) is not None:
+            out[flat] = cfg[key]
+        elif key != "max_seq_len":
+            raise fail(f"required key '{key}' is {'null' if key in cfg else 'missing'}")
+    for (sub, key), flat in _DBRX_SUB.items():
+        block = cfg.get(sub)
+        if block is not None and not isinstance(block, dict):
+            raise fail(f"key '{sub}' must be a mapping, got {_short(block)}")
+        v = (block or {}).get(key)
+        if v is None:
+            raise fail(f"required key '{key}' in {sub} is {'null' if key in (block or {}) else 'missing'}")
+        out[flat] = v
+    if cfg.get("tie_word_embeddings") is True:
+        raise fail("tie_word_embeddings true is not supported by DBRX (DbrxConfig refuses it)")
+    out["tie_word_embeddings"] = False
     return out
 
 
@@ -459,7 +506,7 @@ def _attention(c: _Cfg, hidden: int, heads: int) -> dict:
         qkv_bias, o_bias = True, False  # hard-coded in modeling_qwen2.py
     elif mt == "qwen2_moe":
         qkv_bias, o_bias = c.get_bool("qkv_bias", True), False  # Qwen2MoeConfig.qkv_bias (default True)
-    elif mt in ("mistral", "mixtral", "minimax_m2"):
+    elif mt in ("mistral", "mixtral", "minimax_m2", "dbrx"):
         qkv_bias = o_bias = False  # no bias option in the HF modules
     elif mt == "glm4_moe":
         qkv_bias, o_bias = c.get_bool("attention_bias", False), False  # o_proj: bias=False
@@ -495,7 +542,7 @@ def _ffn(c: _Cfg, layers: int) -> dict:
         return _dense(c)
     if mt in ("qwen3_next", "qwen3_5_moe_text"):
         return _qwen_moe_ffn(c, layers)
-    if mt in ("olmoe", "minimax_m2", "phimoe") or mt in _GRANITE:
+    if mt in ("olmoe", "minimax_m2", "phimoe", "dbrx") or mt in _GRANITE:
         return _simple_moe_ffn(c)
     if mt == "glm4_moe":
         return _glm4_moe_ffn(c, layers)
@@ -535,7 +582,7 @@ def _ffn(c: _Cfg, layers: int) -> dict:
 _SIMPLE_MOE = {  # model_type: (experts key, experts, top-k, expert width)
     "olmoe": ("num_experts", 64, 8, 2048), "minimax_m2": ("num_local_experts", 256, 8, 1536),
     "phimoe": ("num_local_experts", 16, 2, 6400), "granitemoe": ("num_local_experts", 8, 2, 11008),
-    "granitemoeshared": ("num_local_experts", 8, 2, 11008),
+    "granitemoeshared": ("num_local_experts", 8, 2, 11008), "dbrx": ("num_local_experts", 4, 1, 3584),
 }
 
 
@@ -719,7 +766,7 @@ def _sliding_window(c: _Cfg, layers: int) -> dict | None:
         return _layer_type_window(c, layers)
     if mt == "phimoe":  # PhimoeConfig.sliding_window: None by default, else every layer
         return {"window": c.get_int("sliding_window"), "layers": list(range(layers))} if c.has("sliding_window") else None
-    if mt in ("glm4_moe", "olmoe", "minimax_m2") or mt in _GRANITE or mt in _HYBRID:
+    if mt in ("glm4_moe", "olmoe", "minimax_m2", "dbrx") or mt in _GRANITE or mt in _HYBRID:
         return None  # no sliding window in these HF modules
     types = cfg.get("layer_types")
     if types is None and mt == "gpt_oss":

@@ -235,7 +235,8 @@ class ModelSpec(_Strict):
     num_hidden_layers: Annotated[int, Field(gt=0, le=100_000)]  # bounded: layer loops stay O(layers)
     attention: Attention
     ffn: FFN
-    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    # layernorm: weight and bias (2 x hidden); layernorm_nobias (DBRX) and rmsnorm: a weight
+    norm: Literal["rmsnorm", "layernorm", "layernorm_nobias"] = "rmsnorm"
     # Gemma-2/3 "sandwich" norms: besides the input and post-attention norms, each layer has a
     # pre- and a post-feedforward norm (4 per layer instead of 2; HF Gemma2DecoderLayer)
     sandwich_norm: bool = False

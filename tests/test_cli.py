@@ -306,8 +306,9 @@ COMPARE_KEYS = ["params_total", "params_active", "kv_cache_elements_per_token", 
 
 
 def test_compare_json():
-    d = js("compare", "deepseek-v2", "deepseek-llm-67b", "--hardware", "h800")
+    d = js("compare", "deepseek-v2", "deepseek-llm-67b", "--hardware", "h800", "--batch", "32")
     assert d["hardware"] == "h800" and d["devices"] == 8 and d["context"] == 4096 and d["batch"] == 32
+    assert js("compare", "deepseek-v2", "--hardware", "h800")["batch"] == 1  # the default of every command
     ms = d["models"]
     assert [m["name"] for m in ms] == ["deepseek-v2", "deepseek-llm-67b"]
     for m in ms:
@@ -364,8 +365,9 @@ def test_set_is_repeatable():
 
 
 def test_hw_set_memory_bandwidth_speeds_up_decode_in_compare():
-    base = js("compare", "deepseek-v2-lite", "llama-3.1-8b", "-H", "h800")["models"]
-    fast = js("compare", "deepseek-v2-lite", "llama-3.1-8b", "-H", "h800", "--hw-set", "memory_bandwidth=8TB/s")["models"]
+    base = js("compare", "deepseek-v2-lite", "llama-3.1-8b", "-H", "h800", "--batch", "32")["models"]
+    fast = js("compare", "deepseek-v2-lite", "llama-3.1-8b", "-H", "h800", "--batch", "32",
+              "--hw-set", "memory_bandwidth=8TB/s")["models"]
     for b, f in zip(base, fast):
         assert f["decode_tokens_per_s"] > 1.1 * b["decode_tokens_per_s"], b["name"]
         assert f["tpot_s"] < b["tpot_s"]

@@ -118,7 +118,7 @@ def test_bare_number_on_a_unit_field_asks_for_the_unit():
 
 def test_write_errors_name_the_path(tmp_path):
     cfg = ROOT / "tests" / "fixtures" / "hf" / "llama-3.1-8b.json"
-    _bad(["import-hf", cfg, "-o", "/proc/version"], "/proc/version", "cannot write")
+    _bad(["import-hf", cfg, "-o", "/proc/version", "--force"], "/proc/version", "cannot write")
     _bad(["import-hf", cfg, "-o", tmp_path / ("x" * 300 + ".yaml")], "cannot write", "too long")
     assert list(tmp_path.iterdir()) == []
 
@@ -238,3 +238,74 @@ def test_mfu_and_mbu_never_exceed_one(model, hw, batch, inp, out, devices):
         return  # does not fit / not placeable: refused, not a number
     assert 0 < rec.prefill_mfu <= 1
     assert rec.decode_mbu is None or 0 < rec.decode_mbu <= 1
+
+
+# ---- -o never replaces an existing file without --force; help and defaults agree ----------------
+
+_HF_CFG = Path(__file__).parent / "fixtures" / "hf" / "llama-3.1-8b.json"
+_WRITERS = [
+    ["import-hf", str(_HF_CFG)],
+    ["plot", "kv", "deepseek-v2"],
+    ["sweep", "--models", "llama-3.1-8b", "--hardware", "h100", "--batch", "1", "--context", "1k", "--devices", "1"],
+]
+
+
+@pytest.mark.parametrize("args,name", zip(_WRITERS, ["spec.yaml", "kv.png", "rows.csv"]), ids=["import-hf", "plot", "sweep"])
+def test_existing_output_needs_force(tmp_path, args, name):
+    out = tmp_path / name
+    out.write_text("keep me")
+    _bad(args + ["-o", out], str(out), "exists; give --force")
+    assert out.read_text() == "keep me" and [p.name for p in tmp_path.iterdir()] == [name]
+    r = runner.invoke(app, args + ["-o", str(out), "--force"])
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes() != b"keep me" and [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def _options():
+    import typer
+    from typer.core import TyperOption
+
+    out = []
+
+    def walk(c, path):
+        if hasattr(c, "commands"):
+            for n, sub in c.commands.items():
+                walk(sub, path + [n])
+            return
+        out.extend((" ".join(path), p) for p in c.params)
+
+    walk(typer.main.get_command(app), [])
+    return out, TyperOption
+
+
+def test_every_option_and_argument_has_help():
+    params, _ = _options()
+    assert len(params) > 150
+    missing = [(cmd, p.name) for cmd, p in params if not getattr(p, "help", None)]
+    assert missing == []
+
+
+def test_shared_options_have_one_default_and_files_are_o_out():
+    # one meaning, one default: --context 4096, --output 1024 generated tokens, --kv-dtype bf16,
+    # --batch 1 (a sweep's list starts at 1); a file to write is always -o/--out (never --output)
+    params, TyperOption = _options()
+    seen = {}
+    differs = {"--tokens", "--tp", "--ep", "--weight-dtype", "--batch"}  # kernel commands: a shape, not a layout
+    for cmd, p in params:
+        if not isinstance(p, TyperOption):
+            continue
+        long = max(p.opts, key=len)
+        if "-o" in p.opts:
+            assert long == "--out", (cmd, p.opts)
+        if long == "--output":
+            assert p.default in ("1024",), (cmd, p.default)
+        if long not in differs or not cmd.startswith("kernel"):
+            if long == "--batch" and cmd == "sweep":
+                assert str(p.default).split(",")[0] == "1"
+                continue
+            if long == "--tp" and cmd == "kv":
+                continue  # kv --tp 1: the cache of one rank of an unsplit layout
+            seen.setdefault(long, set()).add(str(p.default))
+    for opt in ("--context", "--kv-dtype", "--batch", "--output", "--weight-dtype", "--tp", "--ep"):
+        assert len(seen[opt]) == 1, (opt, seen[opt])
+    assert seen["--context"] == {"4096"} and seen["--batch"] == {"1"} and seen["--kv-dtype"] == {"bf16"}

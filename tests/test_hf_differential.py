@@ -146,10 +146,22 @@ def _config(mt: str, rng) -> dict:
             n = int(rng.integers(2, 9))
             c.update(num_experts=n, num_experts_per_tok=int(rng.integers(1, n + 1)),
                      moe_intermediate_size=int(rng.integers(2, 24)), shared_expert_intermediate_size=_pick(rng, 0, 8))
+    elif mt == "dbrx":  # DbrxConfig: its own key names, attention and FFN keys nested
+        n = int(rng.integers(2, 9))
+        c = {"model_type": "dbrx", "vocab_size": c["vocab_size"], "d_model": h, "n_heads": heads,
+             "n_layers": c["num_hidden_layers"], "max_seq_len": 256,
+             "attn_config": {"kv_n_heads": c["num_key_value_heads"], "clip_qkv": _pick(rng, None, 8.0),
+                             "rope_theta": 500000.0},
+             "ffn_config": {"ffn_hidden_size": int(rng.integers(4, 48)), "moe_num_experts": n,
+                            "moe_top_k": int(rng.integers(1, n + 1))}}
+        for sub in ("attn_config", "ffn_config"):  # drop a nested size now and then
+            if rng.random() < 0.2:
+                del c[sub][_pick(rng, *sorted(k for k in c[sub] if k not in ("clip_qkv", "rope_theta")))]
     # drop or null optional keys (the required core stays)
-    core = {"model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"}
+    core = {"model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "d_model", "n_heads",
+            "n_layers", "attn_config", "ffn_config"}
     optional = sorted(k for k in c if k not in core)
-    for k in rng.choice(optional, size=int(rng.integers(0, 3)), replace=False):
+    for k in rng.choice(optional, size=min(int(rng.integers(0, 3)), len(optional)), replace=False):
         if rng.random() < 0.7:
             del c[k]
         else:
@@ -171,6 +183,11 @@ def _transformers_counts(cfg: dict):
     n += sum(b.numel() for name, b in model.named_buffers() if name in state)  # checkpoint buffers
     kv, sliding = 0, []
     linear = []
+    if cfg["model_type"] == "dbrx":  # DbrxForCausalLM: transformer.blocks[i].norm_attn_norm.attn.Wqkv
+        for block in model.transformer.blocks:
+            a = block.norm_attn_norm.attn
+            kv += a.Wqkv.out_features - a.hidden_size  # q is hidden_size wide, then k and v
+        return n, kv, [], []
     for i, layer in enumerate(model.model.layers):
         if hasattr(layer, "linear_attn"):  # Qwen3-Next / Qwen3.5 Gated DeltaNet: no KV cache
             linear.append(i)
@@ -198,7 +215,7 @@ def _transformers_counts(cfg: dict):
 
 FAMILIES = ["llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "gpt_oss", "deepseek_v2",
             "deepseek_v3", "deepseek_v32", "olmoe", "minimax_m2", "phimoe", "granitemoe", "granitemoeshared", "glm4_moe",
-            "llama4_text", "gemma2", "gemma3_text", "qwen3_next", "qwen3_5_moe_text", "qwen3_5_text"]
+            "llama4_text", "gemma2", "gemma3_text", "qwen3_next", "qwen3_5_moe_text", "qwen3_5_text", "dbrx"]
 
 
 @pytest.mark.parametrize("mt", FAMILIES)

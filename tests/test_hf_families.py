@@ -202,3 +202,37 @@ def test_deltanet_decode_reads_and_writes_the_state_not_the_context():
     a, b = core(1000), core(100_000)
     assert float(a.flops) == float(b.flops) == 2 * 64 * 3 * 128 * 128
     assert float(a.bytes_written) == float(b.bytes_written) == 64 * 128 * 128 * 4 + 64 * 128 * 2
+
+
+def test_dbrx_base_by_hand_and_against_the_model_card():
+    # databricks/dbrx-base config.json; model card (databricks/dbrx MODEL_CARD_dbrx_base.md):
+    # 132B total, 36B active, 16 experts top-4, GQA, 32K context
+    s = _load("dbrx-base")
+    p = param_counts(s)
+    h, L, V = 6144, 40, 100_352
+    attn = h * (h + 2 * 8 * 128) + h * h  # fused Wqkv (48 q heads + 8 k + 8 v heads of 128), out_proj, no bias
+    experts = 16 * 3 * 10_752 * h  # GLU w1, v1, w2 per expert
+    router = h * 16
+    norms = 2 * h  # norm_1, norm_2: LayerNorm(bias=False), a weight only
+    total = 2 * V * h + L * (attn + experts + router + norms) + h  # untied wte + lm_head, norm_f
+    assert p.total == total == 131_596_523_520
+    assert round(p.total / 1e9) == 132 and round(p.active / 1e9) == 36
+    assert s.norm == "layernorm_nobias" and s.ffn.n_routed_experts == 16 and s.ffn.num_experts_per_tok == 4
+    assert kv_elements_per_token(s) == L * 2 * 8 * 128 and s.max_position_embeddings == 32_768
+
+
+@pytest.mark.parametrize("drop,needle", [
+    (("attn_config", "kv_n_heads"), "'kv_n_heads' in attn_config is missing"),
+    (("ffn_config", "moe_num_experts"), "'moe_num_experts' in ffn_config is missing"),
+    ((None, "d_model"), "'d_model' is missing"),
+])
+def test_dbrx_refuses_absent_sizes_naming_the_dbrx_key(drop, needle):
+    cfg = json.loads((FIX / "dbrx-base.json").read_text())
+    sub, key = drop
+    del (cfg[sub] if sub else cfg)[key]
+    with pytest.raises(CostsimError, match=needle):
+        spec_from_hf_config(cfg, "dbrx.json")
+    cfg = json.loads((FIX / "dbrx-base.json").read_text())
+    cfg["tie_word_embeddings"] = True
+    with pytest.raises(CostsimError, match="tie_word_embeddings"):
+        spec_from_hf_config(cfg, "dbrx.json")

@@ -219,7 +219,9 @@ def test_cli_writes_csv_and_parquet_atomically(tmp_path):
     for name in ("r.csv", "r.parquet"):
         path = tmp_path / name
         path.write_text("old")
-        res = runner.invoke(app, ARGS + ["-o", str(path)], env=ENV)
+        refused = runner.invoke(app, ARGS + ["-o", str(path)], env=ENV)
+        assert refused.exit_code == 2 and "exists; give --force" in refused.stderr and path.read_text() == "old"
+        res = runner.invoke(app, ARGS + ["-o", str(path), "--force"], env=ENV)
         assert res.exit_code == 0, res.stderr
         df = pd.read_csv(path) if name.endswith(".csv") else pd.read_parquet(path)
         # 2 models x 2 hardware x 2 device counts x 2 batches x 2 contexts = 32 rows
@@ -237,7 +239,7 @@ def test_cli_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", broken)
-    res = runner.invoke(app, ARGS + ["-o", str(path)], env=ENV)
+    res = runner.invoke(app, ARGS + ["-o", str(path), "--force"], env=ENV)
     assert res.exit_code == 2 and "No space left on device" in res.stderr
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["r.csv"]
 

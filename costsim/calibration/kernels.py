@@ -73,7 +73,7 @@ class RMSNorm(nn.Module):
 
 def make_norm(spec: S.ModelSpec, dim: int) -> nn.Module:
     """The model's block norm: RMSNorm (dim weights) or LayerNorm (weight + bias)."""
-    return RMSNorm(dim) if spec.norm == "rmsnorm" else nn.LayerNorm(dim)
+    return RMSNorm(dim) if spec.norm == "rmsnorm" else nn.LayerNorm(dim, bias=spec.norm == "layernorm")
 
 
 def _key_blocks(s: int, L: int, causal: Causal, window: int | None, device) -> list[tuple[slice, int, int, torch.Tensor | None]]:

@@ -65,9 +65,9 @@ def _write_csv(records: list[dict], path: Path) -> None:
 
 @app.command("calibrate")
 def calibrate_cmd(device: str = Device,
-                  output: Path = typer.Option(..., "--output", "-o", help="Profile YAML to write."),
+                  output: Path = typer.Option(..., "--out", "-o", help="Profile YAML to write."),
                   quick: bool = typer.Option(False, "--quick", help="A smaller train split (about a minute)."),
-                  force: bool = typer.Option(False, "--force", help="Replace an existing file."),
+                  force: O.Force = False,
                   base: Optional[str] = typer.Option(None, "--base", help="Profile to start from (default: the "
                                                                          "shipped one of this device kind)."),
                   name: Optional[str] = typer.Option(None, "--name", help="Name of the written profile."),
@@ -90,16 +90,12 @@ def calibrate_cmd(device: str = Device,
 
         from costsim.calibration.fit import fit_profile
         from costsim.calibration.suite import suite
-        from costsim.files import atomic_write_text, check_target
+        from costsim.files import atomic_write_text
         from costsim.registry import load_hardware
 
-        check_target(output, "profile YAML")
-        if output.exists() and not force:
-            raise CostsimError(f"{output}: exists; give --force to replace it")
+        O.check_new(output, force, "profile YAML")
         if measurements is not None:
-            check_target(measurements, "measurements CSV")
-            if measurements.exists() and not force:
-                raise CostsimError(f"{measurements}: exists; give --force to replace it")
+            O.check_new(measurements, force, "measurements CSV")
         if from_csv is not None:
             recs = [r for r in _read_records(from_csv) if r["split"] == "train"]
             if not recs:
@@ -125,12 +121,10 @@ def calibrate_cmd(device: str = Device,
 def _calibrate_silicon(system, backend, output, force, base, name, seed):
     from costsim.calibration import silicon as S
     from costsim.calibration import silicon_fit as F
-    from costsim.files import atomic_write_text, check_target
+    from costsim.files import atomic_write_text
     from costsim.registry import load_hardware
 
-    check_target(output, "profile YAML")
-    if output.exists() and not force:
-        raise CostsimError(f"{output}: exists; give --force to replace it")
+    O.check_new(output, force, "profile YAML")
     sysname = S.system_name(system)
     base_hw = load_hardware(base or S.SYSTEMS[sysname])
     res = F.calibrate(sysname, backend, base_hw, seed, name or output.stem)
@@ -183,20 +177,18 @@ def validate_cmd(hardware: Optional[str] = typer.Option(None, "--hardware", "-H"
                                                                                  "instead of timing."),
                  csv: Optional[Path] = typer.Option(None, "--csv", help="Write every measurement and prediction."),
                  plot: Optional[Path] = typer.Option(None, "--plot", help="Predicted vs measured scatter (PNG)."),
-                 hw_sets: O.HwSets = None, fmt: O.Format = O.Fmt.table):
+                 hw_sets: O.HwSets = None, fmt: O.Format = O.Fmt.table, force: O.Force = False):
     """Score a profile on the held-out kernel suite: MAPE, median |error|, geometric-mean ratio,
     share within 25%, overall and per family, beside the shipped profile of the device kind.
     With --silicon SYSTEM: score it on every row of NVIDIA's measured kernel tables instead."""
 
     if silicon is not None:
         def silicon_go():
-            from costsim.files import check_target
-
             for p, what in ((csv, "CSV"), (plot, "plot")):
                 if p is not None:
-                    check_target(p, what)
+                    O.check_new(p, force, what)
             if plot is not None:
-                O.check_plot_output(plot)
+                O.check_plot_output(plot, force)
             _validate_silicon(silicon, backend, hardware, hw_sets, csv, plot, fmt)
 
         O.run(silicon_go)
@@ -211,15 +203,14 @@ def validate_cmd(hardware: Optional[str] = typer.Option(None, "--hardware", "-H"
     def go():
         from costsim.calibration.fit import ordering_checks, score
         from costsim.calibration.suite import orderings, suite
-        from costsim.files import check_target
         from costsim.registry import load_hardware
         from costsim.reports import views
 
         for p, what in ((csv, "CSV"), (plot, "plot")):
             if p is not None:
-                check_target(p, what)
+                O.check_new(p, force, what)
         if plot is not None:
-            O.check_plot_output(plot)
+            O.check_plot_output(plot, force)
         hw = O.hardware(hardware, hw_sets)
         if from_csv is not None:
             recs = _read_records(from_csv)

@@ -58,7 +58,9 @@ TpotSlo = Annotated[Optional[str], typer.Option("--tpot-slo", help="TPOT limit w
 RequestBatch = Annotated[str, typer.Option("--batch", help="Concurrent requests over all the devices (k = 1024).")]
 InputLen = Annotated[str, typer.Option("--input", help="Prompt tokens (k = 1024).")]
 OutputLen = Annotated[str, typer.Option("--output", help="Generated tokens (k = 1024).")]
-Output = Annotated[Path, typer.Option("--output", "-o", help="Plot file: .png, .svg or .pdf.")]
+Output = Annotated[Path, typer.Option("--out", "-o", help="Plot file: .png, .svg or .pdf (an existing file is "
+                                                          "refused without --force).")]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
 
 # engine field -> the flag that sets it
 FLAGS = {
@@ -140,10 +142,21 @@ def emit(*a, **kw):
     _emit(*a, **kw)
 
 
-def check_plot_output(path: Path) -> Path:
+def check_new(path: Path, force: bool, what: str = "output") -> Path:
+    """An output file's path, checked before any work: a regular file (or none) in an existing
+    directory, and, unless ``force``, not an existing file. Raises CostsimError."""
+    from costsim.files import check_target
+
+    path = check_target(path, what)
+    if path.exists() and not force:
+        raise CostsimError(f"{path}: exists; give --force to replace it")
+    return path
+
+
+def check_plot_output(path: Path, force: bool = False) -> Path:
     from costsim.reports.plots import check_output
 
-    return check_output(path)
+    return check_new(check_output(path), force, "plot")
 
 
 # ---- the error contract --------------------------------------------------------------------

@@ -14,14 +14,14 @@ from costsim.cli.app import plot_app
 def plot_throughput_cmd(models: O.Models, hardware: O.Hardware, output: O.Output, devices: O.Devices = None,
                         context: O.Context = "4096",
                         tpot_slo: O.TpotSlo = None, weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16",
-                        sets: O.Sets = None, hw_sets: O.HwSets = None):
+                        sets: O.Sets = None, hw_sets: O.HwSets = None, force: O.Force = False):
     """Decode throughput per device against TPOT, batch swept up to the memory limit."""
 
     def go():
         from costsim.reports.plots import throughput_latency
         from costsim.simulator.scenario import throughput_curve
 
-        path = O.check_plot_output(output)
+        path = O.check_plot_output(output, force)
         hw = O.hardware(hardware, hw_sets)
         ctx = O.count(context, "--context", minimum=1)
         slo = O.slo(tpot_slo)
@@ -35,16 +35,16 @@ def plot_throughput_cmd(models: O.Models, hardware: O.Hardware, output: O.Output
 
 @plot_app.command("roofline")
 def plot_roofline_cmd(model: O.Model, hardware: O.Hardware, output: O.Output, devices: O.Devices = None,
-                      tp: O.TP = None, ep: O.EP = None, batch: O.Batch = "64", context: O.Context = "4096",
+                      tp: O.TP = None, ep: O.EP = None, batch: O.Batch = "1", context: O.Context = "4096",
                       weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16",
-                      sets: O.Sets = None, hw_sets: O.HwSets = None):
+                      sets: O.Sets = None, hw_sets: O.HwSets = None, force: O.Force = False):
     """Operators of one decode step placed on the hardware's roofline."""
 
     def go():
         from costsim.reports.plots import roofline
         from costsim.simulator.scenario import decode_roofline
 
-        path = O.check_plot_output(output)
+        path = O.check_plot_output(output, force)
         spec, hw = O.model(model, sets), O.hardware(hardware, hw_sets)
         b, ctx = O.count(batch, "--batch", minimum=1), O.count(context, "--context")
         r = decode_roofline(spec, hw, O.layout(devices, tp, ep, 1, weight_dtype, kv_dtype), b, ctx)
@@ -58,7 +58,8 @@ def plot_roofline_cmd(model: O.Model, hardware: O.Hardware, output: O.Output, de
 @plot_app.command("kv")
 def plot_kv_cmd(models: O.Models, output: O.Output,
                 max_context: str = typer.Option("128k", "--max-context", help="Largest context (k = 1024)."),
-                batch: O.Batch = "1", kv_dtype: O.KVDtype = "bf16", sets: O.Sets = None):
+                batch: O.Batch = "1", kv_dtype: O.KVDtype = "bf16", sets: O.Sets = None,
+                force: O.Force = False):
     """KV cache size against context length for several models."""
 
     def go():
@@ -67,7 +68,7 @@ def plot_kv_cmd(models: O.Models, output: O.Output,
         from costsim.reports.plots import kv_vs_context
         from costsim.simulator.scenario import kv_curve
 
-        path = O.check_plot_output(output)
+        path = O.check_plot_output(output, force)
         top = O.count(max_context, "--max-context", minimum=1)
         b = O.count(batch, "--batch", minimum=1)
         ctx = np.linspace(0, top, 257)

@@ -96,9 +96,10 @@ def kv_cmd(models: O.Models, context: O.Context = "4096", batch: O.Batch = "1", 
 
 @app.command("import-hf")
 def import_hf_cmd(config: Path = typer.Argument(..., help="HuggingFace config.json"),
-                  output: Optional[Path] = typer.Option(None, "--output", "-o",
+                  output: Optional[Path] = typer.Option(None, "--out", "-o",
                                                         help="Spec YAML to write (default: stdout)."),
-                  name: Optional[str] = typer.Option(None, "--name", help="Spec name (default from the config).")):
+                  name: Optional[str] = typer.Option(None, "--name", help="Spec name (default from the config)."),
+                  force: O.Force = False):
     """Convert a HuggingFace config.json into a costsim model spec YAML."""
 
     def go():
@@ -106,6 +107,8 @@ def import_hf_cmd(config: Path = typer.Argument(..., help="HuggingFace config.js
         from costsim.hf import spec_from_hf_config, spec_to_yaml
         from costsim.registry import read_json
 
+        if output is not None:
+            O.check_new(output, force, "spec YAML")
         spec = spec_from_hf_config(read_json(config), where=str(config), name=name)
         text = spec_to_yaml(spec)
         if output is None:

@@ -15,7 +15,7 @@ from costsim.cli.app import app
 
 
 @app.command("compare")
-def compare_cmd(models: O.Models, hardware: O.Hardware, context: O.Context = "4096", batch: O.Batch = "32",
+def compare_cmd(models: O.Models, hardware: O.Hardware, context: O.Context = "4096", batch: O.Batch = "1",
                 devices: O.Devices = None, weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16",
                 sets: O.Sets = None, hw_sets: O.HwSets = None, fmt: O.Format = O.Fmt.table):
     """Side by side: params, activated params, KV per token and per batch, FLOPs per token,

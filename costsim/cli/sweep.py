@@ -64,8 +64,8 @@ def _run(parts_total: int, call):
 def sweep_cmd(models: str = typer.Option(..., "--models", "-m", help=f"Models ({_LIST}): names, spec .yaml or config.json."),
               hardware: str = typer.Option(..., "--hardware", "-H", help=f"Hardware ({_LIST}): names or profile .yaml."),
               batch: str = typer.Option("1,8,64,256", "--batch", help=f"Concurrent sequences over all devices ({_LIST})."),
-              context: str = typer.Option("4k", "--context", help=f"Prompt tokens ({_LIST}; k = 1024)."),
-              output_len: str = typer.Option("1k", "--output", help=f"Generated tokens ({_LIST}; k = 1024)."),
+              context: str = typer.Option("4096", "--context", help=f"Prompt tokens ({_LIST}; k = 1024)."),
+              output_len: str = typer.Option("1024", "--output", help=f"Generated tokens ({_LIST}; k = 1024)."),
               devices: Optional[str] = typer.Option(None, "--devices", help=f"Devices ({_LIST}; default one node)."),
               tp: Optional[str] = typer.Option(None, "--tp", help=f"TP degrees ({_LIST}; default the layout policy)."),
               ep: Optional[str] = typer.Option(None, "--ep", help=f"EP degrees ({_LIST}; default the layout policy)."),
@@ -75,6 +75,7 @@ def sweep_cmd(models: str = typer.Option(..., "--models", "-m", help=f"Models ({
               kv_dtype: str = typer.Option("bf16", "--kv-dtype", help=f"KV cache formats ({_LIST})."),
               mla_form: O.MLAForm = "auto", overlap: O.Overlap = False,
               out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write all rows to a .csv or .parquet file."),
+              force: O.Force = False,
               scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run the partitions on Dask: a "
                                                       "scheduler address (tcp://host:8786) or local:N worker processes."),
               sets: O.Sets = None, hw_sets: O.HwSets = None):
@@ -86,7 +87,7 @@ def sweep_cmd(models: str = typer.Option(..., "--models", "-m", help=f"Models ({
         from costsim.sweeps import check_path, sweep, write
 
         if out is not None:
-            check_path(out)
+            O.check_new(check_path(out), force, "sweep")
         from costsim.units import parse_format
 
         for flag, text in (("--weight-dtype", weight_dtype), ("--kv-dtype", kv_dtype)):
