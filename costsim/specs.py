@@ -358,7 +358,11 @@ class _Sourced(_Frozen):
             data = {"value": data}
         if "value" in data:
             data = dict(data)
-            data["value"] = cls._parser(data["value"])
+            v = data["value"]
+            if v is None or isinstance(v, (bool, list, dict)):  # float(None) is a TypeError pydantic would not catch
+                raise ValueError(f"expected a number{' with a unit' if cls._parser is not float else ''}, "
+                                 f"got {'null' if v is None else type(v).__name__}")
+            data["value"] = cls._parser(v)
         return data
 
     @field_validator("value")

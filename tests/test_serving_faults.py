@@ -162,3 +162,36 @@ def test_mla_naive_prefill_decompresses_every_new_token_in_a_window():
     d = op(spec, dep, StepShape(1, 1, 10), "attn.kv_b_proj(decompress)[dense,window=4]", form="naive")
     assert float(d.shape["M"]) == 4
     assert np.ndim(d.shape["M"]) == 0
+
+
+# ---- 3. a dense model too big for TP within a node gets PP across nodes -------------------------
+
+
+def test_dense_405b_gets_pipeline_stages_when_tp_in_a_node_does_not_fit():
+    # Llama-3.1-405B in BF16 is 2 x 405.9e9 B = 811.7 GB of weights. On 16 H100 (80 GB, 90% usable)
+    # the old default (TP8 in a node, 2 data-parallel replicas) needs 101.5 GB per device; PP2 x TP8
+    # holds one replica in 50.7 GB per device, and 32 devices hold two such replicas.
+    from costsim.errors import CostsimError
+    from costsim.simulator.memory import memory_report
+    from costsim.simulator.params import param_counts
+    from costsim.simulator.scenario import max_throughput_search
+
+    spec, h100 = load_model("llama-3.1-405b"), load_hardware("h100")
+    for devices, dp in ((16, 1), (32, 2)):
+        dep = resolve_deployment(spec, h100, LayoutRequest(devices=devices), 1, 4096)
+        assert (dep.tp, dep.pp, dep.dp) == (8, 2, dp)
+        assert "pp=2" in dep.layout_reason and "do not fit" in dep.layout_reason
+        m = memory_report(spec, h100, dep, 1, 4096)
+        # the busiest stage: half the layers plus a vocabulary matrix (within 1.1% of an even split)
+        assert bool(m.fits) and m.weight_bytes == pytest.approx(2 * param_counts(spec).total / 16, rel=0.011)
+    # a given pp is kept: pp=1 still does not fit, and says so
+    with pytest.raises(CostsimError, match="does not fit"):
+        from costsim.simulator.scenario import Scenario, perf
+        perf(Scenario(spec, h100, LayoutRequest(devices=16, pp=1), 1, 4096, 16))
+    # max-throughput takes the same layout and twice the devices serve twice the tokens/s
+    d16, r16 = max_throughput_search(spec, h100, LayoutRequest(devices=16), 4096)
+    d32, r32 = max_throughput_search(spec, h100, LayoutRequest(devices=32), 4096)
+    assert d16.pp == d32.pp == 2 and r32.tokens_per_s == pytest.approx(2 * r16.tokens_per_s, rel=0.02)
+    # a model that fits at pp=1 keeps it, with no reason given
+    small = resolve_deployment(load_model("llama-3.1-70b"), h100, LayoutRequest(devices=16), 1, 4096)
+    assert (small.tp, small.pp, small.dp, small.layout_reason) == (8, 1, 2, "")

@@ -45,7 +45,9 @@ TP = Annotated[Optional[int], typer.Option("--tp", help=(
     "batch fits (TP=1 = DP-attention); max-throughput tries every valid TP and keeps the best."))]
 EP = Annotated[Optional[int], typer.Option("--ep", help="Expert parallel degree (default: the largest that divides "
                                                         "devices and experts).")]
-PP = Annotated[int, typer.Option("--pp", help="Pipeline parallel degree.")]
+PP = Annotated[Optional[int], typer.Option("--pp", help=(
+    "Pipeline parallel degree (default: 1, or the smallest that fits the weights and the batch when TP within a "
+    "node does not)."))]
 WeightDtype = Annotated[Optional[str], typer.Option(
     "--weight-dtype", help=f"Matmul weights: {_DTYPES}, fp8-b128 (default: the checkpoint's, from the spec or "
                            "the config.json quantization_config; else bf16).")]
@@ -127,7 +129,7 @@ def lengths(batch: str, input_len: str, output_len: str) -> tuple[int, int, int]
             count(output_len, "--output"))
 
 
-def layout(devices=None, tp=None, ep=None, pp=1, weight_dtype=None, kv_dtype="bf16", mla_form="auto",
+def layout(devices=None, tp=None, ep=None, pp=None, weight_dtype=None, kv_dtype="bf16", mla_form="auto",
            imbalance=1.0, overlap=False, block_size=None):
     """The flags of a layout as the engine's ``LayoutRequest`` (the engine checks them)."""
     from costsim.simulator.layout import LayoutRequest

@@ -47,7 +47,7 @@ def plot_roofline_cmd(model: O.Model, hardware: O.Hardware, output: O.Output, de
         path = O.check_plot_output(output, force)
         spec, hw = O.model(model, sets), O.hardware(hardware, hw_sets)
         b, ctx = O.count(batch, "--batch", minimum=1), O.count(context, "--context")
-        r = decode_roofline(spec, hw, O.layout(devices, tp, ep, 1, weight_dtype, kv_dtype), b, ctx)
+        r = decode_roofline(spec, hw, O.layout(devices, tp, ep, None, weight_dtype, kv_dtype), b, ctx)
         roofline(r["points"], r["peak_flops"], r["bandwidth"], path,
                  f"{spec.name} decode, batch {b}, context {ctx} on {hw.name} ({r['deployment'].weight_format.name})")
         print(f"wrote {path}", file=sys.stderr)

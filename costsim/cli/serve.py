@@ -39,7 +39,7 @@ def compare_cmd(models: O.Models, hardware: O.Hardware, context: O.Context = "40
 
 @app.command("perf")
 def perf_cmd(model: O.Model, hardware: O.Hardware, devices: O.Devices = None, tp: O.TP = None, ep: O.EP = None,
-             pp: O.PP = 1, batch: str = typer.Option("1", "--batch", help="Concurrent requests over all the devices."),
+             pp: O.PP = None, batch: str = typer.Option("1", "--batch", help="Concurrent requests over all the devices."),
              input_len: str = typer.Option("4096", "--input", help="Prompt tokens (k = 1024)."),
              output_len: str = typer.Option("1024", "--output", help="Generated tokens (k = 1024)."),
              weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16", mla_form: O.MLAForm = "auto",
@@ -65,7 +65,7 @@ def perf_cmd(model: O.Model, hardware: O.Hardware, devices: O.Devices = None, tp
 
 @app.command("max-throughput")
 def max_throughput_cmd(model: O.Model, hardware: O.Hardware, devices: O.Devices = None, tp: O.TP = None,
-                       ep: O.EP = None, pp: O.PP = 1, context: O.Context = "4096", tpot_slo: O.TpotSlo = None,
+                       ep: O.EP = None, pp: O.PP = None, context: O.Context = "4096", tpot_slo: O.TpotSlo = None,
                        weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16",
                        mla_form: O.MLAForm = "auto", imbalance: O.Imbalance = 1.0, overlap: O.Overlap = False,
                        block_size: O.BlockSize = None, sets: O.Sets = None, hw_sets: O.HwSets = None,

@@ -14,7 +14,7 @@ from costsim.cli.app import app
 
 @app.command("whatif")
 def whatif_cmd(model: O.Model, hardware: O.Hardware, devices: O.Devices = None, tp: O.TP = None, ep: O.EP = None,
-               pp: O.PP = 1, batch: O.RequestBatch = "1", input_len: O.InputLen = "4096",
+               pp: O.PP = None, batch: O.RequestBatch = "1", input_len: O.InputLen = "4096",
                output_len: O.OutputLen = "1024", weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16",
                mla_form: O.MLAForm = "auto", imbalance: O.Imbalance = 1.0, overlap: O.Overlap = False,
                block_size: O.BlockSize = None, sets: O.Sets = None, hw_sets: O.HwSets = None,

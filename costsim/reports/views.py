@@ -111,7 +111,7 @@ def compare(recs: list[dict], fmt: str, devices: int) -> None:
             ("kv", f"KV cache, batch {b} x {ctx} tokens [GB]", F.scaled(1e9)),
             ("flops_per_token_decode", f"decode FLOPs/token at {ctx} [GFLOP]", F.scaled(1e9)),
             ("weight_bytes_per_device", f"weights per device, {r0['weight_dtype']} [GB]", F.scaled(1e9)),
-            ("tp", "layout: TP", F.integer), ("ep", "layout: EP", F.integer),
+            ("tp", "layout: TP", F.integer), ("ep", "layout: EP", F.integer), ("pp", "layout: PP", F.integer),
             ("tpot_s", f"TPOT at batch {b} [ms]", F.ms),
             ("decode_tokens_per_s", f"decode at batch {b} [tokens/s per {devices} devices]", F.num),
             ("max_batch", f"max batch at {ctx} tokens [sequences]", F.integer)]
@@ -175,6 +175,8 @@ def perf(rec: dict, fmt: str, breakdown: bool) -> None:
              "efficiency factors from the hardware profile.",
              "Rates used (provenance): " + "; ".join(f"{k} {_rate(k, v['value'])} ({v['provenance']})"
                                                      for k, v in rec["rates"].items())]
+    if rec.get("layout_reason"):
+        notes.insert(0, f"layout: {rec['layout_reason']}")
     emit(table, cols, notes=notes, title=(
         f"{rec['model']} on {n} x {rec['hardware']} (tp={rec['tp']} ep={rec['ep']} pp={rec['pp']} dp={rec['dp']}; "
         f"weights {rec['weight_dtype']}, KV {rec['kv_dtype']}); batch {rec['batch']}, {rec['input']} in -> "

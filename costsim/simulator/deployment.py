@@ -68,6 +68,7 @@ class Deployment:
     combine_bytes: float = 2.0
     overlap_comm: bool = False
     gpu_memory_utilization: float = 0.9
+    layout_reason: str = ""  # why the layout policy chose this layout, when it is not the plain default
 
     @property
     def act_bytes(self) -> float:

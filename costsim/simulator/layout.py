@@ -4,6 +4,10 @@ turns a layout request (flags or Python arguments) into a checked ``Deployment``
 Policy (per pipeline stage of ``devices / pp`` devices):
 - EP: an MoE model spreads its experts over the largest EP that divides both the device count
   and the routed-expert count; a dense model uses EP = 1.
+- PP: 1, unless the weights and the batch do not fit at PP = 1 (TP within a node, the rest
+  data-parallel); then the smallest PP dividing the devices at which they fit (PP across nodes,
+  TP within each, as Llama 3 405B is trained and served: arXiv 2407.21783 §3.3). The chosen
+  deployment's ``layout_reason`` says so. A given ``pp`` is kept as given.
 - TP stays within a node (``devices_per_node``) when it can.
   - Dense models take the largest such TP compatible with the head counts; the other devices
     are data-parallel replicas.
@@ -37,7 +41,7 @@ class LayoutRequest:
     devices: int | None = None
     tp: int | None = None
     ep: int | None = None
-    pp: int = 1
+    pp: int | None = None  # None: 1, or the smallest depth that fits (the policy above)
     weight_dtype: str | NumberFormat | None = None  # None: the checkpoint's (spec.weight_dtype), else bf16
     kv_dtype: str | NumberFormat = "bf16"
     mla_form: str = "auto"
@@ -170,7 +174,7 @@ def resolve_deployment(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequ
             raise FieldError(k, v, f"must be at most {MAX_DEVICES:,} (2^20 devices)")
     if isinstance(r.imbalance, bool) or not isinstance(r.imbalance, (int, float)):
         raise FieldError("imbalance", r.imbalance, "must be a number >= 1")
-    if devices % r.pp:
+    if r.pp is not None and devices % r.pp:
         raise FieldError("devices", devices, f"not a multiple of pp = {r.pp}")
     wf, ef = weight_formats(spec, hw, r.weight_dtype)
     kvf = number_format(r.kv_dtype, "kv_dtype")
@@ -184,13 +188,13 @@ def resolve_deployment(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequ
     except CostsimError as e:
         raise FieldError("weight_dtype", wf.name, str(e)) from None
     act = activation_format(wf)
-    base = Deployment(devices=devices, tp=1, ep=1, pp=r.pp, weight_format=wf, expert_format=ef, kv_format=kvf,
+    base = Deployment(devices=devices, tp=1, ep=1, pp=r.pp or 1, weight_format=wf, expert_format=ef, kv_format=kvf,
                       mla_form=r.mla_form, high_precision=act, act_format=act,
                       imbalance=r.imbalance, overlap_comm=r.overlap_comm, block_size=r.block_size,
                       dispatch_bytes=1.0 if wf.compute == "fp8" else 2.0, combine_bytes=2.0)
 
-    def room(t, e):
-        d = base.with_(tp=t, ep=e)
+    def fits(d: Deployment):
+        """(fits, max batch) of ``batch`` sequences of ``context`` on ``d``; None if invalid."""
         try:
             d.check(spec)
         except FieldError:
@@ -198,8 +202,25 @@ def resolve_deployment(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequ
         m = memory_report(spec, hw, d, max(batch, d.dp), context)
         return bool(m.fits), float(m.max_batch)
 
-    t, e = default_layout(spec, devices // r.pp, r.tp, r.ep, room, hw.devices_per_node)
-    return _renamed(base.with_(tp=t, ep=e), spec)
+    def layout(pp: int) -> Deployment:
+        b = base.with_(pp=pp)
+        t, e = default_layout(spec, devices // pp, r.tp, r.ep, lambda t, e: fits(b.with_(tp=t, ep=e)),
+                              hw.devices_per_node)
+        return b.with_(tp=t, ep=e)
+
+    first = layout(base.pp)
+    if r.pp is not None or (fits(first) or (False,))[0]:
+        return _renamed(first, spec)
+    # PP = 1 does not fit: the smallest pipeline depth that does
+    for pp in divisors(devices)[1:]:
+        if pp > spec.num_hidden_layers:
+            break
+        d = layout(pp)
+        if (fits(d) or (False,))[0]:
+            why = (f"pp={pp}: at pp=1 (tp={first.tp}, dp={first.dp}) the weights and a batch of {batch} x "
+                   f"{context} tokens do not fit; pp={pp} is the smallest pipeline depth that fits")
+            return _renamed(d.with_(layout_reason=why), spec)
+    return _renamed(first, spec)
 
 
 _REQUEST_FIELD = {"kv_format": "kv_dtype", "weight_format": "weight_dtype"}

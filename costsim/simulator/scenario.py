@@ -210,6 +210,7 @@ class CompareRecord(_Record):
     fits: bool
     note: str
     warnings: tuple = ()
+    pp: int = 1
 
 
 def _unique_names(specs: list[ModelSpec]) -> list[str]:
@@ -238,12 +239,14 @@ def compare(specs: list[ModelSpec], hw: HardwareProfile, request: LayoutRequest 
         dep = resolve_deployment(spec, hw, request, batch, context)
         s = show(spec, dep.kv_format, context, batch).to_dict()
         s.pop("params"), s.pop("warnings")
-        rec = dict(s, name=name, hardware=hw.name, devices=dep.devices, tp=dep.tp, ep=dep.ep,
+        rec = dict(s, name=name, hardware=hw.name, devices=dep.devices, tp=dep.tp, ep=dep.ep, pp=dep.pp,
                    weight_dtype=dep.weights_name, weight_bytes_per_device=weight_bytes_per_device(spec, dep),
                    decode_tokens_per_s=None, tpot_s=None, max_batch=None, fits=False, note="",
                    warnings=tuple(context_warnings(spec, context)))
         mem = memory_report(spec, hw, dep, batch, context)
         rec["max_batch"] = int(mem.max_batch)
+        if dep.layout_reason:
+            rec["note"] = f"layout {dep.layout_reason}"
         if mem.limit == "weights do not fit":
             rec["note"] = f"weights do not fit ({rec['weight_bytes_per_device'] / 1e9:.1f} GB per device)"
         else:
@@ -338,6 +341,7 @@ class PerfRecord(_Record):
     mla_naive_faster_from_chunk_tokens: int | None = None
     prefill_operators: list | None = None
     decode_operators: list | None = None
+    layout_reason: str = ""  # why the layout policy chose this layout (a PP it had to add), else ""
     _optional = ("mla_decode_step_absorbed_s", "mla_decode_step_naive_s", "prefill_operators", "decode_operators")
 
     def to_dict(self) -> dict:
@@ -397,7 +401,7 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
         rates=rate_provenance(hw, dep.weight_format.compute), warnings=tuple(warn),
         decode_seconds_per_layer=per_layer_seconds(r.decode_first.timing, spec, dep.pp) if decoding else {},
         prefill_seconds_per_layer=per_layer_seconds(r.prefill.timing, spec, dep.pp), **mla,
-        prefill_operators=operator_rows(r.prefill.timing) if breakdown else None,
+        prefill_operators=operator_rows(r.prefill.timing) if breakdown else None, layout_reason=dep.layout_reason,
         decode_operators=operator_rows(r.decode_first.timing) if breakdown else None)
 
 
