@@ -202,8 +202,19 @@ def test_serve_record_fields_and_prefill_fit_boundary():
     assert r.prefill_workspace_bytes == 784
     assert float(r.memory.kv_bytes) == 192
     assert r.prefill_fits is True
+    assert r.prefill_chunk_tokens is None
+    # one byte less: the one-step prefill no longer fits, so it is chunked: 3 tokens per chunk
+    # (ffn.act 3 * (32 + 16) * 2 = 288 + logits 400 = 688 B; 4 tokens would need 784)
     r = serve(gqa(), hw(memory_capacity=6495), dep, 1, 4, 2)
-    assert r.prefill_fits is False
+    assert (r.prefill_fits, r.prefill_chunk_tokens, r.prefill_workspace_bytes) == (True, 3, 688)
+    # chunks of 1 or 2 tokens need 616 B (their largest operator is not the FFN's), so below
+    # 5584 + 128 + 616 = 6328 B nothing fits, and at 6328 B the largest chunk is 2 tokens
+    from costsim.simulator.serving import prefill_workspace
+
+    assert [float(prefill_workspace(gqa(), dep, 1, c, 4)) for c in (1, 2, 3, 4)] == [616, 616, 688, 784]
+    r = serve(gqa(), hw(memory_capacity=6327), dep, 1, 4, 2)
+    assert (r.prefill_fits, r.prefill_chunk_tokens) == (False, None)
+    assert serve(gqa(), hw(memory_capacity=6328), dep, 1, 4, 2).prefill_chunk_tokens == 2
 
 
 def test_serve_prefill_workspace_per_micro_batch():

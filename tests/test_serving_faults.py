@@ -195,3 +195,47 @@ def test_dense_405b_gets_pipeline_stages_when_tp_in_a_node_does_not_fit():
     # a model that fits at pp=1 keeps it, with no reason given
     small = resolve_deployment(load_model("llama-3.1-70b"), h100, LayoutRequest(devices=16), 1, 4096)
     assert (small.tp, small.pp, small.dp, small.layout_reason) == (8, 1, 2, "")
+
+
+# ---- 8. a prefill whose activations do not fit is chunked, as a server does ---------------------
+
+
+def test_prefill_that_does_not_fit_is_chunked_with_the_largest_chunk_that_fits():
+    from costsim.simulator.memory import kv_bytes_per_device, weight_bytes_per_device
+    from costsim.simulator.serving import chunked_prefill, prefill_chunk_tokens, prefill_workspace
+
+    # Llama-3.1-405B, 16 H100 (tp8 pp2), one 128k-token prompt: 51.3 GB of weights and 4.2 GB of
+    # KV per device leave 16.5 GB; a one-step prefill needs M = 131,072 rows of the 53,248-wide
+    # gate/up GEMM in activations (~32 GB), so the prefill runs in chunks
+    spec, h100 = load_model("llama-3.1-405b"), load_hardware("h100")
+    dep = resolve_deployment(spec, h100, LayoutRequest(devices=16), 1, 131072)
+    I = 131072
+    r = serve(spec, h100, dep, 1, I, 16)
+    c = r.prefill_chunk_tokens
+    room = 0.9 * 80e9 - weight_bytes_per_device(spec, dep) - float(kv_bytes_per_device(spec, dep, 1, I))
+    assert float(prefill_workspace(spec, dep, 1, I, I)) > room  # one step does not fit
+    assert float(prefill_workspace(spec, dep, 1, c, I)) <= room < float(prefill_workspace(spec, dep, 1, c + 1, I))
+    assert r.prefill_fits and r.prefill_workspace_bytes <= room and c == prefill_chunk_tokens(spec, h100, dep, 1, I)
+    # two chunks (c, I - c) through the two stages: t0 + t1 + (pp - 1) t1
+    t0 = float(time_step(spec, h100, dep, StepShape(1.0, float(c), 0.0, 0.0)).time_s)
+    t1 = float(time_step(spec, h100, dep, StepShape(1.0, float(I - c), float(c), 1.0)).time_s)
+    assert -(-I // c) == 2 and r.ttft_s == pytest.approx(t0 + t1 + t1, rel=1e-12)
+    assert r.e2e_s == pytest.approx(r.ttft_s + 15 * r.tpot_s, rel=1e-12)
+
+
+def test_one_chunk_is_the_one_step_prefill_and_chunks_do_the_same_flops():
+    from costsim.simulator.serving import chunked_prefill
+
+    # (GQA: MLA's naive form would decompress the cached latent again in every chunk)
+    spec, h100 = load_model("llama-3.1-8b"), load_hardware("h100")
+    dep = resolve_deployment(spec, h100, LayoutRequest(devices=1), 3, 1000)
+    one, whole = prefill(spec, h100, dep, 3, 1000), chunked_prefill(spec, h100, dep, 3, 1000, 1000)
+    assert whole.time_s == pytest.approx(float(one.time_s), rel=1e-12)
+    assert whole.mfu == pytest.approx(float(one.mfu), rel=1e-12)
+    # chunks of 300 (300, 300, 300, 100): the causal pairs and the GEMM rows add up to the one
+    # step's, and only the last chunk computes the logits, so the FLOPs are the same
+    parts = chunked_prefill(spec, h100, dep, 3, 1000, 300)
+    flops = sum(float(time_step(spec, h100, dep, StepShape(3.0, float(n), float(k), float(k == 900))).flops)
+                for k, n in ((0, 300), (300, 300), (600, 300), (900, 100)))
+    assert flops == pytest.approx(float(one.timing.flops), rel=1e-12)
+    assert parts.mfu * parts.time_s == pytest.approx(float(one.timing.flops) / h100.peak("bf16"), rel=1e-9)

@@ -92,6 +92,15 @@ def test_hybrid_linear_attention_and_alternating_windows():
         _check_grid(spec, hw, dep, b=np.array([1.0, 32.0]), i=np.array(i), o=np.array([2.0, 200.0]))
 
 
+def test_chunked_prefill_points_equal_serve():
+    # Llama-3.1-405B on 16 H100 (tp8 pp2): a 128k prompt's one-step prefill does not fit its
+    # activations, so serve chunks it; the grid must give the same TTFT, e2e and MFU there
+    spec, hw = load_model("llama-3.1-405b"), load_hardware("h100")
+    dep = resolve_deployment(spec, hw, LayoutRequest(devices=16), 1, 131072)
+    assert serve(spec, hw, dep, 1, 131072, 2).prefill_chunk_tokens is not None
+    _check_grid(spec, hw, dep, b=np.array([1.0, 2.0]), i=np.array([1024.0, 131072.0]), o=np.array([2.0, 64.0]))
+
+
 def test_overlapped_comm_crossing_compute_inside_the_decode_range():
     # llama-3.1-8b TP 8 on H100, comm overlapped: at batch 64 the all-reduces (constant in L)
     # outlast the compute part below a few thousand tokens of context and are outlasted above;

@@ -55,6 +55,11 @@ KVDtype = Annotated[str, typer.Option("--kv-dtype", help=f"KV cache: {_DTYPES}, 
 MLAForm = Annotated[str, typer.Option("--mla-form", help="MLA form: absorbed, naive, or auto (faster per phase).")]
 Imbalance = Annotated[float, typer.Option("--imbalance", help="MoE load imbalance: busiest EP rank over mean (>= 1).")]
 Overlap = Annotated[bool, typer.Option("--overlap/--no-overlap", help="Overlap communication with compute.")]
+MTP = Annotated[int, typer.Option("--mtp", help="MTP speculative decoding: draft tokens per decode step from the "
+                                                  "model's MTP module (0: off; DeepSeek-V3 serves with 1).")]
+MTPAcceptance = Annotated[float, typer.Option("--mtp-acceptance", help="Probability that each draft token is accepted "
+                                                                       "given the ones before it (DeepSeek-V3: "
+                                                                       "0.85-0.90 for the second token).")]
 BlockSize = Annotated[Optional[int], typer.Option("--block-size", help="Paged KV cache block size (tokens).")]
 TpotSlo = Annotated[Optional[str], typer.Option("--tpot-slo", help="TPOT limit with a unit, e.g. 50ms.")]
 RequestBatch = Annotated[str, typer.Option("--batch", help="Concurrent requests over all the devices (k = 1024).")]
@@ -68,7 +73,7 @@ Force = Annotated[bool, typer.Option("--force", help="Replace an existing output
 FLAGS = {
     "devices": "--devices", "tp": "--tp", "ep": "--ep", "pp": "--pp", "weight_dtype": "--weight-dtype",
     "weight_format": "--weight-dtype", "kv_dtype": "--kv-dtype", "kv_format": "--kv-dtype", "mla_form": "--mla-form",
-    "imbalance": "--imbalance", "block_size": "--block-size", "tpot_slo_s": "--tpot-slo", "batch": "--batch",
+    "imbalance": "--imbalance", "block_size": "--block-size", "mtp_depth": "--mtp", "mtp_acceptance": "--mtp-acceptance", "tpot_slo_s": "--tpot-slo", "batch": "--batch",
     "context": "--context", "input_len": "--input", "output_len": "--output", "mfu": "--mfu",
     "gpu_hours": "--gpu-hours", "tokens": "--tokens", "seq_len": "--seq-len", "dtype": "--dtype",
     "m": "--m", "n": "--n", "k": "--k", "form": "--form", "new_tokens": "--new-tokens",
@@ -130,12 +135,13 @@ def lengths(batch: str, input_len: str, output_len: str) -> tuple[int, int, int]
 
 
 def layout(devices=None, tp=None, ep=None, pp=None, weight_dtype=None, kv_dtype="bf16", mla_form="auto",
-           imbalance=1.0, overlap=False, block_size=None):
+           imbalance=1.0, overlap=False, block_size=None, mtp=0, mtp_acceptance=0.85):
     """The flags of a layout as the engine's ``LayoutRequest`` (the engine checks them)."""
     from costsim.simulator.layout import LayoutRequest
 
     return LayoutRequest(devices=devices, tp=tp, ep=ep, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
-                         mla_form=mla_form, imbalance=imbalance, overlap_comm=overlap, block_size=block_size)
+                         mla_form=mla_form, imbalance=imbalance, overlap_comm=overlap, block_size=block_size,
+                         mtp_depth=mtp, mtp_acceptance=mtp_acceptance)
 
 
 def emit(*a, **kw):

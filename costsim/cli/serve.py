@@ -43,7 +43,7 @@ def perf_cmd(model: O.Model, hardware: O.Hardware, devices: O.Devices = None, tp
              input_len: str = typer.Option("4096", "--input", help="Prompt tokens (k = 1024)."),
              output_len: str = typer.Option("1024", "--output", help="Generated tokens (k = 1024)."),
              weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16", mla_form: O.MLAForm = "auto",
-             imbalance: O.Imbalance = 1.0, overlap: O.Overlap = False, block_size: O.BlockSize = None,
+             imbalance: O.Imbalance = 1.0, overlap: O.Overlap = False, block_size: O.BlockSize = None, mtp: O.MTP = 0, mtp_acceptance: O.MTPAcceptance = 0.85,
              breakdown: bool = typer.Option(False, "--breakdown", help="Per-operator table (prefill and first decode "
                                                                        "step)."),
              sets: O.Sets = None, hw_sets: O.HwSets = None, fmt: O.Format = O.Fmt.table):
@@ -55,7 +55,8 @@ def perf_cmd(model: O.Model, hardware: O.Hardware, devices: O.Devices = None, tp
 
         spec, hw = O.model(model, sets), O.hardware(hardware, hw_sets)
         b, i, o = O.lengths(batch, input_len, output_len)
-        req = O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype, mla_form, imbalance, overlap, block_size)
+        req = O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype, mla_form, imbalance, overlap, block_size, mtp,
+                       mtp_acceptance)
         rec = perf(Scenario(spec, hw, req, b, i, o), breakdown=breakdown)
         views.perf(rec.to_dict(), fmt.value, breakdown)
         return rec.warnings
@@ -68,7 +69,7 @@ def max_throughput_cmd(model: O.Model, hardware: O.Hardware, devices: O.Devices 
                        ep: O.EP = None, pp: O.PP = None, context: O.Context = "4096", tpot_slo: O.TpotSlo = None,
                        weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16",
                        mla_form: O.MLAForm = "auto", imbalance: O.Imbalance = 1.0, overlap: O.Overlap = False,
-                       block_size: O.BlockSize = None, sets: O.Sets = None, hw_sets: O.HwSets = None,
+                       block_size: O.BlockSize = None, mtp: O.MTP = 0, mtp_acceptance: O.MTPAcceptance = 0.85, sets: O.Sets = None, hw_sets: O.HwSets = None,
                        fmt: O.Format = O.Fmt.table):
     """The decode batch that maximises tokens/s under memory and an optional TPOT SLO."""
 
@@ -79,7 +80,8 @@ def max_throughput_cmd(model: O.Model, hardware: O.Hardware, devices: O.Devices 
         spec, hw = O.model(model, sets), O.hardware(hardware, hw_sets)
         ctx = O.count(context, "--context", minimum=1)
         slo = O.slo(tpot_slo)
-        req = O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype, mla_form, imbalance, overlap, block_size)
+        req = O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype, mla_form, imbalance, overlap, block_size, mtp,
+                       mtp_acceptance)
         rec = max_throughput_record(spec, hw, req, ctx, slo)
         views.max_throughput(rec.to_dict(), fmt.value)
         return rec.warnings

@@ -177,6 +177,10 @@ def perf(rec: dict, fmt: str, breakdown: bool) -> None:
                                                      for k, v in rec["rates"].items())]
     if rec.get("layout_reason"):
         notes.insert(0, f"layout: {rec['layout_reason']}")
+    if rec.get("mtp_depth"):
+        notes.insert(0, f"MTP speculative decoding: {rec['mtp_depth']} draft token(s) per step, acceptance "
+                        f"{rec['mtp_acceptance']:g} -> {rec['mtp_tokens_per_step']:.3g} tokens per sequence per step; "
+                        "TPOT = step time / that (a verify pass of depth + 1 tokens, plus the MTP module per draft)")
     emit(table, cols, notes=notes, title=(
         f"{rec['model']} on {n} x {rec['hardware']} (tp={rec['tp']} ep={rec['ep']} pp={rec['pp']} dp={rec['dp']}; "
         f"weights {rec['weight_dtype']}, KV {rec['kv_dtype']}); batch {rec['batch']}, {rec['input']} in -> "

@@ -69,6 +69,10 @@ class Deployment:
     overlap_comm: bool = False
     gpu_memory_utilization: float = 0.9
     layout_reason: str = ""  # why the layout policy chose this layout, when it is not the plain default
+    # MTP speculative decoding (DeepSeek-V3 §2.2 and §5.4.3): draft tokens per decode step from the
+    # model's MTP module(s) and the probability that each is accepted given the ones before it
+    mtp_depth: int = 0
+    mtp_acceptance: float = 0.0
 
     @property
     def act_bytes(self) -> float:
@@ -134,6 +138,12 @@ class Deployment:
                                  f"exceeds ep={self.ep}: the busiest rank carries at most ep x the mean")
         if self.block_size is not None and self.block_size < 1:
             raise FieldError("block_size", self.block_size, "must be >= 1")
+        if isinstance(self.mtp_depth, bool) or not isinstance(self.mtp_depth, int) or not 0 <= self.mtp_depth <= 16:
+            raise FieldError("mtp_depth", self.mtp_depth, "must be an integer from 0 to 16 (draft tokens per step)")
+        if self.mtp_depth and not spec.num_nextn_predict_layers:
+            raise FieldError("mtp_depth", self.mtp_depth, f"{spec.name} has no MTP module (num_nextn_predict_layers 0)")
+        if not (isinstance(self.mtp_acceptance, (int, float)) and 0 <= self.mtp_acceptance <= 1):
+            raise FieldError("mtp_acceptance", self.mtp_acceptance, "must be a probability in [0, 1]")
         if self.mla_form not in ("absorbed", "naive", "auto"):
             raise FieldError("mla_form", self.mla_form, "expected auto, absorbed or naive")
         problem = kv_format_problem(spec, self.kv_format)

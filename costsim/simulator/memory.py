@@ -21,7 +21,7 @@ from costsim.simulator.kv import cached_tokens, kv_bytes_per_token_per_layer, li
 from costsim.simulator.operators import layer_groups, step_operators
 from costsim.simulator.params import layer_params, param_counts
 from costsim.simulator.types import OpKind, StepShape
-from costsim.specs import HardwareProfile, MLAAttention, ModelSpec
+from costsim.specs import HardwareProfile, MLAAttention, MoEFFN, ModelSpec
 
 
 def weight_bytes_per_device(spec: ModelSpec, dep: Deployment) -> float:
@@ -43,6 +43,16 @@ def weight_bytes_per_device(spec: ModelSpec, dep: Deployment) -> float:
         total += n * (tp_sharded * w + experts * dep.expert_weights.bytes_per_element
                       + (lp["norms"] + lp["router"]) * hp)
     vocab = (p.embedding + p.lm_head) * hp / dep.tp
+    if dep.mtp_depth:
+        # serving with MTP loads the MTP modules (DeepSeek-V3 §2.2): per module one block (MoE
+        # when the model is MoE), the projection M (2h -> h, TP-split) and three RMSNorms
+        moe = isinstance(spec.ffn, MoEFFN)
+        lp = layer_params(spec, moe, False)
+        tp_sharded = (lp["attention"] - replicated) / dep.tp + replicated + (lp["dense_ffn"] + lp["shared"]) / dep.tp
+        h = spec.hidden_size
+        module = (tp_sharded + 2 * h * h / dep.tp) * w + lp["routed"] / (dep.ep * dep.moe_tp) * \
+            dep.expert_weights.bytes_per_element + (lp["norms"] + lp["router"] + 3 * h) * hp
+        total += spec.num_nextn_predict_layers * module
     return float(total + vocab + spec.hidden_size * hp)  # + final norm
 
 
@@ -60,6 +70,8 @@ def kv_bytes_per_device(spec: ModelSpec, dep: Deployment, batch, context):
     groups = layer_groups(spec, dep.pp)
     tokens = sum(n * cached_tokens(ctx if w is None else np.minimum(ctx, w), dep.block_size)
                  for _moe, w, n, linear in groups if not linear)
+    if dep.mtp_depth:  # each MTP module's attention layer keeps its own cache (full context)
+        tokens = tokens + spec.num_nextn_predict_layers * cached_tokens(ctx, dep.block_size)
     # linear-attention layers: a fixed state per sequence, whatever the context
     state = sum(g.n for g in groups if g.linear) * linear_state_bytes_per_layer(spec, dep.tp)
     return (per_layer * tokens + state) * seqs + 0.0 * ctx  # (+ 0 ctx: a stage of only linear layers broadcasts too)

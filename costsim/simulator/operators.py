@@ -22,6 +22,7 @@ E*(1-(1-k/E)^T) for T uniformly routed tokens (each expert picked with probabili
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
@@ -359,6 +360,36 @@ def step_operators(spec: ModelSpec, dep: Deployment, step: StepShape, *, form: s
     if include_comm:
         ops += comm_operators(spec, dep, step, groups)
     return ops
+
+
+def mtp_operators(spec: ModelSpec, dep: Deployment, step: StepShape, *, form: str | None = None,
+                  include_comm: bool = True) -> list[Operator]:
+    """One forward of an MTP module (DeepSeek-V3 §2.2, Fig. 3) for ``step``: the shared
+    embedding's lookup, the two RMSNorms and the projection M_k (2h -> h), one transformer
+    block (MoE when the model is MoE, at full context), the shared LM head; names start with
+    ``mtp.``. Used by speculative decoding (``serving.decode`` with ``dep.mtp_depth``)."""
+    dep.check(spec)
+    form = form or dep.mla_form
+    if form == "auto":
+        form = "absorbed"
+    act, h = dep.act_bytes, spec.hidden_size
+    b = dep.seqs_per_rank(step.batch)
+    T = b * np.asarray(step.new_tokens, dtype=float)
+    moe = isinstance(spec.ffn, MoEFFN)
+    layer = LayerType.MOE if moe else LayerType.DENSE
+    ops = [Operator(name="embedding", kind=OpKind.ELEMENTWISE, group=OpGroup.EMBEDDING, layer=LayerType.ONCE,
+                    count=1, flops=0.0, bytes_read=T * h * dep.high_precision.bytes_per_element,
+                    bytes_written=T * h * act, dtype=""),
+           _elementwise("norms(h, e)", OpGroup.ATTENTION, layer, 2 * T * h, 2 * T * h, act, 1),
+           _gemm("eh_proj", OpGroup.ATTENTION, layer, T, h // dep.tp, 2 * h, dep.weight_format, act, 1)]
+    ops += attention_operators(spec, dep, step, 1, None, form, "", layer)
+    ops += ffn_operators(spec, dep, step, 1, moe)
+    V = -(-spec.vocab_size // dep.tp)
+    ops.append(_gemm("lm_head", OpGroup.LM_HEAD, LayerType.ONCE, b * np.asarray(step.logit_tokens, dtype=float), V, h,
+                     dep.high_precision, act, 1))
+    if include_comm:
+        ops += comm_operators(spec, dep, step, [LayerGroup(moe, None, 1, False)])
+    return [o if o.name.startswith("mtp.") else replace(o, name="mtp." + o.name) for o in ops]
 
 
 def total(ops: list[Operator], attr: str = "flops", kinds: tuple[str, ...] | None = None):

@@ -84,13 +84,15 @@ def _time_ops(ops, hw, spec, dep, form) -> StepTiming:
     return StepTiming(timings, total, comp, comm, flops, moved, form)
 
 
-def time_step(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, step: StepShape) -> StepTiming:
+def time_step(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, step: StepShape,
+              operators=step_operators) -> StepTiming:
     """Time one step on one device (the busiest). With ``dep.mla_form == 'auto'`` both MLA
     forms are timed and the faster is kept (per element when inputs are arrays: the
-    reported operators are then those of the absorbed form)."""
+    reported operators are then those of the absorbed form). ``operators``: the operator
+    list of the step (``step_operators``; ``operators.mtp_operators`` for an MTP module)."""
     forms = ["absorbed", "naive"] if (dep.mla_form == "auto" and isinstance(spec.attention, MLAAttention)) else [
         dep.mla_form if dep.mla_form != "auto" else "absorbed"]
-    results = [_time_ops(step_operators(spec, dep, step, form=f), hw, spec, dep, f) for f in forms]
+    results = [_time_ops(operators(spec, dep, step, form=f), hw, spec, dep, f) for f in forms]
     if len(results) == 1:
         return results[0]
     a, n = results

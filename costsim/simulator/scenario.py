@@ -27,7 +27,8 @@ from costsim.simulator.layout import LayoutRequest, check_types, number_format, 
 from costsim.simulator.memory import memory_report, require_fit, weight_bytes_per_device
 from costsim.simulator.params import param_counts
 from costsim.simulator.roofline import StepTiming, per_layer_seconds, rate_provenance
-from costsim.simulator.serving import MaxThroughput, best_max_throughput, decode, max_throughput, mla_crossover, serve
+from costsim.simulator.serving import (MaxThroughput, best_max_throughput, decode, max_throughput, mla_crossover,
+                                      mtp_tokens_per_step, serve)
 from costsim.simulator.training import train_cost
 from costsim.simulator.types import OpKind
 from costsim.specs import HardwareProfile, MLAAttention, MoEFFN, ModelSpec
@@ -342,6 +343,10 @@ class PerfRecord(_Record):
     prefill_operators: list | None = None
     decode_operators: list | None = None
     layout_reason: str = ""  # why the layout policy chose this layout (a PP it had to add), else ""
+    prefill_chunk_tokens: int | None = None  # chunked prefill: tokens per sequence per chunk; None: one step
+    mtp_depth: int = 0  # MTP speculative decoding: draft tokens per step (0: off)
+    mtp_acceptance: float = 0.0
+    mtp_tokens_per_step: float = 1.0  # expected tokens per sequence per decode step
     _optional = ("mla_decode_step_absorbed_s", "mla_decode_step_naive_s", "prefill_operators", "decode_operators")
 
     def to_dict(self) -> dict:
@@ -373,9 +378,15 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
     warn = context_warnings(spec, i + o)
     if not m.fits:
         warn.append(f"batch {b} does not fit in memory at {i + o} tokens (max batch {int(m.max_batch)})")
+    if r.prefill_chunk_tokens is not None:
+        warn.append(f"prefill chunked: a one-step prefill of all {b} prompts does not fit its activations; "
+                    f"{-(-i // r.prefill_chunk_tokens)} chunks of {r.prefill_chunk_tokens:,} tokens per sequence "
+                    f"({r.prefill_workspace_bytes / 1e9:.1f} GB of activations per device); the operator "
+                    "breakdown shows the first chunk")
     if not r.prefill_fits:
-        warn.append(f"prefilling all {b} prompts in one step needs {r.prefill_workspace_bytes / 1e9:.1f} GB of "
-                    "activations per device, more than is left; a real server would chunk the prefill")
+        warn.append(f"prefilling all {b} prompts cannot be chunked to fit: not even one token per sequence per "
+                    f"step fits beside the weights and the prompts' KV cache ({r.prefill_workspace_bytes / 1e9:.3g} "
+                    "GB of activations per device for the whole prompts)")
     mla = {}
     if isinstance(spec.attention, MLAAttention):
         x = mla_crossover(spec, hw, dep, b, i)
@@ -402,6 +413,8 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
         decode_seconds_per_layer=per_layer_seconds(r.decode_first.timing, spec, dep.pp) if decoding else {},
         prefill_seconds_per_layer=per_layer_seconds(r.prefill.timing, spec, dep.pp), **mla,
         prefill_operators=operator_rows(r.prefill.timing) if breakdown else None, layout_reason=dep.layout_reason,
+        prefill_chunk_tokens=r.prefill_chunk_tokens, mtp_depth=dep.mtp_depth, mtp_acceptance=dep.mtp_acceptance,
+        mtp_tokens_per_step=mtp_tokens_per_step(dep.mtp_depth, dep.mtp_acceptance),
         decode_operators=operator_rows(r.decode_first.timing) if breakdown else None)
 
 

@@ -2,8 +2,12 @@
 batch under memory and an optional TPOT SLO.
 
 Assumptions (stated, not hidden):
-- Prefill of a request batch runs as one step with all prompts (no chunking); TTFT is that
-  step's time, and the prefill produces each request's first output token. Decode runs
+- Prefill of a request batch runs as one step with all prompts; TTFT is that step's time, and
+  the prefill produces each request's first output token. When that step's activations do not
+  fit beside the weights and the prompts' KV cache, the prefill is chunked as a server does
+  (vLLM / SGLang chunked prefill): every sequence advances by the largest chunk of c tokens
+  whose activations fit, each chunk attending to the KV of the chunks before it; TTFT is the
+  sum of the chunk steps (``chunked_prefill``). Decode runs
   ``batch`` sequences in lock-step; TPOT at context L is one decode step's time. A request of
   ``output_len`` = n tokens takes n - 1 decode steps, at contexts input_len .. input_len + n - 2
   (end-to-end latency = TTFT + those steps; TPOT = their mean, the convention of vLLM's and
@@ -26,7 +30,9 @@ import numpy as np
 
 from costsim.errors import CostsimError, FieldError
 from costsim.simulator.deployment import Deployment
-from costsim.simulator.memory import kv_bytes_per_device, memory_report, require_fit, workspace_bytes
+from costsim.simulator.memory import (kv_bytes_per_device, memory_report, require_fit, weight_bytes_per_device,
+                                     workspace_bytes)
+from costsim.simulator.operators import mtp_operators
 from costsim.simulator.roofline import StepTiming, time_step
 from costsim.simulator.types import StepShape
 from costsim.specs import HardwareProfile, MLAAttention, ModelSpec
@@ -81,9 +87,90 @@ def prefill(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, prompt
     return _phase(spec, hw, dep, batch, prompt, 0, fill=True)
 
 
+def prefill_workspace(spec: ModelSpec, dep: Deployment, batch, chunk, input_len):
+    """Activation bytes per device of the prefill step of ``chunk`` new tokens per sequence
+    that ends the prompt (context ``input_len - chunk``): the largest of its chunks."""
+    b = np.asarray(batch, dtype=float)
+    c = np.asarray(chunk, dtype=float)
+    return workspace_bytes(spec, dep, StepShape(b / microbatches(b, dep.pp), c, np.asarray(input_len) - c, 1))
+
+
+def prefill_chunk_tokens(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch: int,
+                         input_len: int) -> int | None:
+    """The largest chunk c (1 <= c <= input_len tokens per sequence) whose prefill activations
+    fit in usable memory beside the weights and the whole prompts' KV cache (bytes per device);
+    None when not even one token per sequence fits. Bisection: the workspace grows with c."""
+    room = (hw.memory_capacity.value * dep.gpu_memory_utilization - weight_bytes_per_device(spec, dep)
+            - float(kv_bytes_per_device(spec, dep, batch, input_len)))
+
+    def fits(c: int) -> bool:
+        return float(prefill_workspace(spec, dep, batch, c, input_len)) <= room
+
+    if not fits(1):
+        return None
+    lo, hi = 1, int(input_len)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
+def chunked_prefill(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch: int, input_len: int,
+                    chunk: int) -> PhaseResult:
+    """Prefill ``batch`` prompts of ``input_len`` tokens in chunks of ``chunk`` tokens per
+    sequence (the last one shorter): chunk k computes tokens k c .. min((k + 1) c, I) - 1 over
+    a context of k c cached tokens; only the last chunk computes logits. Each of the m micro-batches passes every chunk through the
+    ``pp`` stages: time = m x sum_k t_k + (pp - 1) x t_last (one chunk: (m + pp - 1) t, as
+    ``prefill``). MFU and MBU are over the whole prefill; ``timing`` is the first chunk's."""
+    m = float(microbatches(batch, dep.pp))
+    mb = batch / m
+    starts = np.arange(0, int(input_len), int(chunk), dtype=float)
+    sizes = np.minimum(float(chunk), float(input_len) - starts)
+    logits = (starts == starts[-1]).astype(float)  # only the chunk that ends the prompt samples a token
+    t = time_step(spec, hw, dep, StepShape(mb, sizes, starts, logits))
+    stage = np.broadcast_to(np.asarray(t.time_s, dtype=float), starts.shape)
+    time = m * float(stage.sum()) + (dep.pp - 1) * float(stage[-1])
+    tokens = float(batch) * float(input_len)
+    flops = float(np.broadcast_to(np.asarray(t.flops, dtype=float), starts.shape).sum())
+    moved = float(np.broadcast_to(np.asarray(t.bytes_moved, dtype=float), starts.shape).sum())
+    first = time_step(spec, hw, dep, StepShape(mb, float(sizes[0]), 0.0, float(logits[0])))
+    mfu = flops / (float(stage.sum()) * mfu_peak(hw, first))
+    mbu = moved / (float(stage.sum()) * hw.memory_bandwidth.value)
+    return PhaseResult(time, tokens, tokens / time, tokens / time / dep.devices, mfu, mbu, first)
+
+
+def mtp_tokens_per_step(depth: int, acceptance: float) -> float:
+    """Expected tokens a sequence gains per speculative step: the verified token plus each
+    draft accepted in turn, 1 + a + a^2 + ... + a^depth (a draft counts only if every draft
+    before it was accepted; DeepSeek-V3 §5.4.3: depth 1, a = 0.85-0.90)."""
+    return float(sum(acceptance ** k for k in range(depth + 1)))
+
+
 def decode(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, context) -> PhaseResult:
-    """One decode step of ``batch`` sequences at ``context`` cached tokens: TPOT = ``time_s``."""
-    return _phase(spec, hw, dep, batch, 1, context)
+    """One decode step of ``batch`` sequences at ``context`` cached tokens: TPOT = ``time_s``.
+
+    With MTP speculative decoding (``dep.mtp_depth`` = D >= 1, acceptance a): a step verifies
+    D + 1 tokens per sequence in one pass of the model (logits for each) and drafts the next D
+    with D sequential MTP-module passes of one token (``operators.mtp_operators``); it gains
+    E = ``mtp_tokens_per_step(D, a)`` tokens per sequence, so TPOT = step time / E and
+    tokens/s = batch x E / step time. The MTP module is costed on top of the pp stage times.
+    MFU and MBU are those of the whole step; ``timing`` is the verify pass's."""
+    if not dep.mtp_depth:
+        return _phase(spec, hw, dep, batch, 1, context)
+    D = dep.mtp_depth
+    mb = np.asarray(batch, dtype=float) / microbatches(batch, dep.pp)
+    verify = time_step(spec, hw, dep, StepShape(mb, D + 1, context, D + 1))
+    draft = time_step(spec, hw, dep, StepShape(mb, 1, context, 1), operators=mtp_operators)
+    step = np.asarray(verify.time_s) * dep.pp + D * np.asarray(draft.time_s)
+    E = mtp_tokens_per_step(D, dep.mtp_acceptance)
+    time = step / E
+    tokens = np.asarray(batch, dtype=float)
+    tps = tokens / time
+    busy = np.asarray(verify.time_s) + D * np.asarray(draft.time_s)  # one stage's work per step
+    flops = np.asarray(verify.flops) + D * np.asarray(draft.flops)
+    mfu = flops / (busy * max(mfu_peak(hw, verify), mfu_peak(hw, draft)))
+    mbu = (np.asarray(verify.bytes_moved) + D * np.asarray(draft.bytes_moved)) / (busy * hw.memory_bandwidth.value)
+    return PhaseResult(time, tokens, tps, tps / dep.devices, mfu, mbu, verify)
 
 
 @dataclass(frozen=True)
@@ -103,8 +190,9 @@ class ServeResult:
     prefill: PhaseResult
     decode_first: PhaseResult
     memory: object
-    prefill_workspace_bytes: float = 0.0  # activations of the one-step prefill, per device
+    prefill_workspace_bytes: float = 0.0  # activations of the (largest) prefill step, per device
     prefill_fits: bool = True  # weights + prompt KV + prefill activations within usable memory
+    prefill_chunk_tokens: int | None = None  # tokens per sequence per chunk when chunked; None: one step
 
     @property
     def decode_tokens_per_s_per_device(self):
@@ -134,9 +222,19 @@ def serve(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch: int, inp
     e2e = ttft + decode_total
     tpot = decode_total / steps if steps else float(times[0])
     mem = memory_report(spec, hw, dep, batch, input_len + output_len)
-    # prefill runs as one unchunked step: its activations sit beside the weights and the prompt's KV
-    pre_ws = float(workspace_bytes(spec, dep, StepShape(batch / microbatches(batch, dep.pp), input_len, 0, 1)))
+    # a one-step prefill's activations sit beside the weights and the prompt's KV; if they do
+    # not fit, the prefill is chunked (the largest chunk that fits), if any chunk does
+    pre_ws = float(prefill_workspace(spec, dep, batch, input_len, input_len))
     pre_need = mem.weight_bytes + float(kv_bytes_per_device(spec, dep, batch, input_len)) + pre_ws
+    chunk = None
+    if pre_need > mem.usable_bytes:
+        chunk = prefill_chunk_tokens(spec, hw, dep, batch, input_len)
+        if chunk is not None:
+            pre = chunked_prefill(spec, hw, dep, batch, input_len, chunk)
+            ttft = float(pre.time_s)
+            e2e = ttft + decode_total
+            pre_ws = float(prefill_workspace(spec, dep, batch, chunk, input_len))
+            pre_need = mem.weight_bytes + float(kv_bytes_per_device(spec, dep, batch, input_len)) + pre_ws
     first = decode(spec, hw, dep, batch, input_len)
     return ServeResult(
         batch=batch, input_len=input_len, output_len=output_len, ttft_s=ttft,
@@ -145,7 +243,7 @@ def serve(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch: int, inp
         decode_tokens_per_s=batch / tpot if output_len else 0.0,
         combined_tokens_per_s=batch * output_len / e2e if output_len else 0.0,
         devices=dep.devices, devices_per_node=hw.devices_per_node, prefill=pre, decode_first=first, memory=mem,
-        prefill_workspace_bytes=pre_ws, prefill_fits=pre_need <= mem.usable_bytes)
+        prefill_workspace_bytes=pre_ws, prefill_fits=pre_need <= mem.usable_bytes, prefill_chunk_tokens=chunk)
 
 
 class SLOError(FieldError):

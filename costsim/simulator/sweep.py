@@ -45,7 +45,7 @@ from costsim.simulator.deployment import Deployment
 from costsim.simulator.efficiency import rates
 from costsim.simulator.memory import kv_bytes_per_device, memory_report, weight_bytes_per_device, workspace_bytes
 from costsim.simulator.roofline import StepTiming, time_step
-from costsim.simulator.serving import decode, microbatches, prefill
+from costsim.simulator.serving import chunked_prefill, decode, microbatches, prefill, prefill_chunk_tokens
 from costsim.simulator.types import Family, OpKind, StepShape
 from costsim.specs import HardwareProfile, MLAAttention, ModelSpec
 
@@ -88,9 +88,12 @@ def _refine(cuts, lmax: int, diffs):
 
 def _needs_dense(spec: ModelSpec, hw: HardwareProfile, dep: Deployment) -> bool:
     """MLA's naive decompression GEMM has rows proportional to the context; with tile/wave
-    quantisation its time is a staircase in L, not piecewise affine with few pieces."""
-    return (isinstance(spec.attention, MLAAttention) and dep.mla_form in ("naive", "auto")
-            and any(rates(hw, f).tile_m for f in (Family.GEMM, Family.GEMM_FP8, Family.GEMM_FP8_BLOCK)))
+    quantisation its time is a staircase in L, not piecewise affine with few pieces. MTP
+    speculative decoding (a verify pass of D + 1 tokens plus D draft passes) is summed densely
+    too: its kinks are not among the ones ``decode_prefix`` finds."""
+    return dep.mtp_depth > 0 or (
+        isinstance(spec.attention, MLAAttention) and dep.mla_form in ("naive", "auto")
+        and any(rates(hw, f).tile_m for f in (Family.GEMM, Family.GEMM_FP8, Family.GEMM_FP8_BLOCK)))
 
 
 def _stage(dep: Deployment, batch):
@@ -267,13 +270,36 @@ def serve_grid(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, inp
     pre_ws = workspace_bytes(spec, dep, StepShape(b / microbatches(b, dep.pp), i, 0, 1))
     pre_fits = wb + kv_bytes_per_device(spec, dep, b, i) + pre_ws <= usable
     none = np.array(-1, dtype=np.int8)
+    pre_mfu, pre_mbu = np.asarray(pre.mfu), np.asarray(pre.mbu)
+    pre_bound = step_bound(pre.timing) if bounds else none
+    if not np.all(pre_fits):
+        # a prefill whose activations do not fit is chunked (``serving.chunked_prefill``): the
+        # few such (batch, prompt) pairs are costed one by one, as ``serve`` does
+        shape = np.broadcast_shapes(b.shape, i.shape, o.shape)
+        full = [np.array(np.broadcast_to(x, shape)) for x in (ttft, pre_mfu, pre_mbu, pre_fits, pre_bound)]
+        ttft, pre_mfu, pre_mbu, pre_fits, pre_bound = full
+        B, I = np.broadcast_to(b, shape), np.broadcast_to(i, shape)
+        done: dict = {}
+        for idx in zip(*np.nonzero(~pre_fits)):
+            key = (int(B[idx]), int(I[idx]))
+            if key not in done:
+                c = prefill_chunk_tokens(spec, hw, dep, *key)
+                done[key] = None if c is None else chunked_prefill(spec, hw, dep, *key, c)
+            r = done[key]
+            if r is not None:
+                ttft[idx], pre_mfu[idx], pre_mbu[idx], pre_fits[idx] = float(r.time_s), r.mfu, r.mbu, True
+                if bounds:
+                    pre_bound[idx] = step_bound(r.timing)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            e2e = ttft + total
+            comb_tps = np.where(o > 0, b * o / e2e, 0.0)
     return ServingGrid(
         batch=b, input_len=i, output_len=o, ttft_s=ttft, tpot_s=tpot, e2e_s=e2e,
         prefill_tokens_per_s=b * i / ttft, decode_tokens_per_s=dec_tps, combined_tokens_per_s=comb_tps,
         weight_bytes=wb, kv_bytes=np.asarray(mem.kv_bytes), workspace_bytes=np.asarray(mem.workspace_bytes),
         usable_bytes=usable, fits=np.asarray(mem.fits), max_batch=np.asarray(mem.max_batch), prefill_fits=pre_fits,
-        prefill_mfu=np.asarray(pre.mfu), prefill_mbu=np.asarray(pre.mbu),
-        prefill_bound=step_bound(pre.timing) if bounds else none,
+        prefill_mfu=pre_mfu, prefill_mbu=pre_mbu,
+        prefill_bound=pre_bound,
         decode_mfu=np.asarray(first.mfu), decode_mbu=np.asarray(first.mbu),
         decode_bound=step_bound(first.timing) if bounds else none, devices=dep.devices)
 
