@@ -60,6 +60,9 @@ MTP = Annotated[int, typer.Option("--mtp", help="MTP speculative decoding: draft
 MTPAcceptance = Annotated[float, typer.Option("--mtp-acceptance", help="Probability that each draft token is accepted "
                                                                        "given the ones before it (DeepSeek-V3: "
                                                                        "0.85-0.90 for the second token).")]
+PrefixHit = Annotated[float, typer.Option("--prefix-hit", help="Prefix caching: share of each prompt whose KV is "
+                                                              "already cached, so its prefill is skipped (0 to <1; "
+                                                              "DeepSeek's service: 0.563).")]
 BlockSize = Annotated[Optional[int], typer.Option("--block-size", help="Paged KV cache block size (tokens).")]
 TpotSlo = Annotated[Optional[str], typer.Option("--tpot-slo", help="TPOT limit with a unit, e.g. 50ms.")]
 RequestBatch = Annotated[str, typer.Option("--batch", help="Concurrent requests over all the devices (k = 1024).")]
@@ -73,7 +76,8 @@ Force = Annotated[bool, typer.Option("--force", help="Replace an existing output
 FLAGS = {
     "devices": "--devices", "tp": "--tp", "ep": "--ep", "pp": "--pp", "weight_dtype": "--weight-dtype",
     "weight_format": "--weight-dtype", "kv_dtype": "--kv-dtype", "kv_format": "--kv-dtype", "mla_form": "--mla-form",
-    "imbalance": "--imbalance", "block_size": "--block-size", "mtp_depth": "--mtp", "mtp_acceptance": "--mtp-acceptance", "tpot_slo_s": "--tpot-slo", "batch": "--batch",
+    "imbalance": "--imbalance", "block_size": "--block-size", "mtp_depth": "--mtp", "mtp_acceptance": "--mtp-acceptance",
+    "prefix_hit": "--prefix-hit", "tpot_slo_s": "--tpot-slo", "batch": "--batch",
     "context": "--context", "input_len": "--input", "output_len": "--output", "mfu": "--mfu",
     "gpu_hours": "--gpu-hours", "tokens": "--tokens", "seq_len": "--seq-len", "dtype": "--dtype",
     "m": "--m", "n": "--n", "k": "--k", "form": "--form", "new_tokens": "--new-tokens",
@@ -135,13 +139,13 @@ def lengths(batch: str, input_len: str, output_len: str) -> tuple[int, int, int]
 
 
 def layout(devices=None, tp=None, ep=None, pp=None, weight_dtype=None, kv_dtype="bf16", mla_form="auto",
-           imbalance=1.0, overlap=False, block_size=None, mtp=0, mtp_acceptance=0.85):
+           imbalance=1.0, overlap=False, block_size=None, mtp=0, mtp_acceptance=0.85, prefix_hit=0.0):
     """The flags of a layout as the engine's ``LayoutRequest`` (the engine checks them)."""
     from costsim.simulator.layout import LayoutRequest
 
     return LayoutRequest(devices=devices, tp=tp, ep=ep, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
                          mla_form=mla_form, imbalance=imbalance, overlap_comm=overlap, block_size=block_size,
-                         mtp_depth=mtp, mtp_acceptance=mtp_acceptance)
+                         mtp_depth=mtp, mtp_acceptance=mtp_acceptance, prefix_hit=prefix_hit)
 
 
 def emit(*a, **kw):

@@ -50,6 +50,7 @@ class LayoutRequest:
     block_size: int | None = None
     mtp_depth: int = 0  # MTP speculative decoding: draft tokens per step (0: off)
     mtp_acceptance: float = 0.85  # each draft's acceptance given the ones before (DeepSeek-V3: 0.85-0.90)
+    prefix_hit: float = 0.0  # share of each prompt already in the prefix cache (its prefill is skipped)
 
 
 def check_types(spec=None, hw=None) -> None:
@@ -194,7 +195,8 @@ def resolve_deployment(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequ
                       mla_form=r.mla_form, high_precision=act, act_format=act,
                       imbalance=r.imbalance, overlap_comm=r.overlap_comm, block_size=r.block_size,
                       dispatch_bytes=1.0 if wf.compute == "fp8" else 2.0, combine_bytes=2.0,
-                      mtp_depth=r.mtp_depth, mtp_acceptance=r.mtp_acceptance if r.mtp_depth else 0.0)
+                      mtp_depth=r.mtp_depth, mtp_acceptance=r.mtp_acceptance if r.mtp_depth else 0.0,
+                      prefix_hit=r.prefix_hit)
 
     def fits(d: Deployment):
         """(fits, max batch) of ``batch`` sequences of ``context`` on ``d``; None if invalid."""

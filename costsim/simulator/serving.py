@@ -83,8 +83,11 @@ def _phase(spec, hw, dep, batch, new_tokens, context, fill: bool = False) -> Pha
 
 
 def prefill(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, prompt) -> PhaseResult:
-    """Prefill ``batch`` prompts of ``prompt`` tokens (context 0): TTFT = ``time_s``."""
-    return _phase(spec, hw, dep, batch, prompt, 0, fill=True)
+    """Prefill ``batch`` prompts of ``prompt`` tokens: TTFT = ``time_s``. With prefix caching
+    (``dep.prefix_hit``) the first ``dep.cached_prefix(prompt)`` tokens are cached already:
+    only the rest is computed, attending to them (``tokens`` counts the computed tokens)."""
+    c = dep.cached_prefix(prompt)
+    return _phase(spec, hw, dep, batch, np.asarray(prompt, dtype=float) - c, c, fill=True)
 
 
 def prefill_workspace(spec: ModelSpec, dep: Deployment, batch, chunk, input_len):
@@ -93,6 +96,7 @@ def prefill_workspace(spec: ModelSpec, dep: Deployment, batch, chunk, input_len)
     b = np.asarray(batch, dtype=float)
     c = np.asarray(chunk, dtype=float)
     return workspace_bytes(spec, dep, StepShape(b / microbatches(b, dep.pp), c, np.asarray(input_len) - c, 1))
+    # (a prefix-cache hit only shortens the computed part: the last chunk is the same)
 
 
 def prefill_chunk_tokens(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch: int,
@@ -108,7 +112,7 @@ def prefill_chunk_tokens(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, 
 
     if not fits(1):
         return None
-    lo, hi = 1, int(input_len)
+    lo, hi = 1, int(input_len - float(dep.cached_prefix(input_len)))
     while lo < hi:
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
@@ -124,16 +128,16 @@ def chunked_prefill(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch
     ``prefill``). MFU and MBU are over the whole prefill; ``timing`` is the first chunk's."""
     m = float(microbatches(batch, dep.pp))
     mb = batch / m
-    starts = np.arange(0, int(input_len), int(chunk), dtype=float)
+    starts = np.arange(int(dep.cached_prefix(input_len)), int(input_len), int(chunk), dtype=float)
     sizes = np.minimum(float(chunk), float(input_len) - starts)
     logits = (starts == starts[-1]).astype(float)  # only the chunk that ends the prompt samples a token
     t = time_step(spec, hw, dep, StepShape(mb, sizes, starts, logits))
     stage = np.broadcast_to(np.asarray(t.time_s, dtype=float), starts.shape)
     time = m * float(stage.sum()) + (dep.pp - 1) * float(stage[-1])
-    tokens = float(batch) * float(input_len)
+    tokens = float(batch) * float(input_len - starts[0])  # computed tokens (a cached prefix is skipped)
     flops = float(np.broadcast_to(np.asarray(t.flops, dtype=float), starts.shape).sum())
     moved = float(np.broadcast_to(np.asarray(t.bytes_moved, dtype=float), starts.shape).sum())
-    first = time_step(spec, hw, dep, StepShape(mb, float(sizes[0]), 0.0, float(logits[0])))
+    first = time_step(spec, hw, dep, StepShape(mb, float(sizes[0]), float(starts[0]), float(logits[0])))
     mfu = flops / (float(stage.sum()) * mfu_peak(hw, first))
     mbu = moved / (float(stage.sum()) * hw.memory_bandwidth.value)
     return PhaseResult(time, tokens, tokens / time, tokens / time / dep.devices, mfu, mbu, first)
@@ -224,7 +228,7 @@ def serve(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch: int, inp
     mem = memory_report(spec, hw, dep, batch, input_len + output_len)
     # a one-step prefill's activations sit beside the weights and the prompt's KV; if they do
     # not fit, the prefill is chunked (the largest chunk that fits), if any chunk does
-    pre_ws = float(prefill_workspace(spec, dep, batch, input_len, input_len))
+    pre_ws = float(prefill_workspace(spec, dep, batch, input_len - float(dep.cached_prefix(input_len)), input_len))
     pre_need = mem.weight_bytes + float(kv_bytes_per_device(spec, dep, batch, input_len)) + pre_ws
     chunk = None
     if pre_need > mem.usable_bytes:

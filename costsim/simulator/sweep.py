@@ -43,9 +43,10 @@ import numpy as np
 from costsim.errors import CostsimError
 from costsim.simulator.deployment import Deployment
 from costsim.simulator.efficiency import rates
-from costsim.simulator.memory import kv_bytes_per_device, memory_report, weight_bytes_per_device, workspace_bytes
+from costsim.simulator.memory import kv_bytes_per_device, memory_report, weight_bytes_per_device
 from costsim.simulator.roofline import StepTiming, time_step
-from costsim.simulator.serving import chunked_prefill, decode, microbatches, prefill, prefill_chunk_tokens
+from costsim.simulator.serving import (chunked_prefill, decode, microbatches, prefill, prefill_chunk_tokens,
+                                      prefill_workspace)
 from costsim.simulator.types import Family, OpKind, StepShape
 from costsim.specs import HardwareProfile, MLAAttention, ModelSpec
 
@@ -267,7 +268,7 @@ def serve_grid(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, inp
         dec_tps = np.where(o > 0, b / tpot, 0.0)
         comb_tps = np.where(o > 0, b * o / e2e, 0.0)
     mem = memory_report(spec, hw, dep, b, i + o)
-    pre_ws = workspace_bytes(spec, dep, StepShape(b / microbatches(b, dep.pp), i, 0, 1))
+    pre_ws = prefill_workspace(spec, dep, b, i - dep.cached_prefix(i), i)
     pre_fits = wb + kv_bytes_per_device(spec, dep, b, i) + pre_ws <= usable
     none = np.array(-1, dtype=np.int8)
     pre_mfu, pre_mbu = np.asarray(pre.mfu), np.asarray(pre.mbu)
