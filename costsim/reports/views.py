@@ -46,7 +46,8 @@ def hardware(recs: list[dict], fmt: str) -> None:
             ("memory_capacity", "memory [GB]", F.scaled(1e9)), ("memory_bandwidth", "HBM BW [TB/s]", F.scaled(1e12)),
             ("intra_node_bandwidth", "intra-node [GB/s/dir]", F.scaled(1e9)),
             ("inter_node_bandwidth", "inter-node [GB/s/dir]", F.scaled(1e9)),
-            ("devices_per_node", "per node", F.integer), ("source", "source", F.text)]
+            ("devices_per_node", "per node", F.integer), ("price_per_device_hour", "price [USD/h]", F.num),
+            ("source", "source", F.text)]
     emit(recs, cols, fmt, title="Shipped hardware profiles (dense peaks; GB = 1e9 B)",
          notes=["Full sources and provenance: costsim hardware --format json, or the YAML in costsim/hardware_profiles/"])
 
@@ -114,12 +115,37 @@ def compare(recs: list[dict], fmt: str, devices: int) -> None:
             ("tp", "layout: TP", F.integer), ("ep", "layout: EP", F.integer),
             ("tpot_s", f"TPOT at batch {b} [ms]", F.ms),
             ("decode_tokens_per_s", f"decode at batch {b} [tokens/s per {devices} devices]", F.num),
-            ("max_batch", f"max batch at {ctx} tokens [sequences]", F.integer)]
+            ("max_batch", f"max batch at {ctx} tokens [sequences]", F.integer)] + _compare_money(recs, devices, b)
     table, cols = F.transpose(recs, rows)
     notes = [f"note: {r['name']}: {r['note']}" for r in recs if r["note"]]
     notes.append(f"GB = 1e9 bytes. Decode is a roofline estimate on {hw} ({devices} devices, efficiency factors "
                  "from the profile).")
+    if any(r.get("price_usd_per_device_hour") is not None for r in recs):
+        notes += _price_note(recs)
     emit(table, cols, title=f"compare on {devices} x {hw}, context {ctx}, batch {b}", notes=notes)
+
+
+def _usd(v) -> str:
+    """A dollar figure: 4 significant digits, '-' for None (no price)."""
+    return F.num(v)
+
+
+def _price_note(recs: list[dict]) -> list[str]:
+    """One note naming the price(s) the USD rows stand on, or how to give one."""
+    prices = sorted({r.get("price_usd_per_device_hour") for r in recs} - {None})
+    if not prices:
+        return ["No price for this hardware: give --price 2.5USD/h (USD per device-hour) for the USD rows."]
+    prov = {r.get("price_provenance") for r in recs} - {None}
+    how = f", {', '.join(sorted(prov))}" if prov else ""
+    return [f"USD = rent only: devices x {' / '.join(f'{p:g}' for p in prices)} USD per device-hour x time (price: "
+            f"--price, else the profile's price_per_device_hour{how})."]
+
+
+def _compare_money(recs: list[dict], devices: int, batch: int) -> list:
+    if all(r.get("price_usd_per_device_hour") is None for r in recs):
+        return []
+    return [("usd_per_hour", f"rent of the {devices} devices [USD/h]", _usd),
+            ("usd_per_million_output_tokens", f"decode at batch {batch} [USD per 1M output tokens]", _usd)]
 
 
 def _rate(k: str, v: float) -> str:
@@ -158,6 +184,12 @@ def perf(rec: dict, fmt: str, breakdown: bool) -> None:
         ("kv_bytes_per_device", "KV cache per device at input+output [GB]", F.scaled(1e9)),
         ("memory_usable_bytes", "usable memory per device [GB]", F.scaled(1e9)),
         ("max_batch", "max batch at input+output tokens", F.integer), ("max_batch_limit", "limited by", F.text)]
+    if rec.get("price_usd_per_device_hour") is not None:
+        rows += [("usd_per_hour", f"rent of the {n} devices [USD/h]", _usd),
+                 ("usd_per_million_output_tokens", "decode [USD per 1M output tokens]", _usd),
+                 ("usd_per_million_input_tokens", "prefill [USD per 1M input tokens]", _usd),
+                 ("usd_per_million_output_tokens_combined", "prefill+decode on the same devices [USD per 1M output "
+                                                            "tokens]", _usd)]
     shown = dict(rec, name="value")
     for kind, sec in rec["decode_seconds_per_layer"].items():
         label = "embedding + LM head (once per step)" if kind == "once" else f"one {kind} layer"
@@ -174,7 +206,7 @@ def perf(rec: dict, fmt: str, breakdown: bool) -> None:
     notes = ["Roofline estimate: time = max(FLOPs / achievable FLOP/s, bytes / achievable bandwidth) + overhead, "
              "efficiency factors from the hardware profile.",
              "Rates used (provenance): " + "; ".join(f"{k} {_rate(k, v['value'])} ({v['provenance']})"
-                                                     for k, v in rec["rates"].items())]
+                                                     for k, v in rec["rates"].items())] + _price_note([rec])
     emit(table, cols, notes=notes, title=(
         f"{rec['model']} on {n} x {rec['hardware']} (tp={rec['tp']} ep={rec['ep']} pp={rec['pp']} dp={rec['dp']}; "
         f"weights {rec['weight_dtype']}, KV {rec['kv_dtype']}); batch {rec['batch']}, {rec['input']} in -> "
@@ -199,9 +231,12 @@ def max_throughput(rec: dict, fmt: str) -> None:
             ("tokens_per_s", f"decode [tokens/s, all {rec['devices']} devices]", F.num),
             ("tokens_per_s_per_device", "decode [tokens/s per device]", F.num),
             ("max_batch_memory", "max batch that fits in memory", F.integer), ("limit", "limited by", F.text)]
+    if rec.get("price_usd_per_device_hour") is not None:
+        rows += [("usd_per_hour", f"rent of the {rec['devices']} devices [USD/h]", _usd),
+                 ("usd_per_million_output_tokens", "decode [USD per 1M output tokens]", _usd)]
     table, cols = F.transpose([dict(rec, name="value")], rows)
     slo = f", TPOT <= {rec['tpot_slo_s'] * 1e3:g} ms" if rec["tpot_slo_s"] else ""
-    emit(table, cols, title=(
+    emit(table, cols, notes=_price_note([rec]) if rec.get("price_usd_per_device_hour") is not None else (), title=(
         f"max decode throughput: {rec['model']} on {rec['devices']} x {rec['hardware']} (tp={rec['tp']} ep={rec['ep']}; "
         f"weights {rec['weight_dtype']}, KV {rec['kv_dtype']}), context {rec['context']}{slo}"))
 
@@ -219,11 +254,17 @@ def train(rec: dict, fmt: str) -> None:
             ("gpu_hours", "GPU-hours" + ("" if given else " (given)"), F.integer),
             ("gpu_hours_per_trillion_tokens", "GPU-hours per 1e12 tokens", F.num),
             ("tokens_per_s_per_device", "tokens/s per device", F.num)]
+    price = rec.get("price_usd_per_device_hour")
+    if price is not None:
+        rows.append(("training_usd", f"rent at {price:g} USD per GPU-hour [USD]", _usd))
+    if rec.get("wall_clock_days") is not None:
+        rows.append(("wall_clock_days", f"wall-clock on {rec['devices']:,} devices [days]", F.num))
     table, cols = F.transpose([dict(rec, name="value")], rows)
     emit(table, cols, title=(f"training {rec['model']} on {rec['hardware']} ({rec['dtype']} dense peak "
                              f"{rec['peak_flops'] / 1e12:g} TFLOP/s), {rec['tokens']:.4g} tokens"),
          notes=["training FLOPs/token = 3 x forward (2 x activated matmul params + causal attention), logits for "
-                "every token."])
+                "every token."] + ([] if price is None else ["USD = GPU-hours x the price (rent only; the profile's "
+                                                             "price_per_device_hour, --price to change)."]))
 
 
 @_finite
