@@ -71,6 +71,8 @@ FLAGS = {
     "context": "--context", "input_len": "--input", "output_len": "--output", "mfu": "--mfu",
     "gpu_hours": "--gpu-hours", "tokens": "--tokens", "seq_len": "--seq-len", "dtype": "--dtype",
     "m": "--m", "n": "--n", "k": "--k", "form": "--form", "new_tokens": "--new-tokens", "price": "--price",
+    "max_devices": "--max-devices", "users": "--users", "target_tokens_per_s": "--target-tokens-per-s",
+    "ttft_slo_s": "--ttft-slo", "top": "--top",
 }
 
 

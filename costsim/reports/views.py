@@ -472,3 +472,60 @@ def sweep(recs: list[dict], fmt: str = "table") -> None:
     emit(shown, cols, fmt, title=f"Sweep: {len(recs):,} points ({sum(bool(r['feasible']) for r in recs):,} feasible); "
                                  "TPOT = mean over the n - 1 decode steps; tok/s = decode tokens/s (batch / TPOT); GB = 1e9 B",
          notes=notes)
+
+
+def plan(rec: dict, fmt: str = "table", out=None) -> None:
+    """The planner's ranked deployments (``costsim.simulator.planner.Plan.to_dict()``): one row
+    per deployment, cheapest first, with what was searched and why a hardware has no plan.
+    JSON: the whole plan (SI units, USD); CSV: the rows."""
+    rows = [dict(r, name=r["hardware"], layout=f"tp{r['tp']} ep{r['ep']} pp{r['pp']} dp{r['dp']}",
+                 formats=f"{r['weight_dtype']}/{r['kv_dtype']}") for r in rec["rows"]]
+    if fmt != "table":
+        cols = [(k, k, F.text) for k in rec["rows"][0]] if rec["rows"] else [("hardware", "hardware", F.text)]
+        emit(rec["rows"], cols, fmt, payload=rec, out=out)
+        return
+    cols = [("name", "hw", F.text), ("devices", "devices", F.integer), ("layout", "layout", F.text),
+            ("formats", "W/KV", F.text), ("batch", "batch", F.integer), ("ttft_s", "TTFT [ms]", F.ms),
+            ("tpot_s", "TPOT [ms]", F.ms), ("tokens_per_s", "tok/s", F.num), ("replicas", "replicas", F.integer),
+            ("total_devices", "total dev", F.integer), ("usd_per_hour", "USD/h", _usd),
+            ("usd_per_million_output_tokens", "USD/M tok", _usd), ("limit", "limited by", F.text)]
+    from costsim.simulator.planner import slo_text
+
+    want = (f", {F.num(rec['target_tokens_per_s'])} output tokens/s" if rec["target_tokens_per_s"] is not None else
+            f", {rec['users']:,} concurrent users" if rec["users"] is not None else "")
+    hw = rec["hardware"]
+    found = sum(h["feasible"] for h in hw)
+    costed = sum(h["evaluated"] for h in hw)
+    title = (f"plan: {rec['model']}, {rec['input_len']} in -> {rec['output_len']} out, "
+             f"{slo_text(rec['tpot_slo_s'], rec['ttft_slo_s'])}{want}: the {len(rows)} cheapest of {found} plans "
+             f"found ({costed} of {sum(h['candidates'] for h in hw)} deployments costed)")
+    fleet = "the fleet" if want else "one replica"
+    notes = [f"tok/s = output tokens/s of one replica (batch x output / e2e: it prefills, then decodes, its batch "
+             f"in lock-step; TTFT = the prefill of the whole batch, as costsim perf). USD/h = {fleet}; USD/M tok = "
+             "USD/h over the output tokens delivered (rent only).",
+             f"Searched: {_powers(rec['max_devices'])} devices per replica, pp "
+             f"{'/'.join(str(p) for p in rec['pp'])}, TP within a node (dense: dp = 1), EP the largest dividing "
+             f"devices and experts; weights " + "; ".join(f"{k} {'/'.join(v)}" for k, v in rec["weight_dtypes"].items())
+             + f"; KV {'/'.join(rec['kv_dtypes'])}.",
+             "Prices [USD per device-hour]: " + ", ".join(f"{h['hardware']} {h['price_usd_per_device_hour']:g} "
+                                                           f"({h['price_provenance']})" for h in hw) + "."]
+    for h in hw:
+        if h["feasible"] == 0 and h["evaluated"] == 0 and h["screened"] > 0:
+            notes.append(f"{h['hardware']}: none of its {h['screened']} deployments passing the screen could beat "
+                         "the plans shown.")
+        elif h["feasible"] == 0:
+            why = ", ".join(f"{n} {k}" for k, n in sorted(h["reasons"].items(), key=lambda kv: -kv[1]))
+            notes.append(f"{h['hardware']}: no plan ({why}).")
+    if not rec["complete"]:
+        notes.append(f"The search stopped when no deployment left could beat the {len(rows)}th plan (a lower bound "
+                     "on each one's cost); --top N finds more.")
+    emit(rows, cols, title=title, notes=notes, out=out)
+
+
+def _powers(n: int) -> str:
+    """'1, 2, 4, ..., 64': the device counts the planner tries (powers of two up to ``n``)."""
+    out, k = [], 1
+    while k <= n:
+        out.append(k)
+        k *= 2
+    return ", ".join(map(str, out)) if len(out) <= 4 else f"1, 2, 4, ..., {out[-1]}"
