@@ -154,7 +154,7 @@ def test_a_profile_without_a_price_gives_no_dollars(tmp_path):
     r = _cli("perf", str(spec), "-H", str(f), "--devices", "1", "--input", "16", "--output", "4", "-f", "json")
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
-    assert d["usd_per_hour"] is None and d["usd_per_million_output_tokens"] is None
+    assert not [k for k in d if k.startswith(("usd", "price"))]  # no price, no USD keys
     r = _cli("perf", str(spec), "-H", str(f), "--devices", "1", "--input", "16", "--output", "4")
     assert "give --price" in r.stdout
 

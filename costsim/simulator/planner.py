@@ -31,7 +31,7 @@ Cost (``costsim.simulator.cost``): a replica rents devices x price per device-ho
   users x output / e2e.
 - neither: one replica at its full rate.
 USD per 1e6 output tokens = fleet USD per hour / 3600 / delivered tokens per s x 1e6; the
-deployments are ranked by it (then by fewer devices).
+deployments are ranked by it (then by fewer devices, then by less memory per device).
 
 Speed: each candidate is first screened by the prefill and the first decode step on the batch
 grid (cheap; the mean TPOT is at least the first step's, as a step's time does not fall with
@@ -411,8 +411,9 @@ def plan(spec: ModelSpec, hardware, input_len: int, output_len: int, *, tpot_slo
 
 
 def _rank(order):
-    return lambda r: (r.usd_per_million_output_tokens, r.total_devices, order[r.hardware], r.devices, r.tp, r.ep, r.pp,
-                      r.weight_dtype, r.kv_dtype)
+    # equal cost: fewer devices, then more memory left per device (a narrower KV format that costs nothing)
+    return lambda r: (r.usd_per_million_output_tokens, r.total_devices, r.memory_per_device_bytes, order[r.hardware],
+                      r.devices, r.tp, r.ep, r.pp, r.weight_dtype, r.kv_dtype)
 
 
 def slo_text(tpot_slo_s, ttft_slo_s) -> str:

@@ -34,6 +34,11 @@ from costsim.simulator.types import OpKind
 from costsim.specs import HardwareProfile, MLAAttention, MoEFFN, ModelSpec
 
 
+# the USD fields a record leaves out of its dict when the hardware has no price
+_MONEY = ("price_usd_per_device_hour", "price_provenance", "usd_per_hour", "usd_per_million_output_tokens",
+          "usd_per_million_input_tokens", "usd_per_million_output_tokens_combined", "training_usd")
+
+
 class _Record:
     """Mixin: ``to_dict()`` as JSON-ready plain values (optional fields left out when None)."""
 
@@ -222,6 +227,7 @@ class CompareRecord(_Record):
     price_usd_per_device_hour: float | None = None
     usd_per_hour: float | None = None
     usd_per_million_output_tokens: float | None = None
+    _optional = _MONEY
 
 
 def _unique_names(specs: list[ModelSpec]) -> list[str]:
@@ -362,7 +368,8 @@ class PerfRecord(_Record):
     usd_per_million_output_tokens: float | None = None  # at decode_tokens_per_s
     usd_per_million_input_tokens: float | None = None  # at prefill_tokens_per_s
     usd_per_million_output_tokens_combined: float | None = None  # at combined_tokens_per_s
-    _optional = ("mla_decode_step_absorbed_s", "mla_decode_step_naive_s", "prefill_operators", "decode_operators")
+    _optional = ("mla_decode_step_absorbed_s", "mla_decode_step_naive_s", "prefill_operators", "decode_operators") \
+        + _MONEY
 
     def to_dict(self) -> dict:
         d = super().to_dict()
@@ -463,6 +470,7 @@ class MaxThroughputRecord(_Record):
     price_usd_per_device_hour: float | None = None
     usd_per_hour: float | None = None
     usd_per_million_output_tokens: float | None = None
+    _optional = _MONEY
 
 
 def max_throughput_search(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequest = LayoutRequest(),
@@ -521,6 +529,7 @@ class TrainRecord(_Record):
     training_usd: float | None = None
     devices: int | None = None
     wall_clock_days: float | None = None
+    _optional = _MONEY + ("devices", "wall_clock_days")
 
 
 def train(spec: ModelSpec, hw: HardwareProfile, *, seq_len: int, tokens: float, mfu: float | None = None,
