@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 VALIDATE = "costsim validate -H cpu-dev --from-csv benchmarks/data/cpu-dev-heldout-2026-12-02.csv"
 SWEEP = ("costsim sweep --models deepseek-v3,llama-3.1-70b --hardware h800,h200 --batch 1,64 --context 4k,32k "
          "--devices 8 --weight-dtype fp8")
+PLAN = ("costsim plan deepseek-v3 --hardware h200,h800,b200 --context 4k --outp"
+        "ut 1k --tpot-slo 50ms --ttft-slo 5s --target-tokens-per-s 1M --pp 1 --top 6 --kv-dtype fp8")
 COMMANDS = [
     ["costsim compare deepseek-v2 deepseek-llm-67b --hardware h800 --weight-dtype fp8 --batch 64"],
     ["costsim kv deepseek-v2 deepseek-llm-67b deepseek-v3 qwen2.5-72b llama-3.1-405b --context 128k --batch 8 --kv-dtype fp8"],
@@ -29,6 +31,7 @@ COMMANDS = [
     ["costsim whatif llama-3.1-70b --hardware h800 --batch 64 --convert mha-to-mla:d_c=512,d_h_r=64"],
     ["costsim reproduce deepseek-v2"],
     [SWEEP],
+    [PLAN],
 ]
 
 

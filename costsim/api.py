@@ -9,7 +9,8 @@ plus a formatter, so the numbers are the same:
     print(r.ttft_s, r.tpot_s, r.decode_tokens_per_s)   # seconds, seconds, tokens/s (all devices)
 
 ``whatif(Scenario, Scenario)`` diffs two scenarios (``costsim whatif``);
-``claims("deepseek-v2", load_model, load_hardware)`` gives the rows of ``costsim reproduce``.
+``claims("deepseek-v2", load_model, load_hardware)`` gives the rows of ``costsim reproduce``;
+``plan(spec, [hw, ...], input_len, output_len, tpot_slo_s=..., ttft_slo_s=...)`` those of ``costsim plan``.
 
 Errors are ``CostsimError``; those about one argument are ``FieldError`` with ``.field``.
 """
@@ -20,10 +21,11 @@ from costsim.simulator.deployment import Deployment
 from costsim.simulator.layout import LayoutRequest, resolve_deployment
 from costsim.simulator.scenario import (Scenario, compare, decode_roofline, kv, max_throughput_record,
                                         max_throughput_search, model_line, perf, show, throughput_curve, train)
+from costsim.simulator.planner import plan
 from costsim.simulator.whatif import whatif
 from costsim.simulator.reproduce import claims
 
 __all__ = ["CostsimError", "FieldError", "Deployment", "LayoutRequest", "Scenario", "apply_sets", "compare",
            "decode_roofline", "hardware_names", "kv", "load_hardware", "load_model", "max_throughput_record",
            "max_throughput_search", "model_names", "model_line", "perf", "resolve_deployment", "show",
-           "throughput_curve", "train", "whatif", "claims"]
+           "throughput_curve", "train", "whatif", "claims", "plan"]

@@ -436,9 +436,9 @@ def _require_fields(root: type, data: dict, keys: list[str], flag: str, item: st
 
 
 def _unit_classes():
-    from costsim.specs import Bandwidth, Bytes, FlopRate, Seconds
+    from costsim.specs import Bandwidth, Bytes, FlopRate, Price, Seconds
 
-    return {FlopRate: "2000TFLOPS", Bandwidth: "8TB/s", Bytes: "80GB", Seconds: "3us"}
+    return {FlopRate: "2000TFLOPS", Bandwidth: "8TB/s", Bytes: "80GB", Seconds: "3us", Price: "2.5USD/h"}
 
 
 def _bare_number_for_a_unit(model: type, keys: list[str], value) -> bool:

@@ -334,7 +334,8 @@ class ModelSpec(_Strict):
 # Hardware profile
 # ======================================================================================
 
-Provenance = Literal["datasheet", "measured", "calibrated", "derived", "assumed", "unverified"]
+# list_price: a vendor's published rental rate card (an on-demand price, with its URL and date)
+Provenance = Literal["datasheet", "measured", "calibrated", "derived", "assumed", "unverified", "list_price"]
 
 
 class _Sourced(_Frozen):
@@ -401,6 +402,13 @@ class Bytes(_Positive):
 
 class Seconds(_Sourced):
     _parser: ClassVar[Callable] = staticmethod(units.parse_time)
+
+
+class Price(_Sourced):
+    """A rental price in US dollars per device-hour (``units.parse_price``: ``2 USD/h``, ``$2/h``);
+    >= 0. The one money input of costsim (``costsim.simulator.cost``)."""
+
+    _parser: ClassVar[Callable] = staticmethod(units.parse_price)
 
 
 class Fraction(_Sourced):
@@ -614,6 +622,9 @@ class HardwareProfile(_Frozen):
     inter_node_latency: Seconds = Field(default_factory=lambda: Seconds(value=0.0))
     devices_per_node: PositiveInt = 8
     efficiency: Efficiency
+    # rental price per device-hour (USD), with its source and date; None: no price known
+    # (costs are then not computed; give --price or --hw-set price_per_device_hour=2USD/h)
+    price_per_device_hour: Optional[Price] = None
     # held-out residual spread per kernel family (``costsim calibrate --silicon``); empty when
     # the profile was never compared with measurements (then its times are uncalibrated)
     residuals: dict[str, ResidualBand] = Field(default_factory=dict)

@@ -1,6 +1,7 @@
 """Unit parsing and number formats, at the edges of costsim.
 
-Internally everything is SI base units: bytes, FLOPs, seconds, bytes/s, FLOP/s.
+Internally everything is SI base units: bytes, FLOPs, seconds, bytes/s, FLOP/s; money in US
+dollars (a rental price in USD per device-hour, as clouds list it).
 These helpers turn user strings ("3.35 TB/s", "128k", "50ms", "80GiB") into those
 units and describe numeric formats (bf16, fp8, int4 with block scales, ...) by their
 bits per element.
@@ -92,6 +93,27 @@ def parse_time(text: str | float | int) -> float:
     if unit not in table:
         raise ValueError(f"expected a time (e.g. {_EXAMPLES['a time']}), got {text!r}")
     return v * table[unit]
+
+
+_PRICE = re.compile(r"\s*(\$)?\s*" + _NUM + r"\s*(USD|\$)?\s*(?:/\s*(?:(?:GPU|device)[-\s]?)?(h|hr|hour|min|s))?\s*",
+                    re.IGNORECASE)
+_PER_HOUR = {"h": 1.0, "hr": 1.0, "hour": 1.0, "min": 60.0, "s": 3600.0}
+
+
+def parse_price(text: str | float | int) -> float:
+    """Parse a rental price to USD per device-hour: ``'2 USD/h'``, ``'$2/h'``, ``'$2.5/GPU-hour'``,
+    ``'0.05 USD/min'`` (= 3.0); plain numbers are USD per device-hour. Only US dollars; a
+    currency without a time (``'$2'``) is refused, since it is not a rate."""
+    if isinstance(text, bool):
+        raise ValueError(f"expected a price such as '2 USD/h', got {text!r}")
+    if isinstance(text, (int, float)):
+        return float(text)
+    m = _PRICE.fullmatch(str(text).replace(",", ""))
+    if not m or (m.group(1) and m.group(3)) or ((m.group(1) or m.group(3)) and not m.group(4)) \
+            or (m.group(4) and not (m.group(1) or m.group(3))):
+        raise ValueError(f"expected a price in US dollars per device-hour (e.g. '2 USD/h', '$2/h', "
+                         f"'$2.5/GPU-hour'), got {text!r}")
+    return float(m.group(2)) * _PER_HOUR[m.group(4).lower()] if m.group(4) else float(m.group(2))
 
 
 def parse_count(text: str | float | int, *, binary_k: bool = False) -> float:

@@ -46,6 +46,7 @@ def _run(cmdline: str) -> str:
     "costsim reproduce deepseek-v2",
     "costsim sweep --models deepseek-v3,llama-3.1-70b --hardware h800,h200 --batch 1,64 --context 4k,32k --devices 8 "
     "--weight-dtype fp8",
+    "costsim plan deepseek-v3 --hardware h200,h800,b200 --context 4k --output 1k --tpot-slo 50ms --ttft-slo 5s --target-tokens-per-s 1M --pp 1 --top 6 --kv-dtype fp8",
 ])
 def test_readme_example_output_is_current(command):
     out = _run(command)

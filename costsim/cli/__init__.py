@@ -7,7 +7,8 @@ User mistakes print one line on stderr and exit with code 2.
 Modules: ``app`` (the typer apps), ``options`` (shared options, parsing, the error contract),
 ``query`` (models, hardware, show, kv, import-hf), ``serve`` (compare, perf, max-throughput,
 train), ``plot`` (plot throughput|roofline|kv), ``kernel`` (kernel gemm|attention|moe|ffn),
-``calibrate`` (calibrate, validate), ``whatif`` (whatif), ``reproduce`` (reproduce), ``sweep`` (sweep).
+``calibrate`` (calibrate, validate), ``whatif`` (whatif), ``reproduce`` (reproduce), ``sweep`` (sweep),
+``plan`` (plan).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import sys
 
 import typer
 
-from costsim.cli import calibrate, kernel, plot, query, reproduce, serve, sweep, whatif  # noqa: F401  (importing registers the commands)
+from costsim.cli import calibrate, kernel, plan, plot, query, reproduce, serve, sweep, whatif  # noqa: F401  (importing registers the commands)
 from costsim.cli.app import app
 
-_COMMAND_MODULES = (calibrate, kernel, plot, query, reproduce, serve, sweep, whatif)
+_COMMAND_MODULES = (calibrate, kernel, plan, plot, query, reproduce, serve, sweep, whatif)
 
 __all__ = ["app", "main"]
 

@@ -71,6 +71,9 @@ OutputLen = Annotated[str, typer.Option("--output", help="Generated tokens (k = 
 Output = Annotated[Path, typer.Option("--out", "-o", help="Plot file: .png, .svg or .pdf (an existing file is "
                                                           "refused without --force).")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
+Price = Annotated[Optional[str], typer.Option(
+    "--price", help="Rental price per device-hour with its unit, e.g. 2.5USD/h (default: the profile's "
+                    "price_per_device_hour; costsim hardware lists them).")]
 
 # engine field -> the flag that sets it
 FLAGS = {
@@ -80,7 +83,9 @@ FLAGS = {
     "prefix_hit": "--prefix-hit", "tpot_slo_s": "--tpot-slo", "batch": "--batch",
     "context": "--context", "input_len": "--input", "output_len": "--output", "mfu": "--mfu",
     "gpu_hours": "--gpu-hours", "tokens": "--tokens", "seq_len": "--seq-len", "dtype": "--dtype",
-    "m": "--m", "n": "--n", "k": "--k", "form": "--form", "new_tokens": "--new-tokens",
+    "m": "--m", "n": "--n", "k": "--k", "form": "--form", "new_tokens": "--new-tokens", "price": "--price",
+    "max_devices": "--max-devices", "users": "--users", "target_tokens_per_s": "--target-tokens-per-s",
+    "ttft_slo_s": "--ttft-slo", "top": "--top",
 }
 
 
@@ -130,6 +135,30 @@ def hardware(ref: str, sets):
     from costsim.registry import apply_sets, load_hardware
 
     return apply_sets(load_hardware(ref), sets, "--hw-set", require_units=True)
+
+
+def price(text: str, flag: str = "--price") -> float:
+    """A rental price in USD per device-hour; it needs its unit (2.5USD/h, $2.5/h), as every
+    rate does on the command line (a bare 0 is accepted)."""
+    from costsim.units import parse_price
+
+    if re.fullmatch(r"\s*[0-9.eE+-]+\s*", text) and parse(float, text, flag) != 0:
+        raise CostsimError(f"{flag} {text.strip()}: give the unit, e.g. {text.strip()}USD/h (USD per device-hour)")
+    v = parse(parse_price, text, flag)
+    if not 0 <= v < float("inf"):
+        raise CostsimError(f"{flag} {text.strip()}: must be a finite price >= 0")
+    return v
+
+
+def priced(hw, text: str | None, flag: str = "--price"):
+    """``hw`` with ``price_per_device_hour`` set from ``text`` (provenance assumed, source the
+    flag); ``hw`` itself when ``text`` is None."""
+    if text is None:
+        return hw
+    from costsim.specs import Price
+
+    return hw.model_copy(update={"price_per_device_hour": Price(value=price(text, flag), source=f"{flag} {text.strip()}",
+                                                                provenance="assumed")})
 
 
 def lengths(batch: str, input_len: str, output_len: str) -> tuple[int, int, int]:

@@ -49,7 +49,7 @@ def hardware_cmd(fmt: O.Format = O.Fmt.table):
                 fp8_flops=val(h.peak_flops.fp8),
                 memory_capacity=h.memory_capacity.value, memory_bandwidth=h.memory_bandwidth.value,
                 intra_node_bandwidth=val(h.intra_node_bandwidth), inter_node_bandwidth=val(h.inter_node_bandwidth),
-                devices_per_node=h.devices_per_node, source=h.source))
+                devices_per_node=h.devices_per_node, price_per_device_hour=val(h.price_per_device_hour), source=h.source))
         views.hardware(recs, fmt.value)
 
     O.run(go)

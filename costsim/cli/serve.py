@@ -17,7 +17,7 @@ from costsim.cli.app import app
 @app.command("compare")
 def compare_cmd(models: O.Models, hardware: O.Hardware, context: O.Context = "4096", batch: O.Batch = "1",
                 devices: O.Devices = None, weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16",
-                sets: O.Sets = None, hw_sets: O.HwSets = None, fmt: O.Format = O.Fmt.table):
+                sets: O.Sets = None, hw_sets: O.HwSets = None, price: O.Price = None, fmt: O.Format = O.Fmt.table):
     """Side by side: params, activated params, KV per token and per batch, FLOPs per token,
     decode tokens/s and max batch on one replica (default: one node of the hardware; MoE
     models as DP-attention + EP, dense models with TP)."""
@@ -26,7 +26,7 @@ def compare_cmd(models: O.Models, hardware: O.Hardware, context: O.Context = "40
         from costsim.reports import views
         from costsim.simulator.scenario import compare
 
-        hw = O.hardware(hardware, hw_sets)
+        hw = O.priced(O.hardware(hardware, hw_sets), price)
         ctx, b = O.count(context, "--context"), O.count(batch, "--batch", minimum=1)
         specs = [O.model(m, sets) for m in models]
         req = O.layout(devices, weight_dtype=weight_dtype, kv_dtype=kv_dtype)
@@ -47,14 +47,14 @@ def perf_cmd(model: O.Model, hardware: O.Hardware, devices: O.Devices = None, tp
              prefix_hit: O.PrefixHit = 0.0,
              breakdown: bool = typer.Option(False, "--breakdown", help="Per-operator table (prefill and first decode "
                                                                        "step)."),
-             sets: O.Sets = None, hw_sets: O.HwSets = None, fmt: O.Format = O.Fmt.table):
+             sets: O.Sets = None, hw_sets: O.HwSets = None, price: O.Price = None, fmt: O.Format = O.Fmt.table):
     """Prefill (TTFT) and decode (TPOT) of a batch of requests on a parallel layout."""
 
     def go():
         from costsim.reports import views
         from costsim.simulator.scenario import Scenario, perf
 
-        spec, hw = O.model(model, sets), O.hardware(hardware, hw_sets)
+        spec, hw = O.model(model, sets), O.priced(O.hardware(hardware, hw_sets), price)
         b, i, o = O.lengths(batch, input_len, output_len)
         req = O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype, mla_form, imbalance, overlap, block_size, mtp,
                        mtp_acceptance, prefix_hit)
@@ -71,15 +71,15 @@ def max_throughput_cmd(model: O.Model, hardware: O.Hardware, devices: O.Devices 
                        weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16",
                        mla_form: O.MLAForm = "auto", imbalance: O.Imbalance = 1.0, overlap: O.Overlap = False,
                        block_size: O.BlockSize = None, mtp: O.MTP = 0, mtp_acceptance: O.MTPAcceptance = 0.85,
-             prefix_hit: O.PrefixHit = 0.0, sets: O.Sets = None, hw_sets: O.HwSets = None,
-                       fmt: O.Format = O.Fmt.table):
+                       prefix_hit: O.PrefixHit = 0.0, sets: O.Sets = None, hw_sets: O.HwSets = None,
+                       price: O.Price = None, fmt: O.Format = O.Fmt.table):
     """The decode batch that maximises tokens/s under memory and an optional TPOT SLO."""
 
     def go():
         from costsim.reports import views
         from costsim.simulator.scenario import max_throughput_record
 
-        spec, hw = O.model(model, sets), O.hardware(hardware, hw_sets)
+        spec, hw = O.model(model, sets), O.priced(O.hardware(hardware, hw_sets), price)
         ctx = O.count(context, "--context", minimum=1)
         slo = O.slo(tpot_slo)
         req = O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype, mla_form, imbalance, overlap, block_size, mtp,
@@ -99,7 +99,9 @@ def train_cmd(model: O.Model, hardware: O.Hardware,
               gpu_hours: Optional[str] = typer.Option(None, "--gpu-hours",
                                                       help="Published GPU-hours (2.788M) -> implied MFU."),
               dtype: str = typer.Option("bf16", "--dtype", help="Peak the MFU refers to (bf16 as in ISCA 2025 Table 4)."),
-              sets: O.Sets = None, hw_sets: O.HwSets = None, fmt: O.Format = O.Fmt.table):
+              devices: Optional[int] = typer.Option(None, "--devices", help="Devices training together -> wall-clock "
+                                                                            "days (GPU-hours / devices / 24)."),
+              sets: O.Sets = None, hw_sets: O.HwSets = None, price: O.Price = None, fmt: O.Format = O.Fmt.table):
     """Training FLOPs per token, GPU-hours at an MFU, or the MFU implied by GPU-hours."""
 
     def go():
@@ -109,12 +111,12 @@ def train_cmd(model: O.Model, hardware: O.Hardware,
 
         if (mfu is None) == (gpu_hours is None):
             raise O.CostsimError("give exactly one of --mfu (to get GPU-hours) or --gpu-hours (to get the implied MFU)")
-        spec, hw = O.model(model, sets), O.hardware(hardware, hw_sets)
+        spec, hw = O.model(model, sets), O.priced(O.hardware(hardware, hw_sets), price)
         n_tok = O.count(tokens, "--tokens", binary_k=False, minimum=1)
         s = O.count(seq_len, "--seq-len", minimum=1)
         gh = None if gpu_hours is None else O.parse(parse_count, gpu_hours, "--gpu-hours")
-        rec = train(spec, hw, seq_len=s, tokens=n_tok, mfu=mfu, gpu_hours=gh, dtype=dtype)
+        rec = train(spec, hw, seq_len=s, tokens=n_tok, mfu=mfu, gpu_hours=gh, dtype=dtype, devices=devices)
         views.train(rec.to_dict(), fmt.value)
         return rec.warnings
 
-    O.run(go, given={"gpu_hours": gpu_hours})
+    O.run(go, given={"gpu_hours": gpu_hours, "devices": None if devices is None else str(devices)})

@@ -46,7 +46,8 @@ def hardware(recs: list[dict], fmt: str) -> None:
             ("memory_capacity", "memory [GB]", F.scaled(1e9)), ("memory_bandwidth", "HBM BW [TB/s]", F.scaled(1e12)),
             ("intra_node_bandwidth", "intra-node [GB/s/dir]", F.scaled(1e9)),
             ("inter_node_bandwidth", "inter-node [GB/s/dir]", F.scaled(1e9)),
-            ("devices_per_node", "per node", F.integer), ("source", "source", F.text)]
+            ("devices_per_node", "per node", F.integer), ("price_per_device_hour", "price [USD/h]", F.num),
+            ("source", "source", F.text)]
     emit(recs, cols, fmt, title="Shipped hardware profiles (dense peaks; GB = 1e9 B)",
          notes=["Full sources and provenance: costsim hardware --format json, or the YAML in costsim/hardware_profiles/"])
 
@@ -114,12 +115,37 @@ def compare(recs: list[dict], fmt: str, devices: int) -> None:
             ("tp", "layout: TP", F.integer), ("ep", "layout: EP", F.integer), ("pp", "layout: PP", F.integer),
             ("tpot_s", f"TPOT at batch {b} [ms]", F.ms),
             ("decode_tokens_per_s", f"decode at batch {b} [tokens/s per {devices} devices]", F.num),
-            ("max_batch", f"max batch at {ctx} tokens [sequences]", F.integer)]
+            ("max_batch", f"max batch at {ctx} tokens [sequences]", F.integer)] + _compare_money(recs, devices, b)
     table, cols = F.transpose(recs, rows)
     notes = [f"note: {r['name']}: {r['note']}" for r in recs if r["note"]]
     notes.append(f"GB = 1e9 bytes. Decode is a roofline estimate on {hw} ({devices} devices, efficiency factors "
                  "from the profile).")
+    if any(r.get("price_usd_per_device_hour") is not None for r in recs):
+        notes += _price_note(recs)
     emit(table, cols, title=f"compare on {devices} x {hw}, context {ctx}, batch {b}", notes=notes)
+
+
+def _usd(v) -> str:
+    """A dollar figure: 4 significant digits, '-' for None (no price)."""
+    return F.num(v)
+
+
+def _price_note(recs: list[dict]) -> list[str]:
+    """One note naming the price(s) the USD rows stand on, or how to give one."""
+    prices = sorted({r.get("price_usd_per_device_hour") for r in recs} - {None})
+    if not prices:
+        return ["No price for this hardware: give --price 2.5USD/h (USD per device-hour) for the USD rows."]
+    prov = {r.get("price_provenance") for r in recs} - {None}
+    how = f", {', '.join(sorted(prov))}" if prov else ""
+    return [f"USD = rent only: devices x {' / '.join(f'{p:g}' for p in prices)} USD per device-hour x time (price: "
+            f"--price, else the profile's price_per_device_hour{how})."]
+
+
+def _compare_money(recs: list[dict], devices: int, batch: int) -> list:
+    if all(r.get("price_usd_per_device_hour") is None for r in recs):
+        return []
+    return [("usd_per_hour", f"rent of the {devices} devices [USD/h]", _usd),
+            ("usd_per_million_output_tokens", f"decode at batch {batch} [USD per 1M output tokens]", _usd)]
 
 
 def _rate(k: str, v: float) -> str:
@@ -158,6 +184,12 @@ def perf(rec: dict, fmt: str, breakdown: bool) -> None:
         ("kv_bytes_per_device", "KV cache per device at input+output [GB]", F.scaled(1e9)),
         ("memory_usable_bytes", "usable memory per device [GB]", F.scaled(1e9)),
         ("max_batch", "max batch at input+output tokens", F.integer), ("max_batch_limit", "limited by", F.text)]
+    if rec.get("price_usd_per_device_hour") is not None:
+        rows += [("usd_per_hour", f"rent of the {n} devices [USD/h]", _usd),
+                 ("usd_per_million_output_tokens", "decode [USD per 1M output tokens]", _usd),
+                 ("usd_per_million_input_tokens", "prefill [USD per 1M input tokens]", _usd),
+                 ("usd_per_million_output_tokens_combined", "prefill+decode on the same devices [USD per 1M output "
+                                                            "tokens]", _usd)]
     shown = dict(rec, name="value")
     for kind, sec in rec["decode_seconds_per_layer"].items():
         label = "embedding + LM head (once per step)" if kind == "once" else f"one {kind} layer"
@@ -174,7 +206,7 @@ def perf(rec: dict, fmt: str, breakdown: bool) -> None:
     notes = ["Roofline estimate: time = max(FLOPs / achievable FLOP/s, bytes / achievable bandwidth) + overhead, "
              "efficiency factors from the hardware profile.",
              "Rates used (provenance): " + "; ".join(f"{k} {_rate(k, v['value'])} ({v['provenance']})"
-                                                     for k, v in rec["rates"].items())]
+                                                     for k, v in rec["rates"].items())] + _price_note([rec])
     if rec.get("layout_reason"):
         notes.insert(0, f"layout: {rec['layout_reason']}")
     if rec.get("mtp_depth"):
@@ -205,9 +237,12 @@ def max_throughput(rec: dict, fmt: str) -> None:
             ("tokens_per_s", f"decode [tokens/s, all {rec['devices']} devices]", F.num),
             ("tokens_per_s_per_device", "decode [tokens/s per device]", F.num),
             ("max_batch_memory", "max batch that fits in memory", F.integer), ("limit", "limited by", F.text)]
+    if rec.get("price_usd_per_device_hour") is not None:
+        rows += [("usd_per_hour", f"rent of the {rec['devices']} devices [USD/h]", _usd),
+                 ("usd_per_million_output_tokens", "decode [USD per 1M output tokens]", _usd)]
     table, cols = F.transpose([dict(rec, name="value")], rows)
     slo = f", TPOT <= {rec['tpot_slo_s'] * 1e3:g} ms" if rec["tpot_slo_s"] else ""
-    emit(table, cols, title=(
+    emit(table, cols, notes=_price_note([rec]) if rec.get("price_usd_per_device_hour") is not None else (), title=(
         f"max decode throughput: {rec['model']} on {rec['devices']} x {rec['hardware']} (tp={rec['tp']} ep={rec['ep']}; "
         f"weights {rec['weight_dtype']}, KV {rec['kv_dtype']}), context {rec['context']}{slo}"))
 
@@ -225,11 +260,17 @@ def train(rec: dict, fmt: str) -> None:
             ("gpu_hours", "GPU-hours" + ("" if given else " (given)"), F.integer),
             ("gpu_hours_per_trillion_tokens", "GPU-hours per 1e12 tokens", F.num),
             ("tokens_per_s_per_device", "tokens/s per device", F.num)]
+    price = rec.get("price_usd_per_device_hour")
+    if price is not None:
+        rows.append(("training_usd", f"rent at {price:g} USD per GPU-hour [USD]", _usd))
+    if rec.get("wall_clock_days") is not None:
+        rows.append(("wall_clock_days", f"wall-clock on {rec['devices']:,} devices [days]", F.num))
     table, cols = F.transpose([dict(rec, name="value")], rows)
     emit(table, cols, title=(f"training {rec['model']} on {rec['hardware']} ({rec['dtype']} dense peak "
                              f"{rec['peak_flops'] / 1e12:g} TFLOP/s), {rec['tokens']:.4g} tokens"),
          notes=["training FLOPs/token = 3 x forward (2 x activated matmul params + causal attention), logits for "
-                "every token."])
+                "every token."] + ([] if price is None else ["USD = GPU-hours x the price (rent only; the profile's "
+                                                             "price_per_device_hour, --price to change)."]))
 
 
 @_finite
@@ -437,3 +478,60 @@ def sweep(recs: list[dict], fmt: str = "table") -> None:
     emit(shown, cols, fmt, title=f"Sweep: {len(recs):,} points ({sum(bool(r['feasible']) for r in recs):,} feasible); "
                                  "TPOT = mean over the n - 1 decode steps; tok/s = decode tokens/s (batch / TPOT); GB = 1e9 B",
          notes=notes)
+
+
+def plan(rec: dict, fmt: str = "table", out=None) -> None:
+    """The planner's ranked deployments (``costsim.simulator.planner.Plan.to_dict()``): one row
+    per deployment, cheapest first, with what was searched and why a hardware has no plan.
+    JSON: the whole plan (SI units, USD); CSV: the rows."""
+    rows = [dict(r, name=r["hardware"], layout=f"tp{r['tp']} ep{r['ep']} pp{r['pp']} dp{r['dp']}",
+                 formats=f"{r['weight_dtype']}/{r['kv_dtype']}") for r in rec["rows"]]
+    if fmt != "table":
+        cols = [(k, k, F.text) for k in rec["rows"][0]] if rec["rows"] else [("hardware", "hardware", F.text)]
+        emit(rec["rows"], cols, fmt, payload=rec, out=out)
+        return
+    cols = [("name", "hw", F.text), ("devices", "devices", F.integer), ("layout", "layout", F.text),
+            ("formats", "W/KV", F.text), ("batch", "batch", F.integer), ("ttft_s", "TTFT [ms]", F.ms),
+            ("tpot_s", "TPOT [ms]", F.ms), ("tokens_per_s", "tok/s", F.num), ("replicas", "replicas", F.integer),
+            ("total_devices", "total dev", F.integer), ("usd_per_hour", "USD/h", _usd),
+            ("usd_per_million_output_tokens", "USD/M tok", _usd), ("limit", "limited by", F.text)]
+    from costsim.simulator.planner import slo_text
+
+    want = (f", {F.num(rec['target_tokens_per_s'])} output tokens/s" if rec["target_tokens_per_s"] is not None else
+            f", {rec['users']:,} concurrent users" if rec["users"] is not None else "")
+    hw = rec["hardware"]
+    found = sum(h["feasible"] for h in hw)
+    costed = sum(h["evaluated"] for h in hw)
+    title = (f"plan: {rec['model']}, {rec['input_len']} in -> {rec['output_len']} out, "
+             f"{slo_text(rec['tpot_slo_s'], rec['ttft_slo_s'])}{want}: the {len(rows)} cheapest of {found} plans "
+             f"found ({costed} of {sum(h['candidates'] for h in hw)} deployments costed)")
+    fleet = "the fleet" if want else "one replica"
+    notes = [f"tok/s = output tokens/s of one replica (batch x output / e2e: it prefills, then decodes, its batch "
+             f"in lock-step; TTFT = the prefill of the whole batch, as costsim perf). USD/h = {fleet}; USD/M tok = "
+             "USD/h over the output tokens delivered (rent only).",
+             f"Searched: {_powers(rec['max_devices'])} devices per replica, pp "
+             f"{'/'.join(str(p) for p in rec['pp'])}, TP within a node (dense: dp = 1), EP the largest dividing "
+             f"devices and experts; weights " + "; ".join(f"{k} {'/'.join(v)}" for k, v in rec["weight_dtypes"].items())
+             + f"; KV {'/'.join(rec['kv_dtypes'])}.",
+             "Prices [USD per device-hour]: " + ", ".join(f"{h['hardware']} {h['price_usd_per_device_hour']:g} "
+                                                           f"({h['price_provenance']})" for h in hw) + "."]
+    for h in hw:
+        if h["feasible"] == 0 and h["evaluated"] == 0 and h["screened"] > 0:
+            notes.append(f"{h['hardware']}: none of its {h['screened']} deployments passing the screen could beat "
+                         "the plans shown.")
+        elif h["feasible"] == 0:
+            why = ", ".join(f"{n} {k}" for k, n in sorted(h["reasons"].items(), key=lambda kv: -kv[1]))
+            notes.append(f"{h['hardware']}: no plan ({why}).")
+    if not rec["complete"]:
+        notes.append(f"The search stopped when no deployment left could beat the {len(rows)}th plan (a lower bound "
+                     "on each one's cost); --top N finds more.")
+    emit(rows, cols, title=title, notes=notes, out=out)
+
+
+def _powers(n: int) -> str:
+    """'1, 2, 4, ..., 64': the device counts the planner tries (powers of two up to ``n``)."""
+    out, k = [], 1
+    while k <= n:
+        out.append(k)
+        k *= 2
+    return ", ".join(map(str, out)) if len(out) <= 4 else f"1, 2, 4, ..., {out[-1]}"

@@ -148,10 +148,11 @@ def _deepseek_v3(model: Loader, hardware: Loader) -> list[Claim]:
         _claim(P, "v3.days_per_trillion", "days per trillion tokens on 2,048 H800", f"{S} §1", "3.7 days", 3.7,
                pre.gpu_hours_per_trillion_tokens / 2048 / 24, "days", tol=0.05, command=tr + "  (/ 2048 GPUs / 24 h)"),
         _claim(P, "v3.cost_usd", "training cost of the official run at $2 per H800 GPU-hour", f"{S} Table 1",
-               "$5.576M", 5.576e6, 2.788e6 * 2.0, "USD", tol=0.0005e6,
-               command="costsim train deepseek-v3 --hardware h800 --tokens 14.8T --gpu-hours 2.788M  (x $2)",
+               "$5.576M", 5.576e6, _usd(train(v3, h800, seq_len=4096, tokens=14.8e12, gpu_hours=2.788e6)), "USD",
+               tol=0.0005e6, command="costsim train deepseek-v3 --hardware h800 --tokens 14.8T --gpu-hours 2.788M",
                assumptions="2,788K GPU-hours (pre-training 2,664K + context extension 119K + post-training 5K) at "
-                           "the paper's $2/GPU-hour rental price; excludes research and ablations"),
+                           "the h800 profile's price_per_device_hour, the paper's $2/GPU-hour rental price; excludes "
+                           "research and ablations"),
         _claim(P, "v3.mfu_implied", "MFU implied by the pre-training GPU-hours (vs ISCA 2025 Table 4's causal MFU)",
                f"{S} Table 1; arXiv 2505.09343 Table 4", "38.94%", 0.3894, pre.mfu, "fraction", band=0.05, command=tr,
                assumptions=f"{pre.training_flops_per_token / 1e9:.1f} GFLOP/token (3 x forward, causal attention at "
@@ -236,6 +237,11 @@ def _isca25(model: Loader, hardware: Loader) -> list[Claim]:
 
 
 _BUILDERS = {"deepseek-v2": _deepseek_v2, "deepseek-v3": _deepseek_v3, "isca25": _isca25}
+
+
+def _usd(rec) -> float:
+    """A train record's rent in USD (NaN when its hardware has no price: the claim then fails)."""
+    return float("nan") if rec.training_usd is None else rec.training_usd
 
 
 def claims(paper: str, model: Loader, hardware: Loader) -> list[Claim]:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from costsim.errors import CostsimError, FieldError
+from costsim.simulator.cost import serving_cost, training_cost, usd_per_hour, usd_per_million_tokens
 from costsim.simulator.deployment import Deployment, kv_format_problem, tp_problem
 from costsim.simulator.flops import flops_per_token_decode, prefill_flops
 from costsim.simulator.kv import kv_bytes_per_token, kv_cache_bytes, kv_elements_per_token
@@ -34,6 +35,11 @@ from costsim.simulator.types import OpKind
 from costsim.specs import HardwareProfile, MLAAttention, MoEFFN, ModelSpec
 
 
+# the USD fields a record leaves out of its dict when the hardware has no price
+_MONEY = ("price_usd_per_device_hour", "price_provenance", "usd_per_hour", "usd_per_million_output_tokens",
+          "usd_per_million_input_tokens", "usd_per_million_output_tokens_combined", "training_usd")
+
+
 class _Record:
     """Mixin: ``to_dict()`` as JSON-ready plain values (optional fields left out when None)."""
 
@@ -45,6 +51,12 @@ class _Record:
             if d.get(k) is None:
                 d.pop(k, None)
         return d
+
+
+def price_of(hw: HardwareProfile) -> tuple[float | None, str | None]:
+    """(USD per device-hour, its provenance) of ``hw``, or (None, None) when it has no price."""
+    p = hw.price_per_device_hour
+    return (None, None) if p is None else (p.value, p.provenance)
 
 
 def context_warnings(spec: ModelSpec, tokens: int) -> list[str]:
@@ -212,6 +224,12 @@ class CompareRecord(_Record):
     note: str
     warnings: tuple = ()
     pp: int = 1
+    # rent at the profile's price (None without one): all ``devices``, and per 1e6 output
+    # tokens at the decode rate of ``batch`` (``costsim.simulator.cost``)
+    price_usd_per_device_hour: float | None = None
+    usd_per_hour: float | None = None
+    usd_per_million_output_tokens: float | None = None
+    _optional = _MONEY
 
 
 def _unique_names(specs: list[ModelSpec]) -> list[str]:
@@ -256,6 +274,11 @@ def compare(specs: list[ModelSpec], hw: HardwareProfile, request: LayoutRequest 
                 rec["note"] = f"batch {batch} at context {context} exceeds memory (max batch {rec['max_batch']})"
             d = decode(spec, hw, dep, batch, context)
             rec.update(decode_tokens_per_s=float(d.tokens_per_s), tpot_s=float(d.time_s))
+        price, _ = price_of(hw)
+        if price is not None:
+            rec.update(price_usd_per_device_hour=price, usd_per_hour=usd_per_hour(dep.devices, price),
+                       usd_per_million_output_tokens=None if rec["decode_tokens_per_s"] is None else
+                       usd_per_million_tokens(dep.devices, price, rec["decode_tokens_per_s"]))
         out.append(CompareRecord(**rec))
     return out
 
@@ -347,7 +370,15 @@ class PerfRecord(_Record):
     mtp_depth: int = 0  # MTP speculative decoding: draft tokens per step (0: off)
     mtp_acceptance: float = 0.0
     mtp_tokens_per_step: float = 1.0  # expected tokens per sequence per decode step
-    _optional = ("mla_decode_step_absorbed_s", "mla_decode_step_naive_s", "prefill_operators", "decode_operators")
+    # rent at the profile's price (None without one; ``costsim.simulator.cost.serving_cost``)
+    price_usd_per_device_hour: float | None = None
+    price_provenance: str | None = None
+    usd_per_hour: float | None = None  # all ``devices``
+    usd_per_million_output_tokens: float | None = None  # at decode_tokens_per_s
+    usd_per_million_input_tokens: float | None = None  # at prefill_tokens_per_s
+    usd_per_million_output_tokens_combined: float | None = None  # at combined_tokens_per_s
+    _optional = ("mla_decode_step_absorbed_s", "mla_decode_step_naive_s", "prefill_operators", "decode_operators") \
+        + _MONEY
 
     def to_dict(self) -> dict:
         d = super().to_dict()
@@ -393,6 +424,14 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
         mla = dict(mla_decode_step_absorbed_s=x.decode_absorbed_s, mla_decode_step_naive_s=x.decode_naive_s,
                    mla_naive_faster_from_chunk_tokens=x.chunk_tokens)
     decoding = o > 0  # prefill only: no decode step happens, so no TPOT / decode utilisation
+    price, provenance = price_of(hw)
+    money = {}
+    if price is not None:
+        c = serving_cost(r, price)
+        money = dict(price_usd_per_device_hour=price, price_provenance=provenance, usd_per_hour=c.usd_per_hour,
+                     usd_per_million_output_tokens=c.usd_per_million_output_tokens,
+                     usd_per_million_input_tokens=c.usd_per_million_input_tokens,
+                     usd_per_million_output_tokens_combined=c.usd_per_million_output_tokens_combined)
     return PerfRecord(
         model=spec.name, hardware=hw.name, devices=dep.devices, devices_per_node=hw.devices_per_node, tp=dep.tp,
         ep=dep.ep, pp=dep.pp, dp=dep.dp,
@@ -415,7 +454,7 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
         prefill_operators=operator_rows(r.prefill.timing) if breakdown else None, layout_reason=dep.layout_reason,
         prefill_chunk_tokens=r.prefill_chunk_tokens, mtp_depth=dep.mtp_depth, mtp_acceptance=dep.mtp_acceptance,
         mtp_tokens_per_step=mtp_tokens_per_step(dep.mtp_depth, dep.mtp_acceptance),
-        decode_operators=operator_rows(r.decode_first.timing) if breakdown else None)
+        decode_operators=operator_rows(r.decode_first.timing) if breakdown else None, **money)
 
 
 # ---- max-throughput ---------------------------------------------------------------------
@@ -443,6 +482,12 @@ class MaxThroughputRecord(_Record):
     max_batch_memory: int
     limit: str  # "memory" | "TPOT SLO" | "throughput peak"
     warnings: tuple = ()
+    # rent at the profile's price (None without one): all ``devices``; per 1e6 output tokens
+    # at ``tokens_per_s``
+    price_usd_per_device_hour: float | None = None
+    usd_per_hour: float | None = None
+    usd_per_million_output_tokens: float | None = None
+    _optional = _MONEY
 
 
 def max_throughput_search(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequest = LayoutRequest(),
@@ -466,11 +511,14 @@ def max_throughput_record(spec: ModelSpec, hw: HardwareProfile, request: LayoutR
                           context: int = 4096, tpot_slo_s: float | None = None) -> MaxThroughputRecord:
     """``max_throughput_search`` as a record."""
     dep, r = max_throughput_search(spec, hw, request, context, tpot_slo_s)
+    price, _ = price_of(hw)
+    money = () if price is None else (price, usd_per_hour(dep.devices, price),
+                                      usd_per_million_tokens(dep.devices, price, r.tokens_per_s))
     return MaxThroughputRecord(
         spec.name, hw.name, dep.devices, dep.tp, dep.ep, dep.pp, dep.weights_name, dep.kv_format.name, context,
         tpot_slo_s, r.batch, r.tpot_s, r.tokens_per_s, r.tokens_per_s_per_device,
         r.tokens_per_s_per_device * hw.devices_per_node, r.max_batch_memory, r.limit,
-        tuple(context_warnings(spec, context)))
+        tuple(context_warnings(spec, context)), *money)
 
 
 # ---- train ------------------------------------------------------------------------------
@@ -492,16 +540,27 @@ class TrainRecord(_Record):
     tokens_per_s_per_device: float
     mfu_given: bool
     warnings: tuple = ()
+    # rent of the run at the profile's price (None without one): GPU-hours x price
+    # (``costsim.simulator.cost.training_cost``); wall-clock days on ``devices`` (None without)
+    price_usd_per_device_hour: float | None = None
+    training_usd: float | None = None
+    devices: int | None = None
+    wall_clock_days: float | None = None
+    _optional = _MONEY + ("devices", "wall_clock_days")
 
 
 def train(spec: ModelSpec, hw: HardwareProfile, *, seq_len: int, tokens: float, mfu: float | None = None,
-          gpu_hours: float | None = None, dtype: str = "bf16") -> TrainRecord:
-    """GPU-hours at an MFU, or the MFU implied by GPU-hours (``training.train_cost``)."""
+          gpu_hours: float | None = None, dtype: str = "bf16", devices: int | None = None) -> TrainRecord:
+    """GPU-hours at an MFU, or the MFU implied by GPU-hours (``training.train_cost``); its rent
+    at the profile's price and, with ``devices``, its wall-clock days (``cost.training_cost``)."""
     check_types(spec, hw)
     r = train_cost(spec, hw, seq_len=seq_len, tokens=tokens, mfu=mfu, gpu_hours=gpu_hours, dtype=dtype)
+    price, _ = price_of(hw)
+    c = training_cost(r.gpu_hours, 0.0 if price is None else price, devices)
     return TrainRecord(spec.name, hw.name, seq_len, tokens, r.flops_per_token, r.total_flops, r.peak_flops, dtype,
                        r.mfu, r.gpu_hours, r.gpu_hours_per_trillion_tokens, r.tokens_per_s_per_device,
-                       mfu is not None, tuple(context_warnings(spec, seq_len)))
+                       mfu is not None, tuple(context_warnings(spec, seq_len)), price,
+                       None if price is None else c.usd, devices, c.wall_clock_days)
 
 
 # ---- plot data --------------------------------------------------------------------------
@@ -550,4 +609,4 @@ def decode_roofline(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequest
 
 __all__ = ["CostsimError", "FieldError", "LayoutRequest", "Scenario", "compare", "kv", "show", "perf",
            "max_throughput_search", "max_throughput_record", "train", "model_line", "throughput_curve", "kv_curve",
-           "decode_roofline", "operator_rows", "context_warnings"]
+           "decode_roofline", "operator_rows", "context_warnings", "price_of"]
