@@ -523,7 +523,7 @@ def plan(rec: dict, fmt: str = "table", out=None) -> None:
             why = ", ".join(f"{n} {k}" for k, n in sorted(h["reasons"].items(), key=lambda kv: -kv[1]))
             notes.append(f"{h['hardware']}: no plan ({why}).")
     if not rec["complete"]:
-        notes.append(f"The search stopped when no deployment left could beat the {len(rows)}th plan (a lower bound "
+        notes.append(f"The search stopped when no deployment left could beat plan {len(rows)} (a lower bound "
                      "on each one's cost); --top N finds more.")
     emit(rows, cols, title=title, notes=notes, out=out)
 
