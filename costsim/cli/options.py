@@ -63,6 +63,9 @@ MTPAcceptance = Annotated[float, typer.Option("--mtp-acceptance", help="Probabil
 PrefixHit = Annotated[float, typer.Option("--prefix-hit", help="Prefix caching: share of each prompt whose KV is "
                                                               "already cached, so its prefill is skipped (0 to <1; "
                                                               "DeepSeek's service: 0.563).")]
+Redundant = Annotated[int, typer.Option("--redundant-experts", help="EPLB: extra copies of routed experts, so that "
+                                                                     "experts + copies divide over --ep (DeepSeek "
+                                                                     "Day 6: 32 with 256 experts over EP144).")]
 BlockSize = Annotated[Optional[int], typer.Option("--block-size", help="Paged KV cache block size (tokens).")]
 TpotSlo = Annotated[Optional[str], typer.Option("--tpot-slo", help="TPOT limit with a unit, e.g. 50ms.")]
 RequestBatch = Annotated[str, typer.Option("--batch", help="Concurrent requests over all the devices (k = 1024).")]
@@ -80,7 +83,7 @@ FLAGS = {
     "devices": "--devices", "tp": "--tp", "ep": "--ep", "pp": "--pp", "weight_dtype": "--weight-dtype",
     "weight_format": "--weight-dtype", "kv_dtype": "--kv-dtype", "kv_format": "--kv-dtype", "mla_form": "--mla-form",
     "imbalance": "--imbalance", "block_size": "--block-size", "mtp_depth": "--mtp", "mtp_acceptance": "--mtp-acceptance",
-    "prefix_hit": "--prefix-hit", "tpot_slo_s": "--tpot-slo", "batch": "--batch",
+    "prefix_hit": "--prefix-hit", "redundant_experts": "--redundant-experts", "tpot_slo_s": "--tpot-slo", "batch": "--batch",
     "context": "--context", "input_len": "--input", "output_len": "--output", "mfu": "--mfu",
     "gpu_hours": "--gpu-hours", "tokens": "--tokens", "seq_len": "--seq-len", "dtype": "--dtype",
     "m": "--m", "n": "--n", "k": "--k", "form": "--form", "new_tokens": "--new-tokens", "price": "--price",
@@ -168,13 +171,15 @@ def lengths(batch: str, input_len: str, output_len: str) -> tuple[int, int, int]
 
 
 def layout(devices=None, tp=None, ep=None, pp=None, weight_dtype=None, kv_dtype="bf16", mla_form="auto",
-           imbalance=1.0, overlap=False, block_size=None, mtp=0, mtp_acceptance=0.85, prefix_hit=0.0):
+           imbalance=1.0, overlap=False, block_size=None, mtp=0, mtp_acceptance=0.85, prefix_hit=0.0,
+           redundant=0):
     """The flags of a layout as the engine's ``LayoutRequest`` (the engine checks them)."""
     from costsim.simulator.layout import LayoutRequest
 
     return LayoutRequest(devices=devices, tp=tp, ep=ep, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
                          mla_form=mla_form, imbalance=imbalance, overlap_comm=overlap, block_size=block_size,
-                         mtp_depth=mtp, mtp_acceptance=mtp_acceptance, prefix_hit=prefix_hit)
+                         mtp_depth=mtp, mtp_acceptance=mtp_acceptance, prefix_hit=prefix_hit,
+                         redundant_experts=redundant)
 
 
 def emit(*a, **kw):

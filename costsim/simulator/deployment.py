@@ -76,6 +76,9 @@ class Deployment:
     # prefix caching: share of each prompt whose KV is already cached (its prefill is skipped;
     # the KV cache still holds the whole prompt). DeepSeek Day 6: 56.3% of input tokens hit
     prefix_hit: float = 0.0
+    # redundant experts (EPLB, DeepSeek-V3 §3.4): extra copies of hot routed experts, so that
+    # E + redundant expert slots spread evenly over ``ep`` ranks (Day 6: 256 + 32 over EP32/EP144)
+    redundant_experts: int = 0
 
     def cached_prefix(self, prompt):
         """Prompt tokens whose KV is reused from the prefix cache: floor(prefix_hit x prompt),
@@ -97,6 +100,10 @@ class Deployment:
     @property
     def moe_tp(self) -> int:
         return self.devices // (self.pp * self.ep)
+
+    def expert_slots(self, spec: ModelSpec) -> int:
+        """Routed-expert copies over the EP group: n_routed_experts + ``redundant_experts``."""
+        return spec.ffn.n_routed_experts + self.redundant_experts
 
     def seqs_per_rank(self, batch):
         """Sequences on the busiest attention DP rank: ceil(batch / dp) (batch may be an array)."""
@@ -134,7 +141,12 @@ class Deployment:
         problem = tp_problem(spec, self.tp)
         if problem:
             raise FieldError("tp", self.tp, problem)
-        problem = ep_problem(spec, self.ep, self.moe_tp)
+        if isinstance(self.redundant_experts, bool) or not isinstance(self.redundant_experts, int) or \
+                self.redundant_experts < 0:
+            raise FieldError("redundant_experts", self.redundant_experts, "must be an integer >= 0")
+        if self.redundant_experts and not isinstance(spec.ffn, MoEFFN):
+            raise FieldError("redundant_experts", self.redundant_experts, f"{spec.name} is dense (no experts)")
+        problem = ep_problem(spec, self.ep, self.moe_tp, self.redundant_experts)
         if problem:
             raise FieldError("ep", self.ep, problem)
         if not (0 < self.gpu_memory_utilization <= 1):
@@ -189,12 +201,17 @@ def tp_problem(spec: ModelSpec, tp: int) -> str | None:
     return None
 
 
-def ep_problem(spec: ModelSpec, ep: int, moe_tp: int) -> str | None:
-    """Why ``ep`` (with each expert split ``moe_tp`` ways) cannot place the experts of ``spec``."""
+def ep_problem(spec: ModelSpec, ep: int, moe_tp: int, redundant: int = 0) -> str | None:
+    """Why ``ep`` (with each expert split ``moe_tp`` ways, and ``redundant`` extra expert
+    copies) cannot place the experts of ``spec``."""
     f = spec.ffn
     if isinstance(f, MoEFFN):
-        if f.n_routed_experts % ep:
-            return f"does not divide n_routed_experts={f.n_routed_experts} of {spec.name}"
+        if (f.n_routed_experts + redundant) % ep:
+            if redundant:
+                return (f"does not divide the {f.n_routed_experts} + {redundant} redundant expert slots of "
+                        f"{spec.name}")
+            return (f"does not divide n_routed_experts={f.n_routed_experts} of {spec.name} (redundant experts "
+                    f"can make up the slots: --redundant-experts)")
         if f.moe_intermediate_size % moe_tp:
             return (f"leaves expert TP {moe_tp} (devices/(pp*ep)), which does not divide "
                     f"moe_intermediate_size={f.moe_intermediate_size}")

@@ -51,6 +51,7 @@ class LayoutRequest:
     mtp_depth: int = 0  # MTP speculative decoding: draft tokens per step (0: off)
     mtp_acceptance: float = 0.85  # each draft's acceptance given the ones before (DeepSeek-V3: 0.85-0.90)
     prefix_hit: float = 0.0  # share of each prompt already in the prefix cache (its prefill is skipped)
+    redundant_experts: int = 0  # EPLB: extra routed-expert copies, so that E + these divide over EP
 
 
 def check_types(spec=None, hw=None) -> None:
@@ -196,7 +197,7 @@ def resolve_deployment(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequ
                       imbalance=r.imbalance, overlap_comm=r.overlap_comm, block_size=r.block_size,
                       dispatch_bytes=1.0 if wf.compute == "fp8" else 2.0, combine_bytes=2.0,
                       mtp_depth=r.mtp_depth, mtp_acceptance=r.mtp_acceptance if r.mtp_depth else 0.0,
-                      prefix_hit=r.prefix_hit)
+                      prefix_hit=r.prefix_hit, redundant_experts=r.redundant_experts)
 
     def fits(d: Deployment):
         """(fits, max batch) of ``batch`` sequences of ``context`` on ``d``; None if invalid."""

@@ -24,6 +24,12 @@ from costsim.simulator.types import OpKind, StepShape
 from costsim.specs import HardwareProfile, MLAAttention, MoEFFN, ModelSpec
 
 
+def _slot_share(spec: ModelSpec, dep: Deployment) -> float:
+    """Stored routed-expert copies over the experts: (E + redundant) / E (1 for dense)."""
+    f = spec.ffn
+    return dep.expert_slots(spec) / f.n_routed_experts if isinstance(f, MoEFFN) else 1.0
+
+
 def weight_bytes_per_device(spec: ModelSpec, dep: Deployment) -> float:
     """Bytes of weights on the busiest device: the layers of the busiest pipeline stage
     (``operators.layer_groups``) plus the embedding and the LM head, as the timing costs that
@@ -39,7 +45,7 @@ def weight_bytes_per_device(spec: ModelSpec, dep: Deployment) -> float:
     for is_moe, _window, n, linear in layer_groups(spec, dep.pp):
         lp = layer_params(spec, is_moe, linear)
         tp_sharded = (lp["attention"] - replicated) / dep.tp + replicated + (lp["dense_ffn"] + lp["shared"]) / dep.tp
-        experts = lp["routed"] / (dep.ep * dep.moe_tp)
+        experts = lp["routed"] * _slot_share(spec, dep) / (dep.ep * dep.moe_tp)
         total += n * (tp_sharded * w + experts * dep.expert_weights.bytes_per_element
                       + (lp["norms"] + lp["router"]) * hp)
     vocab = (p.embedding + p.lm_head) * hp / dep.tp
@@ -50,7 +56,7 @@ def weight_bytes_per_device(spec: ModelSpec, dep: Deployment) -> float:
         lp = layer_params(spec, moe, False)
         tp_sharded = (lp["attention"] - replicated) / dep.tp + replicated + (lp["dense_ffn"] + lp["shared"]) / dep.tp
         h = spec.hidden_size
-        module = (tp_sharded + 2 * h * h / dep.tp) * w + lp["routed"] / (dep.ep * dep.moe_tp) * \
+        module = (tp_sharded + 2 * h * h / dep.tp) * w + lp["routed"] * _slot_share(spec, dep) / (dep.ep * dep.moe_tp) * \
             dep.expert_weights.bytes_per_element + (lp["norms"] + lp["router"] + 3 * h) * hp
         total += spec.num_nextn_predict_layers * module
     return float(total + vocab + spec.hidden_size * hp)  # + final norm

@@ -267,9 +267,13 @@ def ffn_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: i
         ops.append(_gemm("moe.shared.down_proj", G, M, T, h, i_sh, w, act, n_layers))
     # routed experts on the busiest EP rank
     T_stage = np.asarray(step.batch, dtype=float) * np.asarray(step.new_tokens, dtype=float)
-    e_local = E // dep.ep
+    # slots: E experts + redundant copies (EPLB balances the load over them: each rank gets
+    # T k / ep pairs); a rank holds S / ep slots, each busy with the chance its expert is hit
+    e_local = dep.expert_slots(spec) // dep.ep
     assign = T_stage * k / dep.ep * dep.imbalance  # token-expert pairs on this rank
-    distinct = np.minimum(expected_distinct_experts(E, k, T_stage) / dep.ep * dep.imbalance, e_local)
+    hit = expected_distinct_experts(E, k, T_stage)  # distinct experts hit over the whole EP group
+    local = hit / dep.ep if not dep.redundant_experts else hit / E * e_local
+    distinct = np.minimum(local * dep.imbalance, e_local)
     distinct = np.maximum(distinct, np.minimum(1.0, e_local))  # at least one expert is busy
     i_e = f.moe_intermediate_size // dep.moe_tp
     up = 2 * i_e if f.gated else i_e

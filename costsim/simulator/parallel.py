@@ -44,7 +44,7 @@ def _p_unit_missed(n_experts: int, per_unit: int, top_k: int) -> float:
     return comb(n_experts - per_unit, top_k) / comb(n_experts, top_k)
 
 
-def _expected_units_hit(f: MoEFFN, units: int) -> float:
+def _expected_units_hit(f: MoEFFN, units: int, slots: int | None = None) -> float:
     """Expected number of ``units`` (EP ranks or nodes, each holding E/units consecutive
     experts) that hold at least one of a token's experts.
 
@@ -54,7 +54,8 @@ def _expected_units_hit(f: MoEFFN, units: int) -> float:
     caps a token at ``topk_group`` units.
     """
     E, k = f.n_routed_experts, f.num_experts_per_tok
-    uniform = units * (1 - _p_unit_missed(E, E // units, k))
+    S = E if slots is None else slots  # with redundant copies: S slots, S / units per unit
+    uniform = units * (1 - _p_unit_missed(S, S // units, k))
     if f.n_group and f.topk_group and f.n_group % units == 0:
         per = f.n_group // units
         grouped = units * (1 - _p_unit_missed(f.n_group, per, f.topk_group))
@@ -68,13 +69,13 @@ def ep_destinations(spec: ModelSpec, dep: Deployment, devices_per_node: int) -> 
     f = spec.ffn
     assert isinstance(f, MoEFFN)
     ep = dep.ep
-    hit = _expected_units_hit(f, ep)
+    hit = _expected_units_hit(f, ep, dep.expert_slots(spec))
     ranks = hit * (ep - 1) / ep
     # the EP group spans every device of the pipeline stage (ep groups of moe_tp devices)
     nodes_in_ep = max(1, (dep.devices // dep.pp) // devices_per_node)
     nodes = 0.0
     if nodes_in_ep > 1:
-        hit_n = _expected_units_hit(f, nodes_in_ep)
+        hit_n = _expected_units_hit(f, nodes_in_ep, dep.expert_slots(spec))
         nodes = hit_n * (nodes_in_ep - 1) / nodes_in_ep
     return ranks, nodes
 
