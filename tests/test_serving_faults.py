@@ -239,3 +239,17 @@ def test_one_chunk_is_the_one_step_prefill_and_chunks_do_the_same_flops():
                 for k, n in ((0, 300), (300, 300), (600, 300), (900, 100)))
     assert flops == pytest.approx(float(one.timing.flops), rel=1e-12)
     assert parts.mfu * parts.time_s == pytest.approx(float(one.timing.flops) / h100.peak("bf16"), rel=1e-9)
+
+
+def test_disaggregated_prefill_to_decode_device_ratio_by_hand():
+    # a request of I input and O output tokens takes I / (prefill tokens/s) device-time units to
+    # prefill and O / (decode tokens/s) to decode on the same layout: the pools' device ratio
+    from costsim.simulator.scenario import Scenario, perf
+
+    spec, h800 = load_model("deepseek-v3"), load_hardware("h800")
+    r = perf(Scenario(spec, h800, LayoutRequest(devices=16, weight_dtype="fp8"), 64, 4096, 1024))
+    want = (4096 / r.prefill_tokens_per_s) / (1024 / r.decode_tokens_per_s)
+    assert r.prefill_devices_per_decode_device == pytest.approx(want, rel=1e-12)
+    assert 0.05 < want < 0.1  # decode-heavy: about 13 decode devices per prefill device
+    assert perf(Scenario(spec, h800, LayoutRequest(devices=16, weight_dtype="fp8"), 64, 4096, 0)
+                ).prefill_devices_per_decode_device is None

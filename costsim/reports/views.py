@@ -178,6 +178,7 @@ def perf(rec: dict, fmt: str, breakdown: bool) -> None:
         ("decode_tokens_per_s_per_device", "decode [tokens/s per device]", F.num),
         ("decode_tokens_per_s_per_node", f"decode [tokens/s per node of {rec['devices_per_node']}]", F.num),
         ("combined_tokens_per_s", "prefill+decode on the same devices [output tokens/s]", F.num),
+        ("prefill_devices_per_decode_device", "disaggregated: prefill devices per decode device", F.num),
         ("prefill_mfu", "prefill MFU", F.pct), ("decode_mbu", "decode MBU (first step)", F.pct),
         ("_forms", "MLA form prefill / decode", F.text),
         ("weight_bytes_per_device", "weights per device [GB]", F.scaled(1e9)),

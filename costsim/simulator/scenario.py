@@ -370,6 +370,9 @@ class PerfRecord(_Record):
     mtp_depth: int = 0  # MTP speculative decoding: draft tokens per step (0: off)
     mtp_acceptance: float = 0.0
     mtp_tokens_per_step: float = 1.0  # expected tokens per sequence per decode step
+    # disaggregated serving of this request mix: prefill devices per decode device, so that the
+    # prefill pool's input tokens/s match the decode pool's output tokens/s (None: no decode)
+    prefill_devices_per_decode_device: float | None = None
     # rent at the profile's price (None without one; ``costsim.simulator.cost.serving_cost``)
     price_usd_per_device_hour: float | None = None
     price_provenance: str | None = None
@@ -454,6 +457,8 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
         prefill_operators=operator_rows(r.prefill.timing) if breakdown else None, layout_reason=dep.layout_reason,
         prefill_chunk_tokens=r.prefill_chunk_tokens, mtp_depth=dep.mtp_depth, mtp_acceptance=dep.mtp_acceptance,
         mtp_tokens_per_step=mtp_tokens_per_step(dep.mtp_depth, dep.mtp_acceptance),
+        prefill_devices_per_decode_device=((i / r.prefill_tokens_per_s) / (o / r.decode_tokens_per_s)
+                                           if decoding else None),
         decode_operators=operator_rows(r.decode_first.timing) if breakdown else None, **money)
 
 
