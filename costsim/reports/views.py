@@ -172,7 +172,9 @@ def perf(rec: dict, fmt: str, breakdown: bool) -> None:
     n = rec["devices"]
     rows = [
         ("ttft_s", "TTFT (prefill of the batch) [ms]", F.ms), ("tpot_s", "TPOT, mean over output [ms]", F.ms),
-        ("tpot_last_s", "TPOT at the last token [ms]", F.ms), ("e2e_s", "end-to-end latency [s]", F.num),
+        ("tpot_last_s", "TPOT at the last token [ms]", F.ms),
+        ("_ttft_band", "TTFT band, calibration p10-p90 [ms]", F.text),
+        ("_tpot_band", "TPOT band, calibration p10-p90 [ms]", F.text), ("e2e_s", "end-to-end latency [s]", F.num),
         ("prefill_tokens_per_s", f"prefill [tokens/s, all {n} devices]", F.num),
         ("decode_tokens_per_s", f"decode [tokens/s, all {n} devices]", F.num),
         ("decode_tokens_per_s_per_device", "decode [tokens/s per device]", F.num),
@@ -192,6 +194,11 @@ def perf(rec: dict, fmt: str, breakdown: bool) -> None:
                  ("usd_per_million_output_tokens_combined", "prefill+decode on the same devices [USD per 1M output "
                                                             "tokens]", _usd)]
     shown = dict(rec, name="value")
+    for k in ("ttft", "tpot"):
+        band = rec.get(f"{k}_band_s")
+        shown[f"_{k}_band"] = "-" if not band else f"{F.ms(band[0])} - {F.ms(band[1])}"
+    if not rec.get("ttft_band_s"):
+        rows = [r for r in rows if r[0] not in ("_ttft_band", "_tpot_band")]
     for kind, sec in rec["decode_seconds_per_layer"].items():
         label = "embedding + LM head (once per step)" if kind == "once" else f"one {kind} layer"
         shown[f"_dl_{kind}"] = sec

@@ -27,6 +27,7 @@ from costsim.simulator.kv import kv_bytes_per_token, kv_cache_bytes, kv_elements
 from costsim.simulator.layout import LayoutRequest, check_types, number_format, resolve_deployment, valid_tp
 from costsim.simulator.memory import memory_report, require_fit, weight_bytes_per_device
 from costsim.simulator.params import param_counts
+from costsim.simulator.bands import step_band
 from costsim.simulator.roofline import StepTiming, per_layer_seconds, rate_provenance
 from costsim.simulator.serving import (MaxThroughput, best_max_throughput, decode, max_throughput, mla_crossover,
                                       mtp_tokens_per_step, serve)
@@ -373,6 +374,10 @@ class PerfRecord(_Record):
     # disaggregated serving of this request mix: prefill devices per decode device, so that the
     # prefill pool's input tokens/s match the decode pool's output tokens/s (None: no decode)
     prefill_devices_per_decode_device: float | None = None
+    # p10-p90 bands of TTFT and mean TPOT from the profile's calibration residuals
+    # (``costsim.simulator.bands``; None for a profile without residuals)
+    ttft_band_s: tuple | None = None
+    tpot_band_s: tuple | None = None
     # rent at the profile's price (None without one; ``costsim.simulator.cost.serving_cost``)
     price_usd_per_device_hour: float | None = None
     price_provenance: str | None = None
@@ -394,6 +399,10 @@ def _deployment(sc: Scenario, batch: int, context: int) -> Deployment:
     if isinstance(sc.layout, Deployment):
         return sc.layout.check(sc.model)
     return resolve_deployment(sc.model, sc.hardware, sc.layout, batch, context)
+
+
+def _band(t: float, factors) -> tuple | None:
+    return None if factors is None else (t * factors[0], t * factors[1])
 
 
 def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
@@ -459,6 +468,8 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
         mtp_tokens_per_step=mtp_tokens_per_step(dep.mtp_depth, dep.mtp_acceptance),
         prefill_devices_per_decode_device=((i / r.prefill_tokens_per_s) / (o / r.decode_tokens_per_s)
                                            if decoding else None),
+        ttft_band_s=_band(r.ttft_s, step_band(r.prefill.timing, hw, dep.overlap_comm)),
+        tpot_band_s=_band(r.tpot_s, step_band(r.decode_first.timing, hw, dep.overlap_comm)) if decoding else None,
         decode_operators=operator_rows(r.decode_first.timing) if breakdown else None, **money)
 
 

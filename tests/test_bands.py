@@ -1,0 +1,45 @@
+"""Error bands from calibration residuals (``costsim.simulator.bands``), by hand."""
+
+import pytest
+
+from costsim.api import LayoutRequest, Scenario, load_hardware, load_model, perf, resolve_deployment
+from costsim.simulator.bands import family_band, step_band
+from costsim.simulator.roofline import time_step
+from costsim.simulator.types import Family, OpKind, StepShape
+
+
+def test_step_band_scales_each_operator_by_its_family():
+    spec, hw = load_model("llama-3.1-8b"), load_hardware("h200-calibrated")
+    dep = resolve_deployment(spec, hw, LayoutRequest(devices=2))
+    t = time_step(spec, hw, dep, StepShape(16, 1, 4096, 1))
+    lo = hi = 0.0
+    for ot in t.timings:
+        fam = ot.op.family
+        r = hw.residuals.get(fam.value)
+        p10, p90 = (r.p10, r.p90) if r else (1.0, 1.0)  # elementwise: no residuals, kept
+        lo += p10 * float(ot.total_s)
+        hi += p90 * float(ot.total_s)
+    band = step_band(t, hw)
+    assert band == pytest.approx((lo / float(t.time_s), hi / float(t.time_s)), rel=1e-12)
+    assert band[0] < 1 < band[1]
+    assert any(ot.op.kind is OpKind.COMM for ot in t.timings)  # TP 2: comm is in the band too
+
+
+def test_fallback_family_and_no_residuals():
+    hw = load_hardware("a100-80g-calibrated")  # no fp8 tables: gemm_fp8 borrows gemm's band
+    if "gemm_fp8" not in hw.residuals:
+        assert family_band(hw, Family.GEMM_FP8) == (hw.residuals["gemm"].p10, hw.residuals["gemm"].p90)
+    assert family_band(hw, Family.ELEMENTWISE) == (1.0, 1.0)
+    spec, plain = load_model("llama-3.1-8b"), load_hardware("h200")
+    assert not plain.residuals
+    r = perf(Scenario(spec, plain, LayoutRequest(devices=1), 1, 1024, 16))
+    assert r.ttft_band_s is None and r.tpot_band_s is None
+
+
+def test_perf_carries_the_bands():
+    spec, hw = load_model("deepseek-v3"), load_hardware("h200-calibrated")
+    r = perf(Scenario(spec, hw, LayoutRequest(devices=8), 64, 4096, 64))
+    lo, hi = r.ttft_band_s
+    assert lo < r.ttft_s < hi
+    lo, hi = r.tpot_band_s
+    assert lo < r.tpot_s < hi
