@@ -101,6 +101,9 @@ def train_cmd(model: O.Model, hardware: O.Hardware,
               dtype: str = typer.Option("bf16", "--dtype", help="Peak the MFU refers to (bf16 as in ISCA 2025 Table 4)."),
               devices: Optional[int] = typer.Option(None, "--devices", help="Devices training together -> wall-clock "
                                                                             "days (GPU-hours / devices / 24)."),
+              attention_flops: str = typer.Option("causal", "--attention-flops", help="FLOP convention of the "
+                                                  "attention core: causal (s(s+1)/2 pairs) or full (s^2 pairs, as "
+                                                  "DeepSeekMoE's FLOPs per 4K tokens and ISCA 2025's non-causal MFU)."),
               sets: O.Sets = None, hw_sets: O.HwSets = None, price: O.Price = None, fmt: O.Format = O.Fmt.table):
     """Training FLOPs per token, GPU-hours at an MFU, or the MFU implied by GPU-hours."""
 
@@ -115,7 +118,10 @@ def train_cmd(model: O.Model, hardware: O.Hardware,
         n_tok = O.count(tokens, "--tokens", binary_k=False, minimum=1)
         s = O.count(seq_len, "--seq-len", minimum=1)
         gh = None if gpu_hours is None else O.parse(parse_count, gpu_hours, "--gpu-hours")
-        rec = train(spec, hw, seq_len=s, tokens=n_tok, mfu=mfu, gpu_hours=gh, dtype=dtype, devices=devices)
+        if attention_flops not in ("causal", "full"):
+            raise O.CostsimError(f"--attention-flops {attention_flops}: expected causal or full")
+        rec = train(spec, hw, seq_len=s, tokens=n_tok, mfu=mfu, gpu_hours=gh, dtype=dtype, devices=devices,
+                    causal=attention_flops == "causal")
         views.train(rec.to_dict(), fmt.value)
         return rec.warnings
 

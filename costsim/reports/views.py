@@ -276,7 +276,8 @@ def train(rec: dict, fmt: str) -> None:
     table, cols = F.transpose([dict(rec, name="value")], rows)
     emit(table, cols, title=(f"training {rec['model']} on {rec['hardware']} ({rec['dtype']} dense peak "
                              f"{rec['peak_flops'] / 1e12:g} TFLOP/s), {rec['tokens']:.4g} tokens"),
-         notes=["training FLOPs/token = 3 x forward (2 x activated matmul params + causal attention), logits for "
+         notes=[f"training FLOPs/token = 3 x forward (2 x activated matmul params + {rec.get('attention_flops', 'causal')} "
+                "attention), logits for "
                 "every token."] + ([] if price is None else ["USD = GPU-hours x the price (rent only; the profile's "
                                                              "price_per_device_hour, --price to change)."]))
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from costsim.simulator.deployment import Deployment
 from costsim.simulator.operators import step_operators, total
-from costsim.simulator.types import StepShape
+from costsim.simulator.types import OpKind, StepShape
 from costsim.specs import ModelSpec
 
 
@@ -43,21 +43,34 @@ def flops_per_token_decode(spec: ModelSpec, context, form: str = "absorbed"):
     return forward_flops(spec, batch=1, new_tokens=1, context=context, logit_tokens=1, form=form)
 
 
-def prefill_flops(spec: ModelSpec, prompt, form: str = "naive", logits_for_all: bool = False):
-    """Forward FLOPs to prefill one sequence of ``prompt`` tokens (causal attention).
+def prefill_flops(spec: ModelSpec, prompt, form: str = "naive", logits_for_all: bool = False,
+                  causal: bool = True):
+    """Forward FLOPs to prefill one sequence of ``prompt`` tokens.
 
     Logits for the last token only unless ``logits_for_all`` (training / per-token figures).
+    ``causal=False`` is the full-attention FLOP convention of papers that count every
+    (query, key) pair, s^2 instead of s(s + 1)/2 (DeepSeekMoE's "FLOPs per 4K tokens",
+    ISCA 2025 Table 4's "non-causal" TFLOPS): the attention cores of full-attention layers
+    are scaled by s^2 / (s(s + 1)/2); sliding-window and linear-attention layers are kept.
     """
-    return forward_flops(spec, batch=1, new_tokens=prompt, context=0,
-                         logit_tokens=prompt if logits_for_all else 1, form=form)
+    if causal:
+        return forward_flops(spec, batch=1, new_tokens=prompt, context=0,
+                             logit_tokens=prompt if logits_for_all else 1, form=form)
+    s = float(prompt)
+    ops = step_operators(spec, Deployment(mla_form=form), StepShape(1, s, 0, s if logits_for_all else 1),
+                         include_comm=False)
+    scale = s * s / (s * (s + 1) / 2)
+    return sum(float(o.flops) * o.count * (scale if o.kind is OpKind.ATTENTION and "window=" not in o.name
+                                           and "linear" not in o.name else 1.0) for o in ops)
 
 
-def training_flops_per_token(spec: ModelSpec, seq_len, form: str = "naive"):
+def training_flops_per_token(spec: ModelSpec, seq_len, form: str = "naive", causal: bool = True):
     """Training FLOPs per token: 3 x forward (backward = 2 x forward), causal attention over
-    ``seq_len``, logits for every token. MLA trains in its naive (MHA) form (DeepSeek-V3.2
+    ``seq_len`` (``causal=False``: the full-attention convention, see ``prefill_flops``),
+    logits for every token. MLA trains in its naive (MHA) form (DeepSeek-V3.2
     paper App. A: MHA mode for training and prefill).
 
     ISCA 2025 (arXiv 2505.09343) Table 2 at seq 4096: DeepSeek-V2 155, DeepSeek-V3 250
     GFLOP per token.
     """
-    return 3.0 * prefill_flops(spec, seq_len, form=form, logits_for_all=True) / seq_len
+    return 3.0 * prefill_flops(spec, seq_len, form=form, logits_for_all=True, causal=causal) / seq_len

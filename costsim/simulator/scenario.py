@@ -562,21 +562,24 @@ class TrainRecord(_Record):
     training_usd: float | None = None
     devices: int | None = None
     wall_clock_days: float | None = None
+    attention_flops: str = "causal"  # FLOP convention of the attention core: causal or full
     _optional = _MONEY + ("devices", "wall_clock_days")
 
 
 def train(spec: ModelSpec, hw: HardwareProfile, *, seq_len: int, tokens: float, mfu: float | None = None,
-          gpu_hours: float | None = None, dtype: str = "bf16", devices: int | None = None) -> TrainRecord:
+          gpu_hours: float | None = None, dtype: str = "bf16", devices: int | None = None,
+          causal: bool = True) -> TrainRecord:
     """GPU-hours at an MFU, or the MFU implied by GPU-hours (``training.train_cost``); its rent
     at the profile's price and, with ``devices``, its wall-clock days (``cost.training_cost``)."""
     check_types(spec, hw)
-    r = train_cost(spec, hw, seq_len=seq_len, tokens=tokens, mfu=mfu, gpu_hours=gpu_hours, dtype=dtype)
+    r = train_cost(spec, hw, seq_len=seq_len, tokens=tokens, mfu=mfu, gpu_hours=gpu_hours, dtype=dtype, causal=causal)
     price, _ = price_of(hw)
     c = training_cost(r.gpu_hours, 0.0 if price is None else price, devices)
     return TrainRecord(spec.name, hw.name, seq_len, tokens, r.flops_per_token, r.total_flops, r.peak_flops, dtype,
                        r.mfu, r.gpu_hours, r.gpu_hours_per_trillion_tokens, r.tokens_per_s_per_device,
                        mfu is not None, tuple(context_warnings(spec, seq_len)), price,
-                       None if price is None else c.usd, devices, c.wall_clock_days)
+                       None if price is None else c.usd, devices, c.wall_clock_days,
+                       "causal" if causal else "full")
 
 
 # ---- plot data --------------------------------------------------------------------------

@@ -33,8 +33,10 @@ class TrainCost:
 
 
 def train_cost(spec: ModelSpec, hw: HardwareProfile, *, seq_len: int, tokens: float,
-               mfu: float | None = None, gpu_hours: float | None = None, dtype: str = "bf16") -> TrainCost:
+               mfu: float | None = None, gpu_hours: float | None = None, dtype: str = "bf16",
+               causal: bool = True) -> TrainCost:
     """GPU-hours for ``tokens`` at ``mfu``, or the MFU implied by ``gpu_hours`` (one of the two).
+    ``causal=False``: FLOPs in the full-attention convention (``flops.prefill_flops``).
 
     Raises CostsimError if neither or both are given, or if they are out of range.
     """
@@ -51,7 +53,7 @@ def train_cost(spec: ModelSpec, hw: HardwareProfile, *, seq_len: int, tokens: fl
         peak = hw.peak(dtype)
     except CostsimError as e:
         raise FieldError("dtype", dtype, str(e)) from None
-    f = float(training_flops_per_token(spec, seq_len))
+    f = float(training_flops_per_token(spec, seq_len, causal=causal))
     total = f * tokens
     if mfu is not None:
         gpu_hours = total / (peak * mfu) / 3600.0
