@@ -67,7 +67,7 @@ def test_train_record_by_hand():
         model="tiny-gqa", hardware="tiny-hw", seq_len=4, tokens=3.6e6, training_flops_per_token=12192,
         total_flops=12192 * 3.6e6, peak_flops=1e10, dtype="bf16", mfu=0.5, gpu_hours=2.4384e-3,
         gpu_hours_per_trillion_tokens=2.4384e-3 * 1e12 / 3.6e6, tokens_per_s_per_device=5e9 / 12192,
-        mfu_given=True))
+        mfu_given=True, attention_flops="causal"))
     # seq 4 > max_position_embeddings 2: one warning that names both numbers
     assert len(warnings) == 1 and "4 tokens" in warnings[0] and "(2)" in warnings[0]
     # the MFU implied by twice the GPU-hours: 0.25, not given; seq 4 within 4 positions: no warning
