@@ -43,3 +43,15 @@ def test_perf_carries_the_bands():
     assert lo < r.ttft_s < hi
     lo, hi = r.tpot_band_s
     assert lo < r.tpot_s < hi
+
+
+def test_max_throughput_carries_the_tpot_band():
+    from costsim.api import max_throughput_record
+    from costsim.simulator.serving import decode
+
+    spec, hw = load_model("deepseek-v3"), load_hardware("h200-calibrated")
+    m = max_throughput_record(spec, hw, LayoutRequest(devices=8), 4096, 0.05)
+    dep = resolve_deployment(spec, hw, LayoutRequest(devices=8, tp=m.tp, ep=m.ep), m.batch, 4096)
+    f = step_band(decode(spec, hw, dep, m.batch, 4096).timing, hw)
+    assert m.tpot_band_s == pytest.approx((m.tpot_s * f[0], m.tpot_s * f[1]), rel=1e-12)
+    assert "tpot_band_s" not in max_throughput_record(spec, load_hardware("h200"), LayoutRequest(devices=8)).to_dict()

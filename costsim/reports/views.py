@@ -245,10 +245,15 @@ def max_throughput(rec: dict, fmt: str) -> None:
             ("tokens_per_s", f"decode [tokens/s, all {rec['devices']} devices]", F.num),
             ("tokens_per_s_per_device", "decode [tokens/s per device]", F.num),
             ("max_batch_memory", "max batch that fits in memory", F.integer), ("limit", "limited by", F.text)]
+    shown = dict(rec, name="value")
+    if rec.get("tpot_band_s"):
+        lo, hi = rec["tpot_band_s"]
+        shown["_band"] = f"{F.ms(lo)} - {F.ms(hi)}"
+        rows.insert(2, ("_band", "TPOT band, calibration p10-p90 [ms]", F.text))
     if rec.get("price_usd_per_device_hour") is not None:
         rows += [("usd_per_hour", f"rent of the {rec['devices']} devices [USD/h]", _usd),
                  ("usd_per_million_output_tokens", "decode [USD per 1M output tokens]", _usd)]
-    table, cols = F.transpose([dict(rec, name="value")], rows)
+    table, cols = F.transpose([shown], rows)
     slo = f", TPOT <= {rec['tpot_slo_s'] * 1e3:g} ms" if rec["tpot_slo_s"] else ""
     emit(table, cols, notes=_price_note([rec]) if rec.get("price_usd_per_device_hour") is not None else (), title=(
         f"max decode throughput: {rec['model']} on {rec['devices']} x {rec['hardware']} (tp={rec['tp']} ep={rec['ep']}; "

@@ -503,7 +503,8 @@ class MaxThroughputRecord(_Record):
     price_usd_per_device_hour: float | None = None
     usd_per_hour: float | None = None
     usd_per_million_output_tokens: float | None = None
-    _optional = _MONEY
+    tpot_band_s: tuple | None = None  # p10-p90 of TPOT from the profile's calibration residuals
+    _optional = _MONEY + ("tpot_band_s",)
 
 
 def max_throughput_search(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequest = LayoutRequest(),
@@ -528,13 +529,14 @@ def max_throughput_record(spec: ModelSpec, hw: HardwareProfile, request: LayoutR
     """``max_throughput_search`` as a record."""
     dep, r = max_throughput_search(spec, hw, request, context, tpot_slo_s)
     price, _ = price_of(hw)
-    money = () if price is None else (price, usd_per_hour(dep.devices, price),
-                                      usd_per_million_tokens(dep.devices, price, r.tokens_per_s))
+    money = (None, None, None) if price is None else (price, usd_per_hour(dep.devices, price),
+                                                      usd_per_million_tokens(dep.devices, price, r.tokens_per_s))
+    band = step_band(decode(spec, hw, dep, r.batch, context).timing, hw, dep.overlap_comm) if r.batch else None
     return MaxThroughputRecord(
         spec.name, hw.name, dep.devices, dep.tp, dep.ep, dep.pp, dep.weights_name, dep.kv_format.name, context,
         tpot_slo_s, r.batch, r.tpot_s, r.tokens_per_s, r.tokens_per_s_per_device,
         r.tokens_per_s_per_device * hw.devices_per_node, r.max_batch_memory, r.limit,
-        tuple(context_warnings(spec, context)), *money)
+        tuple(context_warnings(spec, context)), *money, _band(r.tpot_s, band))
 
 
 # ---- train ------------------------------------------------------------------------------
