@@ -55,3 +55,14 @@ def test_max_throughput_carries_the_tpot_band():
     f = step_band(decode(spec, hw, dep, m.batch, 4096).timing, hw)
     assert m.tpot_band_s == pytest.approx((m.tpot_s * f[0], m.tpot_s * f[1]), rel=1e-12)
     assert "tpot_band_s" not in max_throughput_record(spec, load_hardware("h200"), LayoutRequest(devices=8)).to_dict()
+
+
+def test_compare_carries_the_tpot_band():
+    from costsim.api import compare
+
+    hw = load_hardware("h200-calibrated")
+    (c,) = compare([load_model("deepseek-v2")], hw, LayoutRequest(), context=4096, batch=32)
+    lo, hi = c.tpot_band_s
+    assert lo < c.tpot_s < hi
+    (p,) = compare([load_model("deepseek-v2")], load_hardware("h200"), LayoutRequest(), context=4096, batch=32)
+    assert "tpot_band_s" not in p.to_dict()

@@ -114,8 +114,14 @@ def compare(recs: list[dict], fmt: str, devices: int) -> None:
             ("weight_bytes_per_device", f"weights per device, {r0['weight_dtype']} [GB]", F.scaled(1e9)),
             ("tp", "layout: TP", F.integer), ("ep", "layout: EP", F.integer), ("pp", "layout: PP", F.integer),
             ("tpot_s", f"TPOT at batch {b} [ms]", F.ms),
+            ("_band", "TPOT band, calibration p10-p90 [ms]", F.text),
             ("decode_tokens_per_s", f"decode at batch {b} [tokens/s per {devices} devices]", F.num),
             ("max_batch", f"max batch at {ctx} tokens [sequences]", F.integer)] + _compare_money(recs, devices, b)
+    if any(r.get("tpot_band_s") for r in recs):
+        recs = [dict(r, _band="-" if not r.get("tpot_band_s") else
+                     f"{F.ms(r['tpot_band_s'][0])} - {F.ms(r['tpot_band_s'][1])}") for r in recs]
+    else:
+        rows = [r for r in rows if r[0] != "_band"]
     table, cols = F.transpose(recs, rows)
     notes = [f"note: {r['name']}: {r['note']}" for r in recs if r["note"]]
     notes.append(f"GB = 1e9 bytes. Decode is a roofline estimate on {hw} ({devices} devices, efficiency factors "

@@ -230,7 +230,8 @@ class CompareRecord(_Record):
     price_usd_per_device_hour: float | None = None
     usd_per_hour: float | None = None
     usd_per_million_output_tokens: float | None = None
-    _optional = _MONEY
+    tpot_band_s: tuple | None = None  # p10-p90 of TPOT from the profile's calibration residuals
+    _optional = _MONEY + ("tpot_band_s",)
 
 
 def _unique_names(specs: list[ModelSpec]) -> list[str]:
@@ -274,7 +275,8 @@ def compare(specs: list[ModelSpec], hw: HardwareProfile, request: LayoutRequest 
             if not rec["fits"]:
                 rec["note"] = f"batch {batch} at context {context} exceeds memory (max batch {rec['max_batch']})"
             d = decode(spec, hw, dep, batch, context)
-            rec.update(decode_tokens_per_s=float(d.tokens_per_s), tpot_s=float(d.time_s))
+            rec.update(decode_tokens_per_s=float(d.tokens_per_s), tpot_s=float(d.time_s),
+                       tpot_band_s=_band(float(d.time_s), step_band(d.timing, hw, dep.overlap_comm)))
         price, _ = price_of(hw)
         if price is not None:
             rec.update(price_usd_per_device_hour=price, usd_per_hour=usd_per_hour(dep.devices, price),
