@@ -118,7 +118,10 @@ def test_bare_number_on_a_unit_field_asks_for_the_unit():
 
 def test_write_errors_name_the_path(tmp_path):
     cfg = ROOT / "tests" / "fixtures" / "hf" / "llama-3.1-8b.json"
-    _bad(["import-hf", cfg, "-o", "/proc/version", "--force"], "/proc/version", "cannot write")
+    _bad(["plan", "llama-3.1-8b", "-H", "h100", "--max-devices", "1", "-o", "/proc/version", "--force"],
+         "/proc/version", "cannot write")
+    # import-hf writes YAML, so a name that says otherwise is refused before anything is written
+    _bad(["import-hf", cfg, "-o", tmp_path / "spec.json"], "spec.json", ".yaml")
     _bad(["import-hf", cfg, "-o", tmp_path / ("x" * 300 + ".yaml")], "cannot write", "too long")
     assert list(tmp_path.iterdir()) == []
 

@@ -12,6 +12,8 @@ from typing import Optional
 
 import typer
 
+from costsim.errors import CostsimError
+
 from costsim.cli import options as O
 from costsim.cli.app import app
 
@@ -109,6 +111,8 @@ def import_hf_cmd(config: Path = typer.Argument(..., help="HuggingFace config.js
 
         if output is not None:
             O.check_new(output, force, "spec YAML")
+            if output.suffix.lower() not in (".yaml", ".yml"):
+                raise CostsimError(f"{output}: a spec is written as YAML: give a .yaml or .yml name")
         spec = spec_from_hf_config(read_json(config), where=str(config), name=name)
         text = spec_to_yaml(spec)
         if output is None:

@@ -24,7 +24,14 @@ def _items(text: str, flag: str) -> list[str]:
 
 
 def _counts(text: str, flag: str, minimum: int = 1) -> list[int]:
-    return list(dict.fromkeys(O.count(t, flag, minimum=minimum) for t in _items(text, flag)))
+    from costsim.simulator.scenario import MAX_COUNT, MAX_OUTPUT
+
+    top = MAX_OUTPUT if flag == "--output" else MAX_COUNT
+    out = list(dict.fromkeys(O.count(t, flag, minimum=minimum) for t in _items(text, flag)))
+    for v in out:
+        if v > top:
+            raise CostsimError(f"{flag} {v:,}: must be at most {top:,} (2^{top.bit_length() - 1})")
+    return out
 
 
 def _opt_counts(text: Optional[str], flag: str) -> list:

@@ -84,23 +84,24 @@ def valid_tp(spec: ModelSpec, devices: int) -> list[int]:
     return [t for t in divisors(devices) if tp_problem(spec, t) is None]
 
 
-def default_ep(spec: ModelSpec, devices: int) -> int:
-    """The largest EP dividing both ``devices`` and the routed-expert count (1 for dense)."""
+def default_ep(spec: ModelSpec, devices: int, redundant: int = 0) -> int:
+    """The largest EP dividing both ``devices`` and the routed-expert slots (experts +
+    ``redundant`` copies; 1 for dense)."""
     f = spec.ffn
     if not isinstance(f, MoEFFN):
         return 1
-    return max(e for e in divisors(devices) if f.n_routed_experts % e == 0)
+    return max(e for e in divisors(devices) if (f.n_routed_experts + redundant) % e == 0)
 
 
 def default_layout(spec: ModelSpec, devices: int, tp: int | None = None, ep: int | None = None,
-                   room=None, max_tp: int | None = None) -> tuple[int, int]:
+                   room=None, max_tp: int | None = None, redundant: int = 0) -> tuple[int, int]:
     """(tp, ep) for a pipeline stage of ``devices`` devices under the policy above.
 
     ``room(tp, ep)`` returns (fits, max_batch) for the requested batch, or None when that
     layout is infeasible; without it an MoE model with EP > 1 takes TP = 1.
     """
     if ep is None:
-        ep = default_ep(spec, devices)
+        ep = default_ep(spec, devices, redundant)
     if tp is None:
         valid = valid_tp(spec, devices)
         in_node = [t for t in valid if max_tp is None or t <= max_tp] or valid[:1]
@@ -211,10 +212,15 @@ def resolve_deployment(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequ
     def layout(pp: int) -> Deployment:
         b = base.with_(pp=pp)
         t, e = default_layout(spec, devices // pp, r.tp, r.ep, lambda t, e: fits(b.with_(tp=t, ep=e)),
-                              hw.devices_per_node)
+                              hw.devices_per_node, r.redundant_experts)
         return b.with_(tp=t, ep=e)
 
     first = layout(base.pp)
+    if r.redundant_experts and r.ep is None and first.ep == 1 and isinstance(spec.ffn, MoEFFN):
+        raise FieldError("redundant_experts", r.redundant_experts,
+                         f"the {spec.ffn.n_routed_experts} + {r.redundant_experts} expert slots divide over no EP > 1 "
+                         f"of {devices // base.pp} devices; choose copies so that experts + copies is a multiple of "
+                         "the EP wanted (or give --ep)")
     if r.pp is not None or (fits(first) or (False,))[0]:
         return _renamed(first, spec)
     # PP = 1 does not fit: the smallest pipeline depth that does

@@ -45,8 +45,8 @@ from costsim.simulator.deployment import Deployment
 from costsim.simulator.efficiency import rates
 from costsim.simulator.memory import kv_bytes_per_device, memory_report, weight_bytes_per_device
 from costsim.simulator.roofline import StepTiming, time_step
-from costsim.simulator.serving import (chunked_prefill, decode, microbatches, prefill, prefill_chunk_tokens,
-                                      prefill_workspace)
+from costsim.simulator.serving import (chunked_prefill, chunked_prefill_grid, decode, microbatches, prefill,
+                                      prefill_chunk_tokens, prefill_workspace)
 from costsim.simulator.types import Family, OpKind, StepShape
 from costsim.specs import HardwareProfile, MLAAttention, ModelSpec
 
@@ -280,16 +280,21 @@ def serve_grid(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, inp
         full = [np.array(np.broadcast_to(x, shape)) for x in (ttft, pre_mfu, pre_mbu, pre_fits, pre_bound)]
         ttft, pre_mfu, pre_mbu, pre_fits, pre_bound = full
         B, I = np.broadcast_to(b, shape), np.broadcast_to(i, shape)
-        done: dict = {}
-        for idx in zip(*np.nonzero(~pre_fits)):
-            key = (int(B[idx]), int(I[idx]))
-            if key not in done:
-                c = prefill_chunk_tokens(spec, hw, dep, *key)
-                done[key] = None if c is None else chunked_prefill(spec, hw, dep, *key, c)
-            r = done[key]
-            if r is not None:
-                ttft[idx], pre_mfu[idx], pre_mbu[idx], pre_fits[idx] = float(r.time_s), r.mfu, r.mbu, True
-                if bounds:
+        bad = np.nonzero(~pre_fits)
+        pairs, inverse = np.unique(np.stack([B[bad], I[bad]]), axis=1, return_inverse=True)
+        inverse = np.asarray(inverse).reshape(-1)
+        chunk, t, mfu_c, mbu_c, first_chunk = chunked_prefill_grid(spec, hw, dep, pairs[0], pairs[1])
+        got = chunk[inverse] > 0
+        sel = tuple(ax[got] for ax in bad)
+        ttft[sel], pre_mfu[sel], pre_mbu[sel], pre_fits[sel] = t[inverse][got], mfu_c[inverse][got], \
+            mbu_c[inverse][got], True
+        if bounds and np.any(got):
+            if first_chunk is not None:
+                pre_bound[sel] = np.broadcast_to(step_bound(first_chunk), chunk.shape)[inverse][got]
+            else:
+                for idx in zip(*sel):
+                    r = chunked_prefill(spec, hw, dep, int(B[idx]), int(I[idx]),
+                                        prefill_chunk_tokens(spec, hw, dep, int(B[idx]), int(I[idx])))
                     pre_bound[idx] = step_bound(r.timing)
         with np.errstate(divide="ignore", invalid="ignore"):
             e2e = ttft + total
@@ -399,6 +404,10 @@ def run_partition(p: Partition) -> dict:
                         prefill_mbu=g.prefill_mbu, decode_mfu=g.decode_mfu, decode_mbu=g.decode_mbu)
             for k, v in vals.items():
                 metrics[k] = np.where(ok, flat(v), np.nan)
+            # no output token: no decode step, so no TPOT (as perf's '-')
+            decodes = flat(np.asarray(O, dtype=float)[None, None, :]) > 0
+            for k in ("tpot_s", "decode_mfu", "decode_mbu"):
+                metrics[k] = np.where(decodes, metrics[k], np.nan)
             metrics.update(memory_per_device_bytes=flat(g.memory_bytes).astype(float),
                            kv_bytes_per_device=flat(g.kv_bytes).astype(float), max_batch=flat(g.max_batch).astype(float))
             prefill_fits = flat(g.prefill_fits).copy()
