@@ -144,11 +144,16 @@ def test_decode_roofline_points_by_hand():
     assert pts["lm_head"]["flops_per_s"] == pytest.approx(1600 / (1816 / MEM + OVH))  # per occurrence
     assert pts["ffn.gate_up_proj"]["intensity"] == pytest.approx(512 / 592)
     assert pts["ffn.gate_up_proj"]["flops_per_s"] == pytest.approx(512 / (592 / MEM + OVH))
-    assert r["peak_flops"] == pytest.approx(5e9) and r["bandwidth"] == pytest.approx(5e8)
+    assert r["achievable"] == {"bf16": pytest.approx(5e9)} and r["bandwidth_achievable"] == pytest.approx(5e8)
+    # numbered by share of the step: lm_head 4.632 us before gate_up 4.368 us
+    assert [(p["number"], p["label"]) for p in r["points"]] == [(1, "lm_head"), (2, "ffn.gate_up_proj")]
+    assert pts["lm_head"]["share"] == pytest.approx(4.632 / 26.608)
     assert (r["deployment"].devices, r["deployment"].tp) == (1, 1)
     # min_share 0: every operator with FLOPs (6 of the 9), none without
     r = decode_roofline(gqa(), hw(), LayoutRequest(devices=1), batch=1, context=9, min_share=0.0)
-    assert [p["label"] for p in r["points"]] == [x[0] for x in DECODE_ROWS if x[4] > 0]
+    assert sorted(p["label"] for p in r["points"]) == sorted(x[0] for x in DECODE_ROWS if x[4] > 0)
+    shares = [p["share"] for p in r["points"]]
+    assert shares == sorted(shares, reverse=True) and [p["number"] for p in r["points"]] == list(range(1, 7))
 
 
 def test_decode_roofline_skips_comm_and_uses_the_policy_layout():
@@ -158,7 +163,7 @@ def test_decode_roofline_skips_comm_and_uses_the_policy_layout():
     assert r["deployment"].tp == 2
     assert all(not p["label"].startswith("comm") for p in r["points"])
     assert len(r["points"]) == 6
-    assert r["peak_flops"] == pytest.approx(1e10)
+    assert r["achievable"]["fp8"] == pytest.approx(1e10) and r["roofs"]["fp8"] == pytest.approx(2e10)
 
 
 def test_decode_roofline_rejects_bad_sizes():
@@ -178,7 +183,7 @@ def test_throughput_curve_first_point_by_hand():
     # 2 devices as 2 DP replicas of TP 1: at batch 1 one sequence on one device; TPOT at context 9
     # = 5304 / 5e8 + 16 us; tokens/s per device = 1 / TPOT / 2 devices
     c = throughput_curve(gqa(), hw(), LayoutRequest(devices=2, tp=1), context=9)
-    assert c["label"] == "tiny-gqa (tp=1 ep=1)"
+    assert c["label"] == "tiny-gqa (TP1 EP1 PP1)" and c["layout"].startswith("2 devices, TP1 EP1 PP1")
     t1 = 5304 / MEM + 16 * OVH
     assert c["tpot_s"][0] == pytest.approx(t1)
     assert c["tokens_per_s_per_device"][0] == pytest.approx(1 / t1 / 2)

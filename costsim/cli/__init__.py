@@ -6,9 +6,9 @@ User mistakes print one line on stderr and exit with code 2.
 
 Modules: ``app`` (the typer apps), ``options`` (shared options, parsing, the error contract),
 ``query`` (models, hardware, show, kv, import-hf), ``serve`` (compare, perf, max-throughput,
-train), ``plot`` (plot throughput|roofline|kv), ``kernel`` (kernel gemm|attention|moe|ffn),
+train), ``plot`` (plot throughput|roofline|kv|kv-models|max-batch|frontier|cost), ``kernel`` (kernel gemm|attention|moe|ffn),
 ``calibrate`` (calibrate, validate), ``whatif`` (whatif), ``reproduce`` (reproduce), ``sweep`` (sweep),
-``plan`` (plan).
+``plan`` (plan), ``report`` (report).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import sys
 
 import typer
 
-from costsim.cli import calibrate, kernel, plan, plot, query, reproduce, serve, sweep, whatif  # noqa: F401  (importing registers the commands)
+from costsim.cli import calibrate, kernel, plan, plot, query, report, reproduce, serve, sweep, whatif  # noqa: F401  (importing registers the commands)
 from costsim.cli.app import app
 
-_COMMAND_MODULES = (calibrate, kernel, plan, plot, query, reproduce, serve, sweep, whatif)
+_COMMAND_MODULES = (calibrate, kernel, plan, plot, query, report, reproduce, serve, sweep, whatif)
 
 __all__ = ["app", "main"]
 

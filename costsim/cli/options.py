@@ -170,6 +170,15 @@ def lengths(batch: str, input_len: str, output_len: str) -> tuple[int, int, int]
             count(output_len, "--output"))
 
 
+def items(text: str, flag: str) -> list[str]:
+    """A comma-separated flag value as its distinct items, in order; CostsimError names the flag
+    when it is empty or has an empty item."""
+    parts = [t.strip() for t in text.split(",")]
+    if not text.strip() or any(not t for t in parts):
+        raise CostsimError(f"{flag} {text!r}: expected a comma-separated list without empty items, e.g. 1,8,64")
+    return list(dict.fromkeys(parts))
+
+
 def layout(devices=None, tp=None, ep=None, pp=None, weight_dtype=None, kv_dtype="bf16", mla_form="auto",
            imbalance=1.0, overlap=False, block_size=None, mtp=0, mtp_acceptance=0.85, prefix_hit=0.0,
            redundant=0):

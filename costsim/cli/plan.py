@@ -14,13 +14,6 @@ from costsim.cli.app import app
 from costsim.errors import CostsimError
 
 
-def _items(text: str, flag: str) -> list[str]:
-    items = [t.strip() for t in text.split(",")]
-    if not text.strip() or any(not t for t in items):
-        raise CostsimError(f"{flag} {text!r}: expected a comma-separated list without empty items")
-    return list(dict.fromkeys(items))
-
-
 def _priced(hws: list, texts: list[str] | None) -> list:
     """Each profile with the ``--price`` that names it (NAME=PRICE) or the one for all (PRICE)."""
     if not texts:
@@ -79,7 +72,7 @@ def plan_cmd(model: O.Model,
         if target is not None and users is not None:
             raise CostsimError("give --target-tokens-per-s or --users, not both")
         spec = O.model(model, sets)
-        hws = _priced([O.hardware(h, hw_sets) for h in _items(hardware, "--hardware")], price)
+        hws = _priced([O.hardware(h, hw_sets) for h in O.items(hardware, "--hardware")], price)
         i, o = O.count(context, "--context", minimum=1), O.count(output_len, "--output", minimum=1)
         rate = None if target is None else O.parse(parse_count, target, "--target-tokens-per-s")
         if rate is not None and not 0 < rate < float("inf"):
@@ -89,12 +82,12 @@ def plan_cmd(model: O.Model,
             raise CostsimError(f"--max-devices {max_devices}: must be an integer >= 1")
         if top < 1:
             raise CostsimError(f"--top {top}: must be an integer >= 1")
-        wds = None if weight_dtype is None else _items(weight_dtype, "--weight-dtype")
-        kvs = _items(kv_dtype, "--kv-dtype")
+        wds = None if weight_dtype is None else O.items(weight_dtype, "--weight-dtype")
+        kvs = O.items(kv_dtype, "--kv-dtype")
         for flag, names in (("--weight-dtype", wds or []), ("--kv-dtype", kvs)):
             for name in names:
                 O.parse(parse_format, name, f"{flag} {name}")
-        pps = [O.count(t, "--pp", minimum=1) for t in _items(pp, "--pp")]
+        pps = [O.count(t, "--pp", minimum=1) for t in O.items(pp, "--pp")]
         result = plan(spec, hws, i, o, tpot_slo_s=O.slo(tpot_slo), ttft_slo_s=O.slo(ttft_slo, "--ttft-slo"),
                       target_tokens_per_s=rate, users=n_users, max_devices=max_devices, weight_dtypes=wds,
                       kv_dtypes=tuple(kvs), pp=tuple(pps), top=top)

@@ -16,18 +16,11 @@ from costsim.errors import CostsimError
 _LIST = "comma-separated"
 
 
-def _items(text: str, flag: str) -> list[str]:
-    items = [t.strip() for t in text.split(",")]
-    if not text.strip() or any(not t for t in items):
-        raise CostsimError(f"{flag} {text!r}: expected a {_LIST} list without empty items, e.g. 1,8,64")
-    return list(dict.fromkeys(items))
-
-
 def _counts(text: str, flag: str, minimum: int = 1) -> list[int]:
     from costsim.simulator.scenario import MAX_COUNT, MAX_OUTPUT
 
     top = MAX_OUTPUT if flag == "--output" else MAX_COUNT
-    out = list(dict.fromkeys(O.count(t, flag, minimum=minimum) for t in _items(text, flag)))
+    out = list(dict.fromkeys(O.count(t, flag, minimum=minimum) for t in O.items(text, flag)))
     for v in out:
         if v > top:
             raise CostsimError(f"{flag} {v:,}: must be at most {top:,} (2^{top.bit_length() - 1})")
@@ -98,16 +91,16 @@ def sweep_cmd(models: str = typer.Option(..., "--models", "-m", help=f"Models ({
         from costsim.units import parse_format
 
         for flag, text in (("--weight-dtype", weight_dtype), ("--kv-dtype", kv_dtype)):
-            for name in ([] if text is None else _items(text, flag)):
+            for name in ([] if text is None else O.items(text, flag)):
                 O.parse(parse_format, name, f"{flag} {name}")
-        specs = [O.model(m, sets) for m in _items(models, "--models")]
-        hws = [O.hardware(h, hw_sets) for h in _items(hardware, "--hardware")]
+        specs = [O.model(m, sets) for m in O.items(models, "--models")]
+        hws = [O.hardware(h, hw_sets) for h in O.items(hardware, "--hardware")]
         grid = (_counts(batch, "--batch"), _counts(context, "--context"), _counts(output_len, "--output", minimum=0))
         reqs = [O.layout(d, t, e, p, w, k, mla_form, overlap=overlap)
                 for d in _opt_counts(devices, "--devices") for t in _opt_counts(tp, "--tp")
                 for e in _opt_counts(ep, "--ep") for p in _counts(pp, "--pp")
-                for w in ([None] if weight_dtype is None else _items(weight_dtype, "--weight-dtype"))
-                for k in _items(kv_dtype, "--kv-dtype")]
+                for w in ([None] if weight_dtype is None else O.items(weight_dtype, "--weight-dtype"))
+                for k in O.items(kv_dtype, "--kv-dtype")]
         n_points = len(specs) * len(hws) * len(reqs) * len(grid[0]) * len(grid[1]) * len(grid[2])
         if n_points > 50_000_000:
             raise CostsimError(f"sweep: {n_points:,} points is more than the 50,000,000 one run holds; split it")

@@ -23,11 +23,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from costsim.errors import CostsimError, FieldError
 from costsim.simulator.deployment import Deployment, activation_format, kv_format_problem, tp_problem
 from costsim.simulator.memory import memory_report
 from costsim.specs import HardwareProfile, MoEFFN, ModelSpec
 from costsim.units import NumberFormat, parse_format
+
+MAX_COUNT = 2**24  # sequences, tokens, TP degree: beyond any deployment, checked before any loop
+MAX_OUTPUT = 2**20  # output tokens per sequence: the decode curve is sampled per output token
+
+
+def count(name: str, v, minimum: int = 0) -> int:
+    """``v`` as an int in [minimum, MAX_COUNT] (``output_len``: MAX_OUTPUT); else FieldError."""
+    if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool)) or v < minimum:
+        raise FieldError(name, repr(v), f"must be an integer >= {minimum}")
+    top = MAX_OUTPUT if name == "output_len" else MAX_COUNT
+    if v > top:
+        raise FieldError(name, v, f"must be at most {top:,} (2^{top.bit_length() - 1})")
+    return int(v)
 
 
 @dataclass(frozen=True)

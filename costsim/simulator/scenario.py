@@ -68,18 +68,7 @@ def context_warnings(spec: ModelSpec, tokens: int) -> list[str]:
     return []
 
 
-MAX_COUNT = 2**24  # sequences, tokens, TP degree: beyond any deployment, checked before any loop
-MAX_OUTPUT = 2**20  # output tokens per sequence: the decode curve is sampled per output token
-
-
-def _count(name: str, v, minimum: int = 0) -> int:
-    """``v`` as an int in [minimum, MAX_COUNT] (``output_len``: MAX_OUTPUT); else FieldError."""
-    if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool)) or v < minimum:
-        raise FieldError(name, repr(v), f"must be an integer >= {minimum}")
-    top = MAX_OUTPUT if name == "output_len" else MAX_COUNT
-    if v > top:
-        raise FieldError(name, v, f"must be at most {top:,} (2^{top.bit_length() - 1})")
-    return int(v)
+from costsim.simulator.layout import MAX_COUNT, MAX_OUTPUT, count as _count  # noqa: E402,F401  (re-exported)
 
 
 # ---- models: show, kv -------------------------------------------------------------------
@@ -589,45 +578,8 @@ def train(spec: ModelSpec, hw: HardwareProfile, *, seq_len: int, tokens: float, 
 # ---- plot data --------------------------------------------------------------------------
 
 
-def throughput_curve(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequest = LayoutRequest(),
-                     context: int = 4096) -> dict:
-    """Decode tokens/s per device against TPOT, batch swept up to the memory limit, on the
-    policy's layout: ``label``, ``tpot_s`` and ``tokens_per_s_per_device`` arrays."""
-    check_types(spec, hw)
-    context = _count("context", context, 1)
-    dep = resolve_deployment(spec, hw, request, 1, 0)
-    r = max_throughput(spec, hw, dep, context)
-    return dict(label=f"{spec.name} (tp={dep.tp} ep={dep.ep})", tpot_s=r.curve_tpot_s,
-                tokens_per_s_per_device=r.curve_tokens_per_s / dep.devices)
-
-
-def kv_curve(spec: ModelSpec, kv_dtype, context, batch: int = 1) -> dict:
-    """KV cache bytes of ``batch`` sequences against an array of ``context`` lengths (tokens):
-    ``label``, ``context``, ``kv_bytes`` and the format's name ``kv_dtype``."""
-    rec = kv(spec, kv_dtype, int(np.max(context)), batch)  # checks the format against the model
-    fmt = number_format(kv_dtype, "kv_dtype")
-    return dict(label=spec.name, context=np.asarray(context), kv_bytes=kv_cache_bytes(spec, fmt, context, batch),
-                kv_dtype=rec.kv_dtype)
-
-
-def decode_roofline(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequest = LayoutRequest(),
-                    batch: int = 64, context: int = 4096, min_share: float = 0.01) -> dict:
-    """The operators of one decode step as points on the roofline: each non-comm operator with
-    FLOPs that takes at least ``min_share`` of the step, with its intensity (FLOP/byte) and
-    achieved FLOP/s; plus the achievable peak (FLOP/s) and bandwidth (B/s) of the profile."""
-    check_types(spec, hw)
-    batch, context = _count("batch", batch, 1), _count("context", context)
-    dep = resolve_deployment(spec, hw, request, 1, 0)
-    require_fit(spec, hw, dep)
-    t = decode(spec, hw, dep, batch, context).timing
-    step = float(np.asarray(t.time_s))
-    pts = [dict(label=x.op.name, intensity=float(np.asarray(x.op.intensity)),
-                flops_per_s=float(np.asarray(x.op.flops)) / float(np.asarray(x.time_s)))
-           for x in t.timings if x.op.kind is not OpKind.COMM and float(np.asarray(x.op.flops)) > 0
-           and float(np.asarray(x.total_s)) >= min_share * step]
-    return dict(points=pts, deployment=dep,
-                peak_flops=hw.peak(dep.weight_format.compute) * hw.efficiency.compute.value,
-                bandwidth=hw.memory_bandwidth.value * hw.efficiency.memory.value)
+# the plot data lives in ``figures`` (one module per figure question); re-exported here
+from costsim.simulator.figures import decode_roofline, kv_curve, throughput_curve  # noqa: E402
 
 
 __all__ = ["CostsimError", "FieldError", "LayoutRequest", "Scenario", "compare", "kv", "show", "perf",
