@@ -135,6 +135,9 @@ def attention_cmd(model: O.Model, hardware: O.Hardware, batch: O.Batch = "1", co
         p = kernels.attention(spec, hw, b, ctx, s, form, tp, weight_dtype, kv_dtype)
         _show(_rows(p, model=spec.name, batch=b, context=ctx, new_tokens=s, form=form, tp=tp), fmt,
               f"{spec.name} attention on {hw.name}")
+        from costsim.simulator.scenario import context_warnings
+
+        return context_warnings(spec, ctx + s)
 
     O.run(go)
 

@@ -57,9 +57,10 @@ Imbalance = Annotated[float, typer.Option("--imbalance", help="MoE load imbalanc
 Overlap = Annotated[bool, typer.Option("--overlap/--no-overlap", help="Overlap communication with compute.")]
 MTP = Annotated[int, typer.Option("--mtp", help="MTP speculative decoding: draft tokens per decode step from the "
                                                   "model's MTP module (0: off; DeepSeek-V3 serves with 1).")]
-MTPAcceptance = Annotated[float, typer.Option("--mtp-acceptance", help="Probability that each draft token is accepted "
-                                                                       "given the ones before it (DeepSeek-V3: "
-                                                                       "0.85-0.90 for the second token).")]
+MTPAcceptance = Annotated[Optional[float], typer.Option("--mtp-acceptance", help="With --mtp: probability that each "
+                                                                       "draft token is accepted given the ones before "
+                                                                       "it (default 0.85; DeepSeek-V3: 0.85-0.90 for "
+                                                                       "the second token).")]
 PrefixHit = Annotated[float, typer.Option("--prefix-hit", help="Prefix caching: share of each prompt whose KV is "
                                                               "already cached, so its prefill is skipped (0 to <1; "
                                                               "DeepSeek's service: 0.563).")]
@@ -180,10 +181,17 @@ def items(text: str, flag: str) -> list[str]:
 
 
 def layout(devices=None, tp=None, ep=None, pp=None, weight_dtype=None, kv_dtype="bf16", mla_form="auto",
-           imbalance=1.0, overlap=False, block_size=None, mtp=0, mtp_acceptance=0.85, prefix_hit=0.0,
+           imbalance=1.0, overlap=False, block_size=None, mtp=0, mtp_acceptance=None, prefix_hit=0.0,
            redundant=0):
-    """The flags of a layout as the engine's ``LayoutRequest`` (the engine checks them)."""
+    """The flags of a layout as the engine's ``LayoutRequest`` (the engine checks them).
+    ``mtp_acceptance`` None: the engine's default; given without ``mtp`` >= 1, it is refused."""
     from costsim.simulator.layout import LayoutRequest
+
+    if mtp_acceptance is not None and not mtp:
+        raise CostsimError(f"--mtp-acceptance {mtp_acceptance:g}: applies only with --mtp N (N >= 1 draft tokens); "
+                           "give --mtp or drop --mtp-acceptance")
+    if mtp_acceptance is None:
+        mtp_acceptance = LayoutRequest.mtp_acceptance
 
     return LayoutRequest(devices=devices, tp=tp, ep=ep, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
                          mla_form=mla_form, imbalance=imbalance, overlap_comm=overlap, block_size=block_size,

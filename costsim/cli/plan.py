@@ -97,5 +97,8 @@ def plan_cmd(model: O.Model,
             buf = io.StringIO()
             views.plan(result.to_dict(), fmt.value, out=buf)
             atomic_write_text(out, buf.getvalue())
+        from costsim.simulator.scenario import context_warnings
+
+        return context_warnings(spec, i + o)
 
     O.run(go, given={"tpot_slo_s": tpot_slo, "ttft_slo_s": ttft_slo, "max_devices": str(max_devices)})

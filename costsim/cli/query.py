@@ -66,7 +66,7 @@ def show_cmd(model: O.Model, context: O.Context = "4096", batch: O.Batch = "1", 
         from costsim.reports import views
         from costsim.simulator.scenario import show
 
-        rec = show(O.model(model, sets), kv_dtype, O.count(context, "--context"), O.count(batch, "--batch"))
+        rec = show(O.model(model, sets), kv_dtype, O.count(context, "--context", minimum=1), O.count(batch, "--batch"))
         views.show(rec.to_dict(), fmt.value)
         return rec.warnings
 
@@ -84,7 +84,7 @@ def kv_cmd(models: O.Models, context: O.Context = "4096", batch: O.Batch = "1", 
         from costsim.reports import views
         from costsim.simulator.scenario import context_warnings, kv
 
-        ctx, b = O.count(context, "--context"), O.count(batch, "--batch")
+        ctx, b = O.count(context, "--context", minimum=1), O.count(batch, "--batch")
         recs, warnings = [], []
         for m in models:
             spec = O.model(m, sets)

@@ -27,7 +27,7 @@ def compare_cmd(models: O.Models, hardware: O.Hardware, context: O.Context = "40
         from costsim.simulator.scenario import compare
 
         hw = O.priced(O.hardware(hardware, hw_sets), price)
-        ctx, b = O.count(context, "--context"), O.count(batch, "--batch", minimum=1)
+        ctx, b = O.count(context, "--context", minimum=1), O.count(batch, "--batch", minimum=1)
         specs = [O.model(m, sets) for m in models]
         req = O.layout(devices, weight_dtype=weight_dtype, kv_dtype=kv_dtype)
         recs = compare(specs, hw, req, ctx, b)
@@ -43,7 +43,7 @@ def perf_cmd(model: O.Model, hardware: O.Hardware, devices: O.Devices = None, tp
              input_len: str = typer.Option("4096", "--input", help="Prompt tokens (k = 1024)."),
              output_len: str = typer.Option("1024", "--output", help="Generated tokens (k = 1024)."),
              weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16", mla_form: O.MLAForm = "auto",
-             imbalance: O.Imbalance = 1.0, overlap: O.Overlap = False, block_size: O.BlockSize = None, mtp: O.MTP = 0, mtp_acceptance: O.MTPAcceptance = 0.85,
+             imbalance: O.Imbalance = 1.0, overlap: O.Overlap = False, block_size: O.BlockSize = None, mtp: O.MTP = 0, mtp_acceptance: O.MTPAcceptance = None,
              prefix_hit: O.PrefixHit = 0.0, redundant: O.Redundant = 0,
              breakdown: bool = typer.Option(False, "--breakdown", help="Per-operator table (prefill and first decode "
                                                                        "step)."),
@@ -70,7 +70,7 @@ def max_throughput_cmd(model: O.Model, hardware: O.Hardware, devices: O.Devices 
                        ep: O.EP = None, pp: O.PP = None, context: O.Context = "4096", tpot_slo: O.TpotSlo = None,
                        weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16",
                        mla_form: O.MLAForm = "auto", imbalance: O.Imbalance = 1.0, overlap: O.Overlap = False,
-                       block_size: O.BlockSize = None, mtp: O.MTP = 0, mtp_acceptance: O.MTPAcceptance = 0.85,
+                       block_size: O.BlockSize = None, mtp: O.MTP = 0, mtp_acceptance: O.MTPAcceptance = None,
                        prefix_hit: O.PrefixHit = 0.0, redundant: O.Redundant = 0, sets: O.Sets = None, hw_sets: O.HwSets = None,
                        price: O.Price = None, fmt: O.Format = O.Fmt.table):
     """The decode batch that maximises tokens/s under memory and an optional TPOT SLO."""

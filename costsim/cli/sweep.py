@@ -116,5 +116,8 @@ def sweep_cmd(models: str = typer.Option(..., "--models", "-m", help=f"Models ({
             print(f"wrote {len(df):,} rows ({int(df['feasible'].sum()):,} feasible) to {out}", file=sys.stderr)
         else:
             views.sweep(df.to_dict("records"))
+        from costsim.simulator.scenario import context_warnings
+
+        return [w for s in specs for w in context_warnings(s, max(grid[1]) + max(grid[2]))]
 
     O.run(go)

@@ -17,7 +17,7 @@ def whatif_cmd(model: O.Model, hardware: O.Hardware, devices: O.Devices = None, 
                pp: O.PP = None, batch: O.RequestBatch = "1", input_len: O.InputLen = "4096",
                output_len: O.OutputLen = "1024", weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16",
                mla_form: O.MLAForm = "auto", imbalance: O.Imbalance = 1.0, overlap: O.Overlap = False,
-               block_size: O.BlockSize = None, mtp: O.MTP = 0, mtp_acceptance: O.MTPAcceptance = 0.85,
+               block_size: O.BlockSize = None, mtp: O.MTP = 0, mtp_acceptance: O.MTPAcceptance = None,
              prefix_hit: O.PrefixHit = 0.0, redundant: O.Redundant = 0, sets: O.Sets = None, hw_sets: O.HwSets = None,
                convert: Optional[str] = typer.Option(
                    None, "--convert", help="A named conversion applied before --set: mha-to-mla:d_c=512,d_h_r=64"

@@ -244,8 +244,13 @@ def resolve_deployment(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequ
             break
         d = layout(pp)
         if (fits(d) or (False,))[0]:
-            why = (f"pp={pp}: at pp=1 (tp={first.tp}, dp={first.dp}) the weights and a batch of {batch} x "
-                   f"{context} tokens do not fit; pp={pp} is the smallest pipeline depth that fits")
+            m = memory_report(spec, hw, first, max(batch, first.dp), context)
+            what = ("the weights do not fit" if m.weight_bytes > m.usable_bytes
+                    else f"a batch of {batch} x {context} tokens does not fit")
+            why = (f"pp={pp}: at pp=1 (tp={first.tp}, dp={first.dp}) {what}: weights {m.weight_bytes / 1e9:.4g} "
+                   f"GB + KV cache {float(m.kv_bytes) / 1e9:.4g} GB + activations "
+                   f"{float(m.workspace_bytes) / 1e9:.4g} GB per device > {m.usable_bytes / 1e9:.4g} GB usable "
+                   f"(GB = 1e9 bytes); pp={pp} is the smallest pipeline depth that fits")
             return _renamed(d.with_(layout_reason=why), spec)
     return _renamed(first, spec)
 

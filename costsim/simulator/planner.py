@@ -3,7 +3,8 @@
 For each hardware profile the planner enumerates deployments (``candidates``):
 
 - devices per replica: 1, 2, 4, ... up to ``max_devices`` (powers of two);
-- PP in ``pp`` (default 1, 2, 4) dividing the devices; per stage of devices / PP devices:
+- PP in ``pp`` (default 1, 2, 4) dividing the devices (when no PP given has any layout,
+  ``pp_problem`` says why, as a FieldError on ``pp``); per stage of devices / PP devices:
   TP among the degrees that split the heads and stay within a node; a dense model takes
   dp = 1 (TP x PP = devices: more devices are replicas, counted apart), an MoE model may run
   DP-attention (dp = devices / (PP x TP) > 1, as DeepSeek serves V3);
@@ -192,6 +193,17 @@ def candidates(spec: ModelSpec, hw: HardwareProfile, max_devices: int, weight_dt
     return out, reasons
 
 
+def pp_problem(spec: ModelSpec, pp: int, max_devices: int) -> str | None:
+    """Why PP degree ``pp`` gives ``candidates`` no layout at all (it exceeds the layers, or
+    divides none of the device counts searched, ``device_counts``), else None."""
+    if pp > spec.num_hidden_layers:
+        return f"PP {pp} exceeds the {spec.num_hidden_layers} layers of {spec.name}"
+    if not any(n % pp == 0 for n in device_counts(max_devices)):
+        return (f"PP {pp} divides none of the device counts searched (powers of two up to --max-devices "
+                f"{max_devices}); give a power of two <= {max_devices}")
+    return None
+
+
 def _ok(ttft, tpot, ttft_slo, tpot_slo):
     ok = np.ones(np.shape(ttft), dtype=bool)
     if ttft_slo is not None:
@@ -334,6 +346,9 @@ def plan(spec: ModelSpec, hardware, input_len: int, output_len: int, *, tpot_slo
     pp = tuple(pp)
     if not pp or any(isinstance(p, bool) or not isinstance(p, int) or p < 1 for p in pp):
         raise FieldError("pp", pp, "must be integers >= 1")
+    problems = [pp_problem(spec, p, max_devices) for p in pp]
+    if all(problems):
+        raise FieldError("pp", ",".join(map(str, pp)), "no layout to search: " + "; ".join(problems))
 
     screens, summaries, searched = [], {}, {}
     for hw in hardware:
@@ -427,6 +442,10 @@ def infeasible_message(p: Plan) -> str:
     why = []
     for h in p.hardware:
         r = h.reasons
+        if not h.candidates:
+            why.append(f"{h.hardware}: no layout to search with PP {', '.join(map(str, p.pp))} "
+                       f"within {_devices(p.max_devices)} (--pp, --max-devices)")
+            continue
         if h.candidates and r.get("weights do not fit", 0) + r.get("layout invalid", 0) \
                 + r.get("format unsupported", 0) == h.candidates:
             why.append(f"{h.hardware}: the weights do not fit on up to {_devices(p.max_devices)} (--max-devices)")

@@ -25,12 +25,12 @@ from costsim.simulator.deployment import Deployment, kv_format_problem, tp_probl
 from costsim.simulator.flops import flops_per_token_decode, prefill_flops
 from costsim.simulator.kv import kv_bytes_per_token, kv_cache_bytes, kv_elements_per_token
 from costsim.simulator.layout import LayoutRequest, check_types, number_format, resolve_deployment, valid_tp
-from costsim.simulator.memory import memory_report, require_fit, weight_bytes_per_device
+from costsim.simulator.memory import kv_bytes_per_device, memory_report, require_fit, weight_bytes_per_device
 from costsim.simulator.params import param_counts
 from costsim.simulator.bands import step_band
 from costsim.simulator.roofline import StepTiming, per_layer_seconds, rate_provenance
 from costsim.simulator.serving import (MaxThroughput, best_max_throughput, decode, max_throughput, mla_crossover,
-                                      mtp_tokens_per_step, serve)
+                                      mtp_tokens_per_step, prefill_workspace, serve)
 from costsim.simulator.training import train_cost
 from costsim.simulator.types import OpKind
 from costsim.specs import HardwareProfile, MLAAttention, MoEFFN, ModelSpec
@@ -392,6 +392,11 @@ def _deployment(sc: Scenario, batch: int, context: int) -> Deployment:
     return resolve_deployment(sc.model, sc.hardware, sc.layout, batch, context)
 
 
+def _gb(x) -> str:
+    """Bytes as ``12.3 GB`` (GB = 1e9 bytes), for messages."""
+    return f"{float(np.max(x)) / 1e9:.4g} GB"
+
+
 def _band(t: float, factors) -> tuple | None:
     return None if factors is None else (t * factors[0], t * factors[1])
 
@@ -411,16 +416,22 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
     m = r.memory
     warn = context_warnings(spec, i + o)
     if not m.fits:
-        warn.append(f"batch {b} does not fit in memory at {i + o} tokens (max batch {int(m.max_batch)})")
+        warn.append(f"batch {b} does not fit in memory at {i + o} tokens: its KV cache "
+                    f"({_gb(m.kv_bytes)}) and activations ({_gb(m.workspace_bytes)}) per device exceed the "
+                    f"{_gb(m.usable_bytes - m.weight_bytes)} left beside {_gb(m.weight_bytes)} of weights "
+                    f"({_gb(m.usable_bytes)} usable; GB = 1e9 bytes); max batch {int(m.max_batch)}")
     if r.prefill_chunk_tokens is not None:
         warn.append(f"prefill chunked: a one-step prefill of all {b} prompts does not fit its activations; "
                     f"{-(-i // r.prefill_chunk_tokens)} chunks of {r.prefill_chunk_tokens:,} tokens per sequence "
                     f"({r.prefill_workspace_bytes / 1e9:.1f} GB of activations per device); the operator "
                     "breakdown shows the first chunk")
     if not r.prefill_fits:
-        warn.append(f"prefilling all {b} prompts cannot be chunked to fit: not even one token per sequence per "
-                    f"step fits beside the weights and the prompts' KV cache ({r.prefill_workspace_bytes / 1e9:.3g} "
-                    "GB of activations per device for the whole prompts)")
+        kv_in = float(kv_bytes_per_device(spec, dep, b, i))
+        warn.append(f"prefilling all {b} prompts cannot be chunked to fit: their KV cache ({_gb(kv_in)}) and the "
+                    f"activations of a one-token chunk ({_gb(prefill_workspace(spec, dep, b, 1, i))}) per device "
+                    f"exceed the {_gb(m.usable_bytes - m.weight_bytes)} left beside {_gb(m.weight_bytes)} of "
+                    f"weights ({_gb(m.usable_bytes)} usable; GB = 1e9 bytes; the whole prompts in one step: "
+                    f"{_gb(r.prefill_workspace_bytes)} of activations)")
     mla = {}
     if isinstance(spec.attention, MLAAttention):
         x = mla_crossover(spec, hw, dep, b, i)
