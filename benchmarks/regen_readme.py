@@ -56,6 +56,25 @@ def run_python_example(code: str) -> str:
     return buf.getvalue()
 
 
+REPORT = "costsim report deepseek-v2 llama-3.1-70b -H h200-calibrated --weight-dtype fp8 -o docs/example-report"
+TABLE_HEAD = "| model | layout | max-throughput batch |"
+
+
+def report_table(md: str) -> str:
+    """The first serving table of a report.md."""
+    i = md.index(TABLE_HEAD)
+    return md[i:md.index("\n\n", i)]
+
+
+def regen_example_report(readme: str) -> str:
+    """Rewrite docs/example-report with the real command; paste its serving table into the README."""
+    import subprocess
+
+    subprocess.run(shlex.split(REPORT) + ["--force"], check=True, cwd=ROOT)
+    table = report_table((ROOT / "docs" / "example-report" / "report.md").read_text())
+    return readme.replace(report_table(readme), table)
+
+
 def main() -> None:
     import os
 
@@ -74,6 +93,7 @@ def main() -> None:
         i = readme.index(first)
         j = readme.index("```", i)
         readme = readme[:i] + out.rstrip("\n") + "\n" + readme[j:]
+    readme = regen_example_report(readme)
     (ROOT / "README.md").write_text(readme)
 
 

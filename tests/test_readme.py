@@ -89,3 +89,17 @@ def test_readme_python_example_runs_and_prints_what_is_shown():
 
     code, a, b = python_example(README)
     assert run_python_example(code) == README[a:b]
+
+
+def test_readme_report_table_is_current():
+    # the serving table of docs/example-report (benchmarks/regen_readme.py REPORT), recomputed
+    from costsim.registry import load_hardware, load_model
+    from costsim.reports.report import ReportRequest, _md_table, _serving_rows, SERVING_HEAD
+    from costsim.simulator.layout import LayoutRequest
+
+    req = ReportRequest([load_model("deepseek-v2"), load_model("llama-3.1-70b")], [load_hardware("h200-calibrated")],
+                        LayoutRequest(weight_dtype="fp8"))
+    table = _md_table(SERVING_HEAD, _serving_rows(req, req.hardware[0]))
+    assert table in README
+    report = (Path(__file__).resolve().parents[1] / "docs" / "example-report" / "report.md").read_text()
+    assert table in report

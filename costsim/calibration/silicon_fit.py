@@ -217,6 +217,16 @@ def validate(system: str, hw, backend: str = "trtllm", reference=None) -> dict:
     return out
 
 
+def scatter_rows(frame: pd.DataFrame, per_label: int = 2000) -> list[dict]:
+    """Rows for a predicted-vs-measured scatter (``min_s``, ``predicted_s``, ``family`` = the
+    table label): at most ``per_label`` rows of each label, sampled with a fixed seed."""
+    out = []
+    for label, g in frame.groupby("label", sort=False):
+        g = g.sample(min(len(g), per_label), random_state=0)
+        out += [dict(min_s=m, predicted_s=p, family=label) for m, p in zip(g["measured_s"], g["predicted_s"])]
+    return out
+
+
 def profile_yaml(hw, header: str) -> str:
     """The YAML text of a fitted profile (safe_dump), with a comment header."""
     import yaml

@@ -158,10 +158,7 @@ def _validate_silicon(system, backend, hardware, hw_sets, csv, plot, fmt):
     if plot is not None:
         from costsim.reports.plots import predicted_vs_measured
 
-        sample = frame.groupby("label", group_keys=False).apply(lambda g: g.sample(min(len(g), 2000), random_state=0))
-        rows = [dict(min_s=m, predicted_s=p, family=lab) for m, p, lab in
-                zip(sample["measured_s"], sample["predicted_s"], sample["label"])]
-        predicted_vs_measured(rows, plot, f"{hw.name} on {sysname} ({backend}) tables: MAPE "
+        predicted_vs_measured(F.scatter_rows(frame), plot, f"{hw.name} on {sysname} ({backend}) tables: MAPE "
                                           f"{res['overall']['mape']:.1%}")
     views.silicon_validation(res, hw.name, ref.name if ref.name != hw.name else None, sysname, backend, fmt.value)
 

@@ -28,10 +28,7 @@ def _validation(hws, backend: str) -> dict:
             continue
         res = F.validate(system, h, backend)
         frame = res["frame"]
-        sample = frame.groupby("label", group_keys=False).apply(lambda g: g.sample(min(len(g), 2000), random_state=0))
-        rows = [dict(min_s=m, predicted_s=p, family=lab)
-                for m, p, lab in zip(sample["measured_s"], sample["predicted_s"], sample["label"])]
-        out[h.name] = (rows, f"{h.name} on {system} ({backend}) tables: MAPE {res['overall']['mape']:.1%} "
+        out[h.name] = (F.scatter_rows(frame), f"{h.name} on {system} ({backend}) tables: MAPE {res['overall']['mape']:.1%} "
                              f"over {len(frame):,} rows")
     return out
 

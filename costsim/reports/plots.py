@@ -21,6 +21,8 @@ def _figure():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    plt.rcParams["svg.fonttype"] = "none"  # SVG text stays text: smaller, searchable
+
     return plt
 
 
@@ -100,20 +102,20 @@ def _finish(fig, ax, path: Path, title: str, xlabel: str, ylabel: str, handles=N
 
 def throughput_latency(curves: list[dict], path: Path, title: str, slo_s: float | None = None) -> None:
     """Decode tokens/s per device against TPOT, one curve per model (each point a batch), from
-    ``figures.throughput_curve``: batches in ``marks`` are labelled ``b=N`` and the last point
-    (the memory limit) is drawn as a cross."""
+    ``figures.throughput_curve``: the marked batches are labelled ``b=N`` and the last (the
+    memory limit) is drawn as a cross."""
     plt = _figure()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for c in curves:
         x, y = np.asarray(c["tpot_s"]) * 1e3, np.asarray(c["tokens_per_s_per_device"])
         (line,) = ax.plot(x, y, lw=1.5, label=c["label"])
-        marks = c.get("marks", [])
-        ax.scatter(x[marks], y[marks], s=14, color=line.get_color(), zorder=3)
-        for i in marks[:-1]:
-            ax.annotate(f"b={int(c['batch'][i])}", (x[i], y[i]), fontsize=6, xytext=(3, -9), textcoords="offset points")
-        if "max_batch" in c:
-            ax.scatter(x[-1:], y[-1:], marker="X", s=50, color=line.get_color(), zorder=4)
-            ax.annotate(f"memory limit b={c['max_batch']}", (x[-1], y[-1]), fontsize=6, xytext=(4, 4),
+        if "mark_batch" in c:
+            mx, my = np.asarray(c["mark_tpot_s"]) * 1e3, np.asarray(c["mark_tokens_per_s_per_device"])
+            ax.scatter(mx[:-1], my[:-1], s=14, color=line.get_color(), zorder=3)
+            for b, xi, yi in zip(c["mark_batch"][:-1], mx, my):
+                ax.annotate(f"b={b}", (xi, yi), fontsize=6, xytext=(3, -9), textcoords="offset points")
+            ax.scatter(mx[-1:], my[-1:], marker="X", s=50, color=line.get_color(), zorder=4)
+            ax.annotate(f"memory limit b={c['max_batch']}", (mx[-1], my[-1]), fontsize=6, xytext=(4, 4),
                         textcoords="offset points")
     if slo_s:
         ax.axvline(slo_s * 1e3, color="grey", ls="--", lw=1, label=f"TPOT SLO {slo_s * 1e3:g} ms")

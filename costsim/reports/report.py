@@ -154,6 +154,10 @@ def _figures(req: ReportRequest, fig: _Figures) -> None:
                 lambda p, rows=rows, title=title: P.predicted_vs_measured(rows, p, title))
 
 
+SERVING_HEAD = ["model", "layout", "max-throughput batch", "TPOT (ms)", "tokens/s per device",
+                "USD per 1M output tokens", "limit", "batch-1 TTFT (ms)", "batch-1 TPOT (ms)"]
+
+
 def _serving_rows(req: ReportRequest, h) -> list[list]:
     from costsim.simulator.scenario import Scenario, max_throughput_record, perf
 
@@ -206,9 +210,7 @@ def _markdown(req: ReportRequest, fig: _Figures) -> str:
         price = "no price" if h.price_per_device_hour is None else \
             f"{h.price_per_device_hour.value:g} USD per device-hour ({h.price_per_device_hour.source})"
         out += [f"### {h.name} ({h.devices_per_node} per node, {h.memory_capacity.value / 1e9:g} GB each; {price})", "",
-                _md_table(["model", "layout", "max-throughput batch", "TPOT (ms)", "tokens/s per device",
-                           "USD per 1M output tokens", "limit", "batch-1 TTFT (ms)", "batch-1 TPOT (ms)"],
-                          _serving_rows(req, h)), ""]
+                _md_table(SERVING_HEAD, _serving_rows(req, h)), ""]
     out += ["## Figures", ""]
     for name, caption in fig.done:
         if (fig.root / f"{name}.png").is_file():

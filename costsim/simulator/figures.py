@@ -56,11 +56,13 @@ def throughput_curve(spec: ModelSpec, hw: HardwareProfile, request: LayoutReques
     dep = resolve_deployment(spec, hw, request, 1, context)
     r = max_throughput(spec, hw, dep, context)
     batch = np.asarray(r.curve_batch)
-    marks = sorted({int(np.argmin(np.abs(batch - b))) for b in MARKED_BATCHES if b <= batch[-1]} | {len(batch) - 1})
+    mb = np.array([b for b in MARKED_BATCHES if b < batch[-1]] + [batch[-1]], dtype=float)
+    md = decode(spec, hw, dep, mb, context)
     return dict(label=f"{spec.name} (TP{dep.tp} EP{dep.ep} PP{dep.pp})", layout=layout_text(dep), deployment=dep,
                 batch=batch, tpot_s=np.asarray(r.curve_tpot_s),
                 tokens_per_s_per_device=np.asarray(r.curve_tokens_per_s) / dep.devices,
-                max_batch=int(r.max_batch_memory), marks=marks)
+                max_batch=int(r.max_batch_memory), mark_batch=mb.astype(int), mark_tpot_s=np.asarray(md.time_s),
+                mark_tokens_per_s_per_device=np.asarray(md.tokens_per_s) / dep.devices)
 
 
 # ---- roofline of one decode step ---------------------------------------------------------------
@@ -190,11 +192,12 @@ def frontier(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequest = Layo
     check_types(spec, hw)
     context = _context(context)
     n = hw.devices_per_node if max_devices is None else max_devices
-    wd = None if request.weight_dtype is None else [request.weight_dtype]
-    deps, _ = candidates(spec, hw, n, weight_dtypes=wd, kv_dtypes=(request.kv_dtype,), pp=(1,), context=context,
+    wd = [request.weight_dtype]  # None: the checkpoint's formats (the planner alone also tries fp8)
+    deps, why = candidates(spec, hw, n, weight_dtypes=wd, kv_dtypes=(request.kv_dtype,), pp=(1,), context=context,
                          mla_form=request.mla_form)
     if not deps:
-        raise CostsimError(f"{spec.name} on {hw.name}: no layout on up to {n} devices fits the weights")
+        reasons = ", ".join(f"{k}: {v}" for k, v in why.most_common()) or "none to try"
+        raise CostsimError(f"{spec.name} on {hw.name}: no layout on up to {n} devices ({reasons})")
     per_dev, per_user, tpot, batch, lay = [], [], [], [], []
     for dep in deps:
         try:
