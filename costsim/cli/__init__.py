@@ -32,7 +32,7 @@ def main() -> None:
     if sys.stdout is None:  # started with stdout closed (`costsim ... >&-`): write nowhere, quietly
         sys.stdout = open(os.devnull, "w")
     try:
-        rv = app(standalone_mode=False)
+        rv = app(standalone_mode=False, prog_name="costsim")  # also under `python -m costsim(.cli)`
     except BrokenPipeError:  # `costsim ... | head`: the reader left, nothing went wrong
         _quiet_stdout()
         sys.exit(0)

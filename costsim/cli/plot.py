@@ -36,7 +36,7 @@ def plot_throughput_cmd(models: O.Models, hardware: O.Hardware, output: O.Output
         ctx = O.count(context, "--context", minimum=1)
         slo = O.slo(tpot_slo)
         req = O.layout(devices, tp, ep, pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype)
-        curves = [throughput_curve(O.model(m, sets), hw, req, ctx) for m in models]
+        curves = [throughput_curve(O.model(m, sets), hw, req, ctx, slo) for m in models]
         lays = sorted({c["layout"] for c in curves})
         throughput_latency(curves, path, f"decode on {hw.name}, context {ctx} tokens: {'; '.join(lays)}", slo)
         _wrote(path)
@@ -57,7 +57,7 @@ def plot_roofline_cmd(model: O.Model, hardware: O.Hardware, output: O.Output, de
 
         path = O.check_plot_output(output, force)
         spec, hw = O.model(model, sets), O.hardware(hardware, hw_sets)
-        b, ctx = O.count(batch, "--batch", minimum=1), O.count(context, "--context")
+        b, ctx = O.count(batch, "--batch", minimum=1), O.count(context, "--context", minimum=1)
         r = decode_roofline(spec, hw, O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype), b, ctx)
         roofline(r, path, f"{spec.name} decode step, batch {b}, context {ctx} on {hw.name}: {r['layout']}"
                           + ("" if r["fits"] else " (does not fit in memory)"))
@@ -183,7 +183,13 @@ def plot_cost_cmd(models: O.Models, output: O.Output, hardware: str = HardwareLi
         fronts, ctx = _fronts(models, hardware, context, max_devices, weight_dtype, kv_dtype, sets, hw_sets, price)
         lo = min(float(f["tpot_s"].min()) for f in fronts)
         slos = np.geomspace(lo, max(lo * 30, 0.2), 40)
-        draw([cost_vs_slo(f, slos) for f in fronts], path, f"decode cost against TPOT SLO, context {ctx} tokens")
+        series = [cost_vs_slo(f, slos) for f in fronts]
+        for f, c in zip(fronts, series):  # a log axis draws nothing at 0 USD: say so instead of an empty plot
+            if not np.any(np.asarray(c["usd_per_million_output_tokens"]) > 0):
+                p = f["price_usd_per_device_hour"]
+                raise O.CostsimError(f"{f['label']}: price {'none' if p is None else f'{p:g} USD/h'}: the cost plot "
+                                     "needs a price > 0 per device-hour (give --price, e.g. 2USD/h)")
+        draw(series, path, f"decode cost against TPOT SLO, context {ctx} tokens")
         _wrote(path)
 
     O.run(go)

@@ -60,6 +60,11 @@ def report_cmd(models: O.Models,
         hws = [O.priced(O.hardware(h, hw_sets), price) for h in O.items(hardware, "--hardware")]
         ctx = O.count(context, "--context", minimum=1)
         olen = O.count(output_len, "--output")
+        from costsim.simulator.layout import MAX_COUNT
+
+        if ctx + olen > MAX_COUNT:  # every figure and table runs at context + output tokens
+            raise O.CostsimError(f"--context {context} + --output {output_len}: {ctx + olen:,} tokens; the report "
+                                 f"needs at most {MAX_COUNT:,} (2^24) together")
         n = None if max_devices is None else O.count(str(max_devices), "--max-devices", minimum=1)
         req = ReportRequest(specs, hws, O.layout(devices, None, None, None, weight_dtype, kv_dtype), ctx, olen,
                             O.slo(tpot_slo), n, "costsim " + shlex.join(sys.argv[1:]),

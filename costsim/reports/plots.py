@@ -106,20 +106,26 @@ def throughput_latency(curves: list[dict], path: Path, title: str, slo_s: float 
     memory limit) is drawn as a cross."""
     plt = _figure()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    marks = []  # (batch, x, y) of every labelled mark, placed together below so labels do not overlap
     for c in curves:
         x, y = np.asarray(c["tpot_s"]) * 1e3, np.asarray(c["tokens_per_s_per_device"])
         (line,) = ax.plot(x, y, lw=1.5, label=c["label"])
         if "mark_batch" in c:
             mx, my = np.asarray(c["mark_tpot_s"]) * 1e3, np.asarray(c["mark_tokens_per_s_per_device"])
             ax.scatter(mx[:-1], my[:-1], s=14, color=line.get_color(), zorder=3)
-            for b, xi, yi in zip(c["mark_batch"][:-1], mx, my):
-                ax.annotate(f"b={b}", (xi, yi), fontsize=6, xytext=(3, -9), textcoords="offset points")
+            marks += list(zip(c["mark_batch"][:-1], mx, my))
             ax.scatter(mx[-1:], my[-1:], marker="X", s=50, color=line.get_color(), zorder=4)
             ax.annotate(f"memory limit b={c['max_batch']}", (mx[-1], my[-1]), fontsize=6, xytext=(4, 4),
                         textcoords="offset points")
     if slo_s:
         ax.axvline(slo_s * 1e3, color="grey", ls="--", lw=1, label=f"TPOT SLO {slo_s * 1e3:g} ms")
     ax.set_xscale("log")
+    if marks:
+        ax.autoscale_view()
+        to_pt = 72.0 / fig.dpi
+        disp = ax.transData.transform([(xi, yi) for _, xi, yi in marks])
+        for (b, xi, yi), off in zip(marks, label_offsets(disp[:, 0], disp[:, 1], gap=8 / to_pt, near=24 / to_pt)):
+            ax.annotate(f"b={b}", (xi, yi), fontsize=6, xytext=(3, -9 + off * to_pt), textcoords="offset points")
     _finish(fig, ax, path, title, "TPOT [ms per output token] (log)", "decode throughput [tokens/s per device]")
 
 

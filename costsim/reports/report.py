@@ -100,6 +100,18 @@ class _Figures:
             return
         self.done.append((name, caption))
 
+    def each(self, caption: str, makers) -> list:
+        """The data of one figure's curves: ``makers`` is (name, function) pairs; a curve whose
+        function raises is left out and listed as not drawn (``caption (name): why``), so one
+        model that does not fit does not take the others' curves with it."""
+        out = []
+        for name, make in makers:
+            try:
+                out.append(make())
+            except (CostsimError, FieldError) as e:
+                self.skipped.append(f"{caption} ({name}): {e}")
+        return out
+
 
 def _figures(req: ReportRequest, fig: _Figures) -> None:
     from costsim.reports import plots as P
@@ -114,15 +126,21 @@ def _figures(req: ReportRequest, fig: _Figures) -> None:
             lambda p: P.kv_vs_context([F.kv_curve(s, lay.kv_dtype, grid) for s in specs], p,
                                       f"KV cache of one sequence, {lay.kv_dtype}, whole model", F.memory_lines(hws)))
     cgrid = np.unique(np.round(np.geomspace(512, max(top, 131072), 24)))
-    fig.add("max_batch", "Largest batch that fits against context",
-            lambda p: P.max_batch([F.max_batch_curve(s, h, lay, cgrid) for s in specs for h in hws], p,
-                                  f"largest batch that fits, KV {lay.kv_dtype}"))
+    cap = "Largest batch that fits against context"
+    mb = fig.each(cap, [(f"{s.name} on {h.name}", lambda s=s, h=h: F.max_batch_curve(s, h, lay, cgrid))
+                        for s in specs for h in hws])
+    if mb:
+        fig.add("max_batch", cap, lambda p: P.max_batch(mb, p, f"largest batch that fits, KV {lay.kv_dtype}"))
     decode_ctx = ctx + req.output_len // 2
     fronts = []
     for h in hws:
-        fig.add(f"throughput_{h.name}", f"Decode throughput against TPOT on {h.name}",
-                lambda p, h=h: P.throughput_latency([F.throughput_curve(s, h, lay, decode_ctx) for s in specs], p,
-                                                    f"decode on {h.name}, context {decode_ctx} tokens", req.tpot_slo_s))
+        cap = f"Decode throughput against TPOT on {h.name}"
+        tc = fig.each(cap, [(s.name, lambda s=s, h=h: F.throughput_curve(s, h, lay, decode_ctx, req.tpot_slo_s))
+                            for s in specs])
+        if tc:
+            fig.add(f"throughput_{h.name}", cap,
+                    lambda p, h=h, tc=tc: P.throughput_latency(tc, p, f"decode on {h.name}, context {decode_ctx} "
+                                                                      "tokens", req.tpot_slo_s))
         for s in specs:
             fronts_h = []
             try:

@@ -18,10 +18,10 @@ from costsim.simulator.cost import SECONDS_PER_HOUR
 from costsim.simulator.deployment import Deployment
 from costsim.simulator.kv import kv_bytes_per_token, kv_cache_bytes
 from costsim.simulator.deployment import kv_format_problem
-from costsim.simulator.layout import LayoutRequest, check_types, number_format, resolve_deployment
+from costsim.simulator.layout import LayoutRequest, check_types, number_format, resolve_deployment, valid_tp
 from costsim.simulator.layout import count as _count
 from costsim.simulator.memory import memory_report, require_fit
-from costsim.simulator.serving import SLOError, decode, max_throughput
+from costsim.simulator.serving import SLOError, best_max_throughput, decode, max_throughput
 from costsim.simulator.types import OpKind
 from costsim.specs import HardwareProfile, ModelSpec
 
@@ -43,9 +43,12 @@ MARKED_BATCHES = (1, 4, 16, 64, 256, 1024, 4096, 16384)
 
 
 def throughput_curve(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequest = LayoutRequest(),
-                     context: int = 4096) -> dict:
+                     context: int = 4096, tpot_slo_s: float | None = None) -> dict:
     """Decode tokens/s per device against TPOT, batch swept from 1 up to the memory limit
-    (``serving.max_throughput``'s curve), on the layout ``request`` resolves to.
+    (``serving.max_throughput``'s curve), on the layout ``costsim max-throughput`` picks: with
+    ``request.tp`` unset, every valid TP of the resolved layout is tried and the one with the
+    most tokens/s (under ``tpot_slo_s`` where some layout meets it, else without) is drawn, so
+    the curve's best point is max-throughput's answer; with ``request.tp`` set, that layout.
 
     Returns ``label``, ``layout`` (text), ``deployment``, arrays ``batch``, ``tpot_s`` (s)
     and ``tokens_per_s_per_device``; ``max_batch`` (the memory limit, sequences per replica)
@@ -54,7 +57,14 @@ def throughput_curve(spec: ModelSpec, hw: HardwareProfile, request: LayoutReques
     check_types(spec, hw)
     context = _context(context)
     dep = resolve_deployment(spec, hw, request, 1, context)
-    r = max_throughput(spec, hw, dep, context)
+    if request.tp is None:  # as max-throughput: the layout is part of the answer
+        cands = [dep.with_(tp=t) for t in valid_tp(spec, dep.devices // dep.pp)]
+        try:
+            dep, r = best_max_throughput(spec, hw, cands, context, tpot_slo_s)
+        except SLOError:  # no layout meets the SLO: the most tokens/s without it (the SLO line shows the miss)
+            dep, r = best_max_throughput(spec, hw, cands, context)
+    else:
+        r = max_throughput(spec, hw, dep, context)
     batch = np.asarray(r.curve_batch)
     mb = np.array([b for b in MARKED_BATCHES if b < batch[-1]] + [batch[-1]], dtype=float)
     md = decode(spec, hw, dep, mb, context)
