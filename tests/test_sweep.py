@@ -101,6 +101,45 @@ def test_chunked_prefill_points_equal_serve():
     _check_grid(spec, hw, dep, b=np.array([1.0, 2.0]), i=np.array([1024.0, 131072.0]), o=np.array([2.0, 64.0]))
 
 
+# Chunked prefill summed piecewise (``sweep.chunk_prefix``) equals ``serving.chunked_prefill``'s
+# chunk-by-chunk sum: each case has a structural start of its own (gpt-oss and Gemma-2 sliding
+# windows, V3.2's DSA top-k 2048, a cached prefix, MLA auto with PP and overlapped comm, the
+# tile-quantised naive MLA that falls back to the padded sum). Memory is set per point so that
+# 1-30% of the one-step prefill's activations fit: 4 to ~180 chunks per prompt.
+CHUNK_CASES = [
+    ("gpt-oss-120b", "h200", LayoutRequest(devices=2), []),
+    ("deepseek-v3.2.json", "h200", LayoutRequest(devices=8, weight_dtype="fp8", mla_form="auto"), []),
+    ("deepseek-v2", "h800", LayoutRequest(devices=16, pp=2, overlap_comm=True, mla_form="auto"), []),
+    ("llama-3.1-8b", "h100", LayoutRequest(devices=1, prefix_hit=0.37), []),
+    ("gemma-2-9b.json", "h100", LayoutRequest(devices=1), []),
+    ("deepseek-v2-lite", "h100", LayoutRequest(devices=1, mla_form="auto", prefix_hit=0.5),
+     ["efficiency.families.gemm.tile_m=128", "efficiency.families.gemm.tile_n=128", "efficiency.families.gemm.units=132"]),
+]
+
+
+@pytest.mark.parametrize("model,hardware,request_,sets", CHUNK_CASES, ids=[c[0] for c in CHUNK_CASES])
+def test_chunked_prefill_grid_equals_chunk_by_chunk_sum(model, hardware, request_, sets):
+    from costsim.simulator.memory import kv_bytes_per_device, weight_bytes_per_device
+    from costsim.simulator.serving import chunked_prefill, prefill_chunk_tokens, prefill_workspace
+    from costsim.simulator.sweep import chunked_prefill_grid
+
+    spec = load_model(str(HF / model) if model.endswith(".json") else model)
+    hw0 = apply_sets(load_hardware(hardware), sets, "--hw-set") if sets else load_hardware(hardware)
+    dep = resolve_deployment(spec, hw0, request_)
+    counts = []
+    for b, i, frac in ((1, 70000, 0.01), (3, 4097, 0.3), (16, 20000, 0.05), (5, 300, 0.1), (2, 2100, 0.02)):
+        need = (weight_bytes_per_device(spec, dep) + float(kv_bytes_per_device(spec, dep, b, i))
+                + frac * float(prefill_workspace(spec, dep, b, i - dep.cached_prefix(i), i)))
+        hw = apply_sets(hw0, [f"memory_capacity={need / dep.gpu_memory_utilization:.0f}"], "--hw-set")
+        chunk, t, mfu, mbu, _ = chunked_prefill_grid(spec, hw, dep, np.array([float(b)]), np.array([float(i)]))
+        c = prefill_chunk_tokens(spec, hw, dep, b, i)
+        assert c is not None and chunk[0] == c < i
+        counts.append(int(np.ceil((i - float(dep.cached_prefix(i))) / c)))
+        r = chunked_prefill(spec, hw, dep, b, i, c)
+        assert (t[0], mfu[0], mbu[0]) == pytest.approx((float(r.time_s), r.mfu, r.mbu), rel=1e-12), (b, i, c)
+    assert max(counts) >= 50 and min(counts) >= 2
+
+
 def test_overlapped_comm_crossing_compute_inside_the_decode_range():
     # llama-3.1-8b TP 8 on H100, comm overlapped: at batch 64 the all-reduces (constant in L)
     # outlast the compute part below a few thousand tokens of context and are outlasted above;

@@ -150,61 +150,6 @@ def mtp_tokens_per_step(depth: int, acceptance: float) -> float:
     return float(sum(acceptance ** k for k in range(depth + 1)))
 
 
-def chunked_prefill_grid(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, input_len,
-                         max_cells: int = 4_000_000):
-    """``prefill_chunk_tokens`` + ``chunked_prefill`` for many (batch, input_len) points at once
-    (1-D arrays of equal length): a vectorised bisection, then every point's chunks as one
-    padded (points x chunks) step array. Returns (chunk, time_s, mfu, mbu, first_timing) as
-    arrays (chunk 0 and NaN times where not even one token per sequence fits). Points whose
-    chunk count would make the padded array larger than ``max_cells`` are costed one by one."""
-    b = np.asarray(batch, dtype=float)
-    I = np.asarray(input_len, dtype=float)
-    cached = np.asarray(dep.cached_prefix(I), dtype=float)
-    room = (hw.memory_capacity.value * dep.gpu_memory_utilization - weight_bytes_per_device(spec, dep)
-            - np.asarray(kv_bytes_per_device(spec, dep, b, I), dtype=float))
-
-    def fits(c):
-        return np.asarray(prefill_workspace(spec, dep, b, c, I), dtype=float) <= room
-
-    ok = fits(np.ones_like(I))
-    lo, hi = np.ones_like(I), np.where(ok, I - cached, 1.0)
-    while np.any(lo < hi):
-        mid = np.floor((lo + hi + 1) / 2)
-        f = fits(mid)
-        lo, hi = np.where(f & (lo < hi), mid, lo), np.where(~f & (lo < hi), mid - 1, hi)
-    chunk = np.where(ok, lo, 0.0)
-    n = np.where(ok, np.ceil((I - cached) / np.maximum(chunk, 1.0)), 0.0)
-    time = np.full(I.shape, np.nan)
-    mfu, mbu = np.full(I.shape, np.nan), np.full(I.shape, np.nan)
-    m = microbatches(b, dep.pp)
-    mb = b / m
-    width = int(n.max()) if n.size and n.max() > 0 else 0
-    if width and ok.sum() * width <= max_cells:
-        j = np.arange(width, dtype=float)[None, :]
-        starts = cached[:, None] + j * chunk[:, None]
-        valid = j < n[:, None]
-        sizes = np.where(valid, np.minimum(chunk[:, None], I[:, None] - starts), 1.0)
-        starts = np.where(valid, starts, 0.0)
-        logits = (j == n[:, None] - 1).astype(float)
-        t = time_step(spec, hw, dep, StepShape(mb[:, None], sizes, starts, logits))
-        shape = starts.shape
-        st = np.where(valid, np.broadcast_to(np.asarray(t.time_s, dtype=float), shape), 0.0)
-        fl = np.where(valid, np.broadcast_to(np.asarray(t.flops, dtype=float), shape), 0.0)
-        mv = np.where(valid, np.broadcast_to(np.asarray(t.bytes_moved, dtype=float), shape), 0.0)
-        total = st.sum(axis=1)
-        last = np.take_along_axis(st, np.maximum(n - 1, 0).astype(np.int64)[:, None], axis=1)[:, 0]
-        first = time_step(spec, hw, dep, StepShape(mb, np.where(ok, sizes[:, 0], 1.0), starts[:, 0], logits[:, 0]))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            time = np.where(ok, m * total + (dep.pp - 1) * last, np.nan)
-            mfu = np.where(ok, fl.sum(axis=1) / (total * mfu_peak(hw, first)), np.nan)
-            mbu = np.where(ok, mv.sum(axis=1) / (total * hw.memory_bandwidth.value), np.nan)
-        return chunk, time, mfu, mbu, first
-    for k in np.nonzero(ok)[0]:  # very many chunks: one by one
-        r = chunked_prefill(spec, hw, dep, int(b[k]), int(I[k]), int(chunk[k]))
-        time[k], mfu[k], mbu[k] = float(r.time_s), r.mfu, r.mbu
-    return chunk, time, mfu, mbu, None
-
-
 def decode(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, context) -> PhaseResult:
     """One decode step of ``batch`` sequences at ``context`` cached tokens: TPOT = ``time_s``.
 

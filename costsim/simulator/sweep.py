@@ -24,6 +24,11 @@ input_len .. input_len + n - 2. It is summed here without a per-step loop, exact
   GEMM family) of MLA's naive decompression GEMM, whose rows grow with L. Then the prefix sums
   are exact cumulative sums over every context up to the largest (``_prefix_dense``): still
   exact and vectorised, only O(max context) instead of O(kinks) per batch.
+- A chunked prefill (activations that do not fit in one step, ``serving.chunked_prefill``) is
+  summed the same way in the chunk index j (context = cached + j x chunk): its full chunks'
+  terms are affine in j between the same kinds of kinks, and the at most two chunks that
+  straddle a window W are a segment of their own (``chunk_prefix``); only the last chunk
+  (shorter, with logits) is timed apart.
 
 Shapes: every array argument broadcasts; results have the broadcast shape. Keep the batch,
 prompt and output axes separate (e.g. (B,1,1), (1,I,1), (1,1,O)): per-batch and per-prompt
@@ -45,7 +50,7 @@ from costsim.simulator.deployment import Deployment
 from costsim.simulator.efficiency import rates
 from costsim.simulator.memory import kv_bytes_per_device, memory_report, weight_bytes_per_device
 from costsim.simulator.roofline import StepTiming, time_step
-from costsim.simulator.serving import (chunked_prefill, chunked_prefill_grid, decode, microbatches, prefill,
+from costsim.simulator.serving import (chunked_prefill, decode, mfu_peak, microbatches, prefill,
                                       prefill_chunk_tokens, prefill_workspace)
 from costsim.simulator.types import Family, OpKind, StepShape
 from costsim.specs import HardwareProfile, MLAAttention, ModelSpec
@@ -103,6 +108,87 @@ def _stage(dep: Deployment, batch):
     return np.asarray(batch, dtype=float) / m
 
 
+def _piecewise_sums(mb, jmax: int, cuts, timing, forms, overlap: bool, evaluate):
+    """The core of ``decode_prefix`` and ``chunk_prefix``: a step's quantities summed over the
+    integer step indices 0 <= j < X, exactly, for steps whose operator terms are affine in j
+    between the structural starts ``cuts`` (shape (..., K)). ``timing(form, j)`` is the stage
+    ``StepTiming`` at index array j under one MLA form of ``forms``; ``evaluate(j)`` the
+    quantities to sum (a list of arrays). Kinks: each compute operator's compute = memory,
+    compute = comm (``overlap``) and the two forms' crossing, as in the module docstring.
+    Returns F(X) -> list of sums (X broadcasts with the leading shape)."""
+    cuts = _compact(cuts, jmax)
+    diffs = []
+    for f in forms:
+        ops = timing(f, np.zeros(1)).timings
+        diffs += [_op_diff(timing, mb, f, i) for i, t in enumerate(ops) if t.op.kind is not OpKind.COMM]
+    cuts = _refine(cuts, jmax, diffs)
+    if overlap:
+        def over(form):
+            def g(j):
+                t = timing(form, j)
+                return np.broadcast_to(np.asarray(t.compute_part_s) - np.asarray(t.comm_part_s),
+                                       np.broadcast_shapes(j.shape, mb.shape))
+            return g
+        cuts = _refine(cuts, jmax, [over(f) for f in forms])
+    if len(forms) == 2:
+        cuts = _refine(cuts, jmax, [lambda j: (np.asarray(timing("absorbed", j).time_s)
+                                               - np.asarray(timing("naive", j).time_s))])
+    s, e = _segments(cuts, jmax)
+    k = s.shape[-1]
+    n = np.maximum(e - s + 1, 0.0)
+    parts = []
+    for v in evaluate(np.concatenate([s, e], axis=-1)):
+        v = np.broadcast_to(np.asarray(v, dtype=float), s.shape[:-1] + (2 * k,))
+        vs, ve = v[..., :k], v[..., k:]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            parts.append((vs, np.where(e > s, (ve - vs) / (e - s), 0.0)))
+
+    def F(X):
+        X = np.asarray(X, dtype=float)[..., None]
+        m = np.clip(X - s, 0.0, n)
+        return [np.sum(m * vs + slope * (m * (m - 1) / 2), axis=-1) for vs, slope in parts]
+
+    return F
+
+
+def _op_diff(timing, mb, form, i):
+    def g(j):
+        t = timing(form, j).timings[i]
+        return np.broadcast_to(np.asarray(t.compute_s, dtype=float) - np.asarray(t.memory_s, dtype=float),
+                               np.broadcast_shapes(j.shape, mb.shape))
+    return g
+
+
+def _forms(spec: ModelSpec, dep: Deployment) -> list:
+    return (["absorbed", "naive"] if dep.mla_form == "auto" and isinstance(spec.attention, MLAAttention)
+            else [dep.mla_form if dep.mla_form != "auto" else "absorbed"])
+
+
+def _timing_cache(spec, hw, dep, shape_of):
+    """``timing(form, j)``: the differences of one refinement all ask for the same index
+    array, so each form's step is timed once per array (``shape_of(j)`` -> StepShape)."""
+    cache: dict = {}
+
+    def timing(form, j) -> StepTiming:
+        hit = cache.get(form)
+        if hit is not None and hit[0] is j:
+            return hit[1]
+        t = time_step(spec, hw, dep.with_(mla_form=form), shape_of(j))
+        cache[form] = (j, t)
+        return t
+
+    return timing
+
+
+def _windows(spec: ModelSpec) -> list:
+    """Context lengths where attention's key count stops growing: each sliding window W and
+    DSA's top-k k (a query attends to min(L + 1, k) keys: the same kink as a window of k)."""
+    wins = {spec.sliding_window.window} if spec.sliding_window else set()
+    if isinstance(spec.attention, MLAAttention) and spec.attention.sparse:
+        wins |= {spec.attention.index_topk} | {min(w, spec.attention.index_topk) for w in wins}
+    return sorted(wins)
+
+
 def decode_prefix(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, lmax: int):
     """A function F(X) = sum of ``serving.decode(spec, hw, dep, batch, L).time_s`` over the
     integer contexts 0 <= L < X (X <= lmax + 1; X broadcasts with ``batch``)."""
@@ -111,67 +197,40 @@ def decode_prefix(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, 
     if _needs_dense(spec, hw, dep):
         return _prefix_dense(spec, hw, dep, b, lmax)
     mb = _stage(dep, b)[..., None]
-    forms = (["absorbed", "naive"] if dep.mla_form == "auto" and isinstance(spec.attention, MLAAttention)
-             else [dep.mla_form if dep.mla_form != "auto" else "absorbed"])
-
-    cache: dict = {}
-
-    def timing(form, ctx) -> StepTiming:
-        # the differences of one refinement all ask for the same context array: time it once
-        hit = cache.get(form)
-        if hit is not None and hit[0] is ctx:
-            return hit[1]
-        t = time_step(spec, hw, dep.with_(mla_form=form), StepShape(mb, 1, ctx, 1))
-        cache[form] = (ctx, t)
-        return t
-
-    # structural starts: L = 1 (after the gemv point), each window's full point W, and DSA's
-    # top-k k (a query attends to min(L + 1, k) keys: the same kink as a window of k)
-    wins = {spec.sliding_window.window} if spec.sliding_window else set()
-    if isinstance(spec.attention, MLAAttention) and spec.attention.sparse:
-        wins |= {spec.attention.index_topk} | {min(w, spec.attention.index_topk) for w in wins}
-    wins = sorted(wins)
+    timing = _timing_cache(spec, hw, dep, lambda ctx: StepShape(mb, 1, ctx, 1))
+    # structural starts: L = 1 (after the gemv point) and each window's full point
+    wins = _windows(spec)
     cuts = np.broadcast_to(np.array([0.0, 1.0] + [float(w) for w in wins]), b.shape + (2 + len(wins),))
-    cuts = _compact(cuts, lmax)
+    F = _piecewise_sums(mb, lmax, cuts, timing, _forms(spec, dep), dep.overlap_comm,
+                        lambda ctx: [decode(spec, hw, dep, b[..., None], ctx).time_s])
+    return lambda X: F(X)[0]
 
-    def op_diff(form, i):
-        def g(ctx):
-            t = timing(form, ctx).timings[i]
-            return np.broadcast_to(np.asarray(t.compute_s, dtype=float) - np.asarray(t.memory_s, dtype=float),
-                                   np.broadcast_shapes(ctx.shape, mb.shape))
-        return g
 
-    diffs = []
-    for f in forms:
-        ops = timing(f, np.zeros(1)).timings
-        diffs += [op_diff(f, i) for i, t in enumerate(ops) if t.op.kind is not OpKind.COMM]
-    cuts = _refine(cuts, lmax, diffs)
-    if dep.overlap_comm:
-        def over(form):
-            def g(ctx):
-                t = timing(form, ctx)
-                return np.broadcast_to(np.asarray(t.compute_part_s) - np.asarray(t.comm_part_s),
-                                       np.broadcast_shapes(ctx.shape, mb.shape))
-            return g
-        cuts = _refine(cuts, lmax, [over(f) for f in forms])
-    if len(forms) == 2:
-        cuts = _refine(cuts, lmax, [lambda ctx: (np.asarray(timing("absorbed", ctx).time_s)
-                                                 - np.asarray(timing("naive", ctx).time_s))])
-    s, e = _segments(cuts, lmax)
-    k = s.shape[-1]
-    t = np.asarray(decode(spec, hw, dep, b[..., None], np.concatenate([s, e], axis=-1)).time_s, dtype=float)
-    t = np.broadcast_to(t, s.shape[:-1] + (2 * k,))
-    ts, te = t[..., :k], t[..., k:]
-    n = np.maximum(e - s + 1, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        slope = np.where(e > s, (te - ts) / (e - s), 0.0)
+def chunk_prefix(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, chunk, cached, jmax: int):
+    """Sums over the full prefill chunks j = 0 .. X - 1 of ``batch`` sequences (1-D arrays
+    of equal length, one per point): chunk j computes ``chunk`` tokens per sequence over a
+    context of ``cached + j x chunk`` tokens without logits (``serving.chunked_prefill``'s
+    non-final chunks). Returns F(X) -> [stage seconds, FLOPs, bytes moved] per point
+    (X <= jmax + 1), exactly: a chunk's terms are affine in j between the structural starts
+    (j = 0, 1 and, per window W, the chunk that straddles W) and the kinks ``_refine`` finds.
+    None where the sum is not piecewise affine with few pieces (``_needs_dense``)."""
+    if _needs_dense(spec, hw, dep.with_(mtp_depth=0)):
+        return None
+    b, c, c0 = (np.asarray(x, dtype=float)[:, None] for x in (batch, chunk, cached))
+    mb = _stage(dep, b)
+    timing = _timing_cache(spec, hw, dep, lambda j: StepShape(mb, c, c0 + j * c, 0))
+    cuts = [np.zeros_like(c), np.ones_like(c)]
+    for w in _windows(spec):
+        # a chunk's queries all see growing contexts while its end < W and full windows from
+        # its start >= W; at most two chunks lie between: a segment of their own (exact)
+        cuts += [np.floor((w - 1 - c - c0) / c) + 1, np.ceil((w - c0) / c)]
+    cuts = np.maximum(np.concatenate(cuts, axis=-1), 0.0)
 
-    def F(X):
-        X = np.asarray(X, dtype=float)[..., None]
-        m = np.clip(X - s, 0.0, n)
-        return np.sum(m * ts + slope * (m * (m - 1) / 2), axis=-1)
+    def evaluate(j):
+        t = time_step(spec, hw, dep, StepShape(mb, c, c0 + j * c, 0))
+        return [t.time_s, t.flops, t.bytes_moved]
 
-    return F
+    return _piecewise_sums(mb, int(jmax), cuts, timing, _forms(spec, dep), dep.overlap_comm, evaluate)
 
 
 def _prefix_dense(spec, hw, dep, b, lmax):
@@ -188,6 +247,81 @@ def _prefix_dense(spec, hw, dep, b, lmax):
         return np.take_along_axis(c, idx[..., None], axis=-1)[..., 0]
 
     return F
+
+
+def chunked_prefill_grid(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, input_len,
+                         max_cells: int = 4_000_000):
+    """``prefill_chunk_tokens`` + ``chunked_prefill`` for many (batch, input_len) points at once
+    (1-D arrays of equal length): a vectorised bisection, then every point's chunks as one
+    padded (points x chunks) step array, or exactly by ``chunk_prefix``'s
+    piecewise sums where it applies (O(kinks) per point instead of O(chunks)). Returns (chunk, time_s, mfu, mbu, first_timing) as
+    arrays (chunk 0 and NaN times where not even one token per sequence fits). Points whose
+    chunk count would make the padded array larger than ``max_cells`` are costed one by one."""
+    b = np.asarray(batch, dtype=float)
+    I = np.asarray(input_len, dtype=float)
+    cached = np.asarray(dep.cached_prefix(I), dtype=float)
+    room = (hw.memory_capacity.value * dep.gpu_memory_utilization - weight_bytes_per_device(spec, dep)
+            - np.asarray(kv_bytes_per_device(spec, dep, b, I), dtype=float))
+
+    def fits(c):
+        return np.asarray(prefill_workspace(spec, dep, b, c, I), dtype=float) <= room
+
+    ok = fits(np.ones_like(I))
+    lo, hi = np.ones_like(I), np.where(ok, I - cached, 1.0)
+    while np.any(lo < hi):
+        mid = np.floor((lo + hi + 1) / 2)
+        f = fits(mid)
+        lo, hi = np.where(f & (lo < hi), mid, lo), np.where(~f & (lo < hi), mid - 1, hi)
+    chunk = np.where(ok, lo, 0.0)
+    n = np.where(ok, np.ceil((I - cached) / np.maximum(chunk, 1.0)), 0.0)
+    time = np.full(I.shape, np.nan)
+    mfu, mbu = np.full(I.shape, np.nan), np.full(I.shape, np.nan)
+    m = microbatches(b, dep.pp)
+    mb = b / m
+    if np.any(ok):
+        # every chunk but the last is full and has no logits: summed piecewise (``chunk_prefix``)
+        cs, ns = np.where(ok, chunk, 1.0), np.where(ok, n, 1.0)
+        F = chunk_prefix(spec, hw, dep, b, cs, cached, max(int(ns.max()) - 2, 0))
+        if F is not None:
+            full_t, full_f, full_b = F(ns - 1)
+            start = cached + (ns - 1) * cs
+            last = time_step(spec, hw, dep, StepShape(mb, I - start, start, 1.0))
+            t_last = np.asarray(last.time_s, dtype=float)
+            total = full_t + t_last
+            first = time_step(spec, hw, dep, StepShape(mb, np.minimum(cs, I - cached), cached,
+                                                       (ns == 1).astype(float)))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                time = np.where(ok, m * total + (dep.pp - 1) * t_last, np.nan)
+                mfu = np.where(ok, (full_f + np.asarray(last.flops)) / (total * mfu_peak(hw, first)), np.nan)
+                mbu = np.where(ok, (full_b + np.asarray(last.bytes_moved)) / (total * hw.memory_bandwidth.value),
+                               np.nan)
+            return chunk, time, mfu, mbu, first
+    width = int(n.max()) if n.size and n.max() > 0 else 0
+    if width and ok.sum() * width <= max_cells:
+        j = np.arange(width, dtype=float)[None, :]
+        starts = cached[:, None] + j * chunk[:, None]
+        valid = j < n[:, None]
+        sizes = np.where(valid, np.minimum(chunk[:, None], I[:, None] - starts), 1.0)
+        starts = np.where(valid, starts, 0.0)
+        logits = (j == n[:, None] - 1).astype(float)
+        t = time_step(spec, hw, dep, StepShape(mb[:, None], sizes, starts, logits))
+        shape = starts.shape
+        st = np.where(valid, np.broadcast_to(np.asarray(t.time_s, dtype=float), shape), 0.0)
+        fl = np.where(valid, np.broadcast_to(np.asarray(t.flops, dtype=float), shape), 0.0)
+        mv = np.where(valid, np.broadcast_to(np.asarray(t.bytes_moved, dtype=float), shape), 0.0)
+        total = st.sum(axis=1)
+        last = np.take_along_axis(st, np.maximum(n - 1, 0).astype(np.int64)[:, None], axis=1)[:, 0]
+        first = time_step(spec, hw, dep, StepShape(mb, np.where(ok, sizes[:, 0], 1.0), starts[:, 0], logits[:, 0]))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            time = np.where(ok, m * total + (dep.pp - 1) * last, np.nan)
+            mfu = np.where(ok, fl.sum(axis=1) / (total * mfu_peak(hw, first)), np.nan)
+            mbu = np.where(ok, mv.sum(axis=1) / (total * hw.memory_bandwidth.value), np.nan)
+        return chunk, time, mfu, mbu, first
+    for k in np.nonzero(ok)[0]:  # very many chunks: one by one
+        r = chunked_prefill(spec, hw, dep, int(b[k]), int(I[k]), int(chunk[k]))
+        time[k], mfu[k], mbu[k] = float(r.time_s), r.mfu, r.mbu
+    return chunk, time, mfu, mbu, None
+
 
 
 # ---- the whole serving result on a grid --------------------------------------------------------
@@ -284,8 +418,9 @@ def serve_grid(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, inp
     pre_bound = step_bound(pre.timing) if bounds else none
     if not np.all(pre_fits):
         # a prefill whose activations do not fit is chunked (``serving.chunked_prefill``): the
-        # few such (batch, prompt) pairs are costed one by one, as ``serve`` does
-        shape = np.broadcast_shapes(b.shape, i.shape, o.shape)
+        # distinct such (batch, prompt) pairs are costed together, over the (batch, prompt) shape
+        # only (prefill does not depend on the output length)
+        shape = np.broadcast_shapes(b.shape, i.shape)
         full = [np.array(np.broadcast_to(x, shape)) for x in (ttft, pre_mfu, pre_mbu, pre_fits, pre_bound)]
         ttft, pre_mfu, pre_mbu, pre_fits, pre_bound = full
         B, I = np.broadcast_to(b, shape), np.broadcast_to(i, shape)
