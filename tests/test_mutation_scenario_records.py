@@ -64,6 +64,7 @@ def test_perf_record_every_field_by_hand():
         decode_seconds_per_layer=dict(dense=1648 / MEM + 7 * OVH, once=(32 + 1816) / MEM + 2 * OVH),
         prefill_seconds_per_layer=dict(dense=2880 / MEM + 7 * OVH, once=(128 + 1816) / MEM + 2 * OVH),
         layout_reason="", prefill_chunk_tokens=None, mtp_depth=0, mtp_acceptance=0.0, mtp_tokens_per_step=1.0,
+        ep_kernel="normal", two_batch_overlap=False, draft_model=None,
         prefill_devices_per_decode_device=(4 / (4 / TTFT)) / (2 / (1 / t4)), ttft_band_s=None, tpot_band_s=None,
     )
     assert set(d) == set(expected)

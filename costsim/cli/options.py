@@ -55,6 +55,16 @@ KVDtype = Annotated[str, typer.Option("--kv-dtype", help=f"KV cache: {_DTYPES}, 
 MLAForm = Annotated[str, typer.Option("--mla-form", help="MLA form: absorbed, naive, or auto (faster per phase).")]
 Imbalance = Annotated[float, typer.Option("--imbalance", help="MoE load imbalance: busiest EP rank over mean (>= 1).")]
 Overlap = Annotated[bool, typer.Option("--overlap/--no-overlap", help="Overlap communication with compute.")]
+EPKernel = Annotated[str, typer.Option("--ep-kernel", help="EP all-to-all kernel (DeepEP): normal (one copy per "
+                                                        "remote node, NVLink forwarding), low-latency (one RDMA copy "
+                                                        "per token-expert pair) or auto (low-latency for decode, "
+                                                        "normal for prefill, as DeepSeek serves V3).")]
+TBO = Annotated[bool, typer.Option("--two-batch-overlap", help="Run each step as two micro-batches of half the "
+                                                             "sequences, one's communication under the other's "
+                                                             "compute (DeepSeek's serving; weights read twice).")]
+Draft = Annotated[Optional[str], typer.Option("--draft-model", help="Speculative decoding with a draft model (name "
+                                                                   "or file; same tokenizer) proposing the --mtp N "
+                                                                   "tokens instead of the MTP module.")]
 MTP = Annotated[int, typer.Option("--mtp", help="MTP speculative decoding: draft tokens per decode step from the "
                                                   "model's MTP module (0: off; DeepSeek-V3 serves with 1).")]
 MTPAcceptance = Annotated[Optional[float], typer.Option("--mtp-acceptance", help="With --mtp: probability that each "
@@ -84,7 +94,7 @@ FLAGS = {
     "devices": "--devices", "tp": "--tp", "ep": "--ep", "pp": "--pp", "weight_dtype": "--weight-dtype",
     "weight_format": "--weight-dtype", "kv_dtype": "--kv-dtype", "kv_format": "--kv-dtype", "mla_form": "--mla-form",
     "imbalance": "--imbalance", "block_size": "--block-size", "mtp_depth": "--mtp", "mtp_acceptance": "--mtp-acceptance",
-    "prefix_hit": "--prefix-hit", "redundant_experts": "--redundant-experts", "tpot_slo_s": "--tpot-slo", "batch": "--batch",
+    "prefix_hit": "--prefix-hit", "redundant_experts": "--redundant-experts", "ep_kernel": "--ep-kernel", "two_batch_overlap": "--two-batch-overlap", "draft_model": "--draft-model", "tpot_slo_s": "--tpot-slo", "batch": "--batch",
     "context": "--context", "input_len": "--input", "output_len": "--output", "mfu": "--mfu",
     "gpu_hours": "--gpu-hours", "tokens": "--tokens", "seq_len": "--seq-len", "dtype": "--dtype",
     "m": "--m", "n": "--n", "k": "--k", "form": "--form", "new_tokens": "--new-tokens", "price": "--price",
@@ -182,7 +192,7 @@ def items(text: str, flag: str) -> list[str]:
 
 def layout(devices=None, tp=None, ep=None, pp=None, weight_dtype=None, kv_dtype="bf16", mla_form="auto",
            imbalance=1.0, overlap=False, block_size=None, mtp=0, mtp_acceptance=None, prefix_hit=0.0,
-           redundant=0):
+           redundant=0, ep_kernel="normal", tbo=False, draft=None):
     """The flags of a layout as the engine's ``LayoutRequest`` (the engine checks them).
     ``mtp_acceptance`` None: the engine's default; given without ``mtp`` >= 1, it is refused."""
     from costsim.simulator.layout import LayoutRequest
@@ -196,7 +206,25 @@ def layout(devices=None, tp=None, ep=None, pp=None, weight_dtype=None, kv_dtype=
     return LayoutRequest(devices=devices, tp=tp, ep=ep, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
                          mla_form=mla_form, imbalance=imbalance, overlap_comm=overlap, block_size=block_size,
                          mtp_depth=mtp, mtp_acceptance=mtp_acceptance, prefix_hit=prefix_hit,
-                         redundant_experts=redundant)
+                         redundant_experts=redundant, ep_kernel=ep_kernel_name(ep_kernel),
+                         two_batch_overlap=tbo, draft_model=draft_spec(draft, mtp))
+
+
+def draft_spec(name, mtp):
+    """``--draft-model``'s spec (None when not given); CostsimError without ``--mtp N``."""
+    if name is None:
+        return None
+    if not mtp:
+        raise CostsimError(f"--draft-model {name}: give --mtp N, the tokens the draft proposes per step")
+    return model(name, None)
+
+
+def ep_kernel_name(text: str) -> str:
+    """``--ep-kernel`` as the engine's name (low-latency -> low_latency); CostsimError names the flag."""
+    name = str(text).strip().lower().replace("-", "_")
+    if name not in ("normal", "low_latency", "auto"):
+        raise CostsimError(f"--ep-kernel {text!r}: expected normal, low-latency or auto")
+    return name
 
 
 def emit(*a, **kw):

@@ -223,10 +223,22 @@ def perf(rec: dict, fmt: str, breakdown: bool) -> None:
                                                      for k, v in rec["rates"].items())] + _price_note([rec])
     if rec.get("layout_reason"):
         notes.insert(0, f"layout: {rec['layout_reason']}")
+    if rec.get("two_batch_overlap"):
+        notes.insert(0, "two-batch overlap: each step is two micro-batches of half the sequences, one's communication "
+                        "under the other's compute: step = 2 x max(compute, comm) of one (the breakdown shows one "
+                        "micro-batch)")
+    if rec.get("ep_kernel", "normal") != "normal" and rec.get("ep", 1) > 1:
+        notes.insert(0, f"EP all-to-all: DeepEP {rec['ep_kernel'].replace('_', '-')} kernels"
+                        + (" (low-latency for decode, normal for prefill)" if rec["ep_kernel"] == "auto" else "")
+                        + "; low-latency sends one RDMA copy per token-expert pair on another rank")
     if rec.get("mtp_depth"):
-        notes.insert(0, f"MTP speculative decoding: {rec['mtp_depth']} draft token(s) per step, acceptance "
+        by = f"draft model {rec['draft_model']}" if rec.get("draft_model") else "the MTP module"
+        kind = "speculative decoding with a draft model" if rec.get("draft_model") else "MTP speculative decoding"
+        notes.insert(0, f"{kind}: {rec['mtp_depth']} draft token(s) per step, acceptance "
                         f"{rec['mtp_acceptance']:g} -> {rec['mtp_tokens_per_step']:.3g} tokens per sequence per step; "
-                        "TPOT = step time / that (a verify pass of depth + 1 tokens, plus the MTP module per draft)")
+                        f"TPOT = step time / that (a verify pass of depth + 1 tokens, plus one pass of {by} per "
+                        "draft" + ("; its weights and KV cache are in memory and its prefill in TTFT)"
+                                   if rec.get("draft_model") else ")"))
     emit(table, cols, notes=notes, title=(
         f"{rec['model']} on {n} x {rec['hardware']} (tp={rec['tp']} ep={rec['ep']} pp={rec['pp']} dp={rec['dp']}; "
         f"weights {rec['weight_dtype']}, KV {rec['kv_dtype']}); batch {rec['batch']}, {rec['input']} in -> "

@@ -44,7 +44,7 @@ def step_band(timing: StepTiming, hw: HardwareProfile, overlap_comm: bool = Fals
     parts = {False: [0.0, 0.0], True: [0.0, 0.0]}  # comm? -> [low, high] seconds
     for t in timing.timings:
         lo, hi = family_band(hw, t.op.family)
-        s = float(np.asarray(t.total_s, dtype=float))
+        s = float(np.asarray(t.total_s, dtype=float)) * timing.micro_batches
         p = parts[t.op.kind is OpKind.COMM]
         p[0] += lo * s
         p[1] += hi * s
@@ -52,6 +52,6 @@ def step_band(timing: StepTiming, hw: HardwareProfile, overlap_comm: bool = Fals
     total = float(np.asarray(timing.time_s, dtype=float))
     if total <= 0:
         return None
-    if overlap_comm:
+    if overlap_comm or timing.micro_batches > 1:
         return max(c_lo, m_lo) / total, max(c_hi, m_hi) / total
     return (c_lo + m_lo) / total, (c_hi + m_hi) / total

@@ -28,6 +28,9 @@ def activation_format(weights: NumberFormat) -> NumberFormat:
     return FORMATS["fp32"] if weights.compute == "fp32" else FORMATS["bf16"]
 
 
+EP_KERNELS = ("normal", "low_latency", "auto")
+
+
 @dataclass(frozen=True)
 class Deployment:
     """Formats and parallelism of one serving (or training) replica.
@@ -48,6 +51,18 @@ class Deployment:
     - ``dispatch_bytes`` / ``combine_bytes``: bytes per hidden element sent in the EP
       dispatch / combine (DeepSeek: FP8 dispatch = 1, BF16 combine = 2; Day-6 overview).
     - ``overlap_comm``: communication overlapped with compute (time = max, not sum).
+    - ``two_batch_overlap``: each step runs as two micro-batches of half the sequences, one's
+      communication overlapped with the other's computation (DeepSeek-V3 §3.4 and the Day-6
+      overview, for prefill and decode; SGLang ``--enable-two-batch-overlap``): step time =
+      2 x max(compute, communication) of one micro-batch. Unlike ``overlap_comm`` (one batch,
+      perfect overlap) it pays for the split: every weight is read and every kernel launched
+      once per micro-batch.
+    - ``ep_kernel``: the EP all-to-all kernels (DeepEP, arXiv 2505.09343 §4.3 and its README):
+      "normal" (high-throughput: one RDMA copy per remote node, forwarded inside the node over
+      NVLink), "low_latency" (one RDMA copy per token-expert pair on another rank, no NVLink
+      forwarding), or "auto" (low-latency for decode steps, normal for prefill, as DeepSeek
+      serves V3 and SGLang's ``--deepep-mode auto`` does; a step is decode when it computes at
+      most 1 + ``mtp_depth`` tokens per sequence).
     - ``gpu_memory_utilization``: fraction of device memory usable for weights + KV +
       workspace (vLLM's default 0.9).
     """
@@ -67,6 +82,8 @@ class Deployment:
     dispatch_bytes: float = 2.0
     combine_bytes: float = 2.0
     overlap_comm: bool = False
+    ep_kernel: Literal["normal", "low_latency", "auto"] = "normal"
+    two_batch_overlap: bool = False
     gpu_memory_utilization: float = 0.9
     layout_reason: str = ""  # why the layout policy chose this layout, when it is not the plain default
     # MTP speculative decoding (DeepSeek-V3 §2.2 and §5.4.3): draft tokens per decode step from the
@@ -79,6 +96,15 @@ class Deployment:
     # redundant experts (EPLB, DeepSeek-V3 §3.4): extra copies of hot routed experts, so that
     # E + redundant expert slots spread evenly over ``ep`` ranks (Day 6: 256 + 32 over EP32/EP144)
     redundant_experts: int = 0
+    # draft-model speculative decoding (Leviathan et al. 2023, arXiv 2211.17192): a small model
+    # drafts the ``mtp_depth`` tokens instead of the MTP module; it runs on every TP group of
+    # the replica with the same TP, formats and KV dtype, and prefills the prompt too
+    draft_model: ModelSpec | None = None
+
+    def draft_deployment(self) -> "Deployment":
+        """The draft model's layout: the replica's devices and TP, no EP/PP/redundancy."""
+        return replace(self, ep=1, pp=1, imbalance=1.0, redundant_experts=0, mtp_depth=0, mtp_acceptance=0.0,
+                       draft_model=None, prefix_hit=self.prefix_hit, layout_reason="")
 
     def cached_prefix(self, prompt):
         """Prompt tokens whose KV is reused from the prefix cache: floor(prefix_hit x prompt),
@@ -149,6 +175,8 @@ class Deployment:
         problem = ep_problem(spec, self.ep, self.moe_tp, self.redundant_experts)
         if problem:
             raise FieldError("ep", self.ep, problem)
+        if self.ep_kernel not in EP_KERNELS:
+            raise FieldError("ep_kernel", self.ep_kernel, f"expected one of {', '.join(EP_KERNELS)}")
         if not (0 < self.gpu_memory_utilization <= 1):
             raise FieldError("gpu_memory_utilization", self.gpu_memory_utilization, "must be in (0, 1]")
         if not (1 <= self.imbalance < float("inf")):
@@ -163,7 +191,19 @@ class Deployment:
             raise FieldError("block_size", self.block_size, "must be >= 1")
         if isinstance(self.mtp_depth, bool) or not isinstance(self.mtp_depth, int) or not 0 <= self.mtp_depth <= 16:
             raise FieldError("mtp_depth", self.mtp_depth, "must be an integer from 0 to 16 (draft tokens per step)")
-        if self.mtp_depth and not spec.num_nextn_predict_layers:
+        if self.draft_model is not None:
+            if not self.mtp_depth:
+                raise FieldError("draft_model", self.draft_model.name, "needs mtp_depth >= 1 draft tokens per step")
+            if self.pp > 1:
+                raise FieldError("draft_model", self.draft_model.name, "with pp > 1 is not modelled")
+            if self.draft_model.vocab_size != spec.vocab_size:
+                raise FieldError("draft_model", self.draft_model.name,
+                                 f"vocab_size {self.draft_model.vocab_size} differs from {spec.name}'s "
+                                 f"{spec.vocab_size}: a draft must share the tokenizer")
+            problem = tp_problem(self.draft_model, self.tp)
+            if problem:
+                raise FieldError("draft_model", self.draft_model.name, f"tp={self.tp}: {problem}")
+        elif self.mtp_depth and not spec.num_nextn_predict_layers:
             raise FieldError("mtp_depth", self.mtp_depth, f"{spec.name} has no MTP module (num_nextn_predict_layers 0)")
         if isinstance(self.prefix_hit, bool) or not (isinstance(self.prefix_hit, (int, float))
                                                       and 0 <= self.prefix_hit < 1):

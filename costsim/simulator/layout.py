@@ -62,11 +62,14 @@ class LayoutRequest:
     mla_form: str = "auto"
     imbalance: float = 1.0
     overlap_comm: bool = False
+    ep_kernel: str = "normal"  # EP all-to-all: normal, low_latency or auto (``Deployment.ep_kernel``)
+    two_batch_overlap: bool = False  # two micro-batches, comm of one under compute of the other
     block_size: int | None = None
     mtp_depth: int = 0  # MTP speculative decoding: draft tokens per step (0: off)
     mtp_acceptance: float = 0.85  # each draft's acceptance given the ones before (DeepSeek-V3: 0.85-0.90)
     prefix_hit: float = 0.0  # share of each prompt already in the prefix cache (its prefill is skipped)
     redundant_experts: int = 0  # EPLB: extra routed-expert copies, so that E + these divide over EP
+    draft_model: ModelSpec | None = None  # draft-model speculation: drafts the mtp_depth tokens
 
 
 def check_types(spec=None, hw=None) -> None:
@@ -210,10 +213,11 @@ def resolve_deployment(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequ
     act = activation_format(wf)
     base = Deployment(devices=devices, tp=1, ep=1, pp=r.pp or 1, weight_format=wf, expert_format=ef, kv_format=kvf,
                       mla_form=r.mla_form, high_precision=act, act_format=act,
-                      imbalance=r.imbalance, overlap_comm=r.overlap_comm, block_size=r.block_size,
+                      imbalance=r.imbalance, overlap_comm=r.overlap_comm, ep_kernel=r.ep_kernel,
+                      two_batch_overlap=r.two_batch_overlap, block_size=r.block_size,
                       dispatch_bytes=1.0 if wf.compute == "fp8" else 2.0, combine_bytes=2.0,
                       mtp_depth=r.mtp_depth, mtp_acceptance=r.mtp_acceptance if r.mtp_depth else 0.0,
-                      prefix_hit=r.prefix_hit, redundant_experts=r.redundant_experts)
+                      prefix_hit=r.prefix_hit, redundant_experts=r.redundant_experts, draft_model=r.draft_model)
 
     def fits(d: Deployment):
         """(fits, max batch) of ``batch`` sequences of ``context`` on ``d``; None if invalid."""

@@ -49,7 +49,9 @@ def weight_bytes_per_device(spec: ModelSpec, dep: Deployment) -> float:
         total += n * (tp_sharded * w + experts * dep.expert_weights.bytes_per_element
                       + (lp["norms"] + lp["router"]) * hp)
     vocab = (p.embedding + p.lm_head) * hp / dep.tp
-    if dep.mtp_depth:
+    if dep.draft_model is not None:  # draft-model speculation: the draft's weights on every TP group
+        total += weight_bytes_per_device(dep.draft_model, dep.draft_deployment())
+    elif dep.mtp_depth:
         # serving with MTP loads the MTP modules (DeepSeek-V3 §2.2): per module one block (MoE
         # when the model is MoE), the projection M (2h -> h, TP-split) and three RMSNorms
         moe = isinstance(spec.ffn, MoEFFN)
@@ -76,11 +78,12 @@ def kv_bytes_per_device(spec: ModelSpec, dep: Deployment, batch, context):
     groups = layer_groups(spec, dep.pp)
     tokens = sum(n * cached_tokens(ctx if w is None else np.minimum(ctx, w), dep.block_size)
                  for _moe, w, n, linear in groups if not linear)
-    if dep.mtp_depth:  # each MTP module's attention layer keeps its own cache (full context)
+    if dep.mtp_depth and dep.draft_model is None:  # each MTP module's attention layer keeps its own cache
         tokens = tokens + spec.num_nextn_predict_layers * cached_tokens(ctx, dep.block_size)
     # linear-attention layers: a fixed state per sequence, whatever the context
     state = sum(g.n for g in groups if g.linear) * linear_state_bytes_per_layer(spec, dep.tp)
-    return (per_layer * tokens + state) * seqs + 0.0 * ctx  # (+ 0 ctx: a stage of only linear layers broadcasts too)
+    draft = kv_bytes_per_device(dep.draft_model, dep.draft_deployment(), batch, context) if dep.draft_model else 0.0
+    return (per_layer * tokens + state) * seqs + draft + 0.0 * ctx  # (+ 0 ctx: a stage of only linear layers broadcasts too)
 
 
 def workspace_bytes(spec: ModelSpec, dep: Deployment, step: StepShape):

@@ -13,7 +13,13 @@ Formulas (per device, per occurrence):
   nodes, the NIC carries one copy per remote *node* (DeepEP forwards inside the node over
   NVLink), capped at ``topk_group`` nodes when the model routes node-limited (DeepSeek-V3
   §2.1.2: each token to at most 4 nodes). The busiest rank's bytes scale with the load
-  imbalance.
+  imbalance. That is DeepEP's normal (high-throughput) kernel. Its low-latency kernel
+  (``dep.ep_kernel``; DeepEP README, arXiv 2505.09343 §4.3) sends one RDMA copy per
+  token-expert pair held by another rank, k (EP - 1) / EP per token, with no node dedup and
+  no NVLink forwarding (the Feb-2025 kernels DeepSeek's Day-6 deployment ran; every peer over
+  the NIC, inside the node too): T k (EP - 1)/EP h bytes / NIC rate + one latency. On
+  DeepEP's published H800 table (128 tokens, top-8, hidden 7168, FP8 dispatch, BF16 combine)
+  that is within 12% at EP 8-256 (tests/test_ep_kernels.py).
 - Experts split over ``moe_tp`` > TP devices: ring all-gather of the tokens and
   reduce-scatter of the outputs over the moe_tp / TP attention groups, per MoE layer.
 - PP: each stage sends its [T, h] activation to the next once per step.
@@ -87,6 +93,17 @@ def ep_alltoall_seconds(tokens, destinations, hidden: int, bytes_per_elem: float
     return np.asarray(tokens, dtype=float) * destinations * hidden * bytes_per_elem / bandwidth + latency
 
 
+def low_latency_step(dep: Deployment, step: StepShape):
+    """Whether the step's EP all-to-all uses DeepEP's low-latency kernel (``dep.ep_kernel``):
+    False / True, or for "auto" a boolean array, True where the step computes at most
+    1 + ``mtp_depth`` tokens per sequence (a decode or MTP verify step)."""
+    if dep.ep_kernel == "normal":
+        return False
+    if dep.ep_kernel == "low_latency":
+        return True
+    return np.asarray(step.new_tokens, dtype=float) <= 1 + dep.mtp_depth
+
+
 def comm_operators(spec: ModelSpec, dep: Deployment, step: StepShape, groups) -> list[Operator]:
     """Communication operators of one device for a step (see module docstring).
 
@@ -123,9 +140,13 @@ def comm_operators(spec: ModelSpec, dep: Deployment, step: StepShape, groups) ->
         # a token is dispatched once: the tp ranks of an attention group hold the same T tokens
         # and each sends its 1/tp share (then gathers the combined outputs back in the TP
         # all-reduce after the FFN)
+        low = low_latency_step(dep, step)
         for name, nbytes in (("comm.ep_dispatch", dep.dispatch_bytes), ("comm.ep_combine", dep.combine_bytes)):
-            ops.append(comm(name, LayerType.MOE, n_moe, T / dep.tp * h * nbytes * dep.imbalance,
-                            Link(LinkKind.ALL_TO_ALL, stage), 1))
+            op = comm(name, LayerType.MOE, n_moe, T / dep.tp * h * nbytes * dep.imbalance,
+                      Link(LinkKind.ALL_TO_ALL, stage), 1)
+            if low is not False:
+                op.shape["low_latency"] = low
+            ops.append(op)
     g = dep.moe_tp // dep.tp if dep.moe_tp > dep.tp else 1
     if g > 1 and n_moe:
         # Experts split over more devices (moe_tp) than attention's TP group: each device gathers
@@ -160,7 +181,17 @@ def comm_seconds(op: Operator, spec: ModelSpec, dep: Deployment, hw: HardwarePro
     if op.link.kind is LinkKind.ALL_TO_ALL:
         ranks, nodes = ep_destinations(spec, dep, dpn)
         # comm_bytes = tokens * h * bytes (* imbalance): one copy per destination
-        return ep_alltoall_seconds(1.0, nodes if inter else ranks, 1, op.comm_bytes, rate, lat) + base
+        t = ep_alltoall_seconds(1.0, nodes if inter else ranks, 1, op.comm_bytes, rate, lat) + base
+        low = op.shape.get("low_latency", False)
+        if low is False:
+            return t
+        # low-latency kernel: one RDMA copy per token-expert pair on another rank
+        nic = hw.inter_node_bandwidth or hw.intra_node_bandwidth
+        e = hw.efficiency.inter_node if hw.inter_node_bandwidth else hw.efficiency.intra_node
+        nic_lat = hw.inter_node_latency if hw.inter_node_bandwidth else hw.intra_node_latency
+        pairs = spec.ffn.num_experts_per_tok * (dep.ep - 1) / dep.ep
+        t_low = ep_alltoall_seconds(1.0, pairs, 1, op.comm_bytes, nic.value * e.value, nic_lat.value) + base
+        return np.where(low, t_low, t) if np.ndim(low) else (t_low if low else t)
     return np.asarray(op.comm_bytes, dtype=float) / rate + op.hops * lat + base
 
 

@@ -7,14 +7,15 @@ the formulas and their parameters are in ``costsim.simulator.efficiency``):
   time_s    = max(compute_s, memory_s) + overhead [+ per-element / per-group terms]
 Communication: bytes / (link bandwidth * link efficiency) + latency terms
 (``costsim.simulator.parallel``). A step's time is the sum over operators (x count), or
-with ``overlap_comm`` max(compute part, communication part).
+with ``overlap_comm`` max(compute part, communication part). With ``two_batch_overlap``
+the step is two micro-batches of half the sequences: 2 x max(compute, communication) of one.
 
 Every rate carries provenance from the profile (datasheet / measured / calibrated / assumed).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -59,6 +60,7 @@ class StepTiming:
     flops: object
     bytes_moved: object
     mla_form: str
+    micro_batches: int = 1  # two-batch overlap: ``timings`` are one of this many micro-batches
 
     def by_name(self, name: str) -> OpTiming:
         return next(t for t in self.timings if t.op.name == name)
@@ -89,7 +91,15 @@ def time_step(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, step: StepS
     """Time one step on one device (the busiest). With ``dep.mla_form == 'auto'`` both MLA
     forms are timed and the faster is kept (per element when inputs are arrays: the
     reported operators are then those of the absorbed form). ``operators``: the operator
-    list of the step (``step_operators``; ``operators.mtp_operators`` for an MTP module)."""
+    list of the step (``step_operators``; ``operators.mtp_operators`` for an MTP module).
+    With ``dep.two_batch_overlap`` the timings are those of one micro-batch (half the
+    sequences; ``micro_batches`` = 2) and the totals are the whole step's."""
+    if dep.two_batch_overlap:
+        half = replace(step, batch=np.asarray(step.batch, dtype=float) / 2)
+        t = time_step(spec, hw, dep.with_(two_batch_overlap=False, overlap_comm=True), half, operators)
+        return StepTiming(t.timings, 2 * np.asarray(t.time_s), 2 * np.asarray(t.compute_part_s),
+                          2 * np.asarray(t.comm_part_s), 2 * np.asarray(t.flops), 2 * np.asarray(t.bytes_moved),
+                          t.mla_form, micro_batches=2)
     forms = ["absorbed", "naive"] if (dep.mla_form == "auto" and isinstance(spec.attention, MLAAttention)) else [
         dep.mla_form if dep.mla_form != "auto" else "absorbed"]
     results = [_time_ops(operators(spec, dep, step, form=f), hw, spec, dep, f) for f in forms]
@@ -116,7 +126,7 @@ def per_layer_seconds(timing: StepTiming, spec: ModelSpec, pp: int = 1) -> dict[
     n = {LayerType.DENSE: sum(g[2] for g in groups if not g[0]), LayerType.MOE: sum(g[2] for g in groups if g[0])}
     total = {t: 0.0 for t in LayerType}
     for t in timing.timings:
-        total[t.op.layer] += float(np.sum(t.total_s))
+        total[t.op.layer] += float(np.sum(t.total_s)) * timing.micro_batches
     out = {k.value: total[k] / n[k] for k in (LayerType.DENSE, LayerType.MOE) if n[k]}
     out["once"] = total[LayerType.ONCE]
     return out

@@ -362,6 +362,9 @@ class PerfRecord(_Record):
     mtp_depth: int = 0  # MTP speculative decoding: draft tokens per step (0: off)
     mtp_acceptance: float = 0.0
     mtp_tokens_per_step: float = 1.0  # expected tokens per sequence per decode step
+    ep_kernel: str = "normal"  # EP all-to-all kernel (``Deployment.ep_kernel``)
+    draft_model: str | None = None  # draft-model speculation: the draft's name (None: MTP module or off)
+    two_batch_overlap: bool = False
     # disaggregated serving of this request mix: prefill devices per decode device, so that the
     # prefill pool's input tokens/s match the decode pool's output tokens/s (None: no decode)
     prefill_devices_per_decode_device: float | None = None
@@ -468,6 +471,8 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
         prefill_operators=operator_rows(r.prefill.timing) if breakdown else None, layout_reason=dep.layout_reason,
         prefill_chunk_tokens=r.prefill_chunk_tokens, mtp_depth=dep.mtp_depth, mtp_acceptance=dep.mtp_acceptance,
         mtp_tokens_per_step=mtp_tokens_per_step(dep.mtp_depth, dep.mtp_acceptance),
+        ep_kernel=dep.ep_kernel, two_batch_overlap=dep.two_batch_overlap,
+        draft_model=dep.draft_model.name if dep.draft_model is not None else None,
         prefill_devices_per_decode_device=((i / r.prefill_tokens_per_s) / (o / r.decode_tokens_per_s)
                                            if decoding else None),
         ttft_band_s=_band(r.ttft_s, step_band(r.prefill.timing, hw, dep.overlap_comm)),

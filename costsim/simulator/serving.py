@@ -87,7 +87,22 @@ def prefill(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, prompt
     (``dep.prefix_hit``) the first ``dep.cached_prefix(prompt)`` tokens are cached already:
     only the rest is computed, attending to them (``tokens`` counts the computed tokens)."""
     c = dep.cached_prefix(prompt)
-    return _phase(spec, hw, dep, batch, np.asarray(prompt, dtype=float) - c, c, fill=True)
+    r = _phase(spec, hw, dep, batch, np.asarray(prompt, dtype=float) - c, c, fill=True)
+    if dep.draft_model is None:
+        return r
+    time = np.asarray(r.time_s) + draft_prefill_s(hw, dep, batch, prompt)
+    tps = np.asarray(r.tokens) / time
+    return PhaseResult(time, r.tokens, tps, tps / dep.devices, r.mfu, r.mbu, r.timing)
+
+
+def draft_prefill_s(hw: HardwareProfile, dep: Deployment, batch, prompt):
+    """Seconds of the draft model's prefill of the prompts (its KV cache; one step on the same
+    devices, after the target's), 0 without ``dep.draft_model``."""
+    if dep.draft_model is None:
+        return 0.0
+    c = dep.cached_prefix(prompt)
+    d = time_step(dep.draft_model, hw, dep.draft_deployment(), StepShape(batch, np.asarray(prompt, dtype=float) - c, c, 1))
+    return np.asarray(d.time_s)
 
 
 def prefill_workspace(spec: ModelSpec, dep: Deployment, batch, chunk, input_len):
@@ -133,7 +148,7 @@ def chunked_prefill(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch
     logits = (starts == starts[-1]).astype(float)  # only the chunk that ends the prompt samples a token
     t = time_step(spec, hw, dep, StepShape(mb, sizes, starts, logits))
     stage = np.broadcast_to(np.asarray(t.time_s, dtype=float), starts.shape)
-    time = m * float(stage.sum()) + (dep.pp - 1) * float(stage[-1])
+    time = m * float(stage.sum()) + (dep.pp - 1) * float(stage[-1]) + float(draft_prefill_s(hw, dep, batch, input_len))
     tokens = float(batch) * float(input_len - starts[0])  # computed tokens (a cached prefix is skipped)
     flops = float(np.broadcast_to(np.asarray(t.flops, dtype=float), starts.shape).sum())
     moved = float(np.broadcast_to(np.asarray(t.bytes_moved, dtype=float), starts.shape).sum())
@@ -155,7 +170,8 @@ def decode(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, context
 
     With MTP speculative decoding (``dep.mtp_depth`` = D >= 1, acceptance a): a step verifies
     D + 1 tokens per sequence in one pass of the model (logits for each) and drafts the next D
-    with D sequential MTP-module passes of one token (``operators.mtp_operators``); it gains
+    with D sequential MTP-module passes of one token (``operators.mtp_operators``; with
+    ``dep.draft_model``, D passes of the draft model instead); it gains
     E = ``mtp_tokens_per_step(D, a)`` tokens per sequence, so TPOT = step time / E and
     tokens/s = batch x E / step time. The MTP module is costed on top of the pp stage times.
     MFU and MBU are those of the whole step; ``timing`` is the verify pass's."""
@@ -164,7 +180,10 @@ def decode(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, context
     D = dep.mtp_depth
     mb = np.asarray(batch, dtype=float) / microbatches(batch, dep.pp)
     verify = time_step(spec, hw, dep, StepShape(mb, D + 1, context, D + 1))
-    draft = time_step(spec, hw, dep, StepShape(mb, 1, context, 1), operators=mtp_operators)
+    if dep.draft_model is not None:  # a draft model's forward of one token per sequence
+        draft = time_step(dep.draft_model, hw, dep.draft_deployment(), StepShape(mb, 1, context, 1))
+    else:
+        draft = time_step(spec, hw, dep, StepShape(mb, 1, context, 1), operators=mtp_operators)
     step = np.asarray(verify.time_s) * dep.pp + D * np.asarray(draft.time_s)
     E = mtp_tokens_per_step(D, dep.mtp_acceptance)
     time = step / E

@@ -50,7 +50,7 @@ from costsim.simulator.deployment import Deployment
 from costsim.simulator.efficiency import rates
 from costsim.simulator.memory import kv_bytes_per_device, memory_report, weight_bytes_per_device
 from costsim.simulator.roofline import StepTiming, time_step
-from costsim.simulator.serving import (chunked_prefill, decode, mfu_peak, microbatches, prefill,
+from costsim.simulator.serving import (chunked_prefill, decode, draft_prefill_s, mfu_peak, microbatches, prefill,
                                       prefill_chunk_tokens, prefill_workspace)
 from costsim.simulator.types import Family, OpKind, StepShape
 from costsim.specs import HardwareProfile, MLAAttention, ModelSpec
@@ -201,7 +201,7 @@ def decode_prefix(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, 
     # structural starts: L = 1 (after the gemv point) and each window's full point
     wins = _windows(spec)
     cuts = np.broadcast_to(np.array([0.0, 1.0] + [float(w) for w in wins]), b.shape + (2 + len(wins),))
-    F = _piecewise_sums(mb, lmax, cuts, timing, _forms(spec, dep), dep.overlap_comm,
+    F = _piecewise_sums(mb, lmax, cuts, timing, _forms(spec, dep), dep.overlap_comm or dep.two_batch_overlap,
                         lambda ctx: [decode(spec, hw, dep, b[..., None], ctx).time_s])
     return lambda X: F(X)[0]
 
@@ -230,7 +230,7 @@ def chunk_prefix(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, c
         t = time_step(spec, hw, dep, StepShape(mb, c, c0 + j * c, 0))
         return [t.time_s, t.flops, t.bytes_moved]
 
-    return _piecewise_sums(mb, int(jmax), cuts, timing, _forms(spec, dep), dep.overlap_comm, evaluate)
+    return _piecewise_sums(mb, int(jmax), cuts, timing, _forms(spec, dep), dep.overlap_comm or dep.two_batch_overlap, evaluate)
 
 
 def _prefix_dense(spec, hw, dep, b, lmax):
@@ -291,7 +291,7 @@ def chunked_prefill_grid(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, 
             first = time_step(spec, hw, dep, StepShape(mb, np.minimum(cs, I - cached), cached,
                                                        (ns == 1).astype(float)))
             with np.errstate(divide="ignore", invalid="ignore"):
-                time = np.where(ok, m * total + (dep.pp - 1) * t_last, np.nan)
+                time = np.where(ok, m * total + (dep.pp - 1) * t_last + draft_prefill_s(hw, dep, b, I), np.nan)
                 mfu = np.where(ok, (full_f + np.asarray(last.flops)) / (total * mfu_peak(hw, first)), np.nan)
                 mbu = np.where(ok, (full_b + np.asarray(last.bytes_moved)) / (total * hw.memory_bandwidth.value),
                                np.nan)
@@ -313,7 +313,7 @@ def chunked_prefill_grid(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, 
         last = np.take_along_axis(st, np.maximum(n - 1, 0).astype(np.int64)[:, None], axis=1)[:, 0]
         first = time_step(spec, hw, dep, StepShape(mb, np.where(ok, sizes[:, 0], 1.0), starts[:, 0], logits[:, 0]))
         with np.errstate(divide="ignore", invalid="ignore"):
-            time = np.where(ok, m * total + (dep.pp - 1) * last, np.nan)
+            time = np.where(ok, m * total + (dep.pp - 1) * last + draft_prefill_s(hw, dep, b, I), np.nan)
             mfu = np.where(ok, fl.sum(axis=1) / (total * mfu_peak(hw, first)), np.nan)
             mbu = np.where(ok, mv.sum(axis=1) / (total * hw.memory_bandwidth.value), np.nan)
         return chunk, time, mfu, mbu, first

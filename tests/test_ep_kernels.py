@@ -1,0 +1,134 @@
+"""DeepEP's two all-to-all kernels (``Deployment.ep_kernel``) and two-batch overlap
+(``Deployment.two_batch_overlap``), issue 9.
+
+Sources: DeepEP README, low-latency kernel table (H800, CX7 400 Gb/s InfiniBand, 128 tokens
+per rank, hidden 7168, top-8, FP8 dispatch, BF16 combine), as collected in
+shared/reference/published-values.md; DeepSeek-V3 report §3.4 and the Day-6 overview
+(decode and prefill as two overlapped micro-batches).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from costsim.api import LayoutRequest, load_hardware, load_model, resolve_deployment
+from costsim.cli.app import app
+from costsim.simulator.deployment import Deployment
+from costsim.simulator.operators import layer_groups
+from costsim.simulator.parallel import comm_operators, comm_seconds
+from costsim.simulator.roofline import time_step
+from costsim.simulator.serving import serve
+from costsim.simulator.sweep import serve_grid
+from costsim.simulator.types import StepShape
+from costsim.units import FORMATS
+
+# EP -> (dispatch us, combine us), DeepEP low-latency kernels before the 2025-06 NVLink update
+DEEPEP_LL = {8: (163, 318), 16: (173, 329), 32: (182, 350), 64: (186, 353), 128: (192, 369), 256: (194, 360)}
+
+
+def _ep_times(spec, hw, ep, kernel, tokens=128, new_tokens=1):
+    dep = Deployment(devices=ep, tp=1, ep=ep, weight_format=FORMATS["fp8"], dispatch_bytes=1.0, combine_bytes=2.0,
+                     ep_kernel=kernel)
+    step = StepShape(tokens // new_tokens * ep, new_tokens, 0, 1)
+    ops = {o.name: o for o in comm_operators(spec, dep, step, layer_groups(spec, 1))}
+    return tuple(float(comm_seconds(ops[n], spec, dep, hw)) for n in ("comm.ep_dispatch", "comm.ep_combine"))
+
+
+@pytest.mark.parametrize("ep", sorted(DEEPEP_LL))
+def test_low_latency_kernel_matches_deepep_table(ep):
+    # 128 tokens x 8 experts x (EP-1)/EP remote x 7168 x 1 B (FP8) at 50 GB/s x 0.86 + 2.8 us:
+    # EP 256: 7.31 MB / 43 GB/s = 170 us + 2.8 us = 173 us against 194 us measured
+    spec, hw = load_model("deepseek-v3"), load_hardware("h800")
+    d, c = _ep_times(spec, hw, ep, "low_latency")
+    hand = 128 * 8 * (ep - 1) / ep * 7168 / (50e9 * 0.86) + 2.8e-6
+    assert d == pytest.approx(hand, rel=1e-9)
+    assert c == pytest.approx(128 * 8 * (ep - 1) / ep * 7168 * 2 / (50e9 * 0.86) + 2.8e-6, rel=1e-9)
+    d_us, c_us = DEEPEP_LL[ep]
+    assert d * 1e6 == pytest.approx(d_us, rel=0.12)
+    assert c * 1e6 == pytest.approx(c_us, rel=0.12)
+
+
+def test_normal_kernel_dedups_per_node_and_is_cheaper_than_low_latency():
+    # normal: one copy per remote node (V3 routes to at most 4 nodes); low-latency: 8 copies
+    spec, hw = load_model("deepseek-v3"), load_hardware("h800")
+    for ep in (16, 64, 256):
+        n, low = _ep_times(spec, hw, ep, "normal"), _ep_times(spec, hw, ep, "low_latency")
+        assert n[0] < low[0] and n[1] < low[1]
+
+
+def test_auto_uses_low_latency_for_decode_and_normal_for_prefill():
+    spec, hw = load_model("deepseek-v3"), load_hardware("h800")
+    assert _ep_times(spec, hw, 32, "auto", 128, 1) == _ep_times(spec, hw, 32, "low_latency", 128, 1)
+    assert _ep_times(spec, hw, 32, "auto", 4096, 4096) == _ep_times(spec, hw, 32, "normal", 4096, 4096)
+    # with MTP depth 1 a verify step of 2 tokens per sequence is a decode step
+    dep = Deployment(devices=32, tp=1, ep=32, ep_kernel="auto", mtp_depth=1)
+    ops = comm_operators(spec, dep, StepShape(np.array([64.0, 64.0, 64.0]), np.array([1.0, 2.0, 3.0]), 100, 1),
+                         layer_groups(spec, 1))
+    low = next(o for o in ops if o.name == "comm.ep_dispatch").shape["low_latency"]
+    assert low.tolist() == [True, True, False]
+
+
+def test_two_batch_overlap_is_twice_one_overlapped_half_batch():
+    spec, hw = load_model("deepseek-v3"), load_hardware("h800")
+    dep = resolve_deployment(spec, hw, LayoutRequest(devices=32, ep=32, tp=1, weight_dtype="fp8", ep_kernel="auto",
+                                                     two_batch_overlap=True))
+    for step in (StepShape(32 * 128, 1, 4000, 1), StepShape(32 * 8, 4096, 0, 1)):
+        t = time_step(spec, hw, dep, step)
+        half = time_step(spec, hw, dep.with_(two_batch_overlap=False),
+                         StepShape(step.batch / 2, step.new_tokens, step.context, 1))
+        assert float(t.time_s) == pytest.approx(2 * max(float(half.compute_part_s), float(half.comm_part_s)), rel=1e-12)
+        assert float(t.flops) == pytest.approx(2 * float(half.flops), rel=1e-12)
+        assert t.micro_batches == 2
+    # at a small decode batch every weight is read twice: slower than one batch with perfect overlap
+    small = StepShape(32 * 4, 1, 4000, 1)
+    ideal = time_step(spec, hw, dep.with_(two_batch_overlap=False, overlap_comm=True), small)
+    assert float(time_step(spec, hw, dep, small).time_s) > 1.3 * float(ideal.time_s)
+
+
+def test_grid_equals_serve_with_low_latency_and_two_batch_overlap():
+    spec, hw = load_model("deepseek-v3"), load_hardware("h800")
+    dep = resolve_deployment(spec, hw, LayoutRequest(devices=32, ep=32, tp=1, weight_dtype="fp8", ep_kernel="auto",
+                                                     two_batch_overlap=True, mla_form="auto"))
+    b, i, o = np.array([1.0, 64.0, 1024.0]), np.array([100.0, 4000.0]), np.array([2.0, 500.0])
+    g = serve_grid(spec, hw, dep, b[:, None, None], i[None, :, None], o[None, None, :])
+    for x, bv in enumerate(b):
+        for y, iv in enumerate(i):
+            for z, ov in enumerate(o):
+                r = serve(spec, hw, dep, int(bv), int(iv), int(ov))
+                for k in ("ttft_s", "tpot_s", "e2e_s"):
+                    assert np.broadcast_to(getattr(g, k), (3, 2, 2))[x, y, z] == pytest.approx(getattr(r, k), rel=1e-9)
+
+
+def test_day6_decode_with_low_latency_kernels():
+    # Day-6 overview: V3 decode on 18 H800 nodes, EP144, 32 redundant experts, MTP, average KV
+    # length 4,989, 20-22 tokens/s per user (TPOT <= 47.6 ms): 14.8K output tokens/s per node.
+    # With the low-latency kernels and no overlap costsim gives 16.3K (+10%); the normal kernels
+    # 18.4K (+24%). (With two-batch overlap the step hides the all-to-all: 30.8K, memory-bound.)
+    from costsim.simulator.scenario import max_throughput_record
+
+    spec, hw = load_model("deepseek-v3"), load_hardware("h800")
+    got = {}
+    for kernel in ("auto", "normal"):
+        req = LayoutRequest(devices=144, ep=144, tp=1, weight_dtype="fp8", redundant_experts=32, mtp_depth=1,
+                            ep_kernel=kernel)
+        got[kernel] = max_throughput_record(spec, hw, req, 4989, 0.0476).tokens_per_s_per_node
+    assert got["auto"] == pytest.approx(14.8e3, rel=0.15)
+    assert got["auto"] == pytest.approx(16_285, rel=0.01)
+    assert got["normal"] == pytest.approx(18_418, rel=0.01)
+
+
+def test_cli_refuses_an_unknown_ep_kernel_in_one_line():
+    r = CliRunner().invoke(app, ["perf", "deepseek-v3", "-H", "h800", "--devices", "16", "--ep-kernel", "fast"])
+    assert r.exit_code == 2
+    assert "--ep-kernel 'fast': expected normal, low-latency or auto" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_engine_refuses_an_unknown_ep_kernel():
+    from costsim.errors import FieldError
+
+    spec = load_model("deepseek-v3")
+    with pytest.raises(FieldError, match="ep_kernel"):
+        Deployment(devices=16, ep=16, ep_kernel="fast").check(spec)
