@@ -77,10 +77,18 @@ def calibrate_cmd(device: str = Device,
                   from_csv: Optional[Path] = typer.Option(None, "--from-csv", help="Fit these measurements (a "
                                                                                   "CSV --measurements wrote) "
                                                                                   "instead of timing."),
-                  silicon: Optional[str] = Silicon, backend: str = Backend, seed: int = Seed):
+                  silicon: Optional[str] = Silicon, backend: str = Backend, seed: int = Seed,
+                  comm: bool = typer.Option(False, "--comm", help="Time all-reduce, all-gather, reduce-scatter and "
+                                                                  "all-to-all on torch.distributed (gloo on cpu, "
+                                                                  "NCCL on cuda) and fit the profile's collectives."),
+                  ranks: int = typer.Option(2, "--ranks", help="With --comm: processes (GPUs with cuda).")):
     """Measure this machine's kernels, fit the profile's time-model parameters, write a profile.
-    With --silicon SYSTEM: fit to NVIDIA's measured kernel tables instead (no GPU needed)."""
+    With --silicon SYSTEM: fit to NVIDIA's measured kernel tables instead (no GPU needed).
+    With --comm: measure and fit the collectives instead of the kernels."""
 
+    if comm:
+        O.run(lambda: _calibrate_comm(device, ranks, quick, output, force, base, name, measurements))
+        return
     if silicon is not None:
         O.run(lambda: _calibrate_silicon(silicon, backend, output, force, base, name, seed))
         return
@@ -116,6 +124,54 @@ def calibrate_cmd(device: str = Device,
         print(f"wrote {output} ({hw.name}; {len(recs)} kernels; train-split MAPE: {fams})", file=sys.stderr)
 
     O.run(go)
+
+
+def _calibrate_comm(device, ranks, quick, output, force, base, name, measurements):
+    import datetime
+
+    import yaml
+
+    from costsim.calibration import comm as C
+    from costsim.files import atomic_write_text
+    from costsim.registry import load_hardware
+
+    O.check_new(output, force, "profile YAML")
+    if measurements is not None:
+        O.check_new(measurements, force, "measurements CSV")
+    dev = _device(device)
+    kind = "cpu" if dev == "cpu" else "cuda"
+    base_hw = load_hardware(base or _shipped_for(dev))
+    points, missing = C.measure(ranks, kind, quick)
+    fitted = C.fit(points)
+    backend = points[0].backend
+    day = datetime.date.today().isoformat()
+    src = f"costsim calibrate --comm: {backend}, {ranks} ranks on {dev}, {day}, fit on the train sizes"
+    hw = C.apply(base_hw, fitted, ranks, src)
+    errs = C.held_out_errors(hw, points)
+    hw = hw.model_validate(dict(hw.model_dump(mode="json", exclude_none=True), name=name or output.stem))
+    atomic_write_text(output, "# written by costsim calibrate --comm\n" + yaml.safe_dump(
+        hw.model_dump(mode="json", exclude_none=True), sort_keys=False), "profile YAML")
+    if measurements is not None:
+        import csv
+
+        def write(tmp):
+            with open(tmp, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["collective", "ranks", "size_bytes", "min_s", "median_s", "backend", "split", "device",
+                            "date"])
+                for p in points:
+                    w.writerow([p.collective, p.ranks, p.size_bytes, f"{p.min_s:.9e}", f"{p.median_s:.9e}",
+                                p.backend, p.split, dev, day])
+
+        from costsim.files import atomic_write
+
+        atomic_write(measurements, write, "measurements CSV")
+    print(f"wrote {output} ({hw.name}; {len(points)} collective timings, {backend}, {ranks} ranks)", file=sys.stderr)
+    for c, (lat, bw) in fitted.items():
+        print(f"  {c:15s} latency {lat * 1e6:8.2f} us per step  bandwidth {bw / 1e9:7.3f} GB/s  "
+              f"held-out MAPE {errs.get(c, float('nan')):6.1%}", file=sys.stderr)
+    if missing:
+        print(f"  not measured ({backend} lacks them): {', '.join(missing)}", file=sys.stderr)
 
 
 def _calibrate_silicon(system, backend, output, force, base, name, seed):
