@@ -205,3 +205,45 @@ def held_out_errors(hw, points) -> dict[str, float]:
             meas = np.array([p.min_s for p in ho])
             out[name] = float(np.mean(np.abs(pred / meas - 1)))
     return out
+
+
+def calibrate(dev: str, ranks: int, quick: bool, output, base: str, name: str, measurements=None) -> list[str]:
+    """``costsim calibrate --comm``: measure on ``dev`` ("cpu" or "cuda[:N]"), fit, write the
+    profile YAML at ``output`` (from the profile ``base``, named ``name``) and, if given, the
+    measurements CSV; returns the summary lines. Files are written atomically."""
+    import csv
+    import datetime
+
+    import yaml
+
+    from costsim.files import atomic_write, atomic_write_text
+    from costsim.registry import load_hardware
+
+    points, missing = measure(ranks, "cpu" if dev == "cpu" else "cuda", quick)
+    fitted = fit(points)
+    backend = points[0].backend
+    day = datetime.date.today().isoformat()
+    src = f"costsim calibrate --comm: {backend}, {ranks} ranks on {dev}, {day}, fit on the train sizes"
+    hw = apply(load_hardware(base), fitted, ranks, src)
+    errs = held_out_errors(hw, points)
+    hw = hw.model_validate(dict(hw.model_dump(mode="json", exclude_none=True), name=name))
+    atomic_write_text(output, "# written by costsim calibrate --comm\n" + yaml.safe_dump(
+        hw.model_dump(mode="json", exclude_none=True), sort_keys=False), "profile YAML")
+    if measurements is not None:
+        def write(tmp):
+            with open(tmp, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["collective", "ranks", "size_bytes", "min_s", "median_s", "backend", "split", "device",
+                            "date"])
+                for p in points:
+                    w.writerow([p.collective, p.ranks, p.size_bytes, f"{p.min_s:.9e}", f"{p.median_s:.9e}",
+                                p.backend, p.split, dev, day])
+
+        atomic_write(measurements, write, "measurements CSV")
+    lines = [f"wrote {output} ({hw.name}; {len(points)} collective timings, {backend}, {ranks} ranks)"]
+    for c, (lat, bw) in fitted.items():
+        lines.append(f"  {c:15s} latency {lat * 1e6:8.2f} us per step  bandwidth {bw / 1e9:7.3f} GB/s  "
+                     f"held-out MAPE {errs.get(c, float('nan')):6.1%}")
+    if missing:
+        lines.append(f"  not measured ({backend} lacks them): {', '.join(missing)}")
+    return lines

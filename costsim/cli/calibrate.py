@@ -127,51 +127,14 @@ def calibrate_cmd(device: str = Device,
 
 
 def _calibrate_comm(device, ranks, quick, output, force, base, name, measurements):
-    import datetime
-
-    import yaml
-
-    from costsim.calibration import comm as C
-    from costsim.files import atomic_write_text
-    from costsim.registry import load_hardware
+    from costsim.calibration.comm import calibrate
 
     O.check_new(output, force, "profile YAML")
     if measurements is not None:
         O.check_new(measurements, force, "measurements CSV")
     dev = _device(device)
-    kind = "cpu" if dev == "cpu" else "cuda"
-    base_hw = load_hardware(base or _shipped_for(dev))
-    points, missing = C.measure(ranks, kind, quick)
-    fitted = C.fit(points)
-    backend = points[0].backend
-    day = datetime.date.today().isoformat()
-    src = f"costsim calibrate --comm: {backend}, {ranks} ranks on {dev}, {day}, fit on the train sizes"
-    hw = C.apply(base_hw, fitted, ranks, src)
-    errs = C.held_out_errors(hw, points)
-    hw = hw.model_validate(dict(hw.model_dump(mode="json", exclude_none=True), name=name or output.stem))
-    atomic_write_text(output, "# written by costsim calibrate --comm\n" + yaml.safe_dump(
-        hw.model_dump(mode="json", exclude_none=True), sort_keys=False), "profile YAML")
-    if measurements is not None:
-        import csv
-
-        def write(tmp):
-            with open(tmp, "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["collective", "ranks", "size_bytes", "min_s", "median_s", "backend", "split", "device",
-                            "date"])
-                for p in points:
-                    w.writerow([p.collective, p.ranks, p.size_bytes, f"{p.min_s:.9e}", f"{p.median_s:.9e}",
-                                p.backend, p.split, dev, day])
-
-        from costsim.files import atomic_write
-
-        atomic_write(measurements, write, "measurements CSV")
-    print(f"wrote {output} ({hw.name}; {len(points)} collective timings, {backend}, {ranks} ranks)", file=sys.stderr)
-    for c, (lat, bw) in fitted.items():
-        print(f"  {c:15s} latency {lat * 1e6:8.2f} us per step  bandwidth {bw / 1e9:7.3f} GB/s  "
-              f"held-out MAPE {errs.get(c, float('nan')):6.1%}", file=sys.stderr)
-    if missing:
-        print(f"  not measured ({backend} lacks them): {', '.join(missing)}", file=sys.stderr)
+    for line in calibrate(dev, ranks, quick, output, base or _shipped_for(dev), name or output.stem, measurements):
+        print(line, file=sys.stderr)
 
 
 def _calibrate_silicon(system, backend, output, force, base, name, seed):

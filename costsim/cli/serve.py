@@ -12,6 +12,7 @@ import typer
 
 from costsim.cli import options as O
 from costsim.cli.app import app
+from costsim.errors import CostsimError
 
 
 @app.command("compare")
@@ -89,6 +90,43 @@ def max_throughput_cmd(model: O.Model, hardware: O.Hardware, devices: O.Devices 
         return rec.warnings
 
     O.run(go, given={"tpot_slo_s": tpot_slo})
+
+
+@app.command("rate")
+def rate_cmd(model: O.Model, hardware: O.Hardware,
+             rate: str = typer.Option(..., "--rate", help="Offered request rates, requests/s, comma-separated."),
+             devices: O.Devices = None, tp: O.TP = None, ep: O.EP = None, pp: O.PP = None,
+             input_len: str = typer.Option("4096", "--input", help="Prompt tokens per request (k = 1024)."),
+             output_len: str = typer.Option("1024", "--output", help="Generated tokens per request (k = 1024)."),
+             weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16", mla_form: O.MLAForm = "auto",
+             imbalance: O.Imbalance = 1.0, overlap: O.Overlap = False, block_size: O.BlockSize = None,
+             mtp: O.MTP = 0, mtp_acceptance: O.MTPAcceptance = None, prefix_hit: O.PrefixHit = 0.0,
+             redundant: O.Redundant = 0, ep_kernel: O.EPKernel = "normal", tbo: O.TBO = False,
+             draft: O.Draft = None, sets: O.Sets = None, hw_sets: O.HwSets = None, fmt: O.Format = O.Fmt.table):
+    """TTFT, TPOT and the running batch of continuous batching at offered request rates."""
+
+    def go():
+        from costsim.reports import views
+        from costsim.simulator.rate import rate_records
+
+        spec, hw = O.model(model, sets), O.hardware(hardware, hw_sets)
+        i = O.count(input_len, "--input", minimum=1)
+        o = O.count(output_len, "--output", minimum=1)
+        rates = []
+        for t in O.items(rate, "--rate"):
+            try:
+                v = float(t)
+            except ValueError:
+                v = float("nan")
+            if not (0 < v < float("inf")):
+                raise CostsimError(f"--rate {t!r}: expected request rates > 0 per second, e.g. 0.5,2,8")
+            rates.append(v)
+        req = O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype, mla_form, imbalance, overlap, block_size, mtp,
+                       mtp_acceptance, prefix_hit, redundant, ep_kernel, tbo, draft)
+        head, recs = rate_records(spec, hw, req, rates, i, o)
+        views.rate(recs, head, fmt.value)
+
+    O.run(go)
 
 
 @app.command("train")

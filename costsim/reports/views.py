@@ -567,3 +567,26 @@ def _powers(n: int) -> str:
         out.append(k)
         k *= 2
     return ", ".join(map(str, out)) if len(out) <= 4 else f"1, 2, 4, ..., {out[-1]}"
+
+
+@_finite
+def rate(recs: list[dict], head: dict, fmt: str) -> None:
+    """``costsim rate``: one row per offered request rate."""
+    if fmt != "table":
+        emit(recs, [(k, k, F.text) for k in recs[0]], fmt, payload=dict(head, points=recs))
+        return
+    cols = [("rate", "rate [requests/s]", F.num), ("batch", "running batch [sequences]", F.integer),
+            ("ttft_s", "TTFT [ms]", F.ms), ("tpot_s", "TPOT [ms]", F.ms), ("e2e_s", "end-to-end [s]", F.num),
+            ("prefill_share", "prefill share of time", F.pct),
+            ("output_tokens_per_s", f"output [tokens/s, all {head['devices']} devices]", F.num),
+            ("state", "state", F.text)]
+    shown = [dict(r, state="saturated: " + r["reason"] if r["saturated"] else "steady") for r in recs]
+    emit(shown, cols, fmt, title=(
+        f"{head['model']} on {head['devices']} x {head['hardware']} (tp={head['tp']} ep={head['ep']} pp={head['pp']} "
+        f"dp={head['dp']}; weights {head['weight_dtype']}, KV {head['kv_dtype']}); {head['input']} in -> "
+        f"{head['output']} out per request, Poisson arrivals"),
+        notes=[f"largest sustainable rate: {head['max_rate']:.4g} requests/s (decode at the memory limit of "
+               f"{head['max_batch']:,} sequences plus prefill)",
+               "Continuous batching, prefill first (no chunked prefill): running batch = rate x output x TPOT "
+               "(Little's law); TPOT = decode step / (1 - prefill share); TTFT = prefill + M/D/1 queueing + half a "
+               "decode step (costsim/simulator/rate.py)."])
