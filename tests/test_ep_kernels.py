@@ -132,3 +132,16 @@ def test_engine_refuses_an_unknown_ep_kernel():
     spec = load_model("deepseek-v3")
     with pytest.raises(FieldError, match="ep_kernel"):
         Deployment(devices=16, ep=16, ep_kernel="fast").check(spec)
+
+
+def test_perf_warns_when_two_batch_overlap_only_adds_time():
+    from costsim.simulator.scenario import Scenario, perf
+
+    spec, hw = load_model("deepseek-v3"), load_hardware("h800")
+    req = LayoutRequest(devices=16, tp=1, ep=16, weight_dtype="fp8", two_batch_overlap=True, ep_kernel="auto")
+    one = perf(Scenario(spec, hw, req, 8, 4096, 256)).warnings
+    assert any("1 sequence per attention rank" in w for w in one)
+    small = perf(Scenario(spec, hw, req, 64, 4096, 256))
+    assert any("two-batch overlap is slower here" in w for w in small.warnings)
+    big = perf(Scenario(spec, hw, req, 2048, 1024, 256))  # 128 sequences per rank: the split pays
+    assert not any("two-batch" in w for w in big.warnings)

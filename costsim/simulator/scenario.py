@@ -423,6 +423,16 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
                     f"({_gb(m.kv_bytes)}) and activations ({_gb(m.workspace_bytes)}) per device exceed the "
                     f"{_gb(m.usable_bytes - m.weight_bytes)} left beside {_gb(m.weight_bytes)} of weights "
                     f"({_gb(m.usable_bytes)} usable; GB = 1e9 bytes); max batch {int(m.max_batch)}")
+    if dep.two_batch_overlap:
+        per_rank = int(dep.seqs_per_rank(b))
+        plain = serve(spec, hw, dep.with_(two_batch_overlap=False), b, i, o)
+        if per_rank < 2:
+            warn.append(f"two-batch overlap with {per_rank} sequence per attention rank: both micro-batches hold it, "
+                        "so the split only adds time")
+        elif o > 0 and r.tpot_s > plain.tpot_s:
+            warn.append(f"two-batch overlap is slower here: TPOT {r.tpot_s * 1e3:.2f} ms against "
+                        f"{plain.tpot_s * 1e3:.2f} ms without it ({per_rank} sequences per attention rank: each "
+                        "micro-batch reads every weight again)")
     if r.prefill_chunk_tokens is not None:
         warn.append(f"prefill chunked: a one-step prefill of all {b} prompts does not fit its activations; "
                     f"{-(-i // r.prefill_chunk_tokens)} chunks of {r.prefill_chunk_tokens:,} tokens per sequence "
