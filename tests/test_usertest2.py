@@ -106,3 +106,22 @@ def test_bad_input_is_one_line_and_exit_2(cmd, extra, needle):
     r = _run(cmd, "llama-3.1-70b", "-H", "h100", "--devices", "8", *extra)
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert r.stderr.count("\n") == 1 and needle in r.stderr
+
+
+@pytest.mark.parametrize("kw,field", [(dict(draft_model="llama-3.1-8b", mtp_depth=2), "draft_model"),
+                                      (dict(two_batch_overlap="yes"), "two_batch_overlap"),
+                                      (dict(two_batch_overlap=1), "two_batch_overlap")])
+def test_python_api_refuses_a_draft_name_or_a_non_bool_overlap_by_field(kw, field):
+    # a name for draft_model raised AttributeError ('str' object has no attribute 'vocab_size');
+    # two_batch_overlap="yes" ran and reported "yes"
+    from costsim.api import LayoutRequest, Scenario, load_hardware, load_model, perf
+    from costsim.errors import FieldError
+
+    with pytest.raises(FieldError) as e:
+        perf(Scenario(load_model("llama-3.1-70b"), load_hardware("h100"), LayoutRequest(devices=8, **kw), 4, 512, 64))
+    assert e.value.field == field
+
+
+def test_mtp_on_a_model_without_mtp_module_points_to_the_draft_model():
+    r = _run("perf", *LLAMA, "--mtp", "2")
+    assert r.exit_code == 2 and "has no MTP module" in r.stderr and "--draft-model" in r.stderr
