@@ -125,3 +125,14 @@ def test_python_api_refuses_a_draft_name_or_a_non_bool_overlap_by_field(kw, fiel
 def test_mtp_on_a_model_without_mtp_module_points_to_the_draft_model():
     r = _run("perf", *LLAMA, "--mtp", "2")
     assert r.exit_code == 2 and "has no MTP module" in r.stderr and "--draft-model" in r.stderr
+
+
+def test_whatif_json_and_table_carry_the_decode_modes():
+    # whatif ran the flags but its JSON and table never said which modes the numbers are for
+    r = _run("whatif", *LLAMA, *DRAFT, "--set", "num_hidden_layers=40", "--format", "json")
+    d = json.loads(r.stdout)
+    assert (d["draft_model"], d["mtp_depth"], d["mtp_acceptance"]) == ("llama-3.1-8b", 4, 0.7)
+    assert (d["ep_kernel"], d["two_batch_overlap"]) == ("normal", False)
+    r = _run("whatif", "deepseek-v3", "-H", "h800", "--devices", "16", "--weight-dtype", "fp8", "--batch", "64",
+             "--ep-kernel", "low-latency", "--two-batch-overlap", "--set", "ffn.num_experts_per_tok=4")
+    assert r.exit_code == 0 and "DeepEP low-latency kernels" in r.stdout and "two-batch overlap" in r.stdout

@@ -176,7 +176,7 @@ def _mode_notes(rec: dict, breakdown: bool = False) -> list[str]:
                      f"TPOT = step time / that (a verify pass of depth + 1 tokens, plus one pass of {by} per "
                      "draft" + ("; its weights and KV cache are in memory and its prefill in TTFT)"
                                 if rec.get("draft_model") else ")"))
-    if rec.get("ep_kernel", "normal") != "normal" and rec.get("ep", 1) > 1:
+    if rec.get("ep_kernel", "normal") != "normal" and rec.get("ep", 2) > 1:  # (whatif's record has no ep)
         notes.append(f"EP all-to-all: DeepEP {rec['ep_kernel'].replace('_', '-')} kernels"
                      + (" (low-latency for decode, normal for prefill)" if rec["ep_kernel"] == "auto" else "")
                      + "; low-latency sends one RDMA copy per token-expert pair on another rank")
@@ -433,8 +433,8 @@ def whatif(rec: dict, fmt: str) -> None:
     if added or dropped:
         notes.insert(0, "fields of the new kind: " + ", ".join(added) + (f"; dropped: {', '.join(dropped)}"
                                                                           if dropped else ""))
-    notes += list(rec["notes"]) + ["Parameters, KV and FLOPs are exact arithmetic; times, tokens/s and max batch "
-                                   "are roofline models (GB = 1e9 B)."]
+    notes += _mode_notes(rec) + list(rec["notes"]) + [
+        "Parameters, KV and FLOPs are exact arithmetic; times, tokens/s and max batch are roofline models (GB = 1e9 B)."]
     emit(rows, cols, notes=notes, title=(
         f"what-if: {rec['model']} on {rec['devices']} x {rec['hardware']}, batch {rec['batch']}, {rec['input']} in -> "
         f"{rec['output']} out; {knobs or 'no change'}"))
