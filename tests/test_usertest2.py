@@ -136,3 +136,29 @@ def test_whatif_json_and_table_carry_the_decode_modes():
     r = _run("whatif", "deepseek-v3", "-H", "h800", "--devices", "16", "--weight-dtype", "fp8", "--batch", "64",
              "--ep-kernel", "low-latency", "--two-batch-overlap", "--set", "ffn.num_experts_per_tok=4")
     assert r.exit_code == 0 and "DeepEP low-latency kernels" in r.stdout and "two-batch overlap" in r.stdout
+
+
+def _draft12(tmp_path):
+    """llama-3.1-8b with 12 heads (4 KV heads): TP 4 splits them, TP 8 does not."""
+    from importlib.resources import files
+
+    text = (files("costsim.model_specs") / "llama-3.1-8b.yaml").read_text()
+    text = text.replace("name: llama-3.1-8b", "name: draft12").replace("num_attention_heads: 32",
+                                                                       "num_attention_heads: 12")
+    path = tmp_path / "draft12.yaml"
+    path.write_text(text.replace("num_key_value_heads: 8", "num_key_value_heads: 4"))
+    return str(path)
+
+
+def test_layout_policy_and_max_throughput_pick_a_tp_the_draft_can_use(tmp_path):
+    # without --tp, perf's policy took TP 8 and max-throughput tried TP 8 first, then both
+    # failed with "--draft-model draft12: tp=8: does not divide ..." though TP 4 serves both
+    draft = _draft12(tmp_path)
+    for cmd in ("perf", "max-throughput"):
+        r = _run(cmd, "llama-3.1-70b", "-H", "h100", "--devices", "8", "--draft-model", draft, "--mtp", "2",
+                 "--format", "json")
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["tp"] == 4
+    # a TP given that the draft cannot use is still refused, by the flag
+    r = _run("perf", *LLAMA, "--draft-model", draft, "--mtp", "2")
+    assert r.exit_code == 2 and "--draft-model draft12: tp=8: does not divide" in r.stderr

@@ -538,7 +538,7 @@ def max_throughput_search(spec: ModelSpec, hw: HardwareProfile, request: LayoutR
         raise FieldError("tpot_slo_s", tpot_slo_s, "must be a finite number of seconds > 0")
     dep = resolve_deployment(spec, hw, request, 1, context)
     if request.tp is None:
-        cands = [dep.with_(tp=t) for t in valid_tp(spec, dep.devices // dep.pp)]
+        cands = [dep.with_(tp=t) for t in valid_tp(spec, dep.devices // dep.pp, dep.draft_model)]
         return best_max_throughput(spec, hw, cands, context, tpot_slo_s)
     return dep, max_throughput(spec, hw, dep, context, tpot_slo_s)
 
