@@ -165,7 +165,7 @@ def _rate(k: str, v: float) -> str:
 
 
 def _mode_notes(rec: dict, breakdown: bool = False) -> list[str]:
-    """Notes on the decode modes of a perf / max-throughput record (MTP or a draft model,
+    """Notes on the decode modes of a perf / max-throughput / whatif record (MTP or a draft model,
     DeepEP kernels, two-batch overlap), in that order."""
     notes = []
     if rec.get("mtp_depth"):
