@@ -434,7 +434,8 @@ def whatif(rec: dict, fmt: str) -> None:
         notes.insert(0, "fields of the new kind: " + ", ".join(added) + (f"; dropped: {', '.join(dropped)}"
                                                                           if dropped else ""))
     notes += _mode_notes(rec) + list(rec["notes"]) + [
-        "Parameters, KV and FLOPs are exact arithmetic; times, tokens/s and max batch are roofline models (GB = 1e9 B)."]
+        "Parameters, KV and FLOPs are exact arithmetic; times, tokens/s and max batch are roofline models "
+        "(GB = 1e9 B)."]
     emit(rows, cols, notes=notes, title=(
         f"what-if: {rec['model']} on {rec['devices']} x {rec['hardware']}, batch {rec['batch']}, {rec['input']} in -> "
         f"{rec['output']} out; {knobs or 'no change'}"))
