@@ -162,7 +162,9 @@ def test_max_throughput_record_searches_tp_by_hand():
     assert r.to_dict() == pytest.approx(dict(
         model="tiny-gqa", hardware="tiny-hw", devices=2, tp=1, ep=1, pp=1, weight_dtype="bf16", kv_dtype="bf16",
         context=9, tpot_slo_s=SLO, batch=20, tpot_s=t, tokens_per_s=20 / t, tokens_per_s_per_device=10 / t,
-        tokens_per_s_per_node=20 / t, max_batch_memory=2 * 995569, limit="TPOT SLO", warnings=()))
+        tokens_per_s_per_node=20 / t, max_batch_memory=2 * 995569, limit="TPOT SLO", warnings=(),
+        mtp_depth=0, mtp_acceptance=0.0, mtp_tokens_per_step=1.0, ep_kernel="normal", draft_model=None,
+        two_batch_overlap=False))
     # TP given: only that layout is costed
     dep, m = max_throughput_search(gqa(), hw(), LayoutRequest(devices=2, tp=2), context=9, tpot_slo_s=SLO)
     assert dep.tp == 2 and m.batch == 6

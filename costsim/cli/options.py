@@ -216,7 +216,10 @@ def draft_spec(name, mtp):
         return None
     if not mtp:
         raise CostsimError(f"--draft-model {name}: give --mtp N, the tokens the draft proposes per step")
-    return model(name, None)
+    try:
+        return model(name, None)
+    except CostsimError as e:  # name the flag: the target's MODEL argument reads the same way
+        raise CostsimError(f"--draft-model: {e}") from None
 
 
 def ep_kernel_name(text: str) -> str:

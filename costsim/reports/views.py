@@ -164,6 +164,29 @@ def _rate(k: str, v: float) -> str:
     return f"{v * 1e6:g} us" if k.endswith(("overhead", "latency")) else f"{v:g}"
 
 
+def _mode_notes(rec: dict, breakdown: bool = False) -> list[str]:
+    """Notes on the decode modes of a perf / max-throughput / whatif record (MTP or a draft model,
+    DeepEP kernels, two-batch overlap), in that order."""
+    notes = []
+    if rec.get("mtp_depth"):
+        by = f"draft model {rec['draft_model']}" if rec.get("draft_model") else "the MTP module"
+        kind = "speculative decoding with a draft model" if rec.get("draft_model") else "MTP speculative decoding"
+        notes.append(f"{kind}: {rec['mtp_depth']} draft token(s) per step, acceptance "
+                     f"{rec['mtp_acceptance']:g} -> {rec['mtp_tokens_per_step']:.3g} tokens per sequence per step; "
+                     f"TPOT = step time / that (a verify pass of depth + 1 tokens, plus one pass of {by} per "
+                     "draft" + ("; its weights and KV cache are in memory and its prefill in TTFT)"
+                                if rec.get("draft_model") else ")"))
+    if rec.get("ep_kernel", "normal") != "normal" and rec.get("ep", 2) > 1:  # (whatif's record has no ep)
+        notes.append(f"EP all-to-all: DeepEP {rec['ep_kernel'].replace('_', '-')} kernels"
+                     + (" (low-latency for decode, normal for prefill)" if rec["ep_kernel"] == "auto" else "")
+                     + "; low-latency sends one RDMA copy per token-expert pair on another rank")
+    if rec.get("two_batch_overlap"):
+        notes.append("two-batch overlap: each step is two micro-batches of half the sequences, one's communication "
+                     "under the other's compute: step = 2 x max(compute, comm) of one"
+                     + (" (the breakdown shows one micro-batch)" if breakdown else ""))
+    return notes
+
+
 @_finite
 def perf(rec: dict, fmt: str, breakdown: bool) -> None:
     if fmt == "csv" and breakdown:  # machines asking for the breakdown get the operator rows
@@ -223,22 +246,7 @@ def perf(rec: dict, fmt: str, breakdown: bool) -> None:
                                                      for k, v in rec["rates"].items())] + _price_note([rec])
     if rec.get("layout_reason"):
         notes.insert(0, f"layout: {rec['layout_reason']}")
-    if rec.get("two_batch_overlap"):
-        notes.insert(0, "two-batch overlap: each step is two micro-batches of half the sequences, one's communication "
-                        "under the other's compute: step = 2 x max(compute, comm) of one (the breakdown shows one "
-                        "micro-batch)")
-    if rec.get("ep_kernel", "normal") != "normal" and rec.get("ep", 1) > 1:
-        notes.insert(0, f"EP all-to-all: DeepEP {rec['ep_kernel'].replace('_', '-')} kernels"
-                        + (" (low-latency for decode, normal for prefill)" if rec["ep_kernel"] == "auto" else "")
-                        + "; low-latency sends one RDMA copy per token-expert pair on another rank")
-    if rec.get("mtp_depth"):
-        by = f"draft model {rec['draft_model']}" if rec.get("draft_model") else "the MTP module"
-        kind = "speculative decoding with a draft model" if rec.get("draft_model") else "MTP speculative decoding"
-        notes.insert(0, f"{kind}: {rec['mtp_depth']} draft token(s) per step, acceptance "
-                        f"{rec['mtp_acceptance']:g} -> {rec['mtp_tokens_per_step']:.3g} tokens per sequence per step; "
-                        f"TPOT = step time / that (a verify pass of depth + 1 tokens, plus one pass of {by} per "
-                        "draft" + ("; its weights and KV cache are in memory and its prefill in TTFT)"
-                                   if rec.get("draft_model") else ")"))
+    notes[:0] = _mode_notes(rec, breakdown=True)
     emit(table, cols, notes=notes, title=(
         f"{rec['model']} on {n} x {rec['hardware']} (tp={rec['tp']} ep={rec['ep']} pp={rec['pp']} dp={rec['dp']}; "
         f"weights {rec['weight_dtype']}, KV {rec['kv_dtype']}); batch {rec['batch']}, {rec['input']} in -> "
@@ -273,7 +281,8 @@ def max_throughput(rec: dict, fmt: str) -> None:
                  ("usd_per_million_output_tokens", "decode [USD per 1M output tokens]", _usd)]
     table, cols = F.transpose([shown], rows)
     slo = f", TPOT <= {rec['tpot_slo_s'] * 1e3:g} ms" if rec["tpot_slo_s"] else ""
-    emit(table, cols, notes=_price_note([rec]) if rec.get("price_usd_per_device_hour") is not None else (), title=(
+    notes = _mode_notes(rec) + (_price_note([rec]) if rec.get("price_usd_per_device_hour") is not None else [])
+    emit(table, cols, notes=notes, title=(
         f"max decode throughput: {rec['model']} on {rec['devices']} x {rec['hardware']} (tp={rec['tp']} ep={rec['ep']}; "
         f"weights {rec['weight_dtype']}, KV {rec['kv_dtype']}), context {rec['context']}{slo}"))
 
@@ -424,8 +433,9 @@ def whatif(rec: dict, fmt: str) -> None:
     if added or dropped:
         notes.insert(0, "fields of the new kind: " + ", ".join(added) + (f"; dropped: {', '.join(dropped)}"
                                                                           if dropped else ""))
-    notes += list(rec["notes"]) + ["Parameters, KV and FLOPs are exact arithmetic; times, tokens/s and max batch "
-                                   "are roofline models (GB = 1e9 B)."]
+    notes += _mode_notes(rec) + list(rec["notes"]) + [
+        "Parameters, KV and FLOPs are exact arithmetic; times, tokens/s and max batch are roofline models "
+        "(GB = 1e9 B)."]
     emit(rows, cols, notes=notes, title=(
         f"what-if: {rec['model']} on {rec['devices']} x {rec['hardware']}, batch {rec['batch']}, {rec['input']} in -> "
         f"{rec['output']} out; {knobs or 'no change'}"))

@@ -177,6 +177,10 @@ class Deployment:
             raise FieldError("ep", self.ep, problem)
         if self.ep_kernel not in EP_KERNELS:
             raise FieldError("ep_kernel", self.ep_kernel, f"expected one of {', '.join(EP_KERNELS)}")
+        if not isinstance(self.two_batch_overlap, bool):
+            raise FieldError("two_batch_overlap", self.two_batch_overlap, "must be True or False")
+        if self.draft_model is not None and not isinstance(self.draft_model, ModelSpec):
+            raise FieldError("draft_model", self.draft_model, "expected a ModelSpec (load_model(name)) or None")
         if not (0 < self.gpu_memory_utilization <= 1):
             raise FieldError("gpu_memory_utilization", self.gpu_memory_utilization, "must be in (0, 1]")
         if not (1 <= self.imbalance < float("inf")):
@@ -204,7 +208,8 @@ class Deployment:
             if problem:
                 raise FieldError("draft_model", self.draft_model.name, f"tp={self.tp}: {problem}")
         elif self.mtp_depth and not spec.num_nextn_predict_layers:
-            raise FieldError("mtp_depth", self.mtp_depth, f"{spec.name} has no MTP module (num_nextn_predict_layers 0)")
+            raise FieldError("mtp_depth", self.mtp_depth, f"{spec.name} has no MTP module (num_nextn_predict_layers "
+                             "0); a draft model (draft_model, --draft-model) can propose the tokens")
         if isinstance(self.prefix_hit, bool) or not (isinstance(self.prefix_hit, (int, float))
                                                       and 0 <= self.prefix_hit < 1):
             raise FieldError("prefix_hit", self.prefix_hit, "must be a share in [0, 1) of each prompt")

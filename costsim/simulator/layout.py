@@ -97,9 +97,11 @@ def divisors(n: int) -> list[int]:
     return small + large[::-1]
 
 
-def valid_tp(spec: ModelSpec, devices: int) -> list[int]:
-    """TP degrees (ascending) that divide ``devices`` and split the heads (``tp_problem``)."""
-    return [t for t in divisors(devices) if tp_problem(spec, t) is None]
+def valid_tp(spec: ModelSpec, devices: int, draft: ModelSpec | None = None) -> list[int]:
+    """TP degrees (ascending) that divide ``devices`` and split the heads (``tp_problem``), of
+    ``draft`` too when given (a draft model runs with the target's TP)."""
+    return [t for t in divisors(devices) if tp_problem(spec, t) is None
+            and (not isinstance(draft, ModelSpec) or tp_problem(draft, t) is None)]
 
 
 def default_ep(spec: ModelSpec, devices: int, redundant: int = 0) -> int:
@@ -112,16 +114,18 @@ def default_ep(spec: ModelSpec, devices: int, redundant: int = 0) -> int:
 
 
 def default_layout(spec: ModelSpec, devices: int, tp: int | None = None, ep: int | None = None,
-                   room=None, max_tp: int | None = None, redundant: int = 0) -> tuple[int, int]:
+                   room=None, max_tp: int | None = None, redundant: int = 0,
+                   draft: ModelSpec | None = None) -> tuple[int, int]:
     """(tp, ep) for a pipeline stage of ``devices`` devices under the policy above.
 
     ``room(tp, ep)`` returns (fits, max_batch) for the requested batch, or None when that
-    layout is infeasible; without it an MoE model with EP > 1 takes TP = 1.
+    layout is infeasible; without it an MoE model with EP > 1 takes TP = 1. ``draft``: a
+    draft model whose heads the TP must split as well (when some TP does).
     """
     if ep is None:
         ep = default_ep(spec, devices, redundant)
     if tp is None:
-        valid = valid_tp(spec, devices)
+        valid = valid_tp(spec, devices, draft) or valid_tp(spec, devices)
         in_node = [t for t in valid if max_tp is None or t <= max_tp] or valid[:1]
         moe = isinstance(spec.ffn, MoEFFN) and ep > 1
         if moe and room is not None:
@@ -231,7 +235,7 @@ def resolve_deployment(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequ
     def layout(pp: int) -> Deployment:
         b = base.with_(pp=pp)
         t, e = default_layout(spec, devices // pp, r.tp, r.ep, lambda t, e: fits(b.with_(tp=t, ep=e)),
-                              hw.devices_per_node, r.redundant_experts)
+                              hw.devices_per_node, r.redundant_experts, r.draft_model)
         return b.with_(tp=t, ep=e)
 
     first = layout(base.pp)

@@ -29,8 +29,8 @@ from costsim.simulator.memory import kv_bytes_per_device, memory_report, require
 from costsim.simulator.params import param_counts
 from costsim.simulator.bands import step_band
 from costsim.simulator.roofline import StepTiming, per_layer_seconds, rate_provenance
-from costsim.simulator.serving import (MaxThroughput, best_max_throughput, decode, max_throughput, mla_crossover,
-                                      mtp_tokens_per_step, prefill_workspace, serve)
+from costsim.simulator.serving import (MaxThroughput, best_max_throughput, decode, max_throughput, microbatches,
+                                      mla_crossover, mtp_tokens_per_step, prefill_workspace, serve)
 from costsim.simulator.training import train_cost
 from costsim.simulator.types import OpKind
 from costsim.specs import HardwareProfile, MLAAttention, MoEFFN, ModelSpec
@@ -445,6 +445,11 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
                     f"exceed the {_gb(m.usable_bytes - m.weight_bytes)} left beside {_gb(m.weight_bytes)} of "
                     f"weights ({_gb(m.usable_bytes)} usable; GB = 1e9 bytes; the whole prompts in one step: "
                     f"{_gb(r.prefill_workspace_bytes)} of activations)")
+    if dep.ep_kernel != "normal" and dep.ep == 1:
+        warn.append(f"ep_kernel {dep.ep_kernel} has no effect: ep=1 has no EP all-to-all")
+    if dep.two_batch_overlap and float(dep.seqs_per_rank(float(b) / float(microbatches(b, dep.pp)))) < 2:
+        warn.append(f"two_batch_overlap with batch {b}: a rank holds one sequence, so both micro-batches hold it "
+                    "and every step costs twice one micro-batch (it gains only from 2 sequences per rank)")
     mla = {}
     if isinstance(spec.attention, MLAAttention):
         x = mla_crossover(spec, hw, dep, b, i)
@@ -521,6 +526,13 @@ class MaxThroughputRecord(_Record):
     usd_per_hour: float | None = None
     usd_per_million_output_tokens: float | None = None
     tpot_band_s: tuple | None = None  # p10-p90 of TPOT from the profile's calibration residuals
+    # decode modes of the layout, as ``PerfRecord`` carries them
+    mtp_depth: int = 0
+    mtp_acceptance: float = 0.0
+    mtp_tokens_per_step: float = 1.0
+    ep_kernel: str = "normal"
+    draft_model: str | None = None
+    two_batch_overlap: bool = False
     _optional = _MONEY + ("tpot_band_s",)
 
 
@@ -536,7 +548,7 @@ def max_throughput_search(spec: ModelSpec, hw: HardwareProfile, request: LayoutR
         raise FieldError("tpot_slo_s", tpot_slo_s, "must be a finite number of seconds > 0")
     dep = resolve_deployment(spec, hw, request, 1, context)
     if request.tp is None:
-        cands = [dep.with_(tp=t) for t in valid_tp(spec, dep.devices // dep.pp)]
+        cands = [dep.with_(tp=t) for t in valid_tp(spec, dep.devices // dep.pp, dep.draft_model)]
         return best_max_throughput(spec, hw, cands, context, tpot_slo_s)
     return dep, max_throughput(spec, hw, dep, context, tpot_slo_s)
 
@@ -553,7 +565,9 @@ def max_throughput_record(spec: ModelSpec, hw: HardwareProfile, request: LayoutR
         spec.name, hw.name, dep.devices, dep.tp, dep.ep, dep.pp, dep.weights_name, dep.kv_format.name, context,
         tpot_slo_s, r.batch, r.tpot_s, r.tokens_per_s, r.tokens_per_s_per_device,
         r.tokens_per_s_per_device * hw.devices_per_node, r.max_batch_memory, r.limit,
-        tuple(context_warnings(spec, context)), *money, _band(r.tpot_s, band))
+        tuple(context_warnings(spec, context)), *money, _band(r.tpot_s, band), dep.mtp_depth, dep.mtp_acceptance,
+        mtp_tokens_per_step(dep.mtp_depth, dep.mtp_acceptance), dep.ep_kernel,
+        dep.draft_model.name if dep.draft_model is not None else None, dep.two_batch_overlap)
 
 
 # ---- train ------------------------------------------------------------------------------

@@ -84,6 +84,13 @@ class WhatIfRecord(_Record):
     texts: list  # {key, label, before, after}: kinds, layout, the memory limit
     notes: tuple = ()
     warnings: tuple = ()
+    # decode modes of the layout, both sides (as ``PerfRecord`` carries them)
+    mtp_depth: int = 0
+    mtp_acceptance: float = 0.0
+    mtp_tokens_per_step: float = 1.0
+    ep_kernel: str = "normal"
+    draft_model: str | None = None
+    two_batch_overlap: bool = False
 
 
 def _flat(d, prefix: str = "") -> dict:
@@ -181,7 +188,9 @@ def whatif(before: Scenario, after: Scenario) -> WhatIfRecord:
         model=after.model.name, hardware=after.hardware.name, devices=r0.devices, batch=r0.batch, input=r0.input,
         output=r0.output, kv_dtype=r0.kv_dtype, knobs=[k.to_dict() for k in knobs],
         elasticity_knob=knob.path if knob is not None else None, elasticity_note=why, metrics=metrics, texts=texts,
-        notes=tuple(notes), warnings=tuple(dict.fromkeys(r0.warnings + (r1.warnings if r1 is not None else ()))))
+        notes=tuple(notes), warnings=tuple(dict.fromkeys(r0.warnings + (r1.warnings if r1 is not None else ()))),
+        mtp_depth=r0.mtp_depth, mtp_acceptance=r0.mtp_acceptance, mtp_tokens_per_step=r0.mtp_tokens_per_step,
+        ep_kernel=r0.ep_kernel, draft_model=r0.draft_model, two_batch_overlap=r0.two_batch_overlap)
 
 
 __all__ = ["METRICS", "Knob", "MetricChange", "WhatIfRecord", "elasticity", "spec_diff", "whatif"]
