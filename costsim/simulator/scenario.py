@@ -426,10 +426,7 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
     if dep.two_batch_overlap:
         per_rank = int(dep.seqs_per_rank(b))
         plain = serve(spec, hw, dep.with_(two_batch_overlap=False), b, i, o)
-        if per_rank < 2:
-            warn.append(f"two-batch overlap with {per_rank} sequence per attention rank: both micro-batches hold it, "
-                        "so the split only adds time")
-        elif o > 0 and r.tpot_s > plain.tpot_s:
+        if per_rank >= 2 and o > 0 and r.tpot_s > plain.tpot_s:  # (one sequence per rank: warned below)
             warn.append(f"two-batch overlap is slower here: TPOT {r.tpot_s * 1e3:.2f} ms against "
                         f"{plain.tpot_s * 1e3:.2f} ms without it ({per_rank} sequences per attention rank: each "
                         "micro-batch reads every weight again)")
