@@ -36,7 +36,8 @@ MODELS = [
     "llama-3.1-405b", "qwen2.5-72b", "qwen3-235b-a22b", "gpt-oss-120b",
 ]
 HARDWARE = ["h800", "h100", "h200", "h20", "a100-40g", "a100-80g", "a800", "l40s", "b200", "mi300x", "cpu", "cpu-dev",
-            "h200-calibrated", "h100-calibrated", "b200-calibrated", "a100-80g-calibrated"]  # silicon tables
+            "h200-calibrated", "h100-calibrated", "b200-calibrated", "a100-80g-calibrated",  # silicon tables
+            "h800-calibrated", "h20-calibrated"]  # derived from the H100 fit
 
 # Wide terminal, no colour: table cells are not folded and contain no ANSI codes.
 WIDE = {"COLUMNS": "200", "FORCE_COLOR": None, "NO_COLOR": "1", "TERM": "dumb"}
