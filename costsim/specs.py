@@ -455,6 +455,10 @@ class KernelFamily(_Frozen):
       efficiency x M / (M + m_half); small-M GEMMs use the tensor units poorly.
     - ``tile_m``, ``tile_n``, ``units``: output tile and compute units (SMs) for tile and wave
       quantisation: work is padded to whole tiles and whole waves of ``units`` tiles.
+    - ``group_limit``, ``group_compute``: decode attention whose query heads per KV head exceed
+      ``group_limit`` runs at ``group_compute`` of the peak instead of ``compute`` (TensorRT-LLM's
+      grouped decode kernel handles groups up to 32; larger ones fall back to a kernel that
+      runs 4-16x slower per FLOP in aiconfigurator's H200/H100/B200 tables).
     """
 
     compute: Optional[Fraction] = None
@@ -467,6 +471,8 @@ class KernelFamily(_Frozen):
     tile_m: Optional[Count] = None
     tile_n: Optional[Count] = None
     units: Optional[Count] = None
+    group_limit: Optional[Count] = None
+    group_compute: Optional[Fraction] = None
 
     @model_validator(mode="after")
     def _tiles_together(self):
@@ -496,7 +502,7 @@ _FAMILY_FIELDS = {
     "gemm_fp8": {"compute", "memory", "overhead", "m_half", "tile_m", "tile_n", "units"},
     "gemm_fp8_block": {"compute", "memory", "overhead", "m_half", "tile_m", "tile_n", "units"},
     "grouped_gemm": {"compute", "memory", "overhead", "per_group_overhead", "m_half"},
-    "attention_decode": {"compute", "memory", "overhead", "per_element", "per_row"},
+    "attention_decode": {"compute", "memory", "overhead", "per_element", "per_row", "group_limit", "group_compute"},
     "attention_prefill": {"compute", "memory", "overhead", "per_element", "per_row"},
     "attention_mla_decode": {"compute", "memory", "overhead", "per_element", "per_row"},
     "attention_mla_prefill": {"compute", "memory", "overhead", "per_element", "per_row"},

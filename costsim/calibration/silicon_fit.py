@@ -63,7 +63,7 @@ FREE = {
                        ("m_half", 0.0, 2048.0)],
     # per_element is not fitted: the engine's attention operators give no ``scores`` shape
     "attention_decode": [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-7),
-                         ("overhead", 0.0, 1e-4)],
+                         ("overhead", 0.0, 1e-4), ("group_compute", 0.0005, 1.0)],
     "attention_prefill": [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-7),
                           ("overhead", 0.0, 1e-4)],
     "attention_mla_decode": [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-7),
@@ -77,6 +77,11 @@ FREE = {
     # H200 20.6% instead of 13.9%, H100 17.6% instead of 15.8%, /tmp experiment, 2026-12-02)
     "comm": [("efficiency", 0.05, 1.0), ("latency", 0.0, 2e-5), ("overhead", 0.0, 5e-5), ("ll_latency", 0.0, 2e-5)],
 }
+# TensorRT-LLM's decode attention in the tables: groups of up to 32 query heads per KV head run at
+# one rate; 48, 64, 96 and 128 run 4-16x slower per FLOP (H200 trtllm tables, e.g. 128 heads over
+# 1 KV head at 4k context: 40 us per sequence against 0.65 us for 32 over 1; 2026-12-03)
+GROUP_LIMIT = 32
+GROUP_LIMIT_WHY = "decode kernels handle up to 32 query heads per KV head; larger groups fall back (tables: 48-128)"
 FIT_ROWS = 1500  # rows per family the least-squares fit sees (a seeded sample of the train half)
 MAX_NFEV = 100  # function evaluations per least-squares pass
 
@@ -104,7 +109,7 @@ def _current(hw, fam: str) -> dict:
         return dict(efficiency=e, latency=lat, overhead=ov, ll_latency=protos[1][1] if len(protos) > 1 else lat / 4)
     r = rates(hw, Family(fam))
     return dict(compute=r.compute, memory=r.memory, overhead=r.overhead_s, per_group_overhead=r.per_group_overhead_s,
-                per_element=r.per_element_s, per_row=r.per_row_s, m_half=r.m_half)
+                per_element=r.per_element_s, per_row=r.per_row_s, m_half=r.m_half, group_compute=r.group_compute)
 
 
 def fit(base, df: pd.DataFrame, train: np.ndarray, source: str, name: str, seed: int = 0,
@@ -132,6 +137,8 @@ def fit(base, df: pd.DataFrame, train: np.ndarray, source: str, name: str, seed:
         if len(rows) > FIT_ROWS:
             rows = np.sort(rng.choice(rows, FIT_ROWS, replace=False))
         sub = df.iloc[rows].reset_index(drop=True)
+        if fam == "attention_decode":  # the group size beyond which the decode kernel falls back
+            _put(data, fam, "group_limit", GROUP_LIMIT, f"{source}: {GROUP_LIMIT_WHY}")
         p = plan(sub, base)
         meas = np.log(sub["measured_s"].to_numpy())
         names = [n for n, _, _ in FREE[free_key]]

@@ -52,6 +52,8 @@ class FamilyRates:
     tile_m: float = 0.0
     tile_n: float = 0.0
     units: float = 0.0
+    group_limit: float = 0.0  # decode attention: query heads per KV head beyond which ...
+    group_compute: float = 0.0  # ... compute runs at this fraction of peak (0: no fallback)
 
 
 # family -> the family whose parameters fill its absent fields
@@ -85,7 +87,7 @@ def rates(hw: HardwareProfile, family: Family) -> FamilyRates:
     return FamilyRates(compute=v(f.compute, e.compute.value), memory=v(f.memory, e.memory.value),
                        overhead_s=v(f.overhead, e.kernel_overhead.value), per_group_overhead_s=v(f.per_group_overhead),
                        per_element_s=v(f.per_element), per_row_s=v(f.per_row), m_half=v(f.m_half), tile_m=v(f.tile_m), tile_n=v(f.tile_n),
-                       units=v(f.units))
+                       units=v(f.units), group_limit=v(f.group_limit), group_compute=v(f.group_compute))
 
 
 def gemm_shape_efficiency(r: FamilyRates, M, N):
@@ -131,7 +133,14 @@ def _attention(op: Operator, hw: HardwareProfile) -> Terms:
             (Family.ATTENTION_DECODE, Family.ATTENTION_PREFILL))
     for fam, rows in zip(fams, (op.shape.get("decode_rows", op.shape.get("rows", 0.0)), op.shape.get("rows", 0.0))):
         r = rates(hw, fam)
-        c, m = _roof(op, hw, r)
+        shape_eff = 1.0
+        if fam is Family.ATTENTION_DECODE and r.group_limit and r.group_compute and "group" in op.shape:
+            # a query-head group larger than the decode kernel handles: the fallback kernel runs
+            # per query head (its rows are the query heads', not the KV heads') at its own rate
+            big = np.asarray(op.shape["group"], dtype=float) > r.group_limit
+            shape_eff = np.where(big, r.group_compute / r.compute, 1.0)
+            rows = np.where(big, np.asarray(op.shape.get("rows", 0.0), dtype=float), rows)
+        c, m = _roof(op, hw, r, shape_eff)
         extra = (r.per_element_s * np.asarray(op.shape.get("scores", 0.0), dtype=float)
                  + r.per_row_s * np.asarray(rows, dtype=float) + r.overhead_s)
         parts.append((c, m, extra))
