@@ -455,6 +455,10 @@ class KernelFamily(_Frozen):
       efficiency x M / (M + m_half); small-M GEMMs use the tensor units poorly.
     - ``tile_m``, ``tile_n``, ``units``: output tile and compute units (SMs) for tile and wave
       quantisation: work is padded to whole tiles and whole waves of ``units`` tiles.
+    - ``n_half``: grouped GEMMs, the narrower weight dimension min(N, K) of an expert GEMM at
+      which compute efficiency reaches half: x n / (n + n_half) (an expert split over moe_tp
+      ranks has inter / moe_tp columns in gate/up and rows in down; narrow GEMMs use the
+      tensor units poorly).
     - ``group_limit``, ``group_compute``: decode attention whose query heads per KV head exceed
       ``group_limit`` runs at ``group_compute`` of the peak instead of ``compute`` (TensorRT-LLM's
       grouped decode kernel handles groups up to 32; larger ones fall back to a kernel that
@@ -473,6 +477,7 @@ class KernelFamily(_Frozen):
     units: Optional[Count] = None
     group_limit: Optional[Count] = None
     group_compute: Optional[Fraction] = None
+    n_half: Optional[Count] = None
 
     @model_validator(mode="after")
     def _tiles_together(self):
@@ -485,6 +490,8 @@ class KernelFamily(_Frozen):
                 raise ValueError(f"{k} must be a whole number of rows/columns/units (1 to 2^20), got {v}")
         if self.m_half is not None and self.m_half.value > 2**20:
             raise ValueError(f"m_half must be at most 2^20 rows, got {self.m_half.value}")
+        if self.n_half is not None and self.n_half.value > 2**20:
+            raise ValueError(f"n_half must be at most 2^20 columns, got {self.n_half.value}")
         for k in ("overhead", "per_group_overhead", "per_element", "per_row"):
             q = getattr(self, k)
             if q is not None and q.value > 1.0:
@@ -501,7 +508,7 @@ _FAMILY_FIELDS = {
     "gemm": {"compute", "memory", "overhead", "m_half", "tile_m", "tile_n", "units"},
     "gemm_fp8": {"compute", "memory", "overhead", "m_half", "tile_m", "tile_n", "units"},
     "gemm_fp8_block": {"compute", "memory", "overhead", "m_half", "tile_m", "tile_n", "units"},
-    "grouped_gemm": {"compute", "memory", "overhead", "per_group_overhead", "m_half"},
+    "grouped_gemm": {"compute", "memory", "overhead", "per_group_overhead", "m_half", "n_half"},
     "attention_decode": {"compute", "memory", "overhead", "per_element", "per_row", "group_limit", "group_compute"},
     "attention_prefill": {"compute", "memory", "overhead", "per_element", "per_row"},
     "attention_mla_decode": {"compute", "memory", "overhead", "per_element", "per_row"},

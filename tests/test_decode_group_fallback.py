@@ -46,3 +46,18 @@ def test_shipped_h200_fit_has_the_fallback_and_orders_groups_as_measured():
     t128 = float(_terms(hw, 128, 1, 32)[1].time_s)
     t32 = float(_terms(hw, 32, 1, 32)[1].time_s)
     assert t128 / t32 > 8
+
+
+def test_grouped_gemm_narrow_expert_term():
+    # n_half: an expert GEMM's compute efficiency x n / (n + n_half), n = min(N, K): an expert
+    # split over moe_tp ranks is narrower (gate/up N = inter / moe_tp, down K = inter / moe_tp)
+    from costsim.simulator.efficiency import FamilyRates, gemm_shape_efficiency
+
+    r = FamilyRates(compute=0.5, memory=0.8, overhead_s=0.0, m_half=100.0, n_half=400.0)
+    M, n = np.array([1.0, 300.0]), np.array([2048.0, 64.0])
+    eff = gemm_shape_efficiency(r, M, n)
+    assert eff[0] == 1.0  # one row: a gemv, no shape penalty
+    assert eff[1] == pytest.approx(300 / 400 * 64 / 464, rel=1e-12)
+    # moe_tp 8 of a 2048-wide expert: 256 columns -> 256 / 656 of the unsplit 2048 / 2448 ratio
+    r0 = FamilyRates(compute=0.5, memory=0.8, overhead_s=0.0, m_half=0.0, n_half=400.0)
+    assert float(gemm_shape_efficiency(r0, 512.0, 256.0)) == pytest.approx(256 / 656, rel=1e-12)

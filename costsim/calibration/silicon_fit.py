@@ -71,7 +71,7 @@ FREE = {
     "attention_mla_prefill": [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-7),
                               ("overhead", 0.0, 1e-4)],
     "grouped_gemm": [("compute", 0.005, 1.0), ("memory", 0.02, 1.0), ("per_group_overhead", 0.0, 1e-4),
-                     ("overhead", 0.0, 2e-4), ("m_half", 0.0, 2048.0)],
+                     ("overhead", 0.0, 2e-4), ("m_half", 0.0, 2048.0), ("n_half", 0.0, 4096.0)],
     # the low-latency protocol's efficiency is not fitted: half the simple one (NCCL LL's
     # 4-byte flag per 4 data bytes); fitting it too overfits the rank counts (groups held out:
     # H200 20.6% instead of 13.9%, H100 17.6% instead of 15.8%, /tmp experiment, 2026-12-02)
@@ -109,7 +109,8 @@ def _current(hw, fam: str) -> dict:
         return dict(efficiency=e, latency=lat, overhead=ov, ll_latency=protos[1][1] if len(protos) > 1 else lat / 4)
     r = rates(hw, Family(fam))
     return dict(compute=r.compute, memory=r.memory, overhead=r.overhead_s, per_group_overhead=r.per_group_overhead_s,
-                per_element=r.per_element_s, per_row=r.per_row_s, m_half=r.m_half, group_compute=r.group_compute)
+                per_element=r.per_element_s, per_row=r.per_row_s, m_half=r.m_half, group_compute=r.group_compute,
+                n_half=r.n_half)
 
 
 def fit(base, df: pd.DataFrame, train: np.ndarray, source: str, name: str, seed: int = 0,

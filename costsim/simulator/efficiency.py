@@ -54,6 +54,7 @@ class FamilyRates:
     units: float = 0.0
     group_limit: float = 0.0  # decode attention: query heads per KV head beyond which ...
     group_compute: float = 0.0  # ... compute runs at this fraction of peak (0: no fallback)
+    n_half: float = 0.0  # grouped GEMM columns at half efficiency (0: no column term)
 
 
 # family -> the family whose parameters fill its absent fields
@@ -87,16 +88,21 @@ def rates(hw: HardwareProfile, family: Family) -> FamilyRates:
     return FamilyRates(compute=v(f.compute, e.compute.value), memory=v(f.memory, e.memory.value),
                        overhead_s=v(f.overhead, e.kernel_overhead.value), per_group_overhead_s=v(f.per_group_overhead),
                        per_element_s=v(f.per_element), per_row_s=v(f.per_row), m_half=v(f.m_half), tile_m=v(f.tile_m), tile_n=v(f.tile_n),
-                       units=v(f.units), group_limit=v(f.group_limit), group_compute=v(f.group_compute))
+                       units=v(f.units), group_limit=v(f.group_limit), group_compute=v(f.group_compute),
+                       n_half=v(f.n_half))
 
 
 def gemm_shape_efficiency(r: FamilyRates, M, N):
     """The fraction of the family's compute efficiency a GEMM of M rows x N columns reaches:
-    M / (M + m_half) x tile/wave quantisation (1 where the profile gives neither)."""
+    M / (M + m_half) x N / (N + n_half) x tile/wave quantisation (1 where the profile gives
+    none of them)."""
     M = np.asarray(M, dtype=float)
     # one row is a matrix-vector product (BLAS gemv, cuBLAS gemv/split-K): memory-bound, no
     # small-M compute penalty
     eff = np.where(M <= 1, 1.0, M / (M + r.m_half)) if r.m_half else np.ones_like(M)
+    if r.n_half:
+        N_ = np.asarray(N, dtype=float)
+        eff = eff * np.where(M <= 1, 1.0, N_ / (N_ + r.n_half))
     if r.tile_m:
         tm, tn = np.ceil(M / r.tile_m), np.ceil(np.asarray(N, dtype=float) / r.tile_n)
         tiles = tm * tn
@@ -161,7 +167,9 @@ def operator_terms(op: Operator, hw: HardwareProfile) -> Terms:
         x = r.overhead_s
     elif op.kind is OpKind.GROUPED_GEMM:
         groups = np.asarray(op.shape["groups"], dtype=float)
-        c, m = _roof(op, hw, r, gemm_shape_efficiency(r, op.shape["tokens_per_expert"], op.shape["N"]))
+        # the narrower weight dimension (an expert split over moe_tp: N of gate/up, K of down)
+        narrow = np.minimum(np.asarray(op.shape["N"], dtype=float), np.asarray(op.shape.get("K", op.shape["N"]), dtype=float))
+        c, m = _roof(op, hw, r, gemm_shape_efficiency(r, op.shape["tokens_per_expert"], narrow))
         x = r.overhead_s + r.per_group_overhead_s * groups
     else:
         c, m = _roof(op, hw, r)
