@@ -455,8 +455,8 @@ class KernelFamily(_Frozen):
       efficiency x M / (M + m_half); small-M GEMMs use the tensor units poorly.
     - ``tile_m``, ``tile_n``, ``units``: output tile and compute units (SMs) for tile and wave
       quantisation: work is padded to whole tiles and whole waves of ``units`` tiles.
-    - ``n_half``: grouped GEMMs, the narrower weight dimension min(N, K) of an expert GEMM at
-      which compute efficiency reaches half: x n / (n + n_half) (an expert split over moe_tp
+    - ``n_half``: GEMMs, the output columns N (grouped GEMMs: the narrower weight dimension
+      min(N, K) of an expert GEMM) at which compute efficiency reaches half: x n / (n + n_half) (an expert split over moe_tp
       ranks has inter / moe_tp columns in gate/up and rows in down; narrow GEMMs use the
       tensor units poorly).
     - ``group_limit``, ``group_compute``: decode attention whose query heads per KV head exceed
@@ -505,9 +505,9 @@ class KernelFamily(_Frozen):
 
 # the parameters each family's formula reads (costsim.simulator.efficiency); others are refused
 _FAMILY_FIELDS = {
-    "gemm": {"compute", "memory", "overhead", "m_half", "tile_m", "tile_n", "units"},
-    "gemm_fp8": {"compute", "memory", "overhead", "m_half", "tile_m", "tile_n", "units"},
-    "gemm_fp8_block": {"compute", "memory", "overhead", "m_half", "tile_m", "tile_n", "units"},
+    "gemm": {"compute", "memory", "overhead", "m_half", "n_half", "tile_m", "tile_n", "units"},
+    "gemm_fp8": {"compute", "memory", "overhead", "m_half", "n_half", "tile_m", "tile_n", "units"},
+    "gemm_fp8_block": {"compute", "memory", "overhead", "m_half", "n_half", "tile_m", "tile_n", "units"},
     "grouped_gemm": {"compute", "memory", "overhead", "per_group_overhead", "m_half", "n_half"},
     "attention_decode": {"compute", "memory", "overhead", "per_element", "per_row", "group_limit", "group_compute"},
     "attention_prefill": {"compute", "memory", "overhead", "per_element", "per_row"},

@@ -57,10 +57,12 @@ def summary(df: pd.DataFrame, pred) -> list[dict]:
 # low-latency protocol's latency (``parallel.collective_seconds`` takes the
 # faster one per size, as NCCL's tuner does).
 FREE = {
-    "gemm": [("compute", 0.05, 1.0), ("memory", 0.05, 1.0), ("overhead", 0.0, 1e-4), ("m_half", 0.0, 2048.0)],
-    "gemm_fp8": [("compute", 0.05, 1.0), ("memory", 0.05, 1.0), ("overhead", 0.0, 1e-4), ("m_half", 0.0, 2048.0)],
+    "gemm": [("compute", 0.05, 1.0), ("memory", 0.05, 1.0), ("overhead", 0.0, 1e-4), ("m_half", 0.0, 2048.0),
+             ("n_half", 0.0, 4096.0)],
+    "gemm_fp8": [("compute", 0.05, 1.0), ("memory", 0.05, 1.0), ("overhead", 0.0, 1e-4), ("m_half", 0.0, 2048.0),
+                 ("n_half", 0.0, 4096.0)],
     "gemm_fp8_block": [("compute", 0.05, 1.0), ("memory", 0.05, 1.0), ("overhead", 0.0, 1e-4),
-                       ("m_half", 0.0, 2048.0)],
+                       ("m_half", 0.0, 2048.0), ("n_half", 0.0, 4096.0)],
     # per_element is not fitted: the engine's attention operators give no ``scores`` shape
     "attention_decode": [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-7),
                          ("overhead", 0.0, 1e-4), ("group_compute", 0.0005, 1.0)],
