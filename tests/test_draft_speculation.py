@@ -15,9 +15,9 @@ from costsim.cli.app import app
 from costsim.errors import FieldError
 from costsim.simulator.memory import kv_bytes_per_device, weight_bytes_per_device
 from costsim.simulator.roofline import time_step
-from costsim.simulator.serving import decode, prefill, serve
-from costsim.simulator.sweep import serve_grid
+from costsim.simulator.serving import decode, prefill
 from costsim.simulator.types import StepShape
+from gridcheck import assert_grid_equals_serve
 
 
 def _deps(D=4, a=0.7):
@@ -52,13 +52,7 @@ def test_memory_adds_the_drafts_weights_and_kv_and_ttft_its_prefill():
 def test_grid_equals_serve_with_a_draft_model():
     spec, hw, draft, base, dep = _deps(D=3, a=0.8)
     b, i, o = np.array([1.0, 32.0]), np.array([100.0, 4000.0]), np.array([2.0, 300.0])
-    g = serve_grid(spec, hw, dep, b[:, None, None], i[None, :, None], o[None, None, :])
-    for x, bv in enumerate(b):
-        for y, iv in enumerate(i):
-            for z, ov in enumerate(o):
-                r = serve(spec, hw, dep, int(bv), int(iv), int(ov))
-                for k in ("ttft_s", "tpot_s", "e2e_s"):
-                    assert np.broadcast_to(getattr(g, k), (2, 2, 2))[x, y, z] == pytest.approx(getattr(r, k), rel=1e-9)
+    assert_grid_equals_serve(spec, hw, dep, b, i, o)
 
 
 def test_a_draft_must_share_the_vocabulary_and_divide_by_tp():

@@ -19,9 +19,8 @@ from costsim.simulator.deployment import Deployment
 from costsim.simulator.operators import layer_groups
 from costsim.simulator.parallel import comm_operators, comm_seconds
 from costsim.simulator.roofline import time_step
-from costsim.simulator.serving import serve
-from costsim.simulator.sweep import serve_grid
 from costsim.simulator.types import StepShape
+from gridcheck import assert_grid_equals_serve
 from costsim.units import FORMATS
 
 # EP -> (dispatch us, combine us), DeepEP low-latency kernels before the 2025-06 NVLink update
@@ -92,13 +91,7 @@ def test_grid_equals_serve_with_low_latency_and_two_batch_overlap():
     dep = resolve_deployment(spec, hw, LayoutRequest(devices=32, ep=32, tp=1, weight_dtype="fp8", ep_kernel="auto",
                                                      two_batch_overlap=True, mla_form="auto"))
     b, i, o = np.array([1.0, 64.0, 1024.0]), np.array([100.0, 4000.0]), np.array([2.0, 500.0])
-    g = serve_grid(spec, hw, dep, b[:, None, None], i[None, :, None], o[None, None, :])
-    for x, bv in enumerate(b):
-        for y, iv in enumerate(i):
-            for z, ov in enumerate(o):
-                r = serve(spec, hw, dep, int(bv), int(iv), int(ov))
-                for k in ("ttft_s", "tpot_s", "e2e_s"):
-                    assert np.broadcast_to(getattr(g, k), (3, 2, 2))[x, y, z] == pytest.approx(getattr(r, k), rel=1e-9)
+    assert_grid_equals_serve(spec, hw, dep, b, i, o)
 
 
 def test_day6_decode_with_low_latency_kernels():

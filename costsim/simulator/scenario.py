@@ -389,6 +389,15 @@ class PerfRecord(_Record):
         return d
 
 
+def decode_modes(dep: Deployment) -> dict:
+    """The decode-mode fields every serving record carries (``PerfRecord``, ``MaxThroughputRecord``,
+    ``WhatIfRecord``): MTP / draft speculation, the EP kernel and two-batch overlap."""
+    return dict(mtp_depth=dep.mtp_depth, mtp_acceptance=dep.mtp_acceptance,
+                mtp_tokens_per_step=mtp_tokens_per_step(dep.mtp_depth, dep.mtp_acceptance), ep_kernel=dep.ep_kernel,
+                draft_model=dep.draft_model.name if dep.draft_model is not None else None,
+                two_batch_overlap=dep.two_batch_overlap)
+
+
 def _deployment(sc: Scenario, batch: int, context: int) -> Deployment:
     if isinstance(sc.layout, Deployment):
         return sc.layout.check(sc.model)
@@ -423,10 +432,10 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
                     f"({_gb(m.kv_bytes)}) and activations ({_gb(m.workspace_bytes)}) per device exceed the "
                     f"{_gb(m.usable_bytes - m.weight_bytes)} left beside {_gb(m.weight_bytes)} of weights "
                     f"({_gb(m.usable_bytes)} usable; GB = 1e9 bytes); max batch {int(m.max_batch)}")
-    if dep.two_batch_overlap:
-        per_rank = int(dep.seqs_per_rank(b))
+    per_rank = int(dep.seqs_per_rank(b))
+    if dep.two_batch_overlap and per_rank >= 2 and o > 0:  # (one sequence per rank: warned below)
         plain = serve(spec, hw, dep.with_(two_batch_overlap=False), b, i, o)
-        if per_rank >= 2 and o > 0 and r.tpot_s > plain.tpot_s:  # (one sequence per rank: warned below)
+        if r.tpot_s > plain.tpot_s:
             warn.append(f"two-batch overlap is slower here: TPOT {r.tpot_s * 1e3:.2f} ms against "
                         f"{plain.tpot_s * 1e3:.2f} ms without it ({per_rank} sequences per attention rank: each "
                         "micro-batch reads every weight again)")
@@ -481,10 +490,7 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
         decode_seconds_per_layer=per_layer_seconds(r.decode_first.timing, spec, dep.pp) if decoding else {},
         prefill_seconds_per_layer=per_layer_seconds(r.prefill.timing, spec, dep.pp), **mla,
         prefill_operators=operator_rows(r.prefill.timing) if breakdown else None, layout_reason=dep.layout_reason,
-        prefill_chunk_tokens=r.prefill_chunk_tokens, mtp_depth=dep.mtp_depth, mtp_acceptance=dep.mtp_acceptance,
-        mtp_tokens_per_step=mtp_tokens_per_step(dep.mtp_depth, dep.mtp_acceptance),
-        ep_kernel=dep.ep_kernel, two_batch_overlap=dep.two_batch_overlap,
-        draft_model=dep.draft_model.name if dep.draft_model is not None else None,
+        prefill_chunk_tokens=r.prefill_chunk_tokens, **decode_modes(dep),
         prefill_devices_per_decode_device=((i / r.prefill_tokens_per_s) / (o / r.decode_tokens_per_s)
                                            if decoding else None),
         ttft_band_s=_band(r.ttft_s, step_band(r.prefill.timing, hw, dep.overlap_comm)),
@@ -562,9 +568,7 @@ def max_throughput_record(spec: ModelSpec, hw: HardwareProfile, request: LayoutR
         spec.name, hw.name, dep.devices, dep.tp, dep.ep, dep.pp, dep.weights_name, dep.kv_format.name, context,
         tpot_slo_s, r.batch, r.tpot_s, r.tokens_per_s, r.tokens_per_s_per_device,
         r.tokens_per_s_per_device * hw.devices_per_node, r.max_batch_memory, r.limit,
-        tuple(context_warnings(spec, context)), *money, _band(r.tpot_s, band), dep.mtp_depth, dep.mtp_acceptance,
-        mtp_tokens_per_step(dep.mtp_depth, dep.mtp_acceptance), dep.ep_kernel,
-        dep.draft_model.name if dep.draft_model is not None else None, dep.two_batch_overlap)
+        tuple(context_warnings(spec, context)), *money, _band(r.tpot_s, band), **decode_modes(dep))
 
 
 # ---- train ------------------------------------------------------------------------------
