@@ -453,6 +453,10 @@ class KernelFamily(_Frozen):
       per (sequence, KV head) for GQA decode, whose kernels handle a KV head's queries together.
     - ``m_half``: GEMM rows (per group) at which compute efficiency reaches half its maximum:
       efficiency x M / (M + m_half); small-M GEMMs use the tensor units poorly.
+    - ``gemv_rows``: GEMMs of at most this many rows run as matrix-vector products (BLAS
+      gemv-like kernels that stream the weights once): no ``m_half`` penalty. Default 1. On
+      this project's Xeon development machine MKL sgemm takes 1-3 rows at the one-row time,
+      4 rows at twice it (``costsim calibrate`` picks the value from the train split).
     - ``tile_m``, ``tile_n``, ``units``: output tile and compute units (SMs) for tile and wave
       quantisation: work is padded to whole tiles and whole waves of ``units`` tiles.
     - ``n_half``: GEMMs, the output columns N (grouped GEMMs: the narrower weight dimension
@@ -478,6 +482,7 @@ class KernelFamily(_Frozen):
     group_limit: Optional[Count] = None
     group_compute: Optional[Fraction] = None
     n_half: Optional[Count] = None
+    gemv_rows: Optional[Count] = None
 
     @model_validator(mode="after")
     def _tiles_together(self):
@@ -492,6 +497,9 @@ class KernelFamily(_Frozen):
             raise ValueError(f"m_half must be at most 2^20 rows, got {self.m_half.value}")
         if self.n_half is not None and self.n_half.value > 2**20:
             raise ValueError(f"n_half must be at most 2^20 columns, got {self.n_half.value}")
+        if self.gemv_rows is not None and not (1 <= self.gemv_rows.value <= 2**20
+                                               and self.gemv_rows.value == int(self.gemv_rows.value)):
+            raise ValueError(f"gemv_rows must be a whole number of rows, 1 to 2^20, got {self.gemv_rows.value}")
         for k in ("overhead", "per_group_overhead", "per_element", "per_row"):
             q = getattr(self, k)
             if q is not None and q.value > 1.0:
@@ -505,10 +513,10 @@ class KernelFamily(_Frozen):
 
 # the parameters each family's formula reads (costsim.simulator.efficiency); others are refused
 _FAMILY_FIELDS = {
-    "gemm": {"compute", "memory", "overhead", "m_half", "n_half", "tile_m", "tile_n", "units"},
-    "gemm_fp8": {"compute", "memory", "overhead", "m_half", "n_half", "tile_m", "tile_n", "units"},
-    "gemm_fp8_block": {"compute", "memory", "overhead", "m_half", "n_half", "tile_m", "tile_n", "units"},
-    "grouped_gemm": {"compute", "memory", "overhead", "per_group_overhead", "m_half", "n_half"},
+    "gemm": {"compute", "memory", "overhead", "m_half", "n_half", "gemv_rows", "tile_m", "tile_n", "units"},
+    "gemm_fp8": {"compute", "memory", "overhead", "m_half", "n_half", "gemv_rows", "tile_m", "tile_n", "units"},
+    "gemm_fp8_block": {"compute", "memory", "overhead", "m_half", "n_half", "gemv_rows", "tile_m", "tile_n", "units"},
+    "grouped_gemm": {"compute", "memory", "overhead", "per_group_overhead", "m_half", "n_half", "gemv_rows"},
     "attention_decode": {"compute", "memory", "overhead", "per_element", "per_row", "group_limit", "group_compute"},
     "attention_prefill": {"compute", "memory", "overhead", "per_element", "per_row"},
     "attention_mla_decode": {"compute", "memory", "overhead", "per_element", "per_row"},

@@ -167,7 +167,14 @@ def test_rmsnorm_and_silu_mul_match_reference():
     norm.weight.data.uniform_(0.5, 1.5)
     kern = T.RMSNormKernel(5, 64)
     kern.weight = norm.weight.detach().clone()
-    torch.testing.assert_close(_run(lambda: kern.forward(x)), _run(lambda: norm(x)))
+    y = _run(lambda: kern.forward(x))
+    torch.testing.assert_close(y, _run(lambda: norm(x)))
+    assert y.data_ptr() == kern.out.data_ptr()  # into the preallocated output
+    kb = T.RMSNormKernel(5, 64, dtype="bf16")
+    kb.weight = norm.weight.detach().bfloat16()
+    xb = x.bfloat16()
+    torch.testing.assert_close(_run(lambda: kb.forward(xb)),
+                               torch.nn.functional.rms_norm(xb, (64,), kb.weight, 1e-6))
     sm = T.SiluMulKernel(5, 32)
     y = _run(sm)
     torch.testing.assert_close(y, torch.nn.functional.silu(sm.x[:, :32]) * sm.x[:, 32:])

@@ -90,7 +90,7 @@ def suite(device: str = "cpu", quick: bool = False) -> list[Point]:
     """The train and held-out points for ``device`` (``quick``: a smaller train split)."""
     dt = "fp32" if device == "cpu" else "bf16"
     P = Point
-    train = _gemms("train", dt, (1, 16, 256, 1024) if quick else (1, 4, 16, 64, 256, 1024),
+    train = _gemms("train", dt, (1, 3, 16, 256, 1024) if quick else (1, 3, 4, 16, 64, 256, 1024),
                    ((2048, 2048), (1024, 4096)) if quick else ((2048, 2048), (4096, 1024), (1024, 4096)))
     train += [P("elementwise", "rmsnorm", "train", dt, tokens=t, dim=2048) for t in (1, 1024, 16384)]
     train += [P("elementwise", "silu_mul", "train", dt, tokens=t, dim=1408) for t in (1, 256, 4096)]
@@ -170,9 +170,14 @@ def build(p: Point, device: str = "cpu", cold: bool = True, max_copies: int = 64
         return _build(p, device, 0)
     from costsim.registry import load_hardware
 
+    import copy
+
     moved = float(predict(p, load_hardware("cpu")).bytes)
     n = int(min(max_copies, max(1, -(-3 * last_level_cache_bytes(device) // max(moved, 1.0)))))
-    return Rotating([_build(p, device, seed) for seed in range(n)])
+    first = _build(p, device, 0)
+    # copies of the first (same values, own memory): cloning is ~100x faster than drawing
+    # new random tensors, which dominated the suite's run time
+    return Rotating([first] + [copy.deepcopy(first) for _ in range(n - 1)])
 
 
 def _build(p: Point, device: str, seed: int):

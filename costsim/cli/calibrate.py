@@ -51,8 +51,9 @@ def _measure(points, device, threads, what: str) -> list[dict]:
 
     check_threads(threads)
     with Progress(transient=True, console=None) as bar:
-        task = bar.add_task(f"{what} {len(points)} kernels on {device}", total=len(points))
-        return measure_points(points, device, threads, progress=lambda p: bar.advance(task))
+        passes = 2
+        task = bar.add_task(f"{what} {len(points)} kernels on {device} ({passes} passes)", total=passes * len(points))
+        return measure_points(points, device, threads, progress=lambda p: bar.advance(task), passes=passes)
 
 
 def _write_csv(records: list[dict], path: Path) -> None:

@@ -5,7 +5,7 @@ One formula per family (``types.Family``), its parameters in the profile's
 ``efficiency.compute`` / ``memory`` / ``kernel_overhead`` when absent:
 
 - gemm:          max(FLOPs / (peak x c x q x M/(M + m_half)), bytes / (bw x m)) + overhead
-                 (M/(M + m_half) is 1 for a single row: a matrix-vector product)
+                 (M/(M + m_half) is 1 up to gemv_rows rows, default 1: a matrix-vector product)
                  q = tile and wave quantisation: M N / (ceil(M/tm) tm ceil(N/tn) tn) x
                  tiles / (ceil(tiles/units) units), tiles = ceil(M/tm) ceil(N/tn); 1 if not given
 - gemm_fp8_block: as gemm_fp8, weights with 128 x 128 block scales; each absent field gemm_fp8's
@@ -55,6 +55,7 @@ class FamilyRates:
     group_limit: float = 0.0  # decode attention: query heads per KV head beyond which ...
     group_compute: float = 0.0  # ... compute runs at this fraction of peak (0: no fallback)
     n_half: float = 0.0  # grouped GEMM columns at half efficiency (0: no column term)
+    gemv_rows: float = 1.0  # GEMMs of at most this many rows stream their weights (no m_half term)
 
 
 # family -> the family whose parameters fill its absent fields
@@ -89,7 +90,7 @@ def rates(hw: HardwareProfile, family: Family) -> FamilyRates:
                        overhead_s=v(f.overhead, e.kernel_overhead.value), per_group_overhead_s=v(f.per_group_overhead),
                        per_element_s=v(f.per_element), per_row_s=v(f.per_row), m_half=v(f.m_half), tile_m=v(f.tile_m), tile_n=v(f.tile_n),
                        units=v(f.units), group_limit=v(f.group_limit), group_compute=v(f.group_compute),
-                       n_half=v(f.n_half))
+                       n_half=v(f.n_half), gemv_rows=v(f.gemv_rows, 1.0))
 
 
 def gemm_shape_efficiency(r: FamilyRates, M, N):
@@ -97,12 +98,13 @@ def gemm_shape_efficiency(r: FamilyRates, M, N):
     M / (M + m_half) x N / (N + n_half) x tile/wave quantisation (1 where the profile gives
     none of them)."""
     M = np.asarray(M, dtype=float)
-    # one row is a matrix-vector product (BLAS gemv, cuBLAS gemv/split-K): memory-bound, no
-    # small-M compute penalty
-    eff = np.where(M <= 1, 1.0, M / (M + r.m_half)) if r.m_half else np.ones_like(M)
+    # up to gemv_rows rows (default one) a GEMM is a matrix-vector product (BLAS gemv, cuBLAS
+    # gemv/split-K): memory-bound, no small-M compute penalty
+    gemv = M <= max(r.gemv_rows, 1.0)
+    eff = np.where(gemv, 1.0, M / (M + r.m_half)) if r.m_half else np.ones_like(M)
     if r.n_half:
         N_ = np.asarray(N, dtype=float)
-        eff = eff * np.where(M <= 1, 1.0, N_ / (N_ + r.n_half))
+        eff = eff * np.where(gemv, 1.0, N_ / (N_ + r.n_half))
     if r.tile_m:
         tm, tn = np.ceil(M / r.tile_m), np.ceil(np.asarray(N, dtype=float) / r.tile_n)
         tiles = tm * tn
