@@ -457,6 +457,10 @@ class KernelFamily(_Frozen):
       gemv-like kernels that stream the weights once): no ``m_half`` penalty. Default 1. On
       this project's Xeon development machine MKL sgemm takes 1-3 rows at the one-row time,
       4 rows at twice it (``costsim calibrate`` picks the value from the train split).
+    - ``group_reread``: GQA/MQA decode, the share of the KV cache each further query head of a
+      group reads again: KV bytes x (1 + group_reread x (group - 1)). 0 for kernels that load a
+      KV head once for its whole group (FlashDecoding, XQA); CPU ``scaled_dot_product_attention``
+      with ``enable_gqa`` walks the query heads and re-reads (partly from cache).
     - ``tile_m``, ``tile_n``, ``units``: output tile and compute units (SMs) for tile and wave
       quantisation: work is padded to whole tiles and whole waves of ``units`` tiles.
     - ``n_half``: GEMMs, the output columns N (grouped GEMMs: the narrower weight dimension
@@ -483,6 +487,7 @@ class KernelFamily(_Frozen):
     group_compute: Optional[Fraction] = None
     n_half: Optional[Count] = None
     gemv_rows: Optional[Count] = None
+    group_reread: Optional[Fraction] = None
 
     @model_validator(mode="after")
     def _tiles_together(self):
@@ -517,7 +522,8 @@ _FAMILY_FIELDS = {
     "gemm_fp8": {"compute", "memory", "overhead", "m_half", "n_half", "gemv_rows", "tile_m", "tile_n", "units"},
     "gemm_fp8_block": {"compute", "memory", "overhead", "m_half", "n_half", "gemv_rows", "tile_m", "tile_n", "units"},
     "grouped_gemm": {"compute", "memory", "overhead", "per_group_overhead", "m_half", "n_half", "gemv_rows"},
-    "attention_decode": {"compute", "memory", "overhead", "per_element", "per_row", "group_limit", "group_compute"},
+    "attention_decode": {"compute", "memory", "overhead", "per_element", "per_row", "group_limit", "group_compute",
+                         "group_reread"},
     "attention_prefill": {"compute", "memory", "overhead", "per_element", "per_row"},
     "attention_mla_decode": {"compute", "memory", "overhead", "per_element", "per_row"},
     "attention_mla_prefill": {"compute", "memory", "overhead", "per_element", "per_row"},

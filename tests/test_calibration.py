@@ -24,9 +24,10 @@ def _true_profile() -> HardwareProfile:
     data["memory_bandwidth"] = {"value": 2e10}
     data["efficiency"]["families"] = {
         "elementwise": {"memory": 0.6, "overhead": 4e-6},
-        "gemm": {"compute": 0.8, "memory": 0.7, "overhead": 2e-6, "m_half": 32},
-        "attention_decode": {"compute": 0.3, "memory": 0.5, "per_element": 2e-9, "overhead": 30e-6},
-        "attention_prefill": {"compute": 0.4, "memory": 0.5, "per_element": 1e-9, "overhead": 50e-6},
+        "gemm": {"compute": 0.8, "memory": 0.7, "overhead": 2e-6, "m_half": 32, "gemv_rows": 3},
+        "attention_decode": {"compute": 0.3, "memory": 0.5, "overhead": 30e-6,
+                             "group_reread": 0.3},
+        "attention_prefill": {"compute": 0.4, "memory": 0.5, "overhead": 50e-6},
         "grouped_gemm": {"compute": 0.5, "memory": 0.6, "per_group_overhead": 8e-6, "overhead": 20e-6},
     }
     return HardwareProfile.model_validate(data)
@@ -71,6 +72,11 @@ def test_fit_recovers_a_known_profile_and_generalises():
     assert hw.efficiency.families.gemm.compute.provenance == "calibrated"
     assert "fitted on" in hw.efficiency.families.gemm.compute.source
     assert hw.peak_flops.fp32.provenance == "calibrated"
+    # the whole-number gemv_rows is found among the train row counts (1, 3, 4, ...), and shared
+    assert hw.efficiency.families.gemm.gemv_rows.value == 3
+    assert hw.efficiency.families.grouped_gemm.gemv_rows.value == 3
+    assert report["gemm"]["values"]["gemv_rows"] == 3
+    assert report["attention_decode"]["values"]["group_reread"] == pytest.approx(0.3, abs=0.1)
 
 
 def test_fit_uses_only_the_train_split():
@@ -134,3 +140,16 @@ def test_calibrate_refuses_to_replace_a_file(tmp_path):
     r = runner.invoke(app, ["calibrate", "--device", "cpu", "-o", str(out)])
     assert r.exit_code == 2 and "--force" in r.stderr
     assert out.read_text() == "keep me"
+
+
+def test_measure_points_pools_two_passes():
+    from costsim.calibration.fit import measure_points
+    from costsim.calibration.measure import keep_freed_memory
+
+    p = Point("elementwise", "silu_mul", "train", "fp32", tokens=4, dim=64)
+    seen = []
+    one = measure_points([p], "cpu", 1, min_run_time=0.01, progress=seen.append, passes=1)[0]
+    two = measure_points([p], "cpu", 1, min_run_time=0.01, progress=seen.append, passes=2)[0]
+    assert len(seen) == 3  # once per point and pass
+    assert two["runs"] > one["runs"] and two["min_s"] <= two["median_s"]
+    assert keep_freed_memory() is True  # glibc (Linux): freed memory stays in the process

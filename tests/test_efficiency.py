@@ -107,3 +107,34 @@ def test_elementwise_is_bytes_over_bandwidth_plus_launch():
                   bytes_read=4e6, bytes_written=4e6, dtype="")
     # 8e6 B at 0.4 x 1e11 = 200 us + 2 us
     assert float(operator_terms(op, hw).time_s) == pytest.approx(202e-6, rel=1e-12)
+
+
+def test_gemv_rows_extends_the_matrix_vector_regime():
+    hw = profile(gemm=dict(m_half=32, gemv_rows=3))
+    r = rates(hw, Family.GEMM)
+    assert r.gemv_rows == 3.0 and rates(profile(gemm=dict(m_half=32)), Family.GEMM).gemv_rows == 1.0
+    # M = 3 <= gemv_rows: streams its weights, no m_half penalty; M = 4: 4 / (4 + 32) = 1/9 of 0.5
+    assert float(gemm_shape_efficiency(r, 3, 4096)) == 1.0
+    assert float(gemm_shape_efficiency(r, 4, 4096)) == pytest.approx(4 / 36)
+    # M = 3, 4096 x 4096: memory 2 x (4096^2 + 3 x 4096 + 3 x 4096) B at 0.8e11 B/s = 420.1 us beats
+    # compute 2 x 3 x 4096^2 / 0.5e12 = 201 us; time = memory + 1 us
+    t = operator_terms(gemm(3, 4096, 4096), hw)
+    assert float(t.time_s) == pytest.approx(2 * (4096**2 + 6 * 4096) / 0.8e11 + 1e-6, rel=1e-12)
+    for bad in (0, 2.5):
+        with pytest.raises(ValueError, match="gemv_rows"):
+            profile(gemm=dict(gemv_rows=bad))
+
+
+def test_group_reread_charges_the_kv_per_further_query_head():
+    hw = profile(attention_decode=dict(memory=0.5, group_reread=0.25))
+    # group of 16 query heads per KV head, 4e6 B of KV read of 8e6 B moved:
+    # (8e6 + 4e6 x 0.25 x 15) B = 2.3e7 B at 0.5 x 1e11 B/s = 460 us, + 1 us launch
+    op = Operator(name="a", kind=OpKind.ATTENTION, group=OpGroup.ATTENTION, layer=LayerType.DENSE, count=1,
+                  flops=0.0, bytes_read=8e6, dtype="bf16", shape=dict(q_len=1, scores=0.0, group=16.0, kv_read=4e6))
+    assert float(operator_terms(op, hw).time_s) == pytest.approx(460e-6 + 1e-6, rel=1e-12)
+    # an MHA core (group 1) and a profile without the field pay nothing extra: 8e6 / 0.5e11 = 160 us
+    mha = Operator(**{**op.__dict__, "shape": dict(q_len=1, scores=0.0, group=1.0, kv_read=4e6)})
+    assert float(operator_terms(mha, hw).time_s) == pytest.approx(161e-6, rel=1e-12)
+    assert float(operator_terms(op, profile(attention_decode=dict(memory=0.5))).time_s) == pytest.approx(161e-6)
+    with pytest.raises(ValueError):
+        profile(attention_prefill=dict(group_reread=0.5))  # a decode-kernel parameter only

@@ -30,10 +30,10 @@ from costsim.specs import HardwareProfile
 FREE: dict[str, list[tuple[str, float, float]]] = {
     "elementwise": [("memory", 0.02, 1.0), ("overhead", 0.0, 1e-3)],
     "gemm": [("compute", 0.02, 1.0), ("memory", 0.02, 1.0), ("overhead", 0.0, 1e-3), ("m_half", 0.0, 2048.0)],
-    "attention_decode": [("compute", 0.005, 1.0), ("memory", 0.005, 1.0), ("per_element", 0.0, 1e-7),
-                         ("overhead", 0.0, 2e-3)],
-    "attention_prefill": [("compute", 0.005, 1.0), ("memory", 0.005, 1.0), ("per_element", 0.0, 1e-7),
-                          ("overhead", 0.0, 2e-3)],
+    # (no per_element: no engine operator gives a ``scores`` shape, so it would be fitted blind)
+    "attention_decode": [("compute", 0.005, 1.0), ("memory", 0.005, 1.0), ("overhead", 0.0, 2e-3),
+                         ("group_reread", 0.0, 1.0)],
+    "attention_prefill": [("compute", 0.005, 1.0), ("memory", 0.005, 1.0), ("overhead", 0.0, 2e-3)],
     "grouped_gemm": [("compute", 0.005, 1.0), ("memory", 0.005, 1.0), ("per_group_overhead", 0.0, 1e-3),
                      ("overhead", 0.0, 2e-3)],
 }
@@ -177,7 +177,7 @@ def _fit_family(data: dict, fam: str, recs: list[dict], source: str) -> tuple[np
     cur = rates(_profile(data), Family(fam))
     start = {"compute": cur.compute, "memory": cur.memory, "overhead": cur.overhead_s,
              "per_group_overhead": cur.per_group_overhead_s, "per_element": cur.per_element_s,
-             "m_half": cur.m_half}
+             "m_half": cur.m_half, "group_reread": cur.group_reread}
     x0 = np.clip([start[n] for n in names], lo, hi)
     x0 = np.where(x0 > lo, x0, lo + 1e-3 * (hi - lo))
     meas = np.log([r["min_s"] for r in recs])

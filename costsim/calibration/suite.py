@@ -92,12 +92,13 @@ def suite(device: str = "cpu", quick: bool = False) -> list[Point]:
     P = Point
     train = _gemms("train", dt, (1, 3, 16, 256, 1024) if quick else (1, 3, 4, 16, 64, 256, 1024),
                    ((2048, 2048), (1024, 4096)) if quick else ((2048, 2048), (4096, 1024), (1024, 4096)))
-    train += [P("elementwise", "rmsnorm", "train", dt, tokens=t, dim=2048) for t in (1, 1024, 16384)]
-    train += [P("elementwise", "silu_mul", "train", dt, tokens=t, dim=1408) for t in (1, 256, 4096)]
+    train += [P("elementwise", "rmsnorm", "train", dt, tokens=t, dim=2048) for t in (1, 64, 1024, 16384)]
+    train += [P("elementwise", "silu_mul", "train", dt, tokens=t, dim=1408) for t in (1, 32, 256, 4096)]
     dec = [("mla-moe", "absorbed", 4, 1024), ("mla-moe", "naive", 2, 512), ("gqa-dense", "", 4, 1024),
            ("mha-dense", "", 8, 512)]
     if not quick:
-        dec += [("mla-moe", "absorbed", 16, 512), ("mqa-dense", "", 8, 1024)]
+        dec += [("mla-moe", "absorbed", 16, 512), ("mqa-dense", "", 8, 1024), ("mla-moe", "absorbed", 1, 1024),
+                ("mha-dense", "", 1, 2048), ("gqa-dense", "", 8, 2048), ("mqa-dense", "", 2, 4096)]
     train += [P("attention_decode", "attention", "train", dt, model=m, batch=b, context=c, new_tokens=1, form=f)
               for m, f, b, c in dec]
     pre = [("mla-moe", "naive", 1, 512), ("gqa-dense", "", 1, 256)] + ([] if quick else [("mha-dense", "", 2, 256)])

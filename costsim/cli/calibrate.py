@@ -51,7 +51,7 @@ def _measure(points, device, threads, what: str) -> list[dict]:
 
     check_threads(threads)
     with Progress(transient=True, console=None) as bar:
-        passes = 2
+        passes = 3
         task = bar.add_task(f"{what} {len(points)} kernels on {device} ({passes} passes)", total=passes * len(points))
         return measure_points(points, device, threads, progress=lambda p: bar.advance(task), passes=passes)
 

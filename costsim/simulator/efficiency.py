@@ -19,7 +19,9 @@ One formula per family (``types.Family``), its parameters in the profile's
                  scale/mask/softmax work (an operator that gives no ``scores`` shape gets none);
                  rows = sequences x queries x heads (RoPE, KV append, softmax state per row);
                  a GQA decode kernel works per KV head (XQA, FlashDecoding: one block per
-                 sequence and KV head), so its rows are sequences x KV heads (``decode_rows``).
+                 sequence and KV head), so its rows are sequences x KV heads (``decode_rows``);
+                 one that walks the query heads re-reads group_reread of the KV cache per
+                 further head of a group: bytes + kv_read x group_reread x (group - 1)
                  MLA cores use attention_mla_decode / _prefill, each absent field the GQA one's
 - elementwise:   bytes / (bw x m) + overhead
 - comm:          ``parallel.comm_seconds`` (link bandwidth x efficiency, latency terms)
@@ -56,6 +58,7 @@ class FamilyRates:
     group_compute: float = 0.0  # ... compute runs at this fraction of peak (0: no fallback)
     n_half: float = 0.0  # grouped GEMM columns at half efficiency (0: no column term)
     gemv_rows: float = 1.0  # GEMMs of at most this many rows stream their weights (no m_half term)
+    group_reread: float = 0.0  # GQA decode: share of the KV cache each further query head re-reads
 
 
 # family -> the family whose parameters fill its absent fields
@@ -90,7 +93,8 @@ def rates(hw: HardwareProfile, family: Family) -> FamilyRates:
                        overhead_s=v(f.overhead, e.kernel_overhead.value), per_group_overhead_s=v(f.per_group_overhead),
                        per_element_s=v(f.per_element), per_row_s=v(f.per_row), m_half=v(f.m_half), tile_m=v(f.tile_m), tile_n=v(f.tile_n),
                        units=v(f.units), group_limit=v(f.group_limit), group_compute=v(f.group_compute),
-                       n_half=v(f.n_half), gemv_rows=v(f.gemv_rows, 1.0))
+                       n_half=v(f.n_half), gemv_rows=v(f.gemv_rows, 1.0),
+                       group_reread=v(f.group_reread))
 
 
 def gemm_shape_efficiency(r: FamilyRates, M, N):
@@ -149,6 +153,9 @@ def _attention(op: Operator, hw: HardwareProfile) -> Terms:
             shape_eff = np.where(big, r.group_compute / r.compute, 1.0)
             rows = np.where(big, np.asarray(op.shape.get("rows", 0.0), dtype=float), rows)
         c, m = _roof(op, hw, r, shape_eff)
+        if r.group_reread and "group" in op.shape:  # KV re-read by the further heads of a group
+            m = m + (np.asarray(op.shape.get("kv_read", 0.0), dtype=float) * r.group_reread
+                     * (np.asarray(op.shape["group"], dtype=float) - 1.0) / (hw.memory_bandwidth.value * r.memory))
         extra = (r.per_element_s * np.asarray(op.shape.get("scores", 0.0), dtype=float)
                  + r.per_row_s * np.asarray(rows, dtype=float) + r.overhead_s)
         parts.append((c, m, extra))

@@ -166,7 +166,7 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
         gate = nh * d if a.output_gate else 0  # Qwen3-Next: q_proj also yields the output gate
         ops.append(gemm("attn.qkv_proj", T, (nh + 2 * nkv) * d + gate, h))
         ops.append(core("attn.core", 4.0 * nh * d * pairs, kv_read + T * nh * d * act, kv_write + T * nh * d * act,
-                        dict(heads=nh, q_len=s, rows=T * nh, decode_rows=T * nkv, group=nh / nkv)))
+                        dict(heads=nh, q_len=s, rows=T * nh, decode_rows=T * nkv, group=nh / nkv, kv_read=kv_read)))
         ops.append(gemm("attn.o_proj", T, h, nh * d))
     if norms:
         k = spec.norms_per_layer
