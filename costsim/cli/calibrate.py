@@ -44,14 +44,14 @@ def _shipped_for(device: str, name: str | None = None) -> str:
     raise CostsimError(f"no shipped profile matches {name!r}; give --base PROFILE")
 
 
-def _measure(points, device, threads, what: str) -> list[dict]:
+def _measure(points, device, threads, what: str, passes: int = 3) -> list[dict]:
+    """Time ``points`` in ``passes`` passes (``fit.measure_points``), with a progress bar."""
     from rich.progress import Progress
 
     from costsim.calibration.fit import check_threads, measure_points
 
     check_threads(threads)
     with Progress(transient=True, console=None) as bar:
-        passes = 3
         task = bar.add_task(f"{what} {len(points)} kernels on {device} ({passes} passes)", total=passes * len(points))
         return measure_points(points, device, threads, progress=lambda p: bar.advance(task), passes=passes)
 
@@ -113,7 +113,7 @@ def calibrate_cmd(device: str = Device,
         else:
             dev = _device(device)
             train = [p for p in suite(dev, quick) if p.split == "train"]
-            recs = _measure(train, dev, threads, "calibrate: timing")
+            recs = _measure(train, dev, threads, "calibrate: timing", passes=1 if quick else 3)
         base_hw = load_hardware(base or _shipped_for(dev, recs[0].get("device_name")))
         hw, report = fit_profile(base_hw, recs, set_peaks=dev == "cpu", name=name or output.stem,
                                  note="quick" if quick else "")
