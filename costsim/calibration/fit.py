@@ -37,6 +37,7 @@ FREE: dict[str, list[tuple[str, float, float]]] = {
     "grouped_gemm": [("compute", 0.005, 1.0), ("memory", 0.005, 1.0), ("per_group_overhead", 0.0, 1e-3),
                      ("overhead", 0.0, 2e-3)],
 }
+SHARED_WITH_GROUPED = ("gemv_rows",)  # fitted on the GEMMs, used by the grouped GEMMs (m_half too: held-out worse)
 ORDER = ("elementwise", "gemm", "attention_decode", "attention_prefill", "grouped_gemm")
 
 
@@ -242,10 +243,13 @@ def fit_profile(base: HardwareProfile, records: list[dict], *, set_peaks: bool, 
             if best is None or mape < best[2] - 1e-9:
                 best = (trial, x, mape)
         data, x, mape = best
-        if fam == "gemm" and "gemv_rows" in data["efficiency"]["families"]["gemm"]:
-            # grouped GEMMs run the same BLAS per expert: the same gemv_rows
-            g = data["efficiency"]["families"]["gemm"]["gemv_rows"]
-            data["efficiency"]["families"].setdefault("grouped_gemm", {})["gemv_rows"] = dict(g)
+        if fam == "gemm" and "grouped_gemm" in FREE:
+            # grouped GEMMs run the same BLAS GEMM per expert: its matrix-vector regime (gemv_rows)
+            for k in SHARED_WITH_GROUPED:
+                if k in data["efficiency"]["families"]["gemm"]:
+                    g = dict(data["efficiency"]["families"]["gemm"][k])
+                    g["source"] = f"{g['source']}; the GEMM family's, shared (one BLAS GEMM per expert)"
+                    data["efficiency"]["families"].setdefault("grouped_gemm", {})[k] = g
         names = [n for n, _, _ in FREE[fam]]
         values = dict(zip(names, map(float, x)))
         if fam == "gemm" and "gemv_rows" in data["efficiency"]["families"]["gemm"]:
