@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from costsim.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-VALIDATE = "costsim validate -H cpu-dev --from-csv benchmarks/data/cpu-dev-heldout-2026-12-02.csv"
+VALIDATE = "costsim validate -H cpu-dev --from-csv benchmarks/data/cpu-dev-heldout-2026-12-03.csv"
 SWEEP = ("costsim sweep --models deepseek-v3,llama-3.1-70b --hardware h800,h200 --batch 1,64 --context 4k,32k "
          "--devices 8 --weight-dtype fp8")
 PLAN = ("costsim plan deepseek-v3 --hardware h200,h800,b200 --context 4k --outp"

@@ -40,7 +40,7 @@ def _run(cmdline: str) -> str:
     "costsim kv deepseek-v2 deepseek-llm-67b deepseek-v3 qwen2.5-72b llama-3.1-405b --context 128k --batch 8 --kv-dtype fp8",
     "costsim perf deepseek-v3 --hardware h800 --devices 32 --ep 32 --batch 1024 --input 4096 --output 1024 "
     "--weight-dtype fp8 --kv-dtype fp8",
-    "costsim validate -H cpu-dev --from-csv benchmarks/data/cpu-dev-heldout-2026-12-02.csv",
+    "costsim validate -H cpu-dev --from-csv benchmarks/data/cpu-dev-heldout-2026-12-03.csv",
     "costsim whatif deepseek-v2 --hardware h800 --weight-dtype fp8 --batch 64 --set attention.kv_lora_rank=256",
     "costsim whatif llama-3.1-70b --hardware h800 --batch 64 --convert mha-to-mla:d_c=512,d_h_r=64",
     "costsim reproduce deepseek-v2",
