@@ -18,6 +18,8 @@ their per-instance goodput; DeepSeek's Day-6 inference overview (open-infra-inde
 - Decode pool: the deployment with the most output tokens/s per device at its largest batch
   meeting TPOT <= ``tpot_slo_s`` and memory (KV at I + O tokens), TPOT the mean over the O - 1
   steps, as the planner and ``perf`` compute it (``sweep.serve_grid``); tokens/s = batch / TPOT.
+- One KV cache format for both pools (the decode pool takes the prefill's cache as it is): of
+  ``kv_dtypes``, the one whose pools give the most output tokens/s per device (below).
 - Ratio: prefill devices per decode device = (I / p) / (O / d), p and d the per-device rates
   (device-seconds per request of each phase). A balanced pair delivers O / (I / p + O / d)
   output tokens/s per device of both pools.
@@ -134,15 +136,23 @@ def _ranking_price(hw: HardwareProfile) -> HardwareProfile:
                                                                 source="disagg: ranking by devices")})
 
 
-def _pool_deployments(spec, hw, layout, base, max_devices, weight_dtypes, kv_dtypes, pp, context, mla_form):
+def _pool_deployments(role, spec, hw, layout, base, max_devices, weight_dtypes, kv_dtypes, pp, context, mla_form):
     """(deployments, reasons): the planner's candidates, or ``layout``'s over the formats."""
     if layout is None:
         return candidates(spec, hw, max_devices, weight_dtypes, kv_dtypes, pp, context, mla_form, base)
     out, seen, reasons = [], set(), Counter()
     for w in _weight_choices(spec, hw, weight_dtypes):
         for k in kv_dtypes:
-            dep = resolve_deployment(spec, hw, replace(layout, weight_dtype=w, kv_dtype=k, mla_form=mla_form), 1,
-                                     context)
+            try:
+                dep = resolve_deployment(spec, hw, replace(layout, weight_dtype=w, kv_dtype=k, mla_form=mla_form), 1,
+                                         context)
+            except FieldError as e:
+                if e.field in ("weight_dtype", "kv_dtype"):
+                    reasons["format unsupported"] += 1
+                    continue
+                if e.field in ("devices", "tp", "ep", "pp"):  # the pool's own layout: name it
+                    raise FieldError(f"{role}_{e.field}", e.value, e.reason) from None
+                raise
             key = (dep.weights_name, dep.kv_format.name)
             if key in seen:
                 continue
@@ -244,6 +254,29 @@ def _link_rate(hw: HardwareProfile):
     return hw.inter_node_bandwidth.value * hw.efficiency.inter_node.value, hw.inter_node_latency.value
 
 
+def _pools(spec, hw, I, O, kv, ttft_slo_s, tpot_slo_s, max_devices, weight_dtypes, pp, mla_form, base,
+           prefill_layout, decode_layout):
+    """Both pools' best deployments with KV format ``kv``: ({role: best}, {role: (candidates,
+    evaluated)}, output tokens/s per device of the balanced pair). CostsimError when a pool has none."""
+    found, n_deps = {}, {}
+    for role, lay, ctx in (("prefill", prefill_layout, I), ("decode", decode_layout, I + O)):
+        deps, reasons = _pool_deployments(role, spec, hw, lay, base, max_devices, weight_dtypes, (kv,), pp, ctx,
+                                          mla_form)
+        best, evaluated = _search(spec, hw, deps, role, I, O, ttft_slo_s, tpot_slo_s, reasons)
+        if best is None:
+            slo = slo_text(None, ttft_slo_s) if role == "prefill" else slo_text(tpot_slo_s, None)
+            where = (f"the given {role} layout ({lay.devices} devices)" if lay is not None
+                     else f"up to {max_devices} devices per replica")
+            why = ", ".join(f"{n} {k}" for k, n in sorted(reasons.items(), key=lambda kv: -kv[1])) or "no layout"
+            raise CostsimError(f"no {role} layout of {spec.name} on {hw.name} "
+                               f"{'fits' if slo == 'no latency SLO' else 'meets ' + slo} for {I} -> {O} tokens with "
+                               f"KV {kv} on {where}: {why}")
+        found[role], n_deps[role] = best, (len(deps), evaluated)
+    (p, _, _, _, _), pdep, _ = found["prefill"]
+    (d, _, _, _, _), ddep, _ = found["decode"]
+    return found, n_deps, O / (I / (p / pdep.devices) + O / (d / ddep.devices))
+
+
 def disaggregate(spec: ModelSpec, hw: HardwareProfile, input_len: int, output_len: int, *,
                  rate: float | None = None, ttft_slo_s: float | None = None, tpot_slo_s: float | None = None,
                  max_devices: int = 64, weight_dtypes=None, kv_dtypes=("bf16", "fp8"), pp=(1, 2, 4),
@@ -295,20 +328,19 @@ def disaggregate(spec: ModelSpec, hw: HardwareProfile, input_len: int, output_le
         raise FieldError("pp", ",".join(map(str, pp)), "no layout to search: "
                          + "; ".join(pp_problem(spec, p, max_devices) for p in pp))
     I, O = int(input_len), int(output_len)
-    found, n_deps = {}, {}
-    for role, lay, ctx in (("prefill", prefill_layout, I), ("decode", decode_layout, I + O)):
-        deps, reasons = _pool_deployments(spec, hw, lay, base, max_devices, weight_dtypes, kv_dtypes, pp, ctx,
-                                          mla_form)
-        best, evaluated = _search(spec, hw, deps, role, I, O, ttft_slo_s, tpot_slo_s, reasons)
-        if best is None:
-            slo = slo_text(None, ttft_slo_s) if role == "prefill" else slo_text(tpot_slo_s, None)
-            where = (f"the given {role} layout ({lay.devices} devices)" if lay is not None
-                     else f"up to {max_devices} devices per replica")
-            why = ", ".join(f"{n} {k}" for k, n in sorted(reasons.items(), key=lambda kv: -kv[1])) or "no layout"
-            raise CostsimError(f"no {role} layout of {spec.name} on {hw.name} "
-                               f"{'fits' if slo == 'no latency SLO' else 'meets ' + slo} for {I} -> {O} tokens on "
-                               f"{where}: {why}")
-        found[role], n_deps[role] = best, (len(deps), evaluated)
+    pair, errors = None, []
+    for kv in kv_dtypes:  # one KV format for both pools: the decode pool takes the prefill's cache as it is
+        try:
+            got = _pools(spec, hw, I, O, kv, ttft_slo_s, tpot_slo_s, max_devices, weight_dtypes, pp, mla_form, base,
+                         prefill_layout, decode_layout)
+        except CostsimError as e:
+            errors.append(e)
+            continue
+        if pair is None or got[2] > pair[2]:
+            pair = got
+    if pair is None:
+        raise errors[0]
+    found, n_deps, _ = pair
     pre = _pool("prefill", found["prefill"], hw, *n_deps["prefill"])
     dec = _pool("decode", found["decode"], hw, *n_deps["decode"])
     pdep, ddep = found["prefill"][1], found["decode"][1]
