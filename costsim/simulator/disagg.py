@@ -13,8 +13,8 @@ their per-instance goodput; DeepSeek's Day-6 inference overview (open-infra-inde
   prefills a batch of b prompts in one step (chunked when its activations do not fit,
   ``serving.chunked_prefill``): TTFT = that step's time, input tokens/s = b x I / TTFT (cached
   prefix tokens counted, as ``perf``), memory = weights + the prompts' KV (I tokens each). The
-  batch is the best of the planner's batch grid and the largest batch meeting the SLO
-  (``planner._largest_batch``, refined to the integer).
+  batch: the best of every integer up to the largest batch meeting the SLO and memory
+  (``planner._largest_batch``; beyond ``PREFILL_POINTS``, a geometric grid of that many).
 - Decode pool: the deployment with the most output tokens/s per device at its largest batch
   meeting TPOT <= ``tpot_slo_s`` and memory (KV at I + O tokens), TPOT the mean over the O - 1
   steps, as the planner and ``perf`` compute it (``sweep.serve_grid``); tokens/s = batch / TPOT.
@@ -60,6 +60,9 @@ from costsim.simulator.planner import (MAX_DEVICES, _check, _largest_batch, _scr
 from costsim.simulator.serving import decode, prefill
 from costsim.simulator.sweep import serve_grid
 from costsim.specs import HardwareProfile, ModelSpec, Price
+
+
+PREFILL_POINTS = 4096  # prefill batches tried per layout: every integer up to this, else a geometric grid
 
 
 @dataclass(frozen=True)
@@ -192,20 +195,20 @@ def _evaluate(spec, hw, dep, s, role, input_len, output_len, ttft_slo, tpot_slo)
 
     if role == "decode":
         return (at(g.decode_tokens_per_s), int(b[i]), None, at(g.tpot_s), limit), ""
-    # prefill: the largest batch meeting the SLO, or a smaller one of the grid if it is faster
-    # (a chunked prefill of a large batch can be slower per token)
-    pts = []
-    if bool(np.broadcast_to(g.prefill_fits, sh)[i]):
-        pts.append((at(g.prefill_tokens_per_s), int(b[i]), at(g.ttft_s), limit))
-    gb = s.grid[: s.last_ok + 1]
+    # prefill: the batch with the most tokens/s among every integer up to the largest meeting the
+    # SLO (tokens/s need not grow with the batch: pipeline micro-batches, tile waves, chunking);
+    # beyond PREFILL_POINTS batches a geometric grid of that many, plus the largest
+    top = int(b[i])
+    gb = (np.arange(1, top + 1, dtype=float) if top <= PREFILL_POINTS else
+          np.unique(np.concatenate([np.round(np.geomspace(1, top, PREFILL_POINTS)), [top]])))
     gg = serve_grid(spec, hw, dep, gb, input_len, 0, bounds=False)
     ttft = np.broadcast_to(gg.ttft_s, gb.shape)
     ok = np.broadcast_to(gg.fits, gb.shape) & np.broadcast_to(gg.prefill_fits, gb.shape)
     if ttft_slo is not None:
         ok &= ttft <= ttft_slo
     tps = np.broadcast_to(gg.prefill_tokens_per_s, gb.shape)
-    for j in np.nonzero(ok)[0]:
-        pts.append((float(tps[j]), int(gb[j]), float(ttft[j]), "throughput peak"))
+    pts = [(float(tps[j]), int(gb[j]), float(ttft[j]), limit if int(gb[j]) == top else "throughput peak")
+           for j in np.nonzero(ok)[0]]
     if not pts:
         return None, "memory"
     r = max(pts, key=lambda p: (p[0], -p[1]))
