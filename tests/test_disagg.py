@@ -30,17 +30,17 @@ runner = CliRunner()
 
 def test_each_pool_is_the_best_of_a_brute_force_over_the_planner_candidates():
     spec = tiny.gqa()
-    hw = tiny.hw(memory_capacity=2e5)  # about 60 sequences of 72 tokens per device beside the weights
-    I, O, ttft_slo, tpot_slo = 64, 8, 0.02, 1.0e-3
+    hw = tiny.hw(memory_capacity=7e4)  # about 20 sequences of 72 tokens per device beside the weights
+    I, O, ttft_slo, tpot_slo = 64, 8, 1.0e-3, 1.6e-4
     best_p = best_d = 0.0
     for kv in ("bf16", "fp8"):
         pre = dec = 0.0
-        for dep in candidates(spec, hw, 4, kv_dtypes=(kv,), pp=(1, 2), context=I)[0]:
+        for dep in candidates(spec, hw, 2, kv_dtypes=(kv,), pp=(1, 2), context=I)[0]:
             for b in range(1, int(memory_report(spec, hw, dep, dep.dp, I).max_batch) + 2):
                 r = serve(spec, hw, dep, b, I, 0)
                 if r.memory.fits and r.prefill_fits and r.ttft_s <= ttft_slo:
                     pre = max(pre, b * I / r.ttft_s / dep.devices)
-        for dep in candidates(spec, hw, 4, kv_dtypes=(kv,), pp=(1, 2), context=I + O)[0]:
+        for dep in candidates(spec, hw, 2, kv_dtypes=(kv,), pp=(1, 2), context=I + O)[0]:
             top = None  # the largest batch meeting memory and the TPOT SLO
             for b in range(1, int(memory_report(spec, hw, dep, dep.dp, I + O).max_batch) + 2):
                 r = serve(spec, hw, dep, b, I, O)
@@ -51,8 +51,9 @@ def test_each_pool_is_the_best_of_a_brute_force_over_the_planner_candidates():
         # the engine keeps the KV format whose balanced pools deliver more output per device
         if best_p == 0 or O / (I / pre + O / dec) > O / (I / best_p + O / best_d):
             best_p, best_d = pre, dec
-    got = disaggregate(spec, hw, I, O, ttft_slo_s=ttft_slo, tpot_slo_s=tpot_slo, max_devices=4, pp=(1, 2),
+    got = disaggregate(spec, hw, I, O, ttft_slo_s=ttft_slo, tpot_slo_s=tpot_slo, max_devices=2, pp=(1, 2),
                        colocated=False)
+    assert (got.prefill.limit, got.decode.limit) == ("TTFT SLO", "TPOT SLO")  # both SLOs bind here
     assert got.prefill.tokens_per_s_per_device == pytest.approx(best_p, rel=1e-9)
     assert got.decode.tokens_per_s_per_device == pytest.approx(best_d, rel=1e-9)
     assert got.prefill_devices_per_decode_device == pytest.approx((I / best_p) / (O / best_d), rel=1e-9)
@@ -198,3 +199,29 @@ def test_cli_json_is_the_engine_record(llama):
     assert got["prefill_devices_per_decode_device"] == pytest.approx(r.prefill_devices_per_decode_device, rel=1e-12)
     assert got["decode"]["batch"] == r.decode.batch and got["total_devices"] == r.total_devices
     assert got["colocated"]["total_devices"] == 16
+
+
+def test_planner_candidates_take_the_base_request():
+    # the search fields come from the search, the others from ``base``: 4 routed experts + 2
+    # redundant copies = 6 slots, so 4 devices take EP 2 (the largest dividing 4 and 6), not 4
+    spec = tiny.gqa(name="tiny-moe", ffn=dict(kind="moe", n_routed_experts=4, num_experts_per_tok=2,
+                                              moe_intermediate_size=8, n_shared_experts=1))
+    hw = tiny.hw(memory_capacity=1e6)
+    plain = {(d.devices, d.ep) for d in candidates(spec, hw, 4, kv_dtypes=("bf16",), pp=(1,))[0]}
+    deps = candidates(spec, hw, 4, kv_dtypes=("bf16",), pp=(1,), base=LayoutRequest(redundant_experts=2, prefix_hit=0.5))[0]
+    assert (4, 4) in plain and {(d.devices, d.ep) for d in deps if d.devices == 4} == {(4, 2)}
+    assert all(d.prefix_hit == 0.5 and d.redundant_experts == 2 for d in deps)
+
+
+README_COMMAND = "costsim disagg llama-3.1-70b -H h100 --input 2048 --output 512 --ttft-slo 2s --tpot-slo 50ms --rate 10"
+
+
+def test_readme_example_is_current():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    i = readme.index(f"`{README_COMMAND}`")
+    start = readme.index("\n", readme.index("```", i)) + 1
+    shown = readme[start:readme.index("```", start)]
+    out = runner.invoke(app, README_COMMAND.split()[1:])
+    assert out.exit_code == 0 and out.stdout.strip() == shown.strip()
