@@ -8,7 +8,7 @@ Modules: ``app`` (the typer apps), ``options`` (shared options, parsing, the err
 ``query`` (models, hardware, show, kv, import-hf), ``serve`` (compare, perf, max-throughput,
 train), ``plot`` (plot throughput|roofline|kv|kv-models|max-batch|frontier|cost), ``kernel`` (kernel gemm|attention|moe|ffn),
 ``calibrate`` (calibrate, validate), ``whatif`` (whatif), ``reproduce`` (reproduce), ``sweep`` (sweep),
-``plan`` (plan), ``report`` (report).
+``plan`` (plan), ``disagg`` (disagg), ``report`` (report).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import sys
 
 import typer
 
-from costsim.cli import calibrate, kernel, plan, plot, query, report, reproduce, serve, sweep, whatif  # noqa: F401  (importing registers the commands)
+from costsim.cli import calibrate, disagg, kernel, plan, plot, query, report, reproduce, serve, sweep, whatif  # noqa: F401  (importing registers the commands)
 from costsim.cli.app import app
 
-_COMMAND_MODULES = (calibrate, kernel, plan, plot, query, report, reproduce, serve, sweep, whatif)
+_COMMAND_MODULES = (calibrate, disagg, kernel, plan, plot, query, report, reproduce, serve, sweep, whatif)
 
 __all__ = ["app", "main"]
 

@@ -6,6 +6,7 @@ notes, and what JSON / CSV carry. Records come from ``costsim.simulator.scenario
 from __future__ import annotations
 
 import functools
+import math
 
 from costsim.errors import CostsimError
 from costsim.reports import format as F
@@ -600,3 +601,84 @@ def rate(recs: list[dict], head: dict, fmt: str) -> None:
                "Continuous batching, prefill first (no chunked prefill): running batch = rate x output x TPOT "
                "(Little's law); TPOT = decode step / (1 - prefill share); TTFT = prefill + M/D/1 queueing + half a "
                "decode step (costsim/simulator/rate.py)."])
+
+
+@_finite
+def disagg(rec: dict, fmt: str) -> None:
+    """``costsim disagg`` (``costsim.simulator.disagg.Disaggregated.to_dict()``): the prefill pool,
+    the decode pool and the colocated best side by side, then the ratio, the pool sizes at the
+    rate and the KV transfer. JSON: the whole record (SI units); CSV: one row per pool."""
+    rec = dict(rec)
+    warnings = rec.pop("warnings", ())
+    pools = [dict(rec["prefill"])] + [dict(rec["decode"])]
+    col = rec.get("colocated")
+    if fmt != "table":
+        rows = pools + ([dict(col, role="colocated")] if col else [])
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        emit(rows, [(k, k, F.text) for k in keys], fmt, payload=dict(rec, warnings=list(warnings)))
+        return
+    rate = rec["rate"]
+    shown = []
+    for p in pools:
+        r = dict(p, name=f"{p['role']} pool")
+        r["_in"] = p["tokens_per_s"] if p["role"] == "prefill" else None
+        r["_out"] = p["tokens_per_s"] if p["role"] == "decode" else None
+        r["_in_dev"] = p["tokens_per_s_per_device"] if p["role"] == "prefill" else None
+        r["_out_dev"] = p["tokens_per_s_per_device"] if p["role"] == "decode" else None
+        if rate is not None:
+            r.update(replicas=rec[f"{p['role']}_replicas"], total_devices=rec[f"{p['role']}_devices"],
+                     total_nodes=rec[f"{p['role']}_nodes"])
+        shown.append(r)
+    if col:
+        n = rec["devices_per_node"]
+        c = dict(col, name="colocated (plan)", role="colocated", _out=col["tokens_per_s"],
+                 _out_dev=col["tokens_per_s"] / col["devices"], nodes=col["devices"] / n, limit=col["limit"])
+        if rate is not None:
+            c["total_nodes"] = math.ceil(col["total_devices"] / n)
+        else:
+            c.pop("replicas"), c.pop("total_devices")
+        shown.append(c)
+    for r in shown:
+        r["_layout"] = f"tp{r['tp']} ep{r['ep']} pp{r['pp']} dp{r['dp']}"
+        r["_formats"] = f"{r['weight_dtype']}/{r['kv_dtype']}"
+    rows = [("devices", "devices per replica", F.integer), ("nodes", f"nodes of {rec['devices_per_node']} per replica",
+                                                               F.num),
+            ("_layout", "layout", F.text), ("_formats", "weights / KV cache", F.text),
+            ("batch", "batch per replica [sequences]", F.integer), ("ttft_s", "TTFT [ms]", F.ms),
+            ("tpot_s", "TPOT [ms]", F.ms), ("_in", "input tokens/s per replica", F.num),
+            ("_in_dev", "input tokens/s per device", F.num), ("_out", "output tokens/s per replica", F.num),
+            ("_out_dev", "output tokens/s per device", F.num), ("limit", "limited by", F.text)]
+    if rate is not None:
+        rows += [("replicas", f"replicas for {rate:g} requests/s", F.integer),
+                 ("total_devices", "devices", F.integer), ("total_nodes", "nodes", F.integer)]
+    table, cols = F.transpose(shown, rows)
+    from costsim.simulator.planner import slo_text
+
+    ratio = rec["prefill_devices_per_decode_device"]
+    dec = rec["decode"]
+    notes = [f"prefill devices per decode device: {ratio:.4g} = (input / prefill tokens/s per device) / (output / "
+             f"decode tokens/s per device) = {rec['prefill_device_s_per_request']:.4g} s / "
+             f"{rec['decode_device_s_per_request']:.4g} s per request; per decode replica of {dec['devices']} devices "
+             f"({dec['nodes']:g} nodes): {rec['prefill_devices_per_decode_replica']:.4g} prefill devices "
+             f"({rec['prefill_devices_per_decode_replica'] / rec['devices_per_node']:.4g} nodes).",
+             f"balanced pools: {F.num(rec['output_tokens_per_s_per_device'])} output tokens/s per device"
+             + (f"; colocated best: {F.num(rec['colocated_output_tokens_per_s_per_device'])}" if col else "") + "."]
+    if rate is not None:
+        notes.append(f"for {rate:g} requests/s: {rec['total_devices']:,} devices disaggregated ("
+                     f"{rec['prefill_devices']:,} prefill + {rec['decode_devices']:,} decode)"
+                     + (f" vs {col['total_devices']:,} colocated" if col else "") + ".")
+    if rec["kv_transfer_s"] is not None:
+        notes.append(f"KV transfer: {rec['kv_bytes_per_request'] / 1e6:,.4g} MB per request ({rec['input_len']} "
+                     f"tokens, {rec['prefill']['kv_dtype']}), {rec['kv_transfer_s'] * 1e3:.4g} ms over a prefill "
+                     f"device's inter-node link; link busy {rec['prefill_link_load'] * 100:.1f}% of the time on a "
+                     f"prefill device, {rec['decode_link_load'] * 100:.1f}% on a decode device (overlapped with "
+                     "compute: not added to TTFT, TPOT or throughput).")
+    if not col and rec.get("colocated_reason"):
+        notes.append(f"colocated: {rec['colocated_reason']}")
+    notes.append("Steady state, no queueing: TTFT = the prefill of the pool's batch; TPOT = the mean over the output "
+                 "of the decode pool's batch; colocated = costsim plan's best at the same SLOs (prefill then decode "
+                 "of its batch in lock-step) (costsim/simulator/disagg.py).")
+    emit(table, cols, notes=notes, title=(
+        f"disagg: {rec['model']} on {rec['hardware']}, {rec['input_len']} in -> {rec['output_len']} out, "
+        f"{slo_text(rec['tpot_slo_s'], rec['ttft_slo_s'])}"
+        + (f", {rate:g} requests/s" if rate is not None else "")))
