@@ -99,7 +99,7 @@ FLAGS = {
     "gpu_hours": "--gpu-hours", "tokens": "--tokens", "seq_len": "--seq-len", "dtype": "--dtype",
     "m": "--m", "n": "--n", "k": "--k", "form": "--form", "new_tokens": "--new-tokens", "price": "--price",
     "max_devices": "--max-devices", "users": "--users", "target_tokens_per_s": "--target-tokens-per-s",
-    "ttft_slo_s": "--ttft-slo", "top": "--top", "rate": "--rate", **{f"{r}_{k}": f"--{r}-{k}" for r in ("prefill", "decode") for k in ("devices", "tp", "ep", "pp")},
+    "ttft_slo_s": "--ttft-slo", "top": "--top", "rate": "--rate", "chunked_prefill": "--chunked-prefill", **{f"{r}_{k}": f"--{r}-{k}" for r in ("prefill", "decode") for k in ("devices", "tp", "ep", "pp")},
 }
 
 

@@ -102,7 +102,10 @@ def rate_cmd(model: O.Model, hardware: O.Hardware,
              imbalance: O.Imbalance = 1.0, overlap: O.Overlap = False, block_size: O.BlockSize = None,
              mtp: O.MTP = 0, mtp_acceptance: O.MTPAcceptance = None, prefix_hit: O.PrefixHit = 0.0,
              redundant: O.Redundant = 0, ep_kernel: O.EPKernel = "normal", tbo: O.TBO = False,
-             draft: O.Draft = None, sets: O.Sets = None, hw_sets: O.HwSets = None, fmt: O.Format = O.Fmt.table):
+             draft: O.Draft = None,
+             chunked: Optional[str] = typer.Option(None, "--chunked-prefill", help="Sarathi-Serve chunked prefill: "
+                                                   "tokens per step (decode tokens + a prompt chunk), e.g. 2048."),
+             sets: O.Sets = None, hw_sets: O.HwSets = None, fmt: O.Format = O.Fmt.table):
     """TTFT, TPOT and the running batch of continuous batching at offered request rates."""
 
     def go():
@@ -112,6 +115,12 @@ def rate_cmd(model: O.Model, hardware: O.Hardware,
         spec, hw = O.model(model, sets), O.hardware(hardware, hw_sets)
         i = O.count(input_len, "--input", minimum=1)
         o = O.count(output_len, "--output", minimum=1)
+        budget = None
+        if chunked is not None:
+            if not chunked.strip().isdigit() or int(chunked) < 1:
+                raise CostsimError(f"--chunked-prefill {chunked!r}: expected a whole number of tokens per step >= 1, "
+                                   "e.g. 2048")
+            budget = int(chunked)
         rates = []
         for t in O.items(rate, "--rate"):
             try:
@@ -123,10 +132,10 @@ def rate_cmd(model: O.Model, hardware: O.Hardware,
             rates.append(v)
         req = O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype, mla_form, imbalance, overlap, block_size, mtp,
                        mtp_acceptance, prefix_hit, redundant, ep_kernel, tbo, draft)
-        head, recs = rate_records(spec, hw, req, rates, i, o)
+        head, recs = rate_records(spec, hw, req, rates, i, o, budget)
         views.rate(recs, head, fmt.value)
 
-    O.run(go)
+    O.run(go, given={"chunked_prefill": chunked})
 
 
 @app.command("train")

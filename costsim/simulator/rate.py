@@ -161,11 +161,13 @@ def at_rate(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, rate: float, 
     return RatePoint(rate, False, lo, ttft, tpot, ttft + (O - 1) * tpot, rho, need)
 
 
-def rate_records(spec: ModelSpec, hw: HardwareProfile, request, rates, input_len: int, output_len: int):
+def rate_records(spec: ModelSpec, hw: HardwareProfile, request, rates, input_len: int, output_len: int,
+                 chunked_prefill: int | None = None):
     """(head, points) for ``costsim rate``: the layout of ``request`` (a ``LayoutRequest``,
     resolved at input + output tokens) with the largest sustainable rate and the memory-limited
-    batch, and one ``at_rate`` dict per rate, in increasing order. Raises CostsimError when the
-    weights do not fit."""
+    batch, and one ``at_rate`` dict per rate, in increasing order (``at_rate_chunked`` with a
+    ``chunked_prefill`` token budget; the head's max_rate is then None: not searched). Raises
+    CostsimError when the weights do not fit."""
     from costsim.simulator.layout import resolve_deployment
     from costsim.simulator.memory import require_fit
 
@@ -173,9 +175,13 @@ def rate_records(spec: ModelSpec, hw: HardwareProfile, request, rates, input_len
     require_fit(spec, hw, dep)
     head = dict(model=spec.name, hardware=hw.name, devices=dep.devices, tp=dep.tp, ep=dep.ep, pp=dep.pp, dp=dep.dp,
                 weight_dtype=dep.weights_name, kv_dtype=dep.kv_format.name, input=input_len, output=output_len,
-                max_rate=max_rate(spec, hw, dep, input_len, output_len),
-                max_batch=_bmax(spec, hw, dep, input_len, output_len))
-    return head, [vars(at_rate(spec, hw, dep, r, input_len, output_len)) for r in sorted(rates)]
+                max_rate=None if chunked_prefill else max_rate(spec, hw, dep, input_len, output_len),
+                max_batch=_bmax(spec, hw, dep, input_len, output_len), chunked_prefill=chunked_prefill)
+    if chunked_prefill:
+        pts = [at_rate_chunked(spec, hw, dep, r, input_len, output_len, chunked_prefill) for r in sorted(rates)]
+    else:
+        pts = [at_rate(spec, hw, dep, r, input_len, output_len) for r in sorted(rates)]
+    return head, [{k: (float(v) if isinstance(v, np.floating) else v) for k, v in vars(p).items()} for p in pts]
 
 
 def at_rate_chunked(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, rate: float, input_len: int,
