@@ -18,6 +18,9 @@ the running batch, which advances one token per sequence per decode step.
 - Saturated when no batch up to the memory limit (KV at I + O tokens) keeps up, or rho >= 1.
   The largest sustainable rate is 1 / (O d(Bmax) / Bmax + p / dp) (Bmax: the memory limit).
 
+With a token budget per step (Sarathi-Serve chunked prefill) see ``at_rate_chunked`` and
+``mixed_step``: prefill chunks ride in the decode steps instead of stalling them.
+
 Units: requests/s, seconds, tokens/s (per replica = all ``dep.devices``).
 """
 
