@@ -303,7 +303,7 @@ def test_shared_options_have_one_default_and_files_are_o_out():
         if long == "--output":
             assert p.default in ("1024",), (cmd, p.default)
         if long not in differs or not cmd.startswith("kernel"):
-            if cmd in ("sweep", "plan") and p.default is not None and "," in str(p.default):
+            if cmd in ("sweep", "plan", "disagg") and p.default is not None and "," in str(p.default):
                 # a list to search: it starts at the shared default
                 seen.setdefault(long, set()).add(str(p.default).split(",")[0])
                 continue
