@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -156,11 +156,13 @@ def _weight_choices(spec: ModelSpec, hw: HardwareProfile, weight_dtypes) -> list
 
 
 def candidates(spec: ModelSpec, hw: HardwareProfile, max_devices: int, weight_dtypes=None,
-               kv_dtypes=("bf16", "fp8"), pp=(1, 2, 4), context: int = 0, mla_form: str = "auto"
-               ) -> tuple[list[Deployment], Counter]:
+               kv_dtypes=("bf16", "fp8"), pp=(1, 2, 4), context: int = 0, mla_form: str = "auto",
+               modes: LayoutRequest | None = None) -> tuple[list[Deployment], Counter]:
     """The deployments the planner searches on ``hw`` (see the module docstring) whose weights
     fit, and a count of the others by reason ("layout invalid", "format unsupported", "weights
-    do not fit"). Deduplicated by layout and resolved formats."""
+    do not fit"). Deduplicated by layout and resolved formats. ``modes``: a ``LayoutRequest``
+    whose serving modes (EP kernel, two-batch overlap, MTP / draft model, DeepEP tokens,
+    imbalance, ...) every candidate takes; its layout and format fields are the search's."""
     out, seen, reasons = [], set(), Counter()
     moe = isinstance(spec.ffn, MoEFFN)
     for n in device_counts(max_devices):
@@ -175,7 +177,8 @@ def candidates(spec: ModelSpec, hw: HardwareProfile, max_devices: int, weight_dt
             for t in tps:
                 for w in _weight_choices(spec, hw, weight_dtypes):
                     for k in kv_dtypes:
-                        req = LayoutRequest(devices=n, tp=t, ep=ep, pp=p, weight_dtype=w, kv_dtype=k, mla_form=mla_form)
+                        req = replace(modes or LayoutRequest(), devices=n, tp=t, ep=ep, pp=p, weight_dtype=w,
+                                      kv_dtype=k, mla_form=mla_form)
                         try:
                             dep = resolve_deployment(spec, hw, req, 1, context)
                         except FieldError as e:
@@ -311,10 +314,11 @@ def _check(name, v):
 def plan(spec: ModelSpec, hardware, input_len: int, output_len: int, *, tpot_slo_s: float | None = None,
          ttft_slo_s: float | None = None, target_tokens_per_s: float | None = None, users: int | None = None,
          max_devices: int = 64, weight_dtypes=None, kv_dtypes=("bf16", "fp8"), pp=(1, 2, 4), top: int | None = 10,
-         mla_form: str = "auto") -> Plan:
+         mla_form: str = "auto", modes: LayoutRequest | None = None) -> Plan:
     """The cheapest deployments of ``spec`` on the profiles ``hardware`` (a list) serving
     ``input_len`` -> ``output_len`` tokens per request under the SLOs (seconds), ranked by USD
     per 1e6 output tokens (module docstring). ``top``: how many plans to find (None: all).
+    ``modes``: the serving modes every deployment runs with (``candidates``).
 
     Every profile needs ``price_per_device_hour``. Raises FieldError naming a bad argument
     (``input_len``, ``tpot_slo_s``, ``max_devices``, ``price``, ...) and CostsimError, in one
@@ -353,7 +357,8 @@ def plan(spec: ModelSpec, hardware, input_len: int, output_len: int, *, tpot_slo
     screens, summaries, searched = [], {}, {}
     for hw in hardware:
         price = hw.price_per_device_hour.value
-        deps, reasons = candidates(spec, hw, max_devices, weight_dtypes, kv_dtypes, pp, input_len + output_len, mla_form)
+        deps, reasons = candidates(spec, hw, max_devices, weight_dtypes, kv_dtypes, pp, input_len + output_len, mla_form,
+                                   modes)
         searched[hw.name] = sorted({d.weights_name for d in deps}) or \
             [str(w or "checkpoint") for w in _weight_choices(spec, hw, weight_dtypes)]
         n_all = len(deps) + sum(reasons.values())
