@@ -157,7 +157,7 @@ def memory_lines(hardware: list[HardwareProfile]) -> list[dict]:
 def max_batch_curve(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequest = LayoutRequest(),
                     context=None) -> dict:
     """The largest batch (sequences per replica) whose KV cache and workspace fit beside the
-    weights, against an array of ``context`` lengths (``memory.memory_report``), on the
+    weights and the DeepEP buffers, against an array of ``context`` lengths (``memory.memory_report``), on the
     layout ``request`` resolves to at the longest context. ``max_batch`` is 0 where not even
     one sequence fits. Raises CostsimError when the weights alone do not fit."""
     check_types(spec, hw)
