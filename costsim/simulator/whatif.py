@@ -35,7 +35,7 @@ METRICS = (
     ("max_batch", "max batch at input+output tokens", "sequences", "perf"),
     ("weight_bytes_per_device", "weights per device", "bytes", "perf"),
     ("kv_bytes_per_device", "KV cache per device at input+output", "bytes", "perf"),
-    ("memory_bytes_per_device", "memory per device (weights + DeepEP buffers + KV + workspace)", "bytes", "perf"),
+    ("memory_bytes_per_device", "memory per device (weights, DeepEP, KV, act.)", "bytes", "perf"),
     ("prefill_mfu", "prefill MFU", "fraction", "perf"),
     ("decode_mbu", "decode MBU (first step)", "fraction", "perf"),
 )
