@@ -419,6 +419,17 @@ def _buffers(m) -> str:
     return f"and {_gb(m.comm_buffer_bytes)} of DeepEP buffers " if m.comm_buffer_bytes else ""
 
 
+def _dispatch_warning(spec: ModelSpec, dep: Deployment, batch) -> list[str]:
+    """A warning when a decode step's low-latency dispatch sends more tokens per rank than
+    DeepEP's buffer holds (``memory.deepep_buffers``), else none."""
+    cap, sent = deepep_buffers(spec, dep).tokens, decode_dispatch_tokens(dep, batch)
+    if not cap or sent <= cap:
+        return []
+    return [f"at batch {int(batch)} a decode step's low-latency dispatch sends {sent} tokens per rank, more than "
+            f"the {cap} DeepEP's buffer is sized for (--deepep-max-tokens; SGLang: "
+            "SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK); DeepEP refuses such a step"]
+
+
 def _band(t: float, factors) -> tuple | None:
     return None if factors is None else (t * factors[0], t * factors[1])
 
@@ -463,11 +474,8 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
                     f"{_gb(m.weight_bytes)} of weights {_buffers(m)}({_gb(m.usable_bytes)} usable; GB = 1e9 bytes; the whole prompts in one step: "
                     f"{_gb(r.prefill_workspace_bytes)} of activations)")
     bufs = deepep_buffers(spec, dep)
-    sent = decode_dispatch_tokens(dep, b)
-    if bufs.tokens and o > 0 and sent > bufs.tokens:
-        warn.append(f"a decode step's low-latency dispatch sends {sent} tokens per rank, more than the "
-                    f"{bufs.tokens} DeepEP's buffer is sized for (--deepep-max-tokens; SGLang: "
-                    "SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK); DeepEP refuses such a step")
+    if o > 0:
+        warn += _dispatch_warning(spec, dep, b)
     if dep.ep_kernel != "normal" and dep.ep == 1:
         warn.append(f"ep_kernel {dep.ep_kernel} has no effect: ep=1 has no EP all-to-all")
     if dep.two_batch_overlap and float(dep.seqs_per_rank(float(b) / float(microbatches(b, dep.pp)))) < 2:
@@ -586,7 +594,8 @@ def max_throughput_record(spec: ModelSpec, hw: HardwareProfile, request: LayoutR
         spec.name, hw.name, dep.devices, dep.tp, dep.ep, dep.pp, dep.weights_name, dep.kv_format.name, context,
         tpot_slo_s, r.batch, r.tpot_s, r.tokens_per_s, r.tokens_per_s_per_device,
         r.tokens_per_s_per_device * hw.devices_per_node, r.max_batch_memory, r.limit,
-        tuple(context_warnings(spec, context)), *money, _band(r.tpot_s, band), **decode_modes(dep))
+        tuple(context_warnings(spec, context) + (_dispatch_warning(spec, dep, r.batch) if r.batch else [])), *money,
+        _band(r.tpot_s, band), **decode_modes(dep))
 
 
 # ---- train ------------------------------------------------------------------------------
