@@ -23,7 +23,7 @@ from costsim.api import load_hardware, load_model
 from costsim.cli import app
 from costsim.errors import FieldError
 from costsim.simulator.deployment import Deployment
-from costsim.simulator.memory import (deepep_buffers, deepep_low_latency_rdma_bytes, deepep_normal_nvl_bytes,
+from costsim.simulator.memory import (decode_dispatch_tokens, deepep_buffers, deepep_low_latency_rdma_bytes, deepep_normal_nvl_bytes,
                                       deepep_normal_rdma_bytes, kv_bytes_per_device, memory_report,
                                       weight_bytes_per_device, workspace_bytes)
 from costsim.simulator.types import StepShape
@@ -119,6 +119,16 @@ def test_memory_report_charges_the_buffers_beside_the_weights():
     assert m.max_batch == math.floor(free / per_seq) * d.dp
     # the normal kernels' smaller buffer leaves room for more sequences
     assert memory_report(V3, H800, dep("normal"), 256, 5120).max_batch > m.max_batch
+
+
+def test_decode_dispatch_tokens():
+    # 8192 sequences over dp 32: 256 per rank; MTP 1 verifies 2 tokens each; two-batch overlap halves them
+    assert decode_dispatch_tokens(dep(), 8192) == 256
+    assert decode_dispatch_tokens(dep(mtp_depth=1), 8192) == 512
+    assert decode_dispatch_tokens(dep(mtp_depth=1, two_batch_overlap=True), 8192) == 256
+    assert decode_dispatch_tokens(dep(two_batch_overlap=True), 32) == 1  # one sequence: both micro-batches hold it
+    # attention TP 4 (dp 8): 1024 sequences per group, each rank dispatches its quarter
+    assert decode_dispatch_tokens(Deployment(devices=32, tp=4, ep=32), 8192) == 256
 
 
 R = CliRunner()

@@ -208,11 +208,13 @@ def deepep_buffers(spec: ModelSpec, dep: Deployment) -> DeepEPBuffers:
 
 
 def decode_dispatch_tokens(dep: Deployment, batch) -> int:
-    """Tokens one device sends in a decode step's low-latency dispatch: the sequences of its
-    attention rank (per micro-batch with two-batch overlap) x (1 + mtp_depth), its 1/tp share
-    (``parallel.comm_operators``), rounded up; compared with ``deepep_max_tokens``."""
-    b = float(np.max(batch))
-    seqs = float(dep.seqs_per_rank(b / 2 if dep.two_batch_overlap else b))
+    """Tokens one device sends in a decode step's low-latency dispatch of ``batch`` sequences:
+    the sequences of its attention rank (per micro-batch with two-batch overlap) x (1 +
+    mtp_depth), its 1/tp share (``parallel.comm_operators``), rounded up; what
+    ``deepep_max_tokens`` must hold (``scenario`` warns when it does not)."""
+    seqs = float(dep.seqs_per_rank(float(np.max(batch))))
+    if dep.two_batch_overlap:  # each rank splits its sequences, rounding up (1 sequence: both hold it)
+        seqs = ceil(seqs / 2)
     return int(ceil(seqs * (1 + dep.mtp_depth) / dep.tp - 1e-9))
 
 
