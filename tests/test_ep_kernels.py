@@ -98,7 +98,7 @@ def test_day6_decode_with_low_latency_kernels():
     # Day-6 overview: V3 decode on 18 H800 nodes, EP144, 32 redundant experts, MTP, average KV
     # length 4,989, 20-22 tokens/s per user (TPOT <= 47.6 ms): 14.8K output tokens/s per node.
     # With the low-latency kernels and no overlap costsim gives 16.3K (+10%); the normal kernels
-    # 18.4K (+24%). (With two-batch overlap the step hides the all-to-all: 30.8K, memory-bound.)
+    # 18.5K (+25%). (With two-batch overlap the step hides the all-to-all: 30.0K, memory-bound.)
     from costsim.simulator.scenario import max_throughput_record
 
     spec, hw = load_model("deepseek-v3"), load_hardware("h800")

@@ -119,7 +119,7 @@ CHUNK_CASES = [
 
 @pytest.mark.parametrize("model,hardware,request_,sets", CHUNK_CASES, ids=[c[0] for c in CHUNK_CASES])
 def test_chunked_prefill_grid_equals_chunk_by_chunk_sum(model, hardware, request_, sets):
-    from costsim.simulator.memory import kv_bytes_per_device, weight_bytes_per_device
+    from costsim.simulator.memory import kv_bytes_per_device, resident_bytes  # weights + DeepEP buffers
     from costsim.simulator.serving import chunked_prefill, prefill_chunk_tokens, prefill_workspace
     from costsim.simulator.sweep import chunked_prefill_grid
 
@@ -128,7 +128,7 @@ def test_chunked_prefill_grid_equals_chunk_by_chunk_sum(model, hardware, request
     dep = resolve_deployment(spec, hw0, request_)
     counts = []
     for b, i, frac in ((1, 70000, 0.01), (3, 4097, 0.3), (16, 20000, 0.05), (5, 300, 0.1), (2, 2100, 0.02)):
-        need = (weight_bytes_per_device(spec, dep) + float(kv_bytes_per_device(spec, dep, b, i))
+        need = (resident_bytes(spec, dep) + float(kv_bytes_per_device(spec, dep, b, i))
                 + frac * float(prefill_workspace(spec, dep, b, i - dep.cached_prefix(i), i)))
         hw = apply_sets(hw0, [f"memory_capacity={need / dep.gpu_memory_utilization:.0f}"], "--hw-set")
         chunk, t, mfu, mbu, _ = chunked_prefill_grid(spec, hw, dep, np.array([float(b)]), np.array([float(i)]))
@@ -240,7 +240,8 @@ def test_sweep_rows_equal_perf(small):
                      ("max_batch", "max_batch")):
             assert r[a] == pytest.approx(getattr(p, b), rel=1e-9), a
         assert r.memory_per_device_bytes == pytest.approx(
-            p.weight_bytes_per_device + p.kv_bytes_per_device + p.workspace_bytes_per_device, rel=1e-12)
+            p.weight_bytes_per_device + p.comm_buffer_bytes_per_device + p.kv_bytes_per_device
+            + p.workspace_bytes_per_device, rel=1e-12)
 
 
 def test_dask_two_workers_give_the_same_frame(small):

@@ -62,9 +62,10 @@ EPKernel = Annotated[str, typer.Option("--ep-kernel", help="EP all-to-all kernel
 TBO = Annotated[bool, typer.Option("--two-batch-overlap", help="Run each step as two micro-batches of half the "
                                                              "sequences, one's communication under the other's "
                                                              "compute (DeepSeek's serving; weights read twice).")]
-Draft = Annotated[Optional[str], typer.Option("--draft-model", help="Speculative decoding with a draft model (name "
-                                                                   "or file; same tokenizer) proposing the --mtp N "
-                                                                   "tokens instead of the MTP module.")]
+DeepEPMaxTokens = Annotated[int, typer.Option("--deepep-max-tokens", help="Tokens per rank a low-latency dispatch may "
+                                             "send; sizes DeepEP's buffer (SGLang's default 128; 1 to 1024).")]
+Draft = Annotated[Optional[str], typer.Option("--draft-model", help="Speculative decoding with a draft model (name or "
+                                              "file; same tokenizer) proposing the --mtp N tokens, not the MTP module.")]
 MTP = Annotated[int, typer.Option("--mtp", help="MTP speculative decoding: draft tokens per decode step from the "
                                                   "model's MTP module (0: off; DeepSeek-V3 serves with 1).")]
 MTPAcceptance = Annotated[Optional[float], typer.Option("--mtp-acceptance", help="With --mtp: probability that each "
@@ -94,7 +95,7 @@ FLAGS = {
     "devices": "--devices", "tp": "--tp", "ep": "--ep", "pp": "--pp", "weight_dtype": "--weight-dtype",
     "weight_format": "--weight-dtype", "kv_dtype": "--kv-dtype", "kv_format": "--kv-dtype", "mla_form": "--mla-form",
     "imbalance": "--imbalance", "block_size": "--block-size", "mtp_depth": "--mtp", "mtp_acceptance": "--mtp-acceptance",
-    "prefix_hit": "--prefix-hit", "redundant_experts": "--redundant-experts", "ep_kernel": "--ep-kernel", "two_batch_overlap": "--two-batch-overlap", "draft_model": "--draft-model", "tpot_slo_s": "--tpot-slo", "batch": "--batch",
+    "prefix_hit": "--prefix-hit", "redundant_experts": "--redundant-experts", "ep_kernel": "--ep-kernel", "two_batch_overlap": "--two-batch-overlap", "draft_model": "--draft-model", "deepep_max_tokens": "--deepep-max-tokens", "tpot_slo_s": "--tpot-slo", "batch": "--batch",
     "context": "--context", "input_len": "--input", "output_len": "--output", "mfu": "--mfu",
     "gpu_hours": "--gpu-hours", "tokens": "--tokens", "seq_len": "--seq-len", "dtype": "--dtype",
     "m": "--m", "n": "--n", "k": "--k", "form": "--form", "new_tokens": "--new-tokens", "price": "--price",
@@ -192,7 +193,7 @@ def items(text: str, flag: str) -> list[str]:
 
 def layout(devices=None, tp=None, ep=None, pp=None, weight_dtype=None, kv_dtype="bf16", mla_form="auto",
            imbalance=1.0, overlap=False, block_size=None, mtp=0, mtp_acceptance=None, prefix_hit=0.0,
-           redundant=0, ep_kernel="normal", tbo=False, draft=None):
+           redundant=0, ep_kernel="normal", tbo=False, draft=None, deepep_max_tokens=128):
     """The flags of a layout as the engine's ``LayoutRequest`` (the engine checks them).
     ``mtp_acceptance`` None: the engine's default; given without ``mtp`` >= 1, it is refused."""
     from costsim.simulator.layout import LayoutRequest
@@ -207,8 +208,7 @@ def layout(devices=None, tp=None, ep=None, pp=None, weight_dtype=None, kv_dtype=
                          mla_form=mla_form, imbalance=imbalance, overlap_comm=overlap, block_size=block_size,
                          mtp_depth=mtp, mtp_acceptance=mtp_acceptance, prefix_hit=prefix_hit,
                          redundant_experts=redundant, ep_kernel=ep_kernel_name(ep_kernel),
-                         two_batch_overlap=tbo, draft_model=draft_spec(draft, mtp))
-
+                         two_batch_overlap=tbo, draft_model=draft_spec(draft, mtp), deepep_max_tokens=deepep_max_tokens)
 
 def draft_spec(name, mtp):
     """``--draft-model``'s spec (None when not given); CostsimError without ``--mtp N``."""

@@ -53,6 +53,9 @@ def plan_cmd(model: O.Model,
              kv_dtype: str = typer.Option("bf16,fp8", "--kv-dtype", help="KV cache formats to try (comma-separated)."),
              pp: str = typer.Option("1,2,4", "--pp", help="PP degrees to try (comma-separated)."),
              top: int = typer.Option(10, "--top", help="How many plans to find and show."),
+             ep_kernel: O.EPKernel = "normal", tbo: O.TBO = False, mtp: O.MTP = 0,
+             mtp_acceptance: O.MTPAcceptance = None, draft: O.Draft = None,
+             deepep_max_tokens: O.DeepEPMaxTokens = 128,
              price: Optional[List[str]] = typer.Option(None, "--price", help="Price per device-hour with its unit: "
                                                        "2.5USD/h for every profile, or NAME=2.5USD/h for one "
                                                        "(repeatable; default: each profile's price_per_device_hour)."),
@@ -90,7 +93,9 @@ def plan_cmd(model: O.Model,
         pps = [O.count(t, "--pp", minimum=1) for t in O.items(pp, "--pp")]
         result = plan(spec, hws, i, o, tpot_slo_s=O.slo(tpot_slo), ttft_slo_s=O.slo(ttft_slo, "--ttft-slo"),
                       target_tokens_per_s=rate, users=n_users, max_devices=max_devices, weight_dtypes=wds,
-                      kv_dtypes=tuple(kvs), pp=tuple(pps), top=top)
+                      kv_dtypes=tuple(kvs), pp=tuple(pps), top=top,
+                      base=O.layout(mtp=mtp, mtp_acceptance=mtp_acceptance, ep_kernel=ep_kernel, tbo=tbo, draft=draft,
+                                     deepep_max_tokens=deepep_max_tokens))
         if out is None:
             views.plan(result.to_dict(), fmt.value)
         else:

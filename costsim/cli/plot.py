@@ -24,7 +24,8 @@ def _wrote(path):
 def plot_throughput_cmd(models: O.Models, hardware: O.Hardware, output: O.Output, devices: O.Devices = None,
                         tp: O.TP = None, ep: O.EP = None, pp: O.PP = None, context: O.Context = "4096",
                         tpot_slo: O.TpotSlo = None, weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16",
-                        sets: O.Sets = None, hw_sets: O.HwSets = None, force: O.Force = False):
+                        ep_kernel: O.EPKernel = "normal", tbo: O.TBO = False, mtp: O.MTP = 0,
+                        mtp_acceptance: O.MTPAcceptance = None, draft: O.Draft = None, sets: O.Sets = None, hw_sets: O.HwSets = None, force: O.Force = False):
     """Decode throughput per device against TPOT, batch swept up to the memory limit (marked)."""
 
     def go():
@@ -35,7 +36,7 @@ def plot_throughput_cmd(models: O.Models, hardware: O.Hardware, output: O.Output
         hw = O.hardware(hardware, hw_sets)
         ctx = O.count(context, "--context", minimum=1)
         slo = O.slo(tpot_slo)
-        req = O.layout(devices, tp, ep, pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype)
+        req = O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype, **_modes(ep_kernel, tbo, mtp, mtp_acceptance, draft))
         curves = [throughput_curve(O.model(m, sets), hw, req, ctx, slo) for m in models]
         lays = sorted({c["layout"] for c in curves})
         throughput_latency(curves, path, f"decode on {hw.name}, context {ctx} tokens: {'; '.join(lays)}", slo)
@@ -48,7 +49,8 @@ def plot_throughput_cmd(models: O.Models, hardware: O.Hardware, output: O.Output
 def plot_roofline_cmd(model: O.Model, hardware: O.Hardware, output: O.Output, devices: O.Devices = None,
                       tp: O.TP = None, ep: O.EP = None, pp: O.PP = None, batch: O.Batch = "1",
                       context: O.Context = "4096", weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16",
-                      sets: O.Sets = None, hw_sets: O.HwSets = None, force: O.Force = False):
+                      ep_kernel: O.EPKernel = "normal", tbo: O.TBO = False, mtp: O.MTP = 0,
+                      mtp_acceptance: O.MTPAcceptance = None, draft: O.Draft = None, sets: O.Sets = None, hw_sets: O.HwSets = None, force: O.Force = False):
     """Operators of one decode step on the hardware's roofline, one roof per compute dtype."""
 
     def go():
@@ -58,7 +60,8 @@ def plot_roofline_cmd(model: O.Model, hardware: O.Hardware, output: O.Output, de
         path = O.check_plot_output(output, force)
         spec, hw = O.model(model, sets), O.hardware(hardware, hw_sets)
         b, ctx = O.count(batch, "--batch", minimum=1), O.count(context, "--context", minimum=1)
-        r = decode_roofline(spec, hw, O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype), b, ctx)
+        req = O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype, **_modes(ep_kernel, tbo, mtp, mtp_acceptance, draft))
+        r = decode_roofline(spec, hw, req, b, ctx)
         roofline(r, path, f"{spec.name} decode step, batch {b}, context {ctx} on {hw.name}: {r['layout']}"
                           + ("" if r["fits"] else " (does not fit in memory)"))
         _wrote(path)
@@ -114,7 +117,8 @@ def plot_kv_models_cmd(models: O.Models, output: O.Output, kv_dtype: O.KVDtype =
 def plot_max_batch_cmd(models: O.Models, output: O.Output, hardware: str = HardwareList,
                        max_context: str = MaxContext, devices: O.Devices = None, tp: O.TP = None, ep: O.EP = None,
                        pp: O.PP = None, weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16",
-                       sets: O.Sets = None, hw_sets: O.HwSets = None, force: O.Force = False):
+                       ep_kernel: O.EPKernel = "normal", tbo: O.TBO = False, mtp: O.MTP = 0,
+                       mtp_acceptance: O.MTPAcceptance = None, draft: O.Draft = None, sets: O.Sets = None, hw_sets: O.HwSets = None, force: O.Force = False):
     """The largest batch that fits in memory against context, per model and hardware."""
 
     def go():
@@ -126,7 +130,7 @@ def plot_max_batch_cmd(models: O.Models, output: O.Output, hardware: str = Hardw
         path = O.check_plot_output(output, force)
         top = O.count(max_context, "--max-context", minimum=2)
         hws = [O.hardware(h, hw_sets) for h in O.items(hardware, "--hardware")]
-        req = O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype)
+        req = O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype, **_modes(ep_kernel, tbo, mtp, mtp_acceptance, draft))
         ctx = np.unique(np.round(np.geomspace(min(512, top // 2), top, 24)))
         curves = [max_batch_curve(O.model(m, sets), h, req, ctx) for m in models for h in hws]
         max_batch(curves, path, f"largest batch that fits, KV {kv_dtype}")
@@ -135,12 +139,17 @@ def plot_max_batch_cmd(models: O.Models, output: O.Output, hardware: str = Hardw
     O.run(go)
 
 
-def _fronts(models, hardware, context, max_devices, weight_dtype, kv_dtype, sets, hw_sets, price=None):
+def _modes(ep_kernel, tbo, mtp, mtp_acceptance, draft) -> dict:
+    """The serving-mode flags (the same options as perf's) as ``O.layout`` keywords."""
+    return dict(mtp=mtp, mtp_acceptance=mtp_acceptance, ep_kernel=ep_kernel, tbo=tbo, draft=draft)
+
+
+def _fronts(models, hardware, context, max_devices, weight_dtype, kv_dtype, sets, hw_sets, price=None, modes=None):
     from costsim.simulator.figures import frontier
 
     hws = [O.priced(O.hardware(h, hw_sets), price) for h in O.items(hardware, "--hardware")]
     ctx = O.count(context, "--context", minimum=1)
-    req = O.layout(None, None, None, None, weight_dtype, kv_dtype)
+    req = O.layout(None, None, None, None, weight_dtype, kv_dtype, **(modes or {}))
     n = None if max_devices is None else O.count(str(max_devices), "--max-devices", minimum=1)
     return [frontier(O.model(m, sets), h, req, ctx, n) for m in models for h in hws], ctx
 
@@ -148,7 +157,9 @@ def _fronts(models, hardware, context, max_devices, weight_dtype, kv_dtype, sets
 @plot_app.command("frontier")
 def plot_frontier_cmd(models: O.Models, output: O.Output, hardware: str = HardwareList,
                       context: O.Context = "4096", max_devices: Optional[int] = MaxDevices,
-                      weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16", sets: O.Sets = None,
+                      weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16",
+                      ep_kernel: O.EPKernel = "normal", tbo: O.TBO = False, mtp: O.MTP = 0,
+                      mtp_acceptance: O.MTPAcceptance = None, draft: O.Draft = None, sets: O.Sets = None,
                       hw_sets: O.HwSets = None, force: O.Force = False):
     """Serving frontier of decode: tokens/s per device against tokens/s per user over layouts
     and batches, the Pareto points joined."""
@@ -157,7 +168,8 @@ def plot_frontier_cmd(models: O.Models, output: O.Output, hardware: str = Hardwa
         from costsim.reports.plots import frontier
 
         path = O.check_plot_output(output, force)
-        fronts, ctx = _fronts(models, hardware, context, max_devices, weight_dtype, kv_dtype, sets, hw_sets)
+        fronts, ctx = _fronts(models, hardware, context, max_devices, weight_dtype, kv_dtype, sets, hw_sets,
+                              modes=_modes(ep_kernel, tbo, mtp, mtp_acceptance, draft))
         frontier(fronts, path, f"decode frontier at context {ctx} tokens (every TP/EP layout, batch 1 to the "
                                "memory limit)")
         _wrote(path)
@@ -169,7 +181,8 @@ def plot_frontier_cmd(models: O.Models, output: O.Output, hardware: str = Hardwa
 def plot_cost_cmd(models: O.Models, output: O.Output, hardware: str = HardwareList,
                   context: O.Context = "4096", max_devices: Optional[int] = MaxDevices,
                   weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16", price: O.Price = None,
-                  sets: O.Sets = None, hw_sets: O.HwSets = None, force: O.Force = False):
+                  ep_kernel: O.EPKernel = "normal", tbo: O.TBO = False, mtp: O.MTP = 0,
+                  mtp_acceptance: O.MTPAcceptance = None, draft: O.Draft = None, sets: O.Sets = None, hw_sets: O.HwSets = None, force: O.Force = False):
     """USD per million output tokens against the TPOT SLO (the cheapest layout and batch that
     meets each SLO, at the profile's price per device-hour)."""
 
@@ -180,7 +193,8 @@ def plot_cost_cmd(models: O.Models, output: O.Output, hardware: str = HardwareLi
         from costsim.simulator.figures import cost_vs_slo
 
         path = O.check_plot_output(output, force)
-        fronts, ctx = _fronts(models, hardware, context, max_devices, weight_dtype, kv_dtype, sets, hw_sets, price)
+        fronts, ctx = _fronts(models, hardware, context, max_devices, weight_dtype, kv_dtype, sets, hw_sets, price,
+                              _modes(ep_kernel, tbo, mtp, mtp_acceptance, draft))
         lo = min(float(f["tpot_s"].min()) for f in fronts)
         slos = np.geomspace(lo, max(lo * 30, 0.2), 40)
         series = [cost_vs_slo(f, slos) for f in fronts]

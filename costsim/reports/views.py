@@ -215,6 +215,9 @@ def perf(rec: dict, fmt: str, breakdown: bool) -> None:
         ("_forms", "MLA form prefill / decode", F.text),
         ("weight_bytes_per_device", "weights per device [GB]", F.scaled(1e9)),
         ("kv_bytes_per_device", "KV cache per device at input+output [GB]", F.scaled(1e9)),
+        ("comm_buffer_bytes_per_device", "DeepEP buffers per device" + (
+            f" (low-latency: {rec['deepep_max_tokens']} tokens per rank)" if rec.get("deepep_max_tokens") else "")
+         + " [GB]", F.scaled(1e9)),
         ("memory_usable_bytes", "usable memory per device [GB]", F.scaled(1e9)),
         ("max_batch", "max batch at input+output tokens", F.integer), ("max_batch_limit", "limited by", F.text)]
     if rec.get("price_usd_per_device_hour") is not None:
@@ -229,6 +232,8 @@ def perf(rec: dict, fmt: str, breakdown: bool) -> None:
         shown[f"_{k}_band"] = "-" if not band else f"{F.ms(band[0])} - {F.ms(band[1])}"
     if not rec.get("ttft_band_s"):
         rows = [r for r in rows if r[0] not in ("_ttft_band", "_tpot_band")]
+    if not rec.get("comm_buffer_bytes_per_device"):  # no EP all-to-all: no DeepEP buffers
+        rows = [r for r in rows if r[0] != "comm_buffer_bytes_per_device"]
     for kind, sec in rec["decode_seconds_per_layer"].items():
         label = "embedding + LM head (once per step)" if kind == "once" else f"one {kind} layer"
         shown[f"_dl_{kind}"] = sec

@@ -63,8 +63,11 @@ class Deployment:
       forwarding), or "auto" (low-latency for decode steps, normal for prefill, as DeepSeek
       serves V3 and SGLang's ``--deepep-mode auto`` does; a step is decode when it computes at
       most 1 + ``mtp_depth`` tokens per sequence).
-    - ``gpu_memory_utilization``: fraction of device memory usable for weights + KV +
-      workspace (vLLM's default 0.9).
+    - ``deepep_max_tokens``: tokens one rank may send in a low-latency dispatch, which sizes
+      DeepEP's low-latency buffer (``memory.deepep_buffers``; SGLang's
+      ``SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK``, default 128, at most 1024).
+    - ``gpu_memory_utilization``: fraction of device memory usable for weights + DeepEP
+      buffers + KV + workspace (vLLM's default 0.9).
     """
 
     devices: int = 1
@@ -84,6 +87,7 @@ class Deployment:
     overlap_comm: bool = False
     ep_kernel: Literal["normal", "low_latency", "auto"] = "normal"
     two_batch_overlap: bool = False
+    deepep_max_tokens: int = 128  # memory.DEEPEP_MAX_TOKENS (SGLang's default)
     gpu_memory_utilization: float = 0.9
     layout_reason: str = ""  # why the layout policy chose this layout, when it is not the plain default
     # MTP speculative decoding (DeepSeek-V3 §2.2 and §5.4.3): draft tokens per decode step from the
@@ -177,6 +181,10 @@ class Deployment:
             raise FieldError("ep", self.ep, problem)
         if self.ep_kernel not in EP_KERNELS:
             raise FieldError("ep_kernel", self.ep_kernel, f"expected one of {', '.join(EP_KERNELS)}")
+        if isinstance(self.deepep_max_tokens, bool) or not isinstance(self.deepep_max_tokens, int) or \
+                not 1 <= self.deepep_max_tokens <= 1024:
+            raise FieldError("deepep_max_tokens", self.deepep_max_tokens, "must be an integer from 1 to 1024 (DeepEP's "
+                             "low-latency dispatch counts tokens per rank below FINISHED_SUM_TAG = 1024)")
         if not isinstance(self.two_batch_overlap, bool):
             raise FieldError("two_batch_overlap", self.two_batch_overlap, "must be True or False")
         if self.draft_model is not None and not isinstance(self.draft_model, ModelSpec):

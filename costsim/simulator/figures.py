@@ -157,7 +157,7 @@ def memory_lines(hardware: list[HardwareProfile]) -> list[dict]:
 def max_batch_curve(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequest = LayoutRequest(),
                     context=None) -> dict:
     """The largest batch (sequences per replica) whose KV cache and workspace fit beside the
-    weights, against an array of ``context`` lengths (``memory.memory_report``), on the
+    weights and the DeepEP buffers, against an array of ``context`` lengths (``memory.memory_report``), on the
     layout ``request`` resolves to at the longest context. ``max_batch`` is 0 where not even
     one sequence fits. Raises CostsimError when the weights alone do not fit."""
     check_types(spec, hw)
@@ -191,7 +191,8 @@ def pareto_mask(per_user, per_device) -> np.ndarray:
 def frontier(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequest = LayoutRequest(), context: int = 4096,
              max_devices: int | None = None) -> dict:
     """The serving frontier of decode: every layout the planner would search on up to
-    ``max_devices`` devices (default one node) with ``request``'s weight and KV formats, each
+    ``max_devices`` devices (default one node) with ``request``'s weight and KV formats and
+    serving modes (EP kernel, two-batch overlap, MTP / draft model), each
     batch from 1 to its memory limit; per point tokens/s per device and per user (a user's
     output tokens/s: tokens/s / batch = 1 / TPOT without MTP) and TPOT (s). ``pareto``
     marks the points no other beats on both rates; ``layouts`` labels each point's layout.
@@ -204,7 +205,7 @@ def frontier(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequest = Layo
     n = hw.devices_per_node if max_devices is None else max_devices
     wd = [request.weight_dtype]  # None: the checkpoint's formats (the planner alone also tries fp8)
     deps, why = candidates(spec, hw, n, weight_dtypes=wd, kv_dtypes=(request.kv_dtype,), pp=(1,), context=context,
-                         mla_form=request.mla_form)
+                         mla_form=request.mla_form, base=request)
     if not deps:
         reasons = ", ".join(f"{k}: {v}" for k, v in why.most_common()) or "none to try"
         raise CostsimError(f"{spec.name} on {hw.name}: no layout on up to {n} devices ({reasons})")

@@ -64,6 +64,7 @@ class LayoutRequest:
     overlap_comm: bool = False
     ep_kernel: str = "normal"  # EP all-to-all: normal, low_latency or auto (``Deployment.ep_kernel``)
     two_batch_overlap: bool = False  # two micro-batches, comm of one under compute of the other
+    deepep_max_tokens: int = 128  # tokens per rank of a low-latency dispatch (sizes DeepEP's buffer)
     block_size: int | None = None
     mtp_depth: int = 0  # MTP speculative decoding: draft tokens per step (0: off)
     mtp_acceptance: float = 0.85  # each draft's acceptance given the ones before (DeepSeek-V3: 0.85-0.90)
@@ -218,7 +219,7 @@ def resolve_deployment(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequ
     base = Deployment(devices=devices, tp=1, ep=1, pp=r.pp or 1, weight_format=wf, expert_format=ef, kv_format=kvf,
                       mla_form=r.mla_form, high_precision=act, act_format=act,
                       imbalance=r.imbalance, overlap_comm=r.overlap_comm, ep_kernel=r.ep_kernel,
-                      two_batch_overlap=r.two_batch_overlap, block_size=r.block_size,
+                      two_batch_overlap=r.two_batch_overlap, deepep_max_tokens=r.deepep_max_tokens, block_size=r.block_size,
                       dispatch_bytes=1.0 if wf.compute == "fp8" else 2.0, combine_bytes=2.0,
                       mtp_depth=r.mtp_depth, mtp_acceptance=r.mtp_acceptance if r.mtp_depth else 0.0,
                       prefix_hit=r.prefix_hit, redundant_experts=r.redundant_experts, draft_model=r.draft_model)
@@ -256,7 +257,7 @@ def resolve_deployment(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequ
             what = ("the weights do not fit" if m.weight_bytes > m.usable_bytes
                     else f"a batch of {batch} x {context} tokens does not fit")
             why = (f"pp={pp}: at pp=1 (tp={first.tp}, dp={first.dp}) {what}: weights {m.weight_bytes / 1e9:.4g} "
-                   f"GB + KV cache {float(m.kv_bytes) / 1e9:.4g} GB + activations "
+                   f"GB + DeepEP buffers {m.comm_buffer_bytes / 1e9:.4g} GB + KV cache {float(m.kv_bytes) / 1e9:.4g} GB + activations "
                    f"{float(m.workspace_bytes) / 1e9:.4g} GB per device > {m.usable_bytes / 1e9:.4g} GB usable "
                    f"(GB = 1e9 bytes); pp={pp} is the smallest pipeline depth that fits")
             return _renamed(d.with_(layout_reason=why), spec)

@@ -161,8 +161,9 @@ def candidates(spec: ModelSpec, hw: HardwareProfile, max_devices: int, weight_dt
     """The deployments the planner searches on ``hw`` (see the module docstring) whose weights
     fit, and a count of the others by reason ("layout invalid", "format unsupported", "weights
     do not fit"). Deduplicated by layout and resolved formats. ``base``: the other fields of
-    every request (MTP, prefix hit, redundant experts, EP kernel, ...; its devices, TP, EP, PP
-    and formats are the search's); None: the ``LayoutRequest`` defaults."""
+    every request (serving modes: MTP / draft model, prefix hit, redundant experts, EP kernel,
+    two-batch overlap, DeepEP tokens, imbalance, ...; its devices, TP, EP, PP and formats are
+    the search's); None: the ``LayoutRequest`` defaults."""
     out, seen, reasons = [], set(), Counter()
     base = LayoutRequest() if base is None else base
     moe = isinstance(spec.ffn, MoEFFN)

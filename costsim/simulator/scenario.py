@@ -25,7 +25,8 @@ from costsim.simulator.deployment import Deployment, kv_format_problem, tp_probl
 from costsim.simulator.flops import flops_per_token_decode, prefill_flops
 from costsim.simulator.kv import kv_bytes_per_token, kv_cache_bytes, kv_elements_per_token
 from costsim.simulator.layout import LayoutRequest, check_types, number_format, resolve_deployment, valid_tp
-from costsim.simulator.memory import kv_bytes_per_device, memory_report, require_fit, weight_bytes_per_device
+from costsim.simulator.memory import (decode_dispatch_tokens, deepep_buffers, kv_bytes_per_device, memory_report,
+                                     require_fit, weight_bytes_per_device)
 from costsim.simulator.params import param_counts
 from costsim.simulator.bands import step_band
 from costsim.simulator.roofline import StepTiming, per_layer_seconds, rate_provenance
@@ -379,6 +380,10 @@ class PerfRecord(_Record):
     usd_per_million_output_tokens: float | None = None  # at decode_tokens_per_s
     usd_per_million_input_tokens: float | None = None  # at prefill_tokens_per_s
     usd_per_million_output_tokens_combined: float | None = None  # at combined_tokens_per_s
+    # DeepEP buffers per device (``memory.deepep_buffers``; 0 without EP) and the low-latency
+    # dispatch capacity per rank they are sized for (``Deployment.deepep_max_tokens``; 0: not run)
+    comm_buffer_bytes_per_device: float = 0.0
+    deepep_max_tokens: int = 0
     _optional = ("mla_decode_step_absorbed_s", "mla_decode_step_naive_s", "prefill_operators", "decode_operators") \
         + _MONEY
 
@@ -409,6 +414,22 @@ def _gb(x) -> str:
     return f"{float(np.max(x)) / 1e9:.4g} GB"
 
 
+def _buffers(m) -> str:
+    """``and 2.3 GB of DeepEP buffers `` when the memory report holds any, else ""."""
+    return f"and {_gb(m.comm_buffer_bytes)} of DeepEP buffers " if m.comm_buffer_bytes else ""
+
+
+def _dispatch_warning(spec: ModelSpec, dep: Deployment, batch) -> list[str]:
+    """A warning when a decode step's low-latency dispatch sends more tokens per rank than
+    DeepEP's buffer holds (``memory.deepep_buffers``), else none."""
+    cap, sent = deepep_buffers(spec, dep).tokens, decode_dispatch_tokens(dep, batch)
+    if not cap or sent <= cap:
+        return []
+    return [f"at batch {int(batch)} a decode step's low-latency dispatch sends {sent} tokens per rank, more than "
+            f"the {cap} DeepEP's buffer is sized for (--deepep-max-tokens; SGLang: "
+            "SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK); DeepEP refuses such a step"]
+
+
 def _band(t: float, factors) -> tuple | None:
     return None if factors is None else (t * factors[0], t * factors[1])
 
@@ -430,7 +451,8 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
     if not m.fits:
         warn.append(f"batch {b} does not fit in memory at {i + o} tokens: its KV cache "
                     f"({_gb(m.kv_bytes)}) and activations ({_gb(m.workspace_bytes)}) per device exceed the "
-                    f"{_gb(m.usable_bytes - m.weight_bytes)} left beside {_gb(m.weight_bytes)} of weights "
+                    f"{_gb(m.usable_bytes - m.weight_bytes - m.comm_buffer_bytes)} left beside {_gb(m.weight_bytes)} of weights "
+                    f"{_buffers(m)}"
                     f"({_gb(m.usable_bytes)} usable; GB = 1e9 bytes); max batch {int(m.max_batch)}")
     per_rank = int(dep.seqs_per_rank(b))
     if dep.two_batch_overlap and per_rank >= 2 and o > 0:  # (one sequence per rank: warned below)
@@ -448,9 +470,12 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
         kv_in = float(kv_bytes_per_device(spec, dep, b, i))
         warn.append(f"prefilling all {b} prompts cannot be chunked to fit: their KV cache ({_gb(kv_in)}) and the "
                     f"activations of a one-token chunk ({_gb(prefill_workspace(spec, dep, b, 1, i))}) per device "
-                    f"exceed the {_gb(m.usable_bytes - m.weight_bytes)} left beside {_gb(m.weight_bytes)} of "
-                    f"weights ({_gb(m.usable_bytes)} usable; GB = 1e9 bytes; the whole prompts in one step: "
+                    f"exceed the {_gb(m.usable_bytes - m.weight_bytes - m.comm_buffer_bytes)} left beside "
+                    f"{_gb(m.weight_bytes)} of weights {_buffers(m)}({_gb(m.usable_bytes)} usable; GB = 1e9 bytes; the whole prompts in one step: "
                     f"{_gb(r.prefill_workspace_bytes)} of activations)")
+    bufs = deepep_buffers(spec, dep)
+    if o > 0:
+        warn += _dispatch_warning(spec, dep, b)
     if dep.ep_kernel != "normal" and dep.ep == 1:
         warn.append(f"ep_kernel {dep.ep_kernel} has no effect: ep=1 has no EP all-to-all")
     if dep.two_batch_overlap and float(dep.seqs_per_rank(float(b) / float(microbatches(b, dep.pp)))) < 2:
@@ -495,7 +520,8 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
                                            if decoding else None),
         ttft_band_s=_band(r.ttft_s, step_band(r.prefill.timing, hw, dep.overlap_comm)),
         tpot_band_s=_band(r.tpot_s, step_band(r.decode_first.timing, hw, dep.overlap_comm)) if decoding else None,
-        decode_operators=operator_rows(r.decode_first.timing) if breakdown else None, **money)
+        decode_operators=operator_rows(r.decode_first.timing) if breakdown else None,
+        comm_buffer_bytes_per_device=m.comm_buffer_bytes, deepep_max_tokens=bufs.tokens, **money)
 
 
 # ---- max-throughput ---------------------------------------------------------------------
@@ -568,7 +594,8 @@ def max_throughput_record(spec: ModelSpec, hw: HardwareProfile, request: LayoutR
         spec.name, hw.name, dep.devices, dep.tp, dep.ep, dep.pp, dep.weights_name, dep.kv_format.name, context,
         tpot_slo_s, r.batch, r.tpot_s, r.tokens_per_s, r.tokens_per_s_per_device,
         r.tokens_per_s_per_device * hw.devices_per_node, r.max_batch_memory, r.limit,
-        tuple(context_warnings(spec, context)), *money, _band(r.tpot_s, band), **decode_modes(dep))
+        tuple(context_warnings(spec, context) + (_dispatch_warning(spec, dep, r.batch) if r.batch else [])), *money,
+        _band(r.tpot_s, band), **decode_modes(dep))
 
 
 # ---- train ------------------------------------------------------------------------------

@@ -30,8 +30,8 @@ import numpy as np
 
 from costsim.errors import CostsimError, FieldError
 from costsim.simulator.deployment import Deployment
-from costsim.simulator.memory import (kv_bytes_per_device, memory_report, require_fit, weight_bytes_per_device,
-                                     workspace_bytes)
+from costsim.simulator.memory import (kv_bytes_per_device, memory_report, require_fit, resident_bytes,
+                                     weight_bytes_per_device, workspace_bytes)
 from costsim.simulator.operators import mtp_operators
 from costsim.simulator.roofline import StepTiming, time_step
 from costsim.simulator.types import StepShape
@@ -117,9 +117,9 @@ def prefill_workspace(spec: ModelSpec, dep: Deployment, batch, chunk, input_len)
 def prefill_chunk_tokens(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch: int,
                          input_len: int) -> int | None:
     """The largest chunk c (1 <= c <= input_len tokens per sequence) whose prefill activations
-    fit in usable memory beside the weights and the whole prompts' KV cache (bytes per device);
+    fit in usable memory beside the weights, the DeepEP buffers and the whole prompts' KV cache (bytes per device);
     None when not even one token per sequence fits. Bisection: the workspace grows with c."""
-    room = (hw.memory_capacity.value * dep.gpu_memory_utilization - weight_bytes_per_device(spec, dep)
+    room = (hw.memory_capacity.value * dep.gpu_memory_utilization - resident_bytes(spec, dep)
             - float(kv_bytes_per_device(spec, dep, batch, input_len)))
 
     def fits(c: int) -> bool:
@@ -248,7 +248,7 @@ def serve(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch: int, inp
     # a one-step prefill's activations sit beside the weights and the prompt's KV; if they do
     # not fit, the prefill is chunked (the largest chunk that fits), if any chunk does
     pre_ws = float(prefill_workspace(spec, dep, batch, input_len - float(dep.cached_prefix(input_len)), input_len))
-    pre_need = mem.weight_bytes + float(kv_bytes_per_device(spec, dep, batch, input_len)) + pre_ws
+    pre_need = mem.weight_bytes + mem.comm_buffer_bytes + float(kv_bytes_per_device(spec, dep, batch, input_len)) + pre_ws
     chunk = None
     if pre_need > mem.usable_bytes:
         chunk = prefill_chunk_tokens(spec, hw, dep, batch, input_len)
@@ -257,7 +257,7 @@ def serve(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch: int, inp
             ttft = float(pre.time_s)
             e2e = ttft + decode_total
             pre_ws = float(prefill_workspace(spec, dep, batch, chunk, input_len))
-            pre_need = mem.weight_bytes + float(kv_bytes_per_device(spec, dep, batch, input_len)) + pre_ws
+            pre_need = mem.weight_bytes + mem.comm_buffer_bytes + float(kv_bytes_per_device(spec, dep, batch, input_len)) + pre_ws
     first = decode(spec, hw, dep, batch, input_len)
     return ServeResult(
         batch=batch, input_len=input_len, output_len=output_len, ttft_s=ttft,

@@ -48,7 +48,7 @@ import numpy as np
 from costsim.errors import CostsimError
 from costsim.simulator.deployment import Deployment
 from costsim.simulator.efficiency import rates
-from costsim.simulator.memory import kv_bytes_per_device, memory_report, weight_bytes_per_device
+from costsim.simulator.memory import kv_bytes_per_device, memory_report, resident_bytes, weight_bytes_per_device
 from costsim.simulator.roofline import StepTiming, time_step
 from costsim.simulator.serving import (chunked_prefill, decode, draft_prefill_s, mfu_peak, microbatches, prefill,
                                       prefill_chunk_tokens, prefill_workspace)
@@ -260,7 +260,7 @@ def chunked_prefill_grid(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, 
     b = np.asarray(batch, dtype=float)
     I = np.asarray(input_len, dtype=float)
     cached = np.asarray(dep.cached_prefix(I), dtype=float)
-    room = (hw.memory_capacity.value * dep.gpu_memory_utilization - weight_bytes_per_device(spec, dep)
+    room = (hw.memory_capacity.value * dep.gpu_memory_utilization - resident_bytes(spec, dep)
             - np.asarray(kv_bytes_per_device(spec, dep, b, I), dtype=float))
 
     def fits(c):
@@ -363,7 +363,7 @@ class ServingGrid:
     kv_bytes: np.ndarray  # at input + output tokens
     workspace_bytes: np.ndarray
     usable_bytes: float
-    fits: np.ndarray  # weights + KV + workspace <= usable (``MemoryReport.fits``)
+    fits: np.ndarray  # weights + DeepEP buffers + KV + workspace <= usable (``MemoryReport.fits``)
     max_batch: np.ndarray  # sequences per replica at input + output tokens
     prefill_fits: np.ndarray
     prefill_mfu: np.ndarray
@@ -373,11 +373,12 @@ class ServingGrid:
     decode_mbu: np.ndarray
     decode_bound: np.ndarray
     devices: int
+    comm_buffer_bytes: float = 0.0  # DeepEP buffers per device (``memory.deepep_buffers``)
 
     @property
     def memory_bytes(self):
-        """Weights + KV + workspace per device (bytes)."""
-        return self.weight_bytes + self.kv_bytes + self.workspace_bytes
+        """Weights + DeepEP buffers + KV + workspace per device (bytes)."""
+        return self.weight_bytes + self.comm_buffer_bytes + self.kv_bytes + self.workspace_bytes
 
 
 def serve_grid(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, input_len, output_len,
@@ -412,7 +413,7 @@ def serve_grid(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, inp
         comb_tps = np.where(o > 0, b * o / e2e, 0.0)
     mem = memory_report(spec, hw, dep, b, i + o)
     pre_ws = prefill_workspace(spec, dep, b, i - dep.cached_prefix(i), i)
-    pre_fits = wb + kv_bytes_per_device(spec, dep, b, i) + pre_ws <= usable
+    pre_fits = wb + mem.comm_buffer_bytes + kv_bytes_per_device(spec, dep, b, i) + pre_ws <= usable
     none = np.array(-1, dtype=np.int8)
     pre_mfu, pre_mbu = np.asarray(pre.mfu), np.asarray(pre.mbu)
     pre_bound = step_bound(pre.timing) if bounds else none
@@ -451,7 +452,8 @@ def serve_grid(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, inp
         prefill_mfu=pre_mfu, prefill_mbu=pre_mbu,
         prefill_bound=pre_bound,
         decode_mfu=np.asarray(first.mfu), decode_mbu=np.asarray(first.mbu),
-        decode_bound=step_bound(first.timing) if bounds else none, devices=dep.devices)
+        decode_bound=step_bound(first.timing) if bounds else none, devices=dep.devices,
+        comm_buffer_bytes=mem.comm_buffer_bytes)
 
 
 # ---- the sweep: models x hardware x layouts x formats x grid -> DataFrame ------------------------

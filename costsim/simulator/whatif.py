@@ -35,7 +35,7 @@ METRICS = (
     ("max_batch", "max batch at input+output tokens", "sequences", "perf"),
     ("weight_bytes_per_device", "weights per device", "bytes", "perf"),
     ("kv_bytes_per_device", "KV cache per device at input+output", "bytes", "perf"),
-    ("memory_bytes_per_device", "memory per device (weights + KV + workspace)", "bytes", "perf"),
+    ("memory_bytes_per_device", "memory per device (weights, DeepEP, KV, act.)", "bytes", "perf"),
     ("prefill_mfu", "prefill MFU", "fraction", "perf"),
     ("decode_mbu", "decode MBU (first step)", "fraction", "perf"),
 )
@@ -148,7 +148,8 @@ def _values(sc: Scenario) -> tuple[dict, str | None, object]:
     except CostsimError as e:
         return vals, str(e), None
     vals.update({k: getattr(r, k, None) for k, _, _, src in METRICS if src == "perf"})
-    vals["memory_bytes_per_device"] = r.weight_bytes_per_device + r.kv_bytes_per_device + r.workspace_bytes_per_device
+    vals["memory_bytes_per_device"] = (r.weight_bytes_per_device + r.comm_buffer_bytes_per_device
+                                       + r.kv_bytes_per_device + r.workspace_bytes_per_device)
     vals["layout"] = f"tp={r.tp} ep={r.ep} pp={r.pp} dp={r.dp}"
     vals["max_batch_limit"] = r.max_batch_limit
     return vals, None, r
