@@ -422,6 +422,17 @@ class Fraction(_Sourced):
         return v
 
 
+class Share(_Sourced):
+    """A share in [0, 1] (0 allowed: a term that does not apply)."""
+
+    @field_validator("value")
+    @classmethod
+    def _closed_unit_interval(cls, v: float) -> float:
+        if not 0 <= v <= 1:
+            raise ValueError(f"must be a share from 0 to 1, got {v}")
+        return v
+
+
 class PeakFlops(_Frozen):
     """Dense peak FLOP/s per dtype. Missing dtypes are unsupported on the device."""
 
@@ -487,7 +498,7 @@ class KernelFamily(_Frozen):
     group_compute: Optional[Fraction] = None
     n_half: Optional[Count] = None
     gemv_rows: Optional[Count] = None
-    group_reread: Optional[Fraction] = None
+    group_reread: Optional[Share] = None
 
     @model_validator(mode="after")
     def _tiles_together(self):

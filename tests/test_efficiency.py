@@ -138,3 +138,9 @@ def test_group_reread_charges_the_kv_per_further_query_head():
     assert float(operator_terms(op, profile(attention_decode=dict(memory=0.5))).time_s) == pytest.approx(161e-6)
     with pytest.raises(ValueError):
         profile(attention_prefill=dict(group_reread=0.5))  # a decode-kernel parameter only
+    # 0 (a kernel that loads a KV head once per group, as GPU ones do) is a valid value, and a
+    # fit that ends on its lower bound writes a profile that loads; above 1 is refused
+    assert float(operator_terms(op, profile(attention_decode=dict(memory=0.5, group_reread=0.0))).time_s) == \
+        pytest.approx(161e-6)
+    with pytest.raises(ValueError, match="share from 0 to 1"):
+        profile(attention_decode=dict(group_reread=1.5))

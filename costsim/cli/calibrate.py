@@ -67,7 +67,7 @@ def _write_csv(records: list[dict], path: Path) -> None:
 @app.command("calibrate")
 def calibrate_cmd(device: str = Device,
                   output: Path = typer.Option(..., "--out", "-o", help="Profile YAML to write."),
-                  quick: bool = typer.Option(False, "--quick", help="A smaller train split (about a minute)."),
+                  quick: bool = typer.Option(False, "--quick", help="A smaller train split, timed once (about 30 s on 2 cores)."),
                   force: O.Force = False,
                   base: Optional[str] = typer.Option(None, "--base", help="Profile to start from (default: the "
                                                                          "shipped one of this device kind)."),
