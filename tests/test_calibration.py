@@ -153,3 +153,21 @@ def test_measure_points_pools_two_passes():
     assert len(seen) == 3  # once per point and pass
     assert one["runs"] >= 1 and two["runs"] >= 2 and two["min_s"] <= two["median_s"]  # runs of both passes pooled
     assert keep_freed_memory() is True  # glibc (Linux): freed memory stays in the process
+
+
+def test_calibrate_warns_when_the_fit_is_far_off(tmp_path):
+    # every other elementwise time x20 (what a busy machine does to some points): no memory rate
+    # fits both halves, the train-split MAPE exceeds 50% and calibrate says so; the clean set does not warn
+    import pandas as pd
+
+    from pathlib import Path
+    src = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "cpu-dev-train-2026-12-03.csv"
+    df = pd.read_csv(src, keep_default_na=False)
+    r = runner.invoke(app, ["calibrate", "--from-csv", str(src), "-o", str(tmp_path / "clean.yaml")])
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
+    rows = df.index[df["family"] == "elementwise"][::2]
+    df.loc[rows, "min_s"] *= 20
+    bad = tmp_path / "busy.csv"
+    df.to_csv(bad, index=False)
+    r = runner.invoke(app, ["calibrate", "--from-csv", str(bad), "-o", str(tmp_path / "busy.yaml")])
+    assert r.exit_code == 0 and "warning: train-split MAPE above 50% for elementwise" in r.output, r.output

@@ -123,6 +123,11 @@ def calibrate_cmd(device: str = Device,
             _write_csv(recs, measurements)
         fams = ", ".join(f"{f} {r['train_mape']:.0%}" for f, r in report.items())
         print(f"wrote {output} ({hw.name}; {len(recs)} kernels; train-split MAPE: {fams})", file=sys.stderr)
+        poor = [f for f, r in report.items() if r["train_mape"] > 0.5]
+        if poor:  # the formulas fit this machine's kernels to ~5-20% (README); far worse is a busy machine
+            print(f"warning: train-split MAPE above 50% for {', '.join(poor)}: the machine was probably busy "
+                  "while timing (other processes on its cores); check with `costsim validate` or rerun",
+                  file=sys.stderr)
 
     O.run(go)
 
