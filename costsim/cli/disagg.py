@@ -10,6 +10,7 @@ import typer
 
 from costsim.cli import options as O
 from costsim.cli.app import app
+from costsim.cli.plan import search_lists
 from costsim.errors import CostsimError
 
 _POOL = "A given {role} layout instead of the search ({what}; formats still searched)."
@@ -57,7 +58,6 @@ def disagg_cmd(model: O.Model, hardware: O.Hardware,
 
         from costsim.reports import views
         from costsim.simulator.disagg import disaggregate
-        from costsim.units import parse_format
 
         spec, hw = O.model(model, sets), O.hardware(hardware, hw_sets)
         i, o = O.count(input_len, "--input", minimum=1), O.count(output_len, "--output", minimum=1)
@@ -71,12 +71,7 @@ def disagg_cmd(model: O.Model, hardware: O.Hardware,
                 raise CostsimError(f"--rate {rate!r}: expected requests per second > 0, e.g. 10")
         if max_devices < 1:
             raise CostsimError(f"--max-devices {max_devices}: must be an integer >= 1")
-        wds = None if weight_dtype is None else O.items(weight_dtype, "--weight-dtype")
-        kvs = O.items(kv_dtype, "--kv-dtype")
-        for flag, names in (("--weight-dtype", wds or []), ("--kv-dtype", kvs)):
-            for name in names:
-                O.parse(parse_format, name, f"{flag} {name}")
-        pps = [O.count(t, "--pp", minimum=1) for t in O.items(pp, "--pp")]
+        wds, kvs, pps = search_lists(weight_dtype, kv_dtype, pp)
         base = O.layout(None, mla_form=mla_form, imbalance=imbalance, overlap=overlap, mtp=mtp,
                         mtp_acceptance=mtp_acceptance, prefix_hit=prefix_hit, redundant=redundant,
                         ep_kernel=ep_kernel, tbo=tbo)

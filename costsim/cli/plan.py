@@ -33,6 +33,19 @@ def _priced(hws: list, texts: list[str] | None) -> list:
     return out
 
 
+def search_lists(weight_dtype: str | None, kv_dtype: str, pp: str) -> tuple[list | None, list, list[int]]:
+    """The comma-separated --weight-dtype (None: the checkpoint's), --kv-dtype and --pp lists a
+    search command tries, each item checked (CostsimError naming the flag and item)."""
+    from costsim.units import parse_format
+
+    wds = None if weight_dtype is None else O.items(weight_dtype, "--weight-dtype")
+    kvs = O.items(kv_dtype, "--kv-dtype")
+    for flag, names in (("--weight-dtype", wds or []), ("--kv-dtype", kvs)):
+        for name in names:
+            O.parse(parse_format, name, f"{flag} {name}")
+    return wds, kvs, [O.count(t, "--pp", minimum=1) for t in O.items(pp, "--pp")]
+
+
 @app.command("plan")
 def plan_cmd(model: O.Model,
              hardware: str = typer.Option(..., "--hardware", "-H", help="Hardware to compare (comma-separated names "
@@ -68,7 +81,7 @@ def plan_cmd(model: O.Model,
         from costsim.files import atomic_write_text
         from costsim.reports import views
         from costsim.simulator.planner import plan
-        from costsim.units import parse_count, parse_format
+        from costsim.units import parse_count
 
         if out is not None:
             O.check_new(out, force)
@@ -85,12 +98,7 @@ def plan_cmd(model: O.Model,
             raise CostsimError(f"--max-devices {max_devices}: must be an integer >= 1")
         if top < 1:
             raise CostsimError(f"--top {top}: must be an integer >= 1")
-        wds = None if weight_dtype is None else O.items(weight_dtype, "--weight-dtype")
-        kvs = O.items(kv_dtype, "--kv-dtype")
-        for flag, names in (("--weight-dtype", wds or []), ("--kv-dtype", kvs)):
-            for name in names:
-                O.parse(parse_format, name, f"{flag} {name}")
-        pps = [O.count(t, "--pp", minimum=1) for t in O.items(pp, "--pp")]
+        wds, kvs, pps = search_lists(weight_dtype, kv_dtype, pp)
         result = plan(spec, hws, i, o, tpot_slo_s=O.slo(tpot_slo), ttft_slo_s=O.slo(ttft_slo, "--ttft-slo"),
                       target_tokens_per_s=rate, users=n_users, max_devices=max_devices, weight_dtypes=wds,
                       kv_dtypes=tuple(kvs), pp=tuple(pps), top=top,

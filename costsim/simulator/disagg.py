@@ -54,8 +54,8 @@ import numpy as np
 from costsim.errors import CostsimError, FieldError
 from costsim.simulator.kv import kv_cache_bytes
 from costsim.simulator.layout import LayoutRequest, check_types, resolve_deployment
-from costsim.simulator.memory import kv_bytes_per_device, weight_bytes_per_device
-from costsim.simulator.planner import (MAX_DEVICES, _check, _largest_batch, _screen, _weight_choices, candidates, plan,
+from costsim.simulator.memory import kv_bytes_per_device
+from costsim.simulator.planner import (MAX_DEVICES, _check, _largest_batch, _screen, _weight_choices, admit, candidates, plan,
                                        pp_problem, slo_text)
 from costsim.simulator.serving import decode, prefill
 from costsim.simulator.sweep import serve_grid
@@ -156,14 +156,7 @@ def _pool_deployments(role, spec, hw, layout, base, max_devices, weight_dtypes, 
                 if e.field in ("devices", "tp", "ep", "pp"):  # the pool's own layout: name it
                     raise FieldError(f"{role}_{e.field}", e.value, e.reason) from None
                 raise
-            key = (dep.weights_name, dep.kv_format.name)
-            if key in seen:
-                continue
-            seen.add(key)
-            if weight_bytes_per_device(spec, dep) > hw.memory_capacity.value * dep.gpu_memory_utilization:
-                reasons["weights do not fit"] += 1
-                continue
-            out.append(dep)
+            admit(spec, hw, dep, (), seen, out, reasons)
     return out, reasons
 
 

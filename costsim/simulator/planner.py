@@ -186,15 +186,22 @@ def candidates(spec: ModelSpec, hw: HardwareProfile, max_devices: int, weight_dt
                             reasons["format unsupported" if e.field in ("weight_dtype", "kv_dtype")
                                     else "layout invalid"] += 1
                             continue
-                        key = (dep.devices, dep.tp, dep.ep, dep.pp, dep.weights_name, dep.kv_format.name)
-                        if key in seen:
-                            continue
-                        seen.add(key)
-                        if weight_bytes_per_device(spec, dep) > hw.memory_capacity.value * dep.gpu_memory_utilization:
-                            reasons["weights do not fit"] += 1
-                            continue
-                        out.append(dep)
+                        admit(spec, hw, dep, (dep.devices, dep.tp, dep.ep, dep.pp), seen, out, reasons)
     return out, reasons
+
+
+def admit(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, layout_key: tuple, seen: set, out: list,
+          reasons: Counter) -> None:
+    """Append ``dep`` to ``out`` unless its layout and formats were seen already, or its weights
+    do not fit in usable memory (counted in ``reasons``)."""
+    key = (*layout_key, dep.weights_name, dep.kv_format.name)
+    if key in seen:
+        return
+    seen.add(key)
+    if weight_bytes_per_device(spec, dep) > hw.memory_capacity.value * dep.gpu_memory_utilization:
+        reasons["weights do not fit"] += 1
+        return
+    out.append(dep)
 
 
 def pp_problem(spec: ModelSpec, pp: int, max_devices: int) -> str | None:
