@@ -482,6 +482,14 @@ class KernelFamily(_Frozen):
       ``group_limit`` runs at ``group_compute`` of the peak instead of ``compute`` (TensorRT-LLM's
       grouped decode kernel handles groups up to 32; larger ones fall back to a kernel that
       runs 4-16x slower per FLOP in aiconfigurator's H200/H100/B200 tables).
+    - ``split_tokens``, ``split_memory``: decode attention split over the context (FlashDecoding,
+      TensorRT-LLM's multi-block mode, FlashMLA's splits): each (sequence, KV head) row's cache is
+      cut into chunks of at most ``split_tokens`` tokens, one thread block each, and the step
+      waits for one chunk streamed by one block at ``split_memory`` of the bandwidth:
+      + min(kv_len, split_tokens) x row bytes per token / (bandwidth x split_memory), on top of
+      the whole cache at ``memory``. The pipeline's fill: why a single short sequence takes
+      5-10 us more than its bytes (aiconfigurator's H200 tables: one 1k-token row 16 us, one
+      16k-token row 19 us, 256 16k rows at 4.5 TB/s).
     """
 
     compute: Optional[Fraction] = None
@@ -499,6 +507,8 @@ class KernelFamily(_Frozen):
     n_half: Optional[Count] = None
     gemv_rows: Optional[Count] = None
     group_reread: Optional[Share] = None
+    split_tokens: Optional[Count] = None
+    split_memory: Optional[Fraction] = None
 
     @model_validator(mode="after")
     def _tiles_together(self):
@@ -533,10 +543,14 @@ _FAMILY_FIELDS = {
     "gemm_fp8": {"compute", "memory", "overhead", "m_half", "n_half", "gemv_rows", "tile_m", "tile_n", "units"},
     "gemm_fp8_block": {"compute", "memory", "overhead", "m_half", "n_half", "gemv_rows", "tile_m", "tile_n", "units"},
     "grouped_gemm": {"compute", "memory", "overhead", "per_group_overhead", "m_half", "n_half", "gemv_rows"},
+    "grouped_gemm_fp8": {"compute", "memory", "overhead", "per_group_overhead", "m_half", "n_half", "gemv_rows"},
+    "grouped_gemm_fp8_block": {"compute", "memory", "overhead", "per_group_overhead", "m_half", "n_half",
+                               "gemv_rows"},
     "attention_decode": {"compute", "memory", "overhead", "per_element", "per_row", "group_limit", "group_compute",
-                         "group_reread"},
+                         "group_reread", "split_tokens", "split_memory"},
     "attention_prefill": {"compute", "memory", "overhead", "per_element", "per_row"},
-    "attention_mla_decode": {"compute", "memory", "overhead", "per_element", "per_row"},
+    "attention_mla_decode": {"compute", "memory", "overhead", "per_element", "per_row", "split_tokens",
+                             "split_memory"},
     "attention_mla_prefill": {"compute", "memory", "overhead", "per_element", "per_row"},
     "elementwise": {"memory", "overhead"},
 }
@@ -551,6 +565,10 @@ class Families(_Frozen):
     gemm_fp8: KernelFamily = Field(default_factory=KernelFamily)
     gemm_fp8_block: KernelFamily = Field(default_factory=KernelFamily)  # absent fields: gemm_fp8's
     grouped_gemm: KernelFamily = Field(default_factory=KernelFamily)
+    # expert GEMMs on the fp8 tensor cores (per-tensor / 128x128 block scales); absent fields:
+    # grouped_gemm_fp8's, then grouped_gemm's
+    grouped_gemm_fp8: KernelFamily = Field(default_factory=KernelFamily)
+    grouped_gemm_fp8_block: KernelFamily = Field(default_factory=KernelFamily)
     attention_decode: KernelFamily = Field(default_factory=KernelFamily)
     attention_prefill: KernelFamily = Field(default_factory=KernelFamily)
     # MLA attention cores (FlashMLA-style decode over the latent; prefill over decompressed

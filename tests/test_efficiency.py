@@ -144,3 +144,54 @@ def test_group_reread_charges_the_kv_per_further_query_head():
         pytest.approx(161e-6)
     with pytest.raises(ValueError, match="share from 0 to 1"):
         profile(attention_decode=dict(group_reread=1.5))
+
+
+def test_split_decode_row_adds_one_chunk_streamed_by_one_block():
+    # FlashDecoding / TensorRT-LLM multi-block decode: a row's cache in chunks of split_tokens,
+    # the step waits for one chunk at split_memory of the bandwidth (specs.KernelFamily)
+    hw = profile(attention_decode=dict(memory=0.5, split_tokens=1024, split_memory=0.01))
+    shape = dict(q_len=1, scores=0.0, kv_len=16384.0, row_bytes=512.0)  # one KV head, d 128, BF16 K+V
+    op = Operator(name="a", kind=OpKind.ATTENTION, group=OpGroup.ATTENTION, layer=LayerType.DENSE, count=1,
+                  flops=0.0, bytes_read=8e6, dtype="bf16", shape=shape)
+    # 8e6 B at 0.5 x 1e11 = 160 us; one chunk: 1024 x 512 B at 0.01 x 1e11 = 524.288 us; + 1 us
+    assert float(operator_terms(op, hw).time_s) == pytest.approx(160e-6 + 524.288e-6 + 1e-6, rel=1e-12)
+    # a row shorter than a chunk is one chunk of its own length: 100 x 512 B / 1e9 B/s = 51.2 us
+    short = Operator(**{**op.__dict__, "shape": {**shape, "kv_len": 100.0}})
+    assert float(operator_terms(short, hw).time_s) == pytest.approx(160e-6 + 51.2e-6 + 1e-6, rel=1e-12)
+    # without split_memory (every profile before the fit) no chunk term; prefill never has one
+    assert float(operator_terms(op, profile(attention_decode=dict(memory=0.5))).time_s) == pytest.approx(161e-6)
+    pre = Operator(**{**op.__dict__, "shape": {**shape, "q_len": 512}})
+    assert float(operator_terms(pre, hw).time_s) == pytest.approx(8e6 / 0.8e11 + 1e-6, rel=1e-12)
+    with pytest.raises(ValueError):
+        profile(attention_prefill=dict(split_memory=0.01))  # a decode-kernel parameter only
+
+
+def test_engine_decode_core_carries_the_row_of_its_kv_head():
+    # Llama-3.1-8B decode core: 8 KV heads x 128 x 2 (K, V) x 2 B = 4,096 B per token per layer,
+    # so a (sequence, KV head) row is 512 B per token; kv_len = context + the new token
+    from costsim.registry import load_hardware, load_model
+    from costsim.simulator.kernels import attention_core_operators
+
+    (core,) = attention_core_operators(load_model("llama-3.1-8b"), load_hardware("h100"), 4, 1023)
+    assert core.shape["row_bytes"] == 512.0 and float(core.shape["kv_len"]) == 1024.0
+    (mla,) = attention_core_operators(load_model("deepseek-v3"), load_hardware("h100"), 4, 1023)
+    assert mla.shape["row_bytes"] == (512 + 64) * 2  # one latent row per sequence: d_c + d_h^R, BF16
+
+
+def test_fp8_expert_gemms_have_their_own_families_falling_back_to_grouped_gemm():
+    fp8 = Operator(name="g", kind=OpKind.GROUPED_GEMM, group=OpGroup.FFN, layer=LayerType.MOE, count=1,
+                   flops=2.0 * 128 * 1024 * 2048, bytes_read=2048.0 * 1024, dtype="fp8",
+                   shape=dict(M=128, N=1024, K=2048, groups=8.0, tokens_per_expert=16.0, format="fp8"))
+    block = Operator(**{**fp8.__dict__, "shape": {**fp8.shape, "format": "fp8-block"}})
+    assert (fp8.family, block.family) == (Family.GROUPED_GEMM_FP8, Family.GROUPED_GEMM_FP8_BLOCK)
+    hw = profile(grouped_gemm=dict(compute=0.4, overhead="3us"), grouped_gemm_fp8=dict(compute=0.2))
+    hw = HardwareProfile.model_validate({**hw.model_dump(mode="json", exclude_none=True),
+                                         "peak_flops": {"bf16": 1e12, "fp8": 2e12}})
+    # fp8: its own compute 0.2 of the 2e12 fp8 peak, grouped_gemm's 3 us launch; block: fp8's
+    r = rates(hw, Family.GROUPED_GEMM_FP8_BLOCK)
+    assert (r.compute, r.overhead_s) == (0.2, 3e-6)
+    t = operator_terms(block, hw)
+    assert float(t.compute_s) == pytest.approx(2.0 * 128 * 1024 * 2048 / (2e12 * 0.2), rel=1e-12)
+    # a BF16 expert GEMM stays in grouped_gemm
+    bf = Operator(**{**fp8.__dict__, "dtype": "bf16", "shape": {**fp8.shape, "format": "bf16"}})
+    assert bf.family is Family.GROUPED_GEMM

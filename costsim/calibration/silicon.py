@@ -84,7 +84,7 @@ SYSTEMS = {"h200_sxm": "h200", "h100_sxm": "h100", "b200_sxm": "b200", "a100_sxm
 MS = 1e-3  # the tables' latency unit
 # families in fitting order: later kernels contain no operators of the earlier families
 FAMILIES = ("gemm", "gemm_fp8", "gemm_fp8_block", "attention_decode", "attention_prefill", "attention_mla_decode",
-            "attention_mla_prefill", "grouped_gemm", "comm")
+            "attention_mla_prefill", "grouped_gemm", "grouped_gemm_fp8", "grouped_gemm_fp8_block", "comm")
 
 
 def data_root() -> Path:
@@ -228,11 +228,16 @@ def _mla(df: pd.DataFrame, phase: str, module: bool) -> pd.DataFrame:
         measured_s=df["latency"] * MS))
 
 
+# MoE weight format -> the grouped-GEMM family its expert GEMMs use (mxfp4: BF16 compute)
+_MOE_FAMILY = {"bf16": "grouped_gemm", "mxfp4": "grouped_gemm", "fp8": "grouped_gemm_fp8",
+               "fp8-block": "grouped_gemm_fp8_block"}
+
+
 def _moe(df: pd.DataFrame) -> pd.DataFrame:
     df = df[df["moe_dtype"].isin(list(_DT))]
     dist = np.where(df["distribution"] == "balanced", "balanced", "power_law")
     return pd.DataFrame(dict(
-        family="grouped_gemm", label="moe " + pd.Series(dist, index=df.index), kernel="moe",
+        family=df["moe_dtype"].map(_DT).map(_MOE_FAMILY), label="moe " + pd.Series(dist, index=df.index), kernel="moe",
         dtype=df["moe_dtype"].map(_DT), tokens=df["num_tokens"], hidden=df["hidden_size"], inter=df["inter_size"],
         topk=df["topk"], experts=df["num_experts"], moe_tp=df["moe_tp_size"], ep=df["moe_ep_size"],
         gated=df["kernel_source"] != "moe_torch_flow_nongated", distribution=df["distribution"],

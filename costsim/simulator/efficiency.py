@@ -13,6 +13,10 @@ One formula per family (``types.Family``), its parameters in the profile's
                  (the overhead then also carries the activation-quantisation kernels that fp8
                  GEMMs launch before the matmul)
 - grouped_gemm:  as gemm with M = rows per busy expert, + per_group_overhead x busy experts
+- grouped_gemm_fp8, grouped_gemm_fp8_block: as grouped_gemm, expert GEMMs on the fp8 tensor
+                 cores (per-tensor / block scales); each absent field grouped_gemm_fp8's, then
+                 grouped_gemm's (fp8 MoE kernels reach their own fraction of the fp8 peak and
+                 carry the activations' quantisation, as the fp8 GEMMs do)
 - attention_*:   max(FLOPs / (peak x c), bytes / (bw x m)) + per_element x scores
                  + per_row x rows + overhead, decode (one query per sequence) and prefill (more)
                  with their own parameters; scores = heads x (query, key) pairs, the
@@ -21,7 +25,9 @@ One formula per family (``types.Family``), its parameters in the profile's
                  a GQA decode kernel works per KV head (XQA, FlashDecoding: one block per
                  sequence and KV head), so its rows are sequences x KV heads (``decode_rows``);
                  one that walks the query heads re-reads group_reread of the KV cache per
-                 further head of a group: bytes + kv_read x group_reread x (group - 1)
+                 further head of a group: bytes + kv_read x group_reread x (group - 1);
+                 a decode row split into chunks of split_tokens adds one chunk streamed by
+                 one block: min(kv_len, split_tokens) x row_bytes / (bw x split_memory)
                  MLA cores use attention_mla_decode / _prefill, each absent field the GQA one's
 - elementwise:   bytes / (bw x m) + overhead
 - comm:          ``parallel.comm_seconds`` (link bandwidth x efficiency, latency terms)
@@ -59,10 +65,13 @@ class FamilyRates:
     n_half: float = 0.0  # grouped GEMM columns at half efficiency (0: no column term)
     gemv_rows: float = 1.0  # GEMMs of at most this many rows stream their weights (no m_half term)
     group_reread: float = 0.0  # GQA decode: share of the KV cache each further query head re-reads
+    split_tokens: float = 0.0  # decode: tokens per chunk of a split row (0: the whole row is one chunk)
+    split_memory: float = 0.0  # decode: fraction of the bandwidth one chunk streams at (0: no chunk term)
 
 
 # family -> the family whose parameters fill its absent fields
 FALLBACK = {Family.GEMM_FP8: Family.GEMM, Family.GEMM_FP8_BLOCK: Family.GEMM_FP8,
+            Family.GROUPED_GEMM_FP8: Family.GROUPED_GEMM, Family.GROUPED_GEMM_FP8_BLOCK: Family.GROUPED_GEMM_FP8,
             Family.ATTENTION_MLA_DECODE: Family.ATTENTION_DECODE,
             Family.ATTENTION_MLA_PREFILL: Family.ATTENTION_PREFILL}
 _TILES = ("tile_m", "tile_n", "units")
@@ -94,7 +103,7 @@ def rates(hw: HardwareProfile, family: Family) -> FamilyRates:
                        per_element_s=v(f.per_element), per_row_s=v(f.per_row), m_half=v(f.m_half), tile_m=v(f.tile_m), tile_n=v(f.tile_n),
                        units=v(f.units), group_limit=v(f.group_limit), group_compute=v(f.group_compute),
                        n_half=v(f.n_half), gemv_rows=v(f.gemv_rows, 1.0),
-                       group_reread=v(f.group_reread))
+                       group_reread=v(f.group_reread), split_tokens=v(f.split_tokens), split_memory=v(f.split_memory))
 
 
 def gemm_shape_efficiency(r: FamilyRates, M, N):
@@ -158,6 +167,10 @@ def _attention(op: Operator, hw: HardwareProfile) -> Terms:
                      * (np.asarray(op.shape["group"], dtype=float) - 1.0) / (hw.memory_bandwidth.value * r.memory))
         extra = (r.per_element_s * np.asarray(op.shape.get("scores", 0.0), dtype=float)
                  + r.per_row_s * np.asarray(rows, dtype=float) + r.overhead_s)
+        if r.split_memory and "kv_len" in op.shape:  # one chunk of a split decode row, streamed by one block
+            kv_len = np.asarray(op.shape["kv_len"], dtype=float)
+            chunk = np.minimum(kv_len, r.split_tokens) if r.split_tokens else kv_len
+            extra = extra + chunk * np.asarray(op.shape["row_bytes"], dtype=float) / (hw.memory_bandwidth.value * r.split_memory)
         parts.append((c, m, extra))
     dec = q_len <= 1
     c, m, x = (np.where(dec, a, b) for a, b in zip(*parts))

@@ -147,7 +147,7 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
             ops.append(gemm("attn.q_absorb(W_UK)", T, dc, dn, batch_dims=nh))
             flops = 2.0 * nh * (dc + dr) * pairs + 2.0 * nh * dc * pairs
             ops.append(core("attn.core(latent)", flops, kv_read + T * nh * (dc + dr) * act, kv_write + T * nh * dc * act,
-                            dict(heads=nh, q_len=s, rows=T * nh, mla=True)))
+                            dict(heads=nh, q_len=s, rows=T * nh, mla=True, kv_len=kv_len, row_bytes=kv_tok - idx_tok)))
             ops.append(gemm("attn.o_absorb(W_UV)", T, dv, dc, batch_dims=nh))
         else:  # naive: decompress K_nope and V for every cached token, every step
             ctx_tokens = b * kv_len
@@ -166,7 +166,8 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
         gate = nh * d if a.output_gate else 0  # Qwen3-Next: q_proj also yields the output gate
         ops.append(gemm("attn.qkv_proj", T, (nh + 2 * nkv) * d + gate, h))
         ops.append(core("attn.core", 4.0 * nh * d * pairs, kv_read + T * nh * d * act, kv_write + T * nh * d * act,
-                        dict(heads=nh, q_len=s, rows=T * nh, decode_rows=T * nkv, group=nh / nkv, kv_read=kv_read)))
+                        dict(heads=nh, q_len=s, rows=T * nh, decode_rows=T * nkv, group=nh / nkv, kv_read=kv_read,
+                             kv_len=kv_len, row_bytes=kv_tok / nkv)))
         ops.append(gemm("attn.o_proj", T, h, nh * d))
     if norms:
         k = spec.norms_per_layer
@@ -282,7 +283,8 @@ def ffn_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: i
         ops.append(Operator(
             name=name, kind=OpKind.GROUPED_GEMM, group=G, layer=M, count=n_layers, flops=2.0 * assign * N * K,
             bytes_read=distinct * w.bytes_for(N * K) + assign * K * act, bytes_written=assign * N * act,
-            dtype=w.compute, shape=dict(M=assign, N=N, K=K, groups=distinct, tokens_per_expert=assign / distinct)))
+            dtype=w.compute, shape=dict(M=assign, N=N, K=K, groups=distinct, tokens_per_expert=assign / distinct,
+                                                      format=w.name)))
     return ops
 
 

@@ -44,6 +44,8 @@ class Family(str, Enum):
     GEMM_FP8 = "gemm_fp8"  # GEMMs on the fp8 tensor cores; falls back to gemm's parameters
     GEMM_FP8_BLOCK = "gemm_fp8_block"  # fp8 with 128x128 weight-block scales; falls back to gemm_fp8
     GROUPED_GEMM = "grouped_gemm"
+    GROUPED_GEMM_FP8 = "grouped_gemm_fp8"  # expert GEMMs on the fp8 tensor cores; falls back to grouped_gemm
+    GROUPED_GEMM_FP8_BLOCK = "grouped_gemm_fp8_block"  # 128x128 block-scaled; falls back to grouped_gemm_fp8
     ATTENTION_DECODE = "attention_decode"  # one query per sequence
     ATTENTION_PREFILL = "attention_prefill"  # more; chosen per element by the query length
     ATTENTION_MLA_DECODE = "attention_mla_decode"  # MLA cores; fall back to attention_decode / _prefill
@@ -137,7 +139,8 @@ class Operator:
         """The family whose time model costs this operator (attention: decode when every
         sequence adds one query, else prefill; an array of query lengths is split per element
         by ``efficiency``; an MLA core: the ``attention_mla_*`` pair; a GEMM on the fp8 tensor
-        cores: ``gemm_fp8``, or ``gemm_fp8_block`` with block-scaled weights)."""
+        cores: ``gemm_fp8``, or ``gemm_fp8_block`` with block-scaled weights; grouped expert
+        GEMMs likewise ``grouped_gemm_fp8`` / ``grouped_gemm_fp8_block``)."""
         if self.kind is OpKind.ATTENTION:
             q = np.asarray(self.shape.get("q_len", 1))
             dec = bool(np.all(q <= 1))
@@ -146,6 +149,8 @@ class Operator:
             return Family.ATTENTION_DECODE if dec else Family.ATTENTION_PREFILL
         if self.kind is OpKind.GEMM and self.dtype == "fp8":
             return Family.GEMM_FP8_BLOCK if self.shape.get("format") == "fp8-block" else Family.GEMM_FP8
+        if self.kind is OpKind.GROUPED_GEMM and self.dtype == "fp8":
+            return Family.GROUPED_GEMM_FP8_BLOCK if self.shape.get("format") == "fp8-block" else Family.GROUPED_GEMM_FP8
         return {OpKind.GEMM: Family.GEMM, OpKind.GROUPED_GEMM: Family.GROUPED_GEMM,
                 OpKind.ELEMENTWISE: Family.ELEMENTWISE, OpKind.COMM: Family.COMM}[self.kind]
 
