@@ -62,7 +62,9 @@ assumptions:
   busiest rank's expected load over the mean under the collector's generator), so the extra
   pairs of rank 0 are charged but not the skew among its experts (reported apart, as
   ``moe power_law``).
-  ``w4a16_mxfp4`` weights map to costsim's ``mxfp4`` format (BF16 compute).
+  ``w4a16_mxfp4`` weights map to costsim's ``mxfp4`` format (BF16 compute). Rows are fitted per
+  weight format's expert-GEMM family: bf16 and mxfp4 ``grouped_gemm``, fp8 ``grouped_gemm_fp8``,
+  fp8_block ``grouped_gemm_fp8_block``.
 """
 
 from __future__ import annotations
