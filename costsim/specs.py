@@ -457,6 +457,9 @@ class KernelFamily(_Frozen):
     - ``compute`` / ``memory``: achievable fraction of the dense peak / of the bandwidth.
     - ``overhead``: seconds per launch of the family's kernel.
     - ``per_group_overhead``: grouped GEMMs, seconds per busy expert (one GEMM launch each).
+    - ``per_slot_overhead``: grouped GEMMs, seconds per expert slot the rank holds, busy or not
+      (a grouped kernel sets up every local group: TensorRT-LLM's fp8_block MoE at one token
+      takes 4x longer with 512 local experts than with 1 in aiconfigurator's H200 tables).
     - ``per_element``: attention, seconds per (head, query, key) score for scale, mask and
       softmax when a kernel does not fuse them (0 for FlashAttention-style kernels).
     - ``per_row``: attention, seconds per (sequence, query, head) row: the per-row work of an
@@ -496,6 +499,7 @@ class KernelFamily(_Frozen):
     memory: Optional[Fraction] = None
     overhead: Optional[Seconds] = None
     per_group_overhead: Optional[Seconds] = None
+    per_slot_overhead: Optional[Seconds] = None
     per_element: Optional[Seconds] = None
     per_row: Optional[Seconds] = None
     m_half: Optional[Count] = None
@@ -526,7 +530,7 @@ class KernelFamily(_Frozen):
         if self.gemv_rows is not None and not (1 <= self.gemv_rows.value <= 2**20
                                                and self.gemv_rows.value == int(self.gemv_rows.value)):
             raise ValueError(f"gemv_rows must be a whole number of rows, 1 to 2^20, got {self.gemv_rows.value}")
-        for k in ("overhead", "per_group_overhead", "per_element", "per_row"):
+        for k in ("overhead", "per_group_overhead", "per_slot_overhead", "per_element", "per_row"):
             q = getattr(self, k)
             if q is not None and q.value > 1.0:
                 raise ValueError(f"{k} must be at most 1 s per launch/element, got {q.value} s")
@@ -542,9 +546,9 @@ _FAMILY_FIELDS = {
     "gemm": {"compute", "memory", "overhead", "m_half", "n_half", "gemv_rows", "tile_m", "tile_n", "units"},
     "gemm_fp8": {"compute", "memory", "overhead", "m_half", "n_half", "gemv_rows", "tile_m", "tile_n", "units"},
     "gemm_fp8_block": {"compute", "memory", "overhead", "m_half", "n_half", "gemv_rows", "tile_m", "tile_n", "units"},
-    "grouped_gemm": {"compute", "memory", "overhead", "per_group_overhead", "m_half", "n_half", "gemv_rows"},
-    "grouped_gemm_fp8": {"compute", "memory", "overhead", "per_group_overhead", "m_half", "n_half", "gemv_rows"},
-    "grouped_gemm_fp8_block": {"compute", "memory", "overhead", "per_group_overhead", "m_half", "n_half",
+    "grouped_gemm": {"compute", "memory", "overhead", "per_group_overhead", "per_slot_overhead", "m_half", "n_half", "gemv_rows"},
+    "grouped_gemm_fp8": {"compute", "memory", "overhead", "per_group_overhead", "per_slot_overhead", "m_half", "n_half", "gemv_rows"},
+    "grouped_gemm_fp8_block": {"compute", "memory", "overhead", "per_group_overhead", "per_slot_overhead", "m_half", "n_half",
                                "gemv_rows"},
     "attention_decode": {"compute", "memory", "overhead", "per_element", "per_row", "group_limit", "group_compute",
                          "group_reread", "split_tokens", "split_memory"},

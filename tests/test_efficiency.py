@@ -192,6 +192,24 @@ def test_fp8_expert_gemms_have_their_own_families_falling_back_to_grouped_gemm()
     assert (r.compute, r.overhead_s) == (0.2, 3e-6)
     t = operator_terms(block, hw)
     assert float(t.compute_s) == pytest.approx(2.0 * 128 * 1024 * 2048 / (2e12 * 0.2), rel=1e-12)
+    # per_slot_overhead: every expert slot on the rank, busy or not: 1 us + 8 busy x 0 + 64 slots
+    # x 0.1 us = 7.4 us (an operator without a ``slots`` shape pays none)
+    slotted = profile(grouped_gemm=dict(per_slot_overhead="0.1us"))
+    op = gemm(128, 1024, 2048, kind=OpKind.GROUPED_GEMM, groups=8.0, tokens_per_expert=16.0, slots=64.0)
+    assert float(operator_terms(op, slotted).extra_s) == pytest.approx(7.4e-6, rel=1e-12)
+    assert float(operator_terms(gemm(128, 1024, 2048, kind=OpKind.GROUPED_GEMM, groups=8.0, tokens_per_expert=16.0),
+                                slotted).extra_s) == pytest.approx(1e-6, rel=1e-12)
     # a BF16 expert GEMM stays in grouped_gemm
     bf = Operator(**{**fp8.__dict__, "dtype": "bf16", "shape": {**fp8.shape, "format": "bf16"}})
     assert bf.family is Family.GROUPED_GEMM
+
+
+def test_engine_expert_gemm_carries_the_slots_of_its_rank():
+    # DeepSeek-V3 on EP32 with 32 redundant experts: (256 + 32) / 32 = 9 slots per rank (the Day-6
+    # prefill layout: "each GPU holds 9 routed experts"); without redundancy 256 / 32 = 8
+    from costsim.registry import load_hardware, load_model
+    from costsim.simulator.kernels import moe_operators
+
+    spec, hw = load_model("deepseek-v3"), load_hardware("h800")
+    ops = {o.name: o for o in moe_operators(spec, hw, 64, ep=32)}
+    assert ops["moe.experts.gate_up_proj"].shape["slots"] == 8.0

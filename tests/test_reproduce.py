@@ -44,6 +44,13 @@ PAPER = {
     "isca.ep_nvl72_tokens_per_s": (1200, "arXiv 2505.09343 §2.3.2: about 1,200 tokens/s"),
     "isca.mfu_causal": (0.3894, "arXiv 2505.09343 Table 4: 38.94%"),
     "isca.tflops_causal": (385e12, "arXiv 2505.09343 Table 4: 385 TFLOPS causal"),
+    # DeepSeek open-infra-index, 202502OpenSourceWeek day_6 overview: "each H800 node delivers an
+    # average throughput of ~73.7k tokens/s input (including cache hits) during prefilling or
+    # ~14.8k tokens/s output during decoding"
+    "day6.prefill_per_node.h800": (73.7e3, "Day-6 overview: ~73.7k input tokens/s per H800 node"),
+    "day6.decode_per_node.h800": (14.8e3, "Day-6 overview: ~14.8k output tokens/s per H800 node"),
+    "day6.prefill_per_node.h800-calibrated": (73.7e3, "Day-6 overview: ~73.7k input tokens/s per H800 node"),
+    "day6.decode_per_node.h800-calibrated": (14.8e3, "Day-6 overview: ~14.8k output tokens/s per H800 node"),
 }
 
 # rows whose paper number is NOT reproduced, and the value costsim gives instead, derived
@@ -55,6 +62,15 @@ KNOWN = {
     "isca.train_gflop_qwen2.5-72b": (445, 0.001),
     # LLaMA-3.1-405B derives to 2,473, within 1% of the printed 2,448 (§5.5)
     "isca.train_gflop_llama-3.1-405b": (2473, 0.0005),
+}
+
+# model rows costsim does not bring within their band (not a paper error: the estimate is off),
+# with the value it gives, pinned so a change is seen
+OUTSIDE = {
+    # both H800 profiles put the Day-6 prefill high (a saturated pool against a day's average of a
+    # live service); h800 +64%, h800-calibrated +33%
+    "day6.prefill_per_node.h800": (120_509, 0.01),
+    "day6.prefill_per_node.h800-calibrated": (97_739, 0.01),
 }
 
 ROWS = [c for p in PAPERS for c in claims(p, load_model, load_hardware)]
@@ -76,6 +92,11 @@ def test_claim(row):
         assert abs(row.costsim_value - paper) > row.tolerance
         return
     assert not row.note
+    if row.id in OUTSIDE:
+        want, rel = OUTSIDE[row.id]
+        assert row.costsim_value == pytest.approx(want, rel=rel)
+        assert not row.passes and row.status == "outside band" and abs(row.costsim_value - paper) > row.tolerance
+        return
     if row.relation == ">=":  # "more than X": at least X less the band
         assert row.costsim_value >= paper - row.tolerance, where
     else:
@@ -103,7 +124,7 @@ def test_cli_reproduce_all_json_and_table():
     res = cli("reproduce", "all", "-f", "json")
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
-    assert len(d["claims"]) == len(PAPER) and len(d["papers"]) == 3
+    assert len(d["claims"]) == len(PAPER) and len(d["papers"]) == 4
     table = cli("reproduce", "deepseek-v2").stdout
     assert "93.34%" in table and "5.76x" in table and "costsim kv deepseek-v2 --kv-dtype 6" in table
 

@@ -73,14 +73,14 @@ FREE = {
                              ("overhead", 0.0, 1e-4), ("split_memory", 0.001, 0.2), ("split_tokens", 16.0, 8192.0)],
     "attention_mla_prefill": [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-7),
                               ("overhead", 0.0, 1e-4)],
-    "grouped_gemm": [("compute", 0.005, 1.0), ("memory", 0.02, 1.0), ("per_group_overhead", 0.0, 1e-4),
+    "grouped_gemm": [("compute", 0.005, 1.0), ("memory", 0.02, 1.0), ("per_group_overhead", 0.0, 1e-4), ("per_slot_overhead", 0.0, 1e-6),
                      ("overhead", 0.0, 2e-4), ("m_half", 0.0, 2048.0), ("n_half", 0.0, 4096.0)],
     # fp8 MoE kernels (per-tensor / block scales) fitted apart from BF16 ones: one shared set left
     # BF16 1.4-1.8x slow and fp8-block 1.5x fast at 16k tokens (H200 held-out MoE 25.8% shared,
     # 18.9% per format; /tmp experiment, 2026-12-04)
-    "grouped_gemm_fp8": [("compute", 0.005, 1.0), ("memory", 0.02, 1.0), ("per_group_overhead", 0.0, 1e-4),
+    "grouped_gemm_fp8": [("compute", 0.005, 1.0), ("memory", 0.02, 1.0), ("per_group_overhead", 0.0, 1e-4), ("per_slot_overhead", 0.0, 1e-6),
                          ("overhead", 0.0, 2e-4), ("m_half", 0.0, 2048.0), ("n_half", 0.0, 4096.0)],
-    "grouped_gemm_fp8_block": [("compute", 0.005, 1.0), ("memory", 0.02, 1.0), ("per_group_overhead", 0.0, 1e-4),
+    "grouped_gemm_fp8_block": [("compute", 0.005, 1.0), ("memory", 0.02, 1.0), ("per_group_overhead", 0.0, 1e-4), ("per_slot_overhead", 0.0, 1e-6),
                                ("overhead", 0.0, 2e-4), ("m_half", 0.0, 2048.0), ("n_half", 0.0, 4096.0)],
     # the low-latency protocol's efficiency is not fitted: half the simple one (NCCL LL's
     # 4-byte flag per 4 data bytes); fitting it too overfits the rank counts (groups held out:
@@ -119,6 +119,7 @@ def _current(hw, fam: str) -> dict:
         return dict(efficiency=e, latency=lat, overhead=ov, ll_latency=protos[1][1] if len(protos) > 1 else lat / 4)
     r = rates(hw, Family(fam))
     return dict(compute=r.compute, memory=r.memory, overhead=r.overhead_s, per_group_overhead=r.per_group_overhead_s,
+                per_slot_overhead=r.per_slot_overhead_s,
                 per_element=r.per_element_s, per_row=r.per_row_s, m_half=r.m_half, group_compute=r.group_compute,
                 n_half=r.n_half, split_memory=r.split_memory, split_tokens=r.split_tokens)
 

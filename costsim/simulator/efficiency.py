@@ -13,6 +13,7 @@ One formula per family (``types.Family``), its parameters in the profile's
                  (the overhead then also carries the activation-quantisation kernels that fp8
                  GEMMs launch before the matmul)
 - grouped_gemm:  as gemm with M = rows per busy expert, + per_group_overhead x busy experts
+                 + per_slot_overhead x expert slots on the rank (busy or not)
 - grouped_gemm_fp8, grouped_gemm_fp8_block: as grouped_gemm, expert GEMMs on the fp8 tensor
                  cores (per-tensor / block scales); each absent field grouped_gemm_fp8's, then
                  grouped_gemm's (fp8 MoE kernels reach their own fraction of the fp8 peak and
@@ -54,6 +55,7 @@ class FamilyRates:
     memory: float  # fraction of bandwidth
     overhead_s: float
     per_group_overhead_s: float = 0.0
+    per_slot_overhead_s: float = 0.0  # grouped GEMMs: per expert slot on the rank, busy or not
     per_element_s: float = 0.0
     per_row_s: float = 0.0
     m_half: float = 0.0
@@ -100,6 +102,7 @@ def rates(hw: HardwareProfile, family: Family) -> FamilyRates:
 
     return FamilyRates(compute=v(f.compute, e.compute.value), memory=v(f.memory, e.memory.value),
                        overhead_s=v(f.overhead, e.kernel_overhead.value), per_group_overhead_s=v(f.per_group_overhead),
+                       per_slot_overhead_s=v(f.per_slot_overhead),
                        per_element_s=v(f.per_element), per_row_s=v(f.per_row), m_half=v(f.m_half), tile_m=v(f.tile_m), tile_n=v(f.tile_n),
                        units=v(f.units), group_limit=v(f.group_limit), group_compute=v(f.group_compute),
                        n_half=v(f.n_half), gemv_rows=v(f.gemv_rows, 1.0),
@@ -192,7 +195,7 @@ def operator_terms(op: Operator, hw: HardwareProfile) -> Terms:
         # the narrower weight dimension (an expert split over moe_tp: N of gate/up, K of down)
         narrow = np.minimum(np.asarray(op.shape["N"], dtype=float), np.asarray(op.shape.get("K", op.shape["N"]), dtype=float))
         c, m = _roof(op, hw, r, gemm_shape_efficiency(r, op.shape["tokens_per_expert"], narrow))
-        x = r.overhead_s + r.per_group_overhead_s * groups
+        x = r.overhead_s + r.per_group_overhead_s * groups + r.per_slot_overhead_s * float(op.shape.get("slots", 0.0))
     else:
         c, m = _roof(op, hw, r)
         x = r.overhead_s

@@ -284,7 +284,7 @@ def ffn_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: i
             name=name, kind=OpKind.GROUPED_GEMM, group=G, layer=M, count=n_layers, flops=2.0 * assign * N * K,
             bytes_read=distinct * w.bytes_for(N * K) + assign * K * act, bytes_written=assign * N * act,
             dtype=w.compute, shape=dict(M=assign, N=N, K=K, groups=distinct, tokens_per_expert=assign / distinct,
-                                                      format=w.name)))
+                                                      format=w.name, slots=float(e_local))))
     return ops
 
 

@@ -8,7 +8,8 @@ A claim is one of two kinds:
   cannot be reproduced by any consistent arithmetic, the row says so in ``note`` and shows
   the difference; it is never adjusted to match.
 - ``model``: a roofline estimate (throughput). The tolerance is a band (+-25% of the paper's
-  value, or at least 75% of a "more than" figure), and ``assumptions`` says what the paper
+  value, or at least 75% of a "more than" figure; DeepSeek-V2's generation throughput and its
+  5.76x: +-10% / at least 90%), and ``assumptions`` says what the paper
   left unstated and what costsim assumed in its place.
 
 Pure: the specs come through the ``model`` and ``hardware`` loaders the caller passes
@@ -27,8 +28,13 @@ from costsim.simulator.parallel import ep_alltoall_seconds
 from costsim.simulator.scenario import Scenario, _Record, kv, max_throughput_search, perf, show, train
 
 MODEL_BAND = 0.25  # relative band of a model row: a roofline estimate on an unpublished workload
+# DeepSeek-V2's serving claims (§3.2.3: > 50K tokens/s, 5.76x DeepSeek 67B) are held to 10% under
+# the SLO and context the rows state (the project's acceptance for them)
+SERVING_BAND = 0.10
 PAPERS = {"deepseek-v2": "DeepSeek-V2, arXiv 2405.04434", "deepseek-v3": "DeepSeek-V3 technical report, arXiv 2412.19437",
-          "isca25": "ISCA 2025 'Insights into DeepSeek-V3', arXiv 2505.09343"}
+          "isca25": "ISCA 2025 'Insights into DeepSeek-V3', arXiv 2505.09343",
+          "day6": "DeepSeek Open-Infra Day 6, 'DeepSeek-V3/R1 Inference System Overview' (2025-02-28)"}
+DAY6_BAND = 0.15  # the Day-6 per-node throughputs are held to 15% (a day's average of a live service)
 
 
 @dataclass(frozen=True)
@@ -112,10 +118,10 @@ def _deepseek_v2(model: Loader, hardware: Loader) -> list[Claim]:
           "--tpot-slo 50ms")
     rows += [
         _claim(P, "v2.decode_tokens_per_s", "maximum generation throughput, 8 x H800", f"{S} §3.2.3",
-               "> 50K tokens/s", 50_000, r2.tokens_per_s, "tokens/s", band=MODEL_BAND, relation=">=", command=mt,
+               "> 50K tokens/s", 50_000, r2.tokens_per_s, "tokens/s", band=SERVING_BAND, relation=">=", command=mt,
                assumptions=assume),
         _claim(P, "v2.throughput_ratio", "maximum generation throughput vs DeepSeek 67B", f"{S} §3.2.3, Fig. 1b",
-               "5.76x", 5.76, r2.tokens_per_s / r67.tokens_per_s, "ratio", band=MODEL_BAND,
+               "5.76x", 5.76, r2.tokens_per_s / r67.tokens_per_s, "ratio", band=SERVING_BAND,
                command=mt + "; costsim max-throughput deepseek-llm-67b --hardware h800 --context 2048 --tpot-slo 50ms",
                assumptions=assume),
     ]
@@ -236,7 +242,42 @@ def _isca25(model: Loader, hardware: Loader) -> list[Claim]:
     return rows
 
 
-_BUILDERS = {"deepseek-v2": _deepseek_v2, "deepseek-v3": _deepseek_v3, "isca25": _isca25}
+def _day6(model: Loader, hardware: Loader) -> list[Claim]:
+    """The overview's per-node throughputs on its own layouts, on the two H800 profiles: ``h800``
+    (FlashMLA / DeepEP-measured factors) and ``h800-calibrated`` (H100's silicon-table fit)."""
+    from costsim.simulator.disagg import disaggregate
+
+    P, S = "day6", "DeepSeek open-infra-index 202502OpenSourceWeek/day_6 overview"
+    v3 = model("deepseek-v3")
+    # the day's token mix: 608B input (56.3% prefix-cache hits), 168B output, average KV length
+    # 4,989: I + O / 2 = 4,989 with I = (608 / 168) O gives O = 1,211, I = 4,384; 20-22 tokens/s
+    # per user: TPOT <= 47.6 ms (1 / 21)
+    pre = LayoutRequest(devices=32, tp=1, ep=32, redundant_experts=32, prefix_hit=0.563)
+    dec = LayoutRequest(devices=144, tp=1, ep=144, redundant_experts=32, mtp_depth=1, ep_kernel="auto")
+    assume = ("V3 FP8 weights, BF16 KV; prefill unit 4 nodes EP32/DP32 with 32 redundant experts and 56.3% "
+              "prefix hits (cached tokens counted as input, as the overview does), decode unit 18 nodes "
+              "EP144/DP144, 32 redundant, MTP 1 at 85% acceptance, DeepEP low-latency kernels for decode; "
+              "4,384 in -> 1,211 out (the day's token mix and average KV length 4,989), TPOT <= 47.6 ms; "
+              "no two-batch overlap; each pool at its best batch (a saturated node, the overview a day's average)")
+    rows = []
+    for prof in ("h800", "h800-calibrated"):
+        r = disaggregate(v3, hardware(prof), 4384, 1211, tpot_slo_s=0.0476, weight_dtypes=("fp8",),
+                         kv_dtypes=("bf16",), prefill_layout=pre, decode_layout=dec, colocated=False)
+        cmd = (f"costsim disagg deepseek-v3 -H {prof} --input 4384 --output 1211 --tpot-slo 47.6ms --weight-dtype fp8 "
+               "--kv-dtype bf16 --prefill-devices 32 --prefill-tp 1 --prefill-ep 32 --decode-devices 144 --decode-tp 1 "
+               "--decode-ep 144 --redundant-experts 32 --prefix-hit 0.563 --mtp 1 --ep-kernel auto --no-colocated")
+        rows += [
+            _claim(P, f"day6.prefill_per_node.{prof}", f"prefill input tokens/s per H800 node ({prof})", f"{S}",
+                   "73.7K tokens/s", 73.7e3, r.prefill.tokens_per_s_per_node, "tokens/s", band=DAY6_BAND, command=cmd,
+                   assumptions=assume),
+            _claim(P, f"day6.decode_per_node.{prof}", f"decode output tokens/s per H800 node ({prof})", f"{S}",
+                   "14.8K tokens/s", 14.8e3, r.decode.tokens_per_s_per_node, "tokens/s", band=DAY6_BAND, command=cmd,
+                   assumptions=assume),
+        ]
+    return rows
+
+
+_BUILDERS = {"deepseek-v2": _deepseek_v2, "deepseek-v3": _deepseek_v3, "isca25": _isca25, "day6": _day6}
 
 
 def _usd(rec) -> float:
