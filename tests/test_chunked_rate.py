@@ -109,3 +109,132 @@ def test_bad_budgets_are_refused():
     r = run(app, ["rate", "llama-3.1-70b", "-H", "h100", "--devices", "8", "--pp", "2", "--rate", "2",
                   "--chunked-prefill", "512"])
     assert r.exit_code == 2 and "--chunked-prefill 512: is not modelled with pp > 1" in r.output
+
+
+# ------------------------------------------------------------------ DP attention and max_rate (issue 9)
+
+def _tiny_moe():
+    # tests/tiny.py's GQA with a MoE FFN: E = 4 routed experts, top-2, expert FFN 4 (SwiGLU), no shared
+    return gqa(name="tiny-moe", ffn=dict(kind="moe", n_routed_experts=4, num_experts_per_tok=2,
+                                         moe_intermediate_size=4))
+
+
+def test_mixed_step_with_dp_attention_is_per_rank():
+    # Dense, tp = 1, 2 devices: dp = 2 attention/FFN replicas with no collective between them, so
+    # each rank's step is exactly the dp = 1 step of the same per-rank (B, c)
+    spec, hw = gqa(), tiny_hw()
+    one, two = Deployment(), Deployment(devices=2)
+    assert two.dp == 2
+    for B, L, c, k in ((3, 10, 5, 7), (0, 0, 6, 0), (4, 13.5, 0, 0)):
+        a, b = mixed_step(spec, hw, one, B, L, c, k, 1), mixed_step(spec, hw, two, B, L, c, k, 1)
+        assert float(b.time_s) == pytest.approx(float(a.time_s), rel=1e-12)
+        assert float(b.flops) == pytest.approx(float(a.flops), rel=1e-12)
+    # MoE with EP 2 over the 2 DP ranks: per rank B + c = 3 + 5 = 8 tokens, so the routed experts
+    # see dp (B + c) = 16 tokens: 16 x top-2 / ep 2 = 16 token-expert pairs on the busiest rank,
+    # over E (1 - (1 - k/E)^16) / ep = 2 (1 - 2^-16) busy experts of its 2 (operators.ffn_operators).
+    # The EP dispatch sends the rank's own 8 tokens x h 8 x 2 bytes = 128 bytes.
+    spec, dep = _tiny_moe(), Deployment(devices=2, ep=2)
+    m = mixed_step(spec, hw, dep, 3, 10, 5, 7, 1)
+    gu = m.by_name("moe.experts.gate_up_proj").op
+    assert float(gu.shape["M"]) == pytest.approx(16.0, rel=1e-12)
+    assert float(gu.shape["groups"]) == pytest.approx(2 * (1 - 2.0 ** -16), rel=1e-12)
+    assert float(gu.flops) == pytest.approx(2 * 16 * (2 * 4) * 8, rel=1e-12)  # 2 x pairs x N (gate+up) x K (h)
+    assert float(m.by_name("comm.ep_dispatch").op.comm_bytes) == pytest.approx(128.0, rel=1e-12)
+    # ... while the attention of each part is the rank's own: as in the dp = 1 step
+    ref = mixed_step(spec, hw, Deployment(), 3, 10, 5, 7, 1)
+    for name in ("attn.core", "attn.core.chunk", "attn.qkv_proj"):
+        assert float(m.by_name(name).total_s) == pytest.approx(float(ref.by_name(name).total_s), rel=1e-12)
+    # and the mixed step still reduces to the decode step of dp x B sequences / the prefill of dp chunks
+    spec, h100 = load_model("deepseek-v2-lite"), load_hardware("h100")
+    dep = resolve_deployment(spec, h100, LayoutRequest(devices=2, tp=1, ep=2))
+    assert dep.dp == 2
+    assert float(mixed_step(spec, h100, dep, 32, 3000, 0, 0).time_s) == pytest.approx(
+        float(decode(spec, h100, dep, 64, 3000).time_s), rel=1e-12)
+    assert float(mixed_step(spec, h100, dep, 0, 0, 512, 1024, 1).time_s) == pytest.approx(
+        float(time_step(spec, h100, dep, StepShape(2, 512, 1024, 1)).time_s), rel=1e-12)
+
+
+def test_chunked_rate_with_dp_is_each_rank_at_rate_over_dp():
+    # dense tiny model, dp = 2 with no cross-rank term: at rate R the replica is two dp = 1 ranks
+    # at R / 2 each; the batch (per replica) doubles, the times do not change
+    spec, hw = gqa(), tiny_hw()
+    for rate in (2000.0, 8000.0):
+        a = at_rate_chunked(spec, hw, Deployment(), rate / 2, 12, 4, 16)
+        b = at_rate_chunked(spec, hw, Deployment(devices=2), rate, 12, 4, 16)
+        assert not a.saturated and not b.saturated
+        assert b.batch == 2 * a.batch and b.output_tokens_per_s == rate * 4
+        for f in ("ttft_s", "tpot_s", "e2e_s", "prefill_share"):
+            assert getattr(b, f) == pytest.approx(getattr(a, f), rel=1e-12), f
+    # MoE with DP attention (DeepSeek-V2-Lite, 2 x H100, dp 2, EP 2): per rank the chunk balances
+    # rate / 2 x I = c / step and B / 2 decodes rate / 2 x O tokens/s, the smallest such batch
+    spec, h100 = load_model("deepseek-v2-lite"), load_hardware("h100")
+    dep = resolve_deployment(spec, h100, LayoutRequest(devices=2, tp=1, ep=2))
+    I, O, T = 2048, 512, 2048
+    L = I + (O - 1) / 2
+    r = at_rate_chunked(spec, h100, dep, 20.0, I, O, T)
+    assert not r.saturated and r.batch % 2 == 0
+    b = r.batch // 2
+    c = r.prefill_share * (T - b)
+
+    def s(bb, cc):
+        return float(mixed_step(spec, h100, dep, bb, L, cc, (I - cc) / 2, cc / I).time_s)
+
+    assert c == pytest.approx(10.0 * I * s(b, c), rel=1e-6)
+    assert r.tpot_s == pytest.approx(s(b, c), rel=1e-12)
+    assert b / s(b, c) >= 10.0 * O
+    c1 = 10.0 * I * s(b - 1, c)
+    for _ in range(30):
+        c1 = 10.0 * I * s(b - 1, c1)
+    assert (b - 1) / s(b - 1, c1) < 10.0 * O
+
+
+def test_chunked_max_rate_by_hand():
+    # Tiny GQA on the tiny profile, I = 12, O = 4, T = 16: the steady state balances rate x P = c / s
+    # (prefill) and b / s = rate x O (decode) per rank, so c / b = P / O = 3 and the full budget
+    # b + c = 16 gives b = 4, c = 12. That step (4 decodes at L = 13.5, a 12-token chunk from 0)
+    # is memory bound in every kernel: 18 kernels x 1 us + 21,048 bytes / 5e8 B/s.
+    # Bytes (bf16, 16 tokens, 2 layers): embedding 512; qkv 2 x (256 w + 256 in + 512 out);
+    # decode core 2 x (64 q + 4 x 14.5 x 16 KV + 128 out and new KV); chunk core 2 x (384 + 384);
+    # o 2 x (128 + 256 + 256); norms 2 x 1024; gate_up 2 x (512 + 256 + 1024); act 2 x 1536;
+    # down 2 x (256 + 512 + 256); LM head (5 logit rows) 1600 + 80 + 1000 -> 21,048.
+    from costsim.simulator.rate import max_rate_chunked
+    spec, hw = gqa(), tiny_hw()
+    s = 18e-6 + 21048 / 5e8
+    assert float(mixed_step(spec, hw, Deployment(), 4, 13.5, 12, 0, 1).time_s) == pytest.approx(s, rel=1e-12)
+    for dep in (Deployment(), Deployment(devices=2)):
+        R = max_rate_chunked(spec, hw, dep, 12, 4, 16)
+        assert R == pytest.approx(dep.dp * 12 / (12 * s), rel=1e-12)  # dp x c / (P x step)
+        below, above = (at_rate_chunked(spec, hw, dep, R * f, 12, 4, 16) for f in (0.999, 1.001))
+        assert not below.saturated and below.batch == 4 * dep.dp and below.prefill_share > 0.99
+        assert above.saturated and "spare budget" in above.reason
+    # a memory limit below the crossover: the decode binds at Bmax (max_batch sequences per rank)
+    spec, h100 = load_model("llama-3.1-70b"), load_hardware("h100")
+    dep = resolve_deployment(spec, h100, LayoutRequest(devices=8, tp=8))
+    R = max_rate_chunked(spec, h100, dep, 2048, 512, 8192)  # b0 = 8192 x 512 / 2560 = 1638 > Bmax 517
+    c = 517 * 2048 / 512  # 2068 > one prompt: whole prompts from position 0, c / I = 1.01 of them end per step
+    assert R == pytest.approx(517 / (512 * float(mixed_step(spec, h100, dep, 517, 2303.5, c, 0, c / 2048).time_s)),
+                              rel=1e-12)
+    assert not at_rate_chunked(spec, h100, dep, R * 0.999, 2048, 512, 8192).saturated
+    assert "517 sequences (memory)" in at_rate_chunked(spec, h100, dep, R * 1.001, 2048, 512, 8192).reason
+
+
+def test_small_budget_is_not_saturated_at_a_low_rate():
+    # a budget below the memory batch (T - 1 = 511 < 517) used to be judged at B = T - 1 (one spare
+    # token: always "saturated"); the batch is the smallest that decodes fast enough, as at T = 2048
+    spec, hw, dep = _setup()
+    r = at_rate_chunked(spec, hw, dep, 0.5, 2048, 512, 512)
+    assert not r.saturated and r.batch == at_rate_chunked(spec, hw, dep, 0.5, 2048, 512, 2048).batch == 5
+    c = r.prefill_share * (512 - 5)
+    assert c == pytest.approx(0.5 * 2048 * r.tpot_s, rel=1e-6)
+
+
+def test_cli_chunked_with_dp_prints_the_largest_rate():
+    import json
+    run = CliRunner().invoke
+    args = ["rate", "deepseek-v2-lite", "-H", "h100", "--devices", "2", "--tp", "1", "--ep", "2", "--rate", "20",
+            "--input", "2048", "--output", "512", "--chunked-prefill", "2048"]
+    r = run(app, args)
+    assert r.exit_code == 0, r.output
+    assert "dp=2" in r.output and "largest sustainable rate" in r.output and "per DP rank" in r.output
+    j = json.loads(run(app, args + ["--format", "json"]).stdout)
+    assert j["dp"] == 2 and j["max_rate"] > 20 and j["points"][0]["batch"] % 2 == 0

@@ -606,7 +606,10 @@ def rate(recs: list[dict], head: dict, fmt: str) -> None:
                "Continuous batching, prefill first (no chunked prefill): running batch = rate x output x TPOT "
                "(Little's law); TPOT = decode step / (1 - prefill share); TTFT = prefill + M/D/1 queueing + half a "
                "decode step (costsim/simulator/rate.py)."] if not head.get("chunked_prefill") else [
-               f"Chunked prefill, {head['chunked_prefill']:,} tokens per step (Sarathi-Serve): running batch = rate x "
+               f"largest sustainable rate: {head['max_rate']:.4g} requests/s (rate x prompt = chunk / step at the "
+               f"best batch up to the memory limit of {head['max_batch']:,} sequences)",
+               f"Chunked prefill, {head['chunked_prefill']:,} tokens per step"
+               f"{' per DP rank' if head['dp'] > 1 else ''} (Sarathi-Serve): running batch = rate x "
                "output x TPOT (Little's law); TPOT = one mixed step (decode + a prompt chunk, weights read once); "
                "prefill share = chunk / spare budget; TTFT = ceil(prompt / spare budget) full steps + M/D/1 queueing "
                "+ half a step (costsim/simulator/rate.py)."])

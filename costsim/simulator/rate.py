@@ -69,18 +69,27 @@ def mixed_operators(decode_batch, context, chunk, chunk_context, chunk_logits=1.
     any operator whose FLOPs depend on the context (MLA's naive decompression, the DSA indexer)
     are kept per part, each over its own context (the chunk's with the name suffix ``.chunk``);
     an empty part (B = 0 or c = 0) has none. The ``step`` that ``time_step`` passes is ignored
-    (so two-batch overlap does not apply). Scalars only; tokens per replica with dp = 1."""
+    (so two-batch overlap does not apply). Scalars only.
+
+    B and c are per attention DP rank: with DP attention (``dep.dp`` ranks, DeepSeek-V3 §3.4;
+    SGLang ``--enable-dp-attention``) each rank runs its own B decodes and its own chunk, so the
+    parts are StepShape(dp B, 1, L, 1) and StepShape(dp, c, k, ...) and the fused batch
+    StepShape(dp, B + c, 0, B + chunk_logits): one sequence of B + c tokens per rank
+    (``Deployment.seqs_per_rank``), while the routed experts and the EP all-to-all of a MoE
+    layer see the dp (B + c) tokens of all ranks (``operators.ffn_operators``). Every rank is
+    assumed to carry the same (B, c)."""
     B, c = float(decode_batch), float(chunk)
 
     def ops(spec, dep, step, *, form=None, include_comm=True):
+        dp = float(dep.dp)
         parts = []
         if B > 0:
-            parts.append(("", step_operators(spec, dep, StepShape(B, 1.0, float(context), 1.0), form=form,
+            parts.append(("", step_operators(spec, dep, StepShape(dp * B, 1.0, float(context), 1.0), form=form,
                                              include_comm=include_comm)))
         if c > 0:
-            parts.append((".chunk", step_operators(spec, dep, StepShape(1.0, c, float(chunk_context), float(chunk_logits)),
+            parts.append((".chunk", step_operators(spec, dep, StepShape(dp, c, float(chunk_context), float(chunk_logits)),
                                                    form=form, include_comm=include_comm)))
-        fused = step_operators(spec, dep, StepShape(1.0, B + c, 0.0, B * 1.0 + float(chunk_logits) * (c > 0)),
+        fused = step_operators(spec, dep, StepShape(dp, B + c, 0.0, B * 1.0 + float(chunk_logits) * (c > 0)),
                                form=form, include_comm=include_comm)
         out = []
         for i, op in enumerate(fused):
@@ -98,10 +107,12 @@ def mixed_operators(decode_batch, context, chunk, chunk_context, chunk_logits=1.
 
 def mixed_step(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, decode_batch, context, chunk,
                chunk_context, chunk_logits=1.0) -> StepTiming:
-    """Time (``time_s``, seconds, per replica, one pipeline stage) of ONE mixed step
-    (``mixed_operators``). With ``chunk`` = 0 it is the decode step of ``decode_batch``
-    sequences; with ``decode_batch`` = 0 the prefill step of the chunk."""
-    return time_step(spec, hw, dep.with_(two_batch_overlap=False), StepShape(decode_batch, 1, context, 1),
+    """Time (``time_s``, seconds, on the busiest device, one pipeline stage) of ONE mixed step
+    (``mixed_operators``): ``decode_batch`` sequences and a ``chunk`` of prompt tokens on each
+    of the ``dep.dp`` attention DP ranks. With ``chunk`` = 0 it is the decode step of
+    dp x ``decode_batch`` sequences (``serving.decode``); with ``decode_batch`` = 0 the
+    prefill step of dp chunks, one per rank."""
+    return time_step(spec, hw, dep.with_(two_batch_overlap=False), StepShape(dep.dp * decode_batch, 1, context, 1),
                      operators=mixed_operators(decode_batch, context, chunk, chunk_context, chunk_logits))
 
 
@@ -169,7 +180,7 @@ def rate_records(spec: ModelSpec, hw: HardwareProfile, request, rates, input_len
     """(head, points) for ``costsim rate``: the layout of ``request`` (a ``LayoutRequest``,
     resolved at input + output tokens) with the largest sustainable rate and the memory-limited
     batch, and one ``at_rate`` dict per rate, in increasing order (``at_rate_chunked`` with a
-    ``chunked_prefill`` token budget; the head's max_rate is then None: not searched). Raises
+    ``chunked_prefill`` token budget per DP rank, and ``max_rate_chunked``). Raises
     CostsimError when the weights do not fit."""
     from costsim.simulator.layout import resolve_deployment
     from costsim.simulator.memory import require_fit
@@ -178,13 +189,68 @@ def rate_records(spec: ModelSpec, hw: HardwareProfile, request, rates, input_len
     require_fit(spec, hw, dep)
     head = dict(model=spec.name, hardware=hw.name, devices=dep.devices, tp=dep.tp, ep=dep.ep, pp=dep.pp, dp=dep.dp,
                 weight_dtype=dep.weights_name, kv_dtype=dep.kv_format.name, input=input_len, output=output_len,
-                max_rate=None if chunked_prefill else max_rate(spec, hw, dep, input_len, output_len),
+                max_rate=max_rate_chunked(spec, hw, dep, input_len, output_len, chunked_prefill) if chunked_prefill
+                else max_rate(spec, hw, dep, input_len, output_len),
                 max_batch=_bmax(spec, hw, dep, input_len, output_len), chunked_prefill=chunked_prefill)
     if chunked_prefill:
         pts = [at_rate_chunked(spec, hw, dep, r, input_len, output_len, chunked_prefill) for r in sorted(rates)]
     else:
         pts = [at_rate(spec, hw, dep, r, input_len, output_len) for r in sorted(rates)]
     return head, [{k: (float(v) if isinstance(v, np.floating) else v) for k, v in vars(p).items()} for p in pts]
+
+
+def _check_chunked(dep: Deployment, budget) -> None:
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
+        raise FieldError("chunked_prefill", budget, "must be an integer token budget per step >= 1")
+    for bad, why in ((dep.pp > 1, "pp > 1"), (bool(dep.mtp_depth), "MTP"),
+                     (dep.draft_model is not None, "a draft model"), (dep.two_batch_overlap, "two-batch overlap")):
+        if bad:
+            raise FieldError("chunked_prefill", budget, f"is not modelled with {why}")
+
+
+def _chunk_step(spec, hw, dep, I, O, T):
+    """(P, k, L, s) for chunked prefill: prompt tokens computed per request, the cached prefix,
+    the mean decode context and s(b, c), the mixed step's seconds at b decodes and c chunk
+    tokens per DP rank (chunk at its mean position, c / P logit rows)."""
+    k = float(dep.cached_prefix(I))
+    P = I - k
+    L = _context(I, O)
+
+    def s(b, c):
+        return float(mixed_step(spec, hw, dep, b, L, c, k + max(P - c, 0.0) / 2, c / P).time_s)
+
+    return P, k, L, s
+
+
+def max_rate_chunked(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, input_len: int, output_len: int,
+                     budget: int) -> float:
+    """The largest sustainable request rate (requests/s, per replica) with chunked prefill at
+    a budget of T = ``budget`` tokens per step per DP rank (``at_rate_chunked``): the supremum
+    of the rates whose steady state exists; every rate below it is steady, every rate above it
+    saturated.
+
+    Per DP rank, a batch of b running sequences sustains at most R_b = c_b / (P s(b, c_b))
+    requests/s with c_b = min(T - b, b P / O) chunk tokens per step: the steady-state balance
+    rate x P = c / s of ``at_rate_chunked`` with, on the decode side, b / s = rate x O, i.e.
+    c / b = P / O (below the crossover b0 = T O / (O + P) the decode binds, above it the spare
+    budget). R_b rises with b up to b0 and falls after it, so max_rate = dp x max R_b over the
+    integers next to b0, clipped to [1, Bmax] (Bmax: the memory limit per rank, at most T - 1).
+    0.0 when not one sequence fits or T = 1. Raises FieldError as ``at_rate_chunked``."""
+    _check_chunked(dep, budget)
+    _check(1.0, input_len, output_len)
+    I, O, T = int(input_len), int(output_len), int(budget)
+    P, _, _, s = _chunk_step(spec, hw, dep, I, O, T)
+    bmax = min(_bmax(spec, hw, dep, I, O) // dep.dp, T - 1)
+    if bmax < 1:
+        return 0.0
+    b0 = T * O / (O + P)
+    cands = {min(max(b, 1), bmax) for b in (int(np.floor(b0)), int(np.ceil(b0)))}
+
+    def r_b(b):
+        c = min(T - b, b * P / O)
+        return c / (P * s(b, c))
+
+    return dep.dp * max(r_b(b) for b in cands)
 
 
 def at_rate_chunked(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, rate: float, input_len: int,
@@ -194,72 +260,76 @@ def at_rate_chunked(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, rate:
     ``--chunked-prefill-size``): every step has a budget of ``budget`` = T tokens; the B running
     sequences decode one token each and up to T - B tokens of waiting prompts ride along.
 
-    - Prefill work: P = I - (prefix-cache hit) tokens per request, rate x P tokens/s. In a step
-      of time s the chunk processed is c = min(T - B, rate x P x s(c)) (a fixed point; c < T - B
-      when no prompt is waiting); rho = c / (T - B) is the budget's prefill share.
+    With DP attention (``dep.dp`` > 1) each attention DP rank is such a scheduler with its own
+    budget T (vLLM: each DP engine its own ``--max-num-batched-tokens``; SGLang divides
+    ``--chunked-prefill-size`` by dp, so pass its value / dp) and rate / dp of the requests;
+    the quantities below are per rank, the step is ``mixed_step``'s (the MoE layers see all
+    ranks' tokens). ``batch`` and ``output_tokens_per_s`` in the result are per replica:
+    dp x B and rate x O.
+
+    - Prefill work: P = I - (prefix-cache hit) tokens per request, (rate / dp) x P tokens/s per
+      rank. In a step of time s the chunk processed is c = min(T - B, (rate / dp) x P x s(c))
+      (a fixed point; c < T - B when no prompt is waiting); rho = c / (T - B) is the budget's
+      prefill share.
     - Step time s = ``mixed_step``(B decode tokens at the mean context L = I + (O - 1) / 2, c
       chunk tokens attending at the mean chunk position k + (P - c) / 2, c / P logit rows: the
       mean share of chunks that end a prompt). Assumptions: mean prompt progress (one chunk per
-      step, of the mean size) and chunk attention at the mean position.
-    - B: the smallest batch with B / s >= rate x O (Little's law, as ``at_rate``). TPOT = s: no
-      decode stall from prefill.
+      step, of the mean size) and chunk attention at the mean position; every DP rank equally
+      loaded.
+    - B: the smallest batch with B / s >= (rate / dp) x O (Little's law, as ``at_rate``). TPOT
+      = s: no decode stall from prefill.
     - TTFT = S = ceil(P / (T - B)) steps of the full spare budget (s at c = T - B: the prompt's
       own chunks, each charged a full step, the last one too) + M/D/1
       queueing rho S / (2 (1 - rho)) for that service time S + half a step (the step in flight).
-    - Saturated when rho >= 1 (the spare budget cannot prefill rate x P tokens/s), B reaches T,
-      or no batch up to the memory limit keeps up.
-    Not modelled: pp > 1, dp > 1, MTP / draft speculation, two-batch overlap (FieldError names
+    - Saturated when no batch up to the memory limit (at most T - 1) decodes fast enough, or
+      rho >= 1 at that smallest batch B (the spare budget cannot prefill the prompts; a larger
+      batch leaves less of it). ``max_rate_chunked``: the largest rate that is not.
+    Not modelled: pp > 1, MTP / draft speculation, two-batch overlap (FieldError names
     ``chunked_prefill``). Raises FieldError for a budget that is not an integer >= 1."""
-    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
-        raise FieldError("chunked_prefill", budget, "must be an integer token budget per step >= 1")
-    for bad, why in ((dep.pp > 1, "pp > 1"), (dep.dp > 1, "dp > 1"), (bool(dep.mtp_depth), "MTP"),
-                     (dep.draft_model is not None, "a draft model"), (dep.two_batch_overlap, "two-batch overlap")):
-        if bad:
-            raise FieldError("chunked_prefill", budget, f"is not modelled with {why}")
+    _check_chunked(dep, budget)
     _check(rate, input_len, output_len)
     I, O, T = int(input_len), int(output_len), int(budget)
-    k = float(dep.cached_prefix(I))
-    P = I - k
-    L = _context(I, O)
-    need = rate * O
-    bmax = min(_bmax(spec, hw, dep, I, O), T - 1)
+    P, _, _, s_of = _chunk_step(spec, hw, dep, I, O, T)
+    r = rate / dep.dp  # requests/s per DP rank
+    need = r * O
+    bmax = min(_bmax(spec, hw, dep, I, O) // dep.dp, T - 1)
 
     def state(b: int):
         """(step seconds, chunk tokens c, rho, step seconds at the full spare budget) at batch b."""
         spare = float(T - b)
-
-        def s_of(c):
-            return float(mixed_step(spec, hw, dep, b, L, c, k + max(P - c, 0.0) / 2, c / P).time_s)
-
-        s_full = s_of(spare)
-        if rate * P * s_full >= spare:
-            return s_full, spare, rate * P * s_full / spare, s_full
-        c = rate * P * s_full
+        s_full = s_of(b, spare)
+        if r * P * s_full >= spare:
+            return s_full, spare, r * P * s_full / spare, s_full
+        c = r * P * s_full
         for _ in range(30):  # s grows slowly with c: the iteration contracts
-            c_new = min(spare, rate * P * s_of(c))
+            c_new = min(spare, r * P * s_of(b, c))
             if abs(c_new - c) <= 1e-9 * spare:
                 break
             c = c_new
-        return s_of(c), c, c / spare, s_full
+        return s_of(b, c), c, c / spare, s_full
 
     if bmax < 1:
         why = "not one sequence fits in memory" if T > 1 else "a budget of 1 token leaves no room for a prompt"
         return RatePoint(rate, True, None, None, None, None, float("inf"), None, why)
 
-    def keeps_up(b: int) -> bool:
-        s, _, rho, _ = state(b)
-        return rho < 1 and b / s >= need
+    def decodes(b: int) -> bool:
+        s, _, _, _ = state(b)
+        return b / s >= need
 
-    if not keeps_up(bmax):
-        s, _, rho, _ = state(bmax)
+    if not decodes(bmax):
+        _, _, rho, _ = state(bmax)  # a full budget of prompt chunks stretches the steps: name the prefill
         return RatePoint(rate, True, None, None, None, None, rho, None,
                          f"prefill needs {rho:.0%} of the spare budget" if rho >= 1 else
-                         f"{bmax} sequences ({'memory' if bmax < T - 1 else 'budget'}) decode < {need:,.0f} tokens/s")
+                         f"{bmax * dep.dp} sequences ({'memory' if bmax < T - 1 else 'budget'}) decode "
+                         f"< {need * dep.dp:,.0f} tokens/s")
     lo, hi = 1, bmax
     while lo < hi:
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if keeps_up(mid) else (mid + 1, hi)
+        lo, hi = (lo, mid) if decodes(mid) else (mid + 1, hi)
     s, c, rho, s_full = state(lo)
+    if rho >= 1:
+        return RatePoint(rate, True, None, None, None, None, rho, None,
+                         f"prefill needs {rho:.0%} of the spare budget")
     service = float(np.ceil(P / (T - lo))) * s_full
     ttft = service + rho * service / (2 * (1 - rho)) + s / 2
-    return RatePoint(rate, False, lo, ttft, s, ttft + (O - 1) * s, rho, need)
+    return RatePoint(rate, False, lo * dep.dp, ttft, s, ttft + (O - 1) * s, rho, rate * O)
