@@ -523,6 +523,8 @@ class KernelFamily(_Frozen):
             v = getattr(self, k).value
             if v != int(v) or v > 2**20:
                 raise ValueError(f"{k} must be a whole number of rows/columns/units (1 to 2^20), got {v}")
+        if self.split_tokens is not None and not 1 <= self.split_tokens.value <= 2**40:
+            raise ValueError(f"split_tokens must be a number of tokens per chunk, 1 to 2^40, got {self.split_tokens.value}")
         if self.m_half is not None and self.m_half.value > 2**20:
             raise ValueError(f"m_half must be at most 2^20 rows, got {self.m_half.value}")
         if self.n_half is not None and self.n_half.value > 2**20:
@@ -550,6 +552,8 @@ _FAMILY_FIELDS = {
     "grouped_gemm_fp8": {"compute", "memory", "overhead", "per_group_overhead", "per_slot_overhead", "m_half", "n_half", "gemv_rows"},
     "grouped_gemm_fp8_block": {"compute", "memory", "overhead", "per_group_overhead", "per_slot_overhead", "m_half", "n_half",
                                "gemv_rows"},
+    "grouped_gemm_mxfp4": {"compute", "memory", "overhead", "per_group_overhead", "per_slot_overhead", "m_half",
+                           "n_half", "gemv_rows"},
     "attention_decode": {"compute", "memory", "overhead", "per_element", "per_row", "group_limit", "group_compute",
                          "group_reread", "split_tokens", "split_memory"},
     "attention_prefill": {"compute", "memory", "overhead", "per_element", "per_row"},
@@ -573,6 +577,7 @@ class Families(_Frozen):
     # grouped_gemm_fp8's, then grouped_gemm's
     grouped_gemm_fp8: KernelFamily = Field(default_factory=KernelFamily)
     grouped_gemm_fp8_block: KernelFamily = Field(default_factory=KernelFamily)
+    grouped_gemm_mxfp4: KernelFamily = Field(default_factory=KernelFamily)  # W4A16 experts; absent: grouped_gemm's
     attention_decode: KernelFamily = Field(default_factory=KernelFamily)
     attention_prefill: KernelFamily = Field(default_factory=KernelFamily)
     # MLA attention cores (FlashMLA-style decode over the latent; prefill over decompressed

@@ -82,7 +82,9 @@ def test_chunked_steady_state_by_hand_and_against_prefill_first():
         for _ in range(30):
             c1 = rate * I * s(B - 1, c1)
         assert c1 < T - B + 1 and (B - 1) / s(B - 1, c1) < rate * O
-        S = math.ceil(I / spare) * s(B, spare)
+        # the prompt: n - 1 chunks of the spare budget, then one step carrying what is left
+        n = math.ceil(I / spare)
+        S = (n - 1) * s(B, spare) + s(B, I - (n - 1) * spare)
         assert r.ttft_s == pytest.approx(S + rho * S / (2 * (1 - rho)) + step / 2, rel=1e-9)
         assert r.e2e_s == pytest.approx(r.ttft_s + (O - 1) * step, rel=1e-12)
         # Sarathi-Serve (§5, Fig. 1): mixing removes the decode stall, TPOT is lower at the same rate
@@ -238,3 +240,17 @@ def test_cli_chunked_with_dp_prints_the_largest_rate():
     assert "dp=2" in r.output and "largest sustainable rate" in r.output and "per DP rank" in r.output
     j = json.loads(run(app, args + ["--format", "json"]).stdout)
     assert j["dp"] == 2 and j["max_rate"] > 20 and j["points"][0]["batch"] % 2 == 0
+
+
+def test_a_budget_beyond_the_prompt_is_one_step_and_a_budget_of_one_says_why():
+    # fresh-user finding: a budget of 65,536 tokens for 2,048-token prompts charged the prompt a
+    # step of the whole spare budget (Llama-3.1-8B on H100: TTFT 600 ms against 31 ms at 4,096)
+    from costsim.registry import load_hardware, load_model
+    from costsim.simulator.deployment import Deployment
+
+    spec, hw = load_model("llama-3.1-8b"), load_hardware("h100")
+    dep = Deployment(devices=1).check(spec)
+    big, fit = (at_rate_chunked(spec, hw, dep, 0.5, 2048, 512, t) for t in (65536, 4096))
+    assert big.ttft_s == pytest.approx(fit.ttft_s, rel=0.05)  # one step carrying the 2,048 tokens either way
+    one = at_rate_chunked(spec, hw, dep, 0.5, 2048, 512, 1)
+    assert one.saturated and one.prefill_share is None and "no room for a prompt" in one.reason

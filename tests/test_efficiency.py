@@ -184,6 +184,12 @@ def test_fp8_expert_gemms_have_their_own_families_falling_back_to_grouped_gemm()
                    shape=dict(M=128, N=1024, K=2048, groups=8.0, tokens_per_expert=16.0, format="fp8"))
     block = Operator(**{**fp8.__dict__, "shape": {**fp8.shape, "format": "fp8-block"}})
     assert (fp8.family, block.family) == (Family.GROUPED_GEMM_FP8, Family.GROUPED_GEMM_FP8_BLOCK)
+    # DeepSeek-V3's checkpoint format fp8-b128 is the same 128 x 128 block scaling (units.FORMATS)
+    b128 = Operator(**{**fp8.__dict__, "shape": {**fp8.shape, "format": "fp8-b128"}})
+    assert b128.family is Family.GROUPED_GEMM_FP8_BLOCK
+    assert gemm(4, 8, 8, format="fp8-b128").family is Family.GEMM  # a BF16-compute op stays BF16
+    g = Operator(**{**gemm(4, 8, 8, format="fp8-b128").__dict__, "dtype": "fp8"})
+    assert g.family is Family.GEMM_FP8_BLOCK
     hw = profile(grouped_gemm=dict(compute=0.4, overhead="3us"), grouped_gemm_fp8=dict(compute=0.2))
     hw = HardwareProfile.model_validate({**hw.model_dump(mode="json", exclude_none=True),
                                          "peak_flops": {"bf16": 1e12, "fp8": 2e12}})
@@ -199,6 +205,10 @@ def test_fp8_expert_gemms_have_their_own_families_falling_back_to_grouped_gemm()
     assert float(operator_terms(op, slotted).extra_s) == pytest.approx(7.4e-6, rel=1e-12)
     assert float(operator_terms(gemm(128, 1024, 2048, kind=OpKind.GROUPED_GEMM, groups=8.0, tokens_per_expert=16.0),
                                 slotted).extra_s) == pytest.approx(1e-6, rel=1e-12)
+    # MXFP4 experts (W4A16: BF16 compute) have their own family, falling back to grouped_gemm
+    mx = Operator(**{**fp8.__dict__, "dtype": "bf16", "shape": {**fp8.shape, "format": "mxfp4"}})
+    assert mx.family is Family.GROUPED_GEMM_MXFP4
+    assert rates(hw, Family.GROUPED_GEMM_MXFP4).compute == 0.4
     # a BF16 expert GEMM stays in grouped_gemm
     bf = Operator(**{**fp8.__dict__, "dtype": "bf16", "shape": {**fp8.shape, "format": "bf16"}})
     assert bf.family is Family.GROUPED_GEMM
@@ -213,3 +223,9 @@ def test_engine_expert_gemm_carries_the_slots_of_its_rank():
     spec, hw = load_model("deepseek-v3"), load_hardware("h800")
     ops = {o.name: o for o in moe_operators(spec, hw, 64, ep=32)}
     assert ops["moe.experts.gate_up_proj"].shape["slots"] == 8.0
+
+
+def test_split_tokens_is_a_token_count():
+    for bad in (0.5, 2.0**41):
+        with pytest.raises(ValueError, match="split_tokens"):
+            profile(attention_decode=dict(split_tokens=bad, split_memory=0.01))

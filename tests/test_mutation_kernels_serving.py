@@ -124,22 +124,28 @@ def test_moe_kernel_ep2_by_hand():
     #   shared gate_up [2x8]x[8x8]: 256; 128 + 32 + 32 = 192; down [2x4]x[4x8]: 128; 64 + 16 + 32 = 112
     #   experts gate_up N 8, K 8: 2*4*8*8 = 512; 1.875*128 + 4*8*2 + 4*8*2 = 368
     #   experts down N 8, K 4: 2*4*8*4 = 256; 1.875*64 + 4*4*2 + 4*8*2 = 216
+    #   permute: read the rank's 2 routed tokens + write its 4 pairs, then back: 2 x (2 + 4) x 8 x 2 = 192
     p = kernels.moe(moe(), hw(), tokens=4, ep=2)
     assert p.kernel == "moe"
-    assert p.operators == ("moe.router", "moe.shared.gate_up_proj", "moe.shared.down_proj",
+    assert p.operators == ("moe.router", "moe.shared.gate_up_proj", "moe.shared.down_proj", "moe.permute",
                            "moe.experts.gate_up_proj", "moe.experts.down_proj")
     assert p.flops == 128 + 256 + 128 + 512 + 256
-    assert p.bytes == pytest.approx(112 + 192 + 112 + 368 + 216)
-    assert p.time_s == pytest.approx(1000 / MEM + 5 * OVH)
+    assert p.bytes == pytest.approx(112 + 192 + 112 + 192 + 368 + 216)
+    assert p.time_s == pytest.approx(1192 / MEM + 6 * OVH)
+    # every rank given all 4 tokens (TP attention, aiconfigurator's collector): the permute reads
+    # and writes 4 tokens: 2 x (4 + 4) x 8 x 2 = 256 B
+    q = kernels.moe(moe(), hw(), tokens=4, ep=2, routed_tokens=4)
+    assert q.bytes == pytest.approx(p.bytes - 192 + 256)
 
 
 def test_moe_kernel_fp32_router_and_activations():
     # fp32 weights: router, weights and activations all 4 B; 1 token, EP 1: 2 pairs on 2 experts
     #   router 32*4 + 8*4 + 4*4 = 176; shared gate_up 64*4 + 32 + 32 = 320; down 32*4 + 16 + 32 = 176
     #   experts gate_up 2*64*4 + 2*8*4 + 2*8*4 = 640; down 2*32*4 + 2*4*4 + 2*8*4 = 352
+    #   permute 2 x (1 token + 2 pairs) x 8 x 4 = 192 B
     p = kernels.moe(moe(), hw(), tokens=1, weight_dtype="fp32")
-    assert p.bytes == pytest.approx(176 + 320 + 176 + 640 + 352)
-    assert p.time_s == pytest.approx(1664 / MEM + 5 * OVH)
+    assert p.bytes == pytest.approx(176 + 320 + 176 + 192 + 640 + 352)
+    assert p.time_s == pytest.approx(1856 / MEM + 6 * OVH)
 
 
 def test_moe_and_dense_ffn_kernel_arguments():

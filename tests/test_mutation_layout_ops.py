@@ -76,7 +76,8 @@ def test_operator_sequence_of_an_mla_moe_step():
            "attn.o_proj", "norms"]
     expected = (["embedding"] + [n + dense for n in att] + [n + moe for n in att]
                 + ["ffn.gate_up_proj", "ffn.act", "ffn.down_proj", "moe.router", "moe.shared.gate_up_proj",
-                   "moe.shared.down_proj", "moe.experts.gate_up_proj", "moe.experts.down_proj", "lm_head",
+                   "moe.shared.down_proj", "moe.permute", "moe.experts.gate_up_proj", "moe.experts.down_proj",
+                   "lm_head",
                    "comm.tp_allreduce[dense]", "comm.tp_allreduce[moe]", "comm.tp_allreduce[embedding]",
                    "comm.ep_dispatch", "comm.ep_combine"])
     assert names(moe_spec(), Deployment(devices=2, tp=2, ep=2), "absorbed") == expected

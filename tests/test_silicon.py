@@ -111,7 +111,7 @@ def test_moe_expert_tp_and_no_router():
         attention=dict(kind="mha", num_attention_heads=1, num_key_value_heads=1, head_dim=8),
         ffn=dict(kind="moe", n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16)))
     p = kernels.moe(spec, tiny.hw(), 10, ep=2, moe_tp=2, router=False)
-    assert p.operators == ("moe.experts.gate_up_proj", "moe.experts.down_proj")
+    assert p.operators == ("moe.permute", "moe.experts.gate_up_proj", "moe.experts.down_proj")
     # 10 tokens x top-2 / ep 2 = 10 pairs on the rank; expert intermediate 16 / moe_tp 2 = 8:
     # gate_up 2 x 10 x 16 x 8 = 2560, down 2 x 10 x 8 x 8 = 1280
     assert float(p.flops) == 2560 + 1280

@@ -82,6 +82,10 @@ FREE = {
                          ("overhead", 0.0, 2e-4), ("m_half", 0.0, 2048.0), ("n_half", 0.0, 4096.0)],
     "grouped_gemm_fp8_block": [("compute", 0.005, 1.0), ("memory", 0.02, 1.0), ("per_group_overhead", 0.0, 1e-4), ("per_slot_overhead", 0.0, 1e-6),
                                ("overhead", 0.0, 2e-4), ("m_half", 0.0, 2048.0), ("n_half", 0.0, 4096.0)],
+    # MXFP4 experts (W4A16, gpt-oss): predicted / measured 0.5 on the BF16 fit (H200)
+    "grouped_gemm_mxfp4": [("compute", 0.005, 1.0), ("memory", 0.02, 1.0), ("per_group_overhead", 0.0, 1e-4),
+                           ("per_slot_overhead", 0.0, 1e-6), ("overhead", 0.0, 2e-4), ("m_half", 0.0, 2048.0),
+                           ("n_half", 0.0, 4096.0)],
     # the low-latency protocol's efficiency is not fitted: half the simple one (NCCL LL's
     # 4-byte flag per 4 data bytes); fitting it too overfits the rank counts (groups held out:
     # H200 20.6% instead of 13.9%, H100 17.6% instead of 15.8%, /tmp experiment, 2026-12-02)

@@ -22,6 +22,7 @@ from costsim.specs import HardwareProfile
 # a family without its own residuals borrows its fallback's (as its rates do, ``efficiency``)
 _FALLBACK = {Family.GEMM_FP8_BLOCK: Family.GEMM_FP8, Family.GEMM_FP8: Family.GEMM,
              Family.GROUPED_GEMM_FP8_BLOCK: Family.GROUPED_GEMM_FP8, Family.GROUPED_GEMM_FP8: Family.GROUPED_GEMM,
+             Family.GROUPED_GEMM_MXFP4: Family.GROUPED_GEMM,
              Family.ATTENTION_MLA_DECODE: Family.ATTENTION_DECODE,
              Family.ATTENTION_MLA_PREFILL: Family.ATTENTION_PREFILL}
 

@@ -18,6 +18,8 @@ One formula per family (``types.Family``), its parameters in the profile's
                  cores (per-tensor / block scales); each absent field grouped_gemm_fp8's, then
                  grouped_gemm's (fp8 MoE kernels reach their own fraction of the fp8 peak and
                  carry the activations' quantisation, as the fp8 GEMMs do)
+- grouped_gemm_mxfp4: as grouped_gemm, MXFP4 expert weights dequantised to BF16 in the
+                 kernel (W4A16); each absent field grouped_gemm's
 - attention_*:   max(FLOPs / (peak x c), bytes / (bw x m)) + per_element x scores
                  + per_row x rows + overhead, decode (one query per sequence) and prefill (more)
                  with their own parameters; scores = heads x (query, key) pairs, the
@@ -74,6 +76,7 @@ class FamilyRates:
 # family -> the family whose parameters fill its absent fields
 FALLBACK = {Family.GEMM_FP8: Family.GEMM, Family.GEMM_FP8_BLOCK: Family.GEMM_FP8,
             Family.GROUPED_GEMM_FP8: Family.GROUPED_GEMM, Family.GROUPED_GEMM_FP8_BLOCK: Family.GROUPED_GEMM_FP8,
+            Family.GROUPED_GEMM_MXFP4: Family.GROUPED_GEMM,
             Family.ATTENTION_MLA_DECODE: Family.ATTENTION_DECODE,
             Family.ATTENTION_MLA_PREFILL: Family.ATTENTION_PREFILL}
 _TILES = ("tile_m", "tile_n", "units")

@@ -202,7 +202,7 @@ def attention_core(spec: ModelSpec, hw: HardwareProfile, batch, context, new_tok
 
 
 def moe_operators(spec: ModelSpec, hw: HardwareProfile, tokens, ep: int = 1, weight_dtype="bf16",
-                  moe_tp: int = 1, router: bool = True) -> list[Operator]:
+                  moe_tp: int = 1, router: bool = True, routed_tokens=None) -> list[Operator]:
     """The operators of ``moe`` (validated against ``hw``)."""
     check_types(spec, hw)
     if not isinstance(spec.ffn, MoEFFN):
@@ -214,17 +214,22 @@ def moe_operators(spec: ModelSpec, hw: HardwareProfile, tokens, ep: int = 1, wei
     if moe_tp > 1:  # each expert split moe_tp ways: ep x moe_tp devices (Deployment.moe_tp)
         dep = dep.with_(devices=ep * moe_tp).check(spec)
     # tokens are spread over the ep attention ranks: the batch of the step is all of them
-    ops = ffn_operators(spec, dep, StepShape(tokens, 1, 0), 1, moe=True)
+    if routed_tokens is not None:
+        routed_tokens = _positive("routed_tokens", routed_tokens)
+    ops = ffn_operators(spec, dep, StepShape(tokens, 1, 0), 1, moe=True, routed_tokens=routed_tokens)
     return ops if router else [o for o in ops if o.name != "moe.router"]
 
 
 def moe(spec: ModelSpec, hw: HardwareProfile, tokens, ep: int = 1, weight_dtype="bf16", moe_tp: int = 1,
-        router: bool = True) -> KernelPrediction:
+        router: bool = True, routed_tokens=None) -> KernelPrediction:
     """One MoE FFN layer for ``tokens`` tokens on the busiest of ``ep`` expert ranks (router,
-    shared experts, routed experts; uniform routing), each expert split ``moe_tp`` ways (its
-    intermediate size / moe_tp per device). ``router`` False leaves out the router GEMM (a
-    kernel given the router logits). Raises FieldError for a dense model."""
-    return predict(moe_operators(spec, hw, tokens, ep, weight_dtype, moe_tp, router), hw, "moe")
+    token permute, shared experts, routed experts; uniform routing), each expert split
+    ``moe_tp`` ways (its intermediate size / moe_tp per device). ``router`` False leaves out the
+    router GEMM (a kernel given the router logits). ``routed_tokens``: the tokens the rank
+    routes and permutes, default tokens / ep (DP attention: each rank its own); pass ``tokens``
+    when every rank holds the whole step (TP attention, TensorRT-LLM's EP without DP attention,
+    as aiconfigurator's MoE collector runs it). Raises FieldError for a dense model."""
+    return predict(moe_operators(spec, hw, tokens, ep, weight_dtype, moe_tp, router, routed_tokens), hw, "moe")
 
 
 def dense_ffn(spec: ModelSpec, hw: HardwareProfile, tokens, tp: int = 1, weight_dtype="bf16") -> KernelPrediction:

@@ -241,9 +241,11 @@ def _indexer_operators(a: MLAAttention, dep: Deployment, T, b, L, s, pairs, idx_
 
 
 def ffn_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: int = 1,
-                  moe: bool = False) -> list[Operator]:
-    """The dense FFN (``moe`` False) or the MoE FFN (router, shared and routed experts on the
-    busiest EP rank) of ``n_layers`` identical layers on one device."""
+                  moe: bool = False, routed_tokens=None) -> list[Operator]:
+    """The dense FFN (``moe`` False) or the MoE FFN (router, token permute, shared and routed
+    experts on the busiest EP rank) of ``n_layers`` identical layers on one device.
+    ``routed_tokens``: the tokens this device routes and permutes (default: its own, the DP
+    group's ``seqs_per_rank`` x new tokens)."""
     f, h, act, w = spec.ffn, spec.hidden_size, dep.act_bytes, dep.weight_format
     b = dep.seqs_per_rank(step.batch)
     T = b * np.asarray(step.new_tokens, dtype=float)
@@ -279,6 +281,11 @@ def ffn_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_layers: i
     i_e = f.moe_intermediate_size // dep.moe_tp
     up = 2 * i_e if f.gated else i_e
     w = dep.expert_weights
+    # permute and unpermute (TensorRT-LLM's expandInputRows / finalize, SGLang's deepep permute):
+    # read the tokens this device routes and write its token-expert pairs, then read the pairs'
+    # outputs and write the tokens back, weighted; one elementwise pass each way
+    routed = T if routed_tokens is None else np.asarray(routed_tokens, dtype=float)
+    ops.append(_elementwise("moe.permute", G, M, (routed + assign) * h, (assign + routed) * h, act, n_layers))
     for name, N, K in (("moe.experts.gate_up_proj", up, h), ("moe.experts.down_proj", h, i_e)):
         ops.append(Operator(
             name=name, kind=OpKind.GROUPED_GEMM, group=G, layer=M, count=n_layers, flops=2.0 * assign * N * K,

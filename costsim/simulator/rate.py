@@ -310,7 +310,7 @@ def at_rate_chunked(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, rate:
 
     if bmax < 1:
         why = "not one sequence fits in memory" if T > 1 else "a budget of 1 token leaves no room for a prompt"
-        return RatePoint(rate, True, None, None, None, None, float("inf"), None, why)
+        return RatePoint(rate, True, None, None, None, None, None, None, why)
 
     def decodes(b: int) -> bool:
         s, _, _, _ = state(b)
@@ -330,6 +330,9 @@ def at_rate_chunked(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, rate:
     if rho >= 1:
         return RatePoint(rate, True, None, None, None, None, rho, None,
                          f"prefill needs {rho:.0%} of the spare budget")
-    service = float(np.ceil(P / (T - lo))) * s_full
+    # the prompt's chunks: n - 1 full ones of the spare budget, the last of what is left (a
+    # prompt within one step's spare budget is one step carrying all of it)
+    n = float(np.ceil(P / (T - lo)))
+    service = (n - 1) * s_full + float(s_of(lo, P - (n - 1) * (T - lo)))
     ttft = service + rho * service / (2 * (1 - rho)) + s / 2
     return RatePoint(rate, False, lo * dep.dp, ttft, s, ttft + (O - 1) * s, rho, rate * O)

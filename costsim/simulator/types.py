@@ -22,6 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from costsim.units import FORMATS
+
+# fp8 weight formats with one scale per 128 x 128 block (``fp8-block``, DeepSeek-V3's checkpoint
+# ``fp8-b128``): their GEMMs are the block-scaled families
+BLOCK_FP8 = frozenset(n for n, f in FORMATS.items() if f.compute == "fp8" and f.group_size == 128 * 128)
+
 
 class OpKind(str, Enum):
     """What kind of work an operator does; decides how it is timed."""
@@ -46,6 +52,7 @@ class Family(str, Enum):
     GROUPED_GEMM = "grouped_gemm"
     GROUPED_GEMM_FP8 = "grouped_gemm_fp8"  # expert GEMMs on the fp8 tensor cores; falls back to grouped_gemm
     GROUPED_GEMM_FP8_BLOCK = "grouped_gemm_fp8_block"  # 128x128 block-scaled; falls back to grouped_gemm_fp8
+    GROUPED_GEMM_MXFP4 = "grouped_gemm_mxfp4"  # MXFP4 experts on BF16 compute (W4A16); falls back to grouped_gemm
     ATTENTION_DECODE = "attention_decode"  # one query per sequence
     ATTENTION_PREFILL = "attention_prefill"  # more; chosen per element by the query length
     ATTENTION_MLA_DECODE = "attention_mla_decode"  # MLA cores; fall back to attention_decode / _prefill
@@ -140,7 +147,8 @@ class Operator:
         sequence adds one query, else prefill; an array of query lengths is split per element
         by ``efficiency``; an MLA core: the ``attention_mla_*`` pair; a GEMM on the fp8 tensor
         cores: ``gemm_fp8``, or ``gemm_fp8_block`` with block-scaled weights; grouped expert
-        GEMMs likewise ``grouped_gemm_fp8`` / ``grouped_gemm_fp8_block``)."""
+        GEMMs likewise ``grouped_gemm_fp8`` / ``grouped_gemm_fp8_block``, MXFP4 experts
+        ``grouped_gemm_mxfp4``)."""
         if self.kind is OpKind.ATTENTION:
             q = np.asarray(self.shape.get("q_len", 1))
             dec = bool(np.all(q <= 1))
@@ -148,9 +156,11 @@ class Operator:
                 return Family.ATTENTION_MLA_DECODE if dec else Family.ATTENTION_MLA_PREFILL
             return Family.ATTENTION_DECODE if dec else Family.ATTENTION_PREFILL
         if self.kind is OpKind.GEMM and self.dtype == "fp8":
-            return Family.GEMM_FP8_BLOCK if self.shape.get("format") == "fp8-block" else Family.GEMM_FP8
+            return Family.GEMM_FP8_BLOCK if self.shape.get("format") in BLOCK_FP8 else Family.GEMM_FP8
         if self.kind is OpKind.GROUPED_GEMM and self.dtype == "fp8":
-            return Family.GROUPED_GEMM_FP8_BLOCK if self.shape.get("format") == "fp8-block" else Family.GROUPED_GEMM_FP8
+            return Family.GROUPED_GEMM_FP8_BLOCK if self.shape.get("format") in BLOCK_FP8 else Family.GROUPED_GEMM_FP8
+        if self.kind is OpKind.GROUPED_GEMM and self.shape.get("format") == "mxfp4":
+            return Family.GROUPED_GEMM_MXFP4
         return {OpKind.GEMM: Family.GEMM, OpKind.GROUPED_GEMM: Family.GROUPED_GEMM,
                 OpKind.ELEMENTWISE: Family.ELEMENTWISE, OpKind.COMM: Family.COMM}[self.kind]
 
