@@ -229,3 +229,20 @@ def test_split_tokens_is_a_token_count():
     for bad in (0.5, 2.0**41):
         with pytest.raises(ValueError, match="split_tokens"):
             profile(attention_decode=dict(split_tokens=bad, split_memory=0.01))
+
+
+def test_one_token_on_an_empty_cache_is_a_prefill():
+    # a decode step has one query per sequence over a cache (kv_len > 1); a one-token prompt on an
+    # empty cache (kv_len = q_len = 1) runs the context kernel (aiconfigurator's context tables
+    # have isl = 1 rows, timed by TensorRT-LLM's context FMHA)
+    hw = profile(attention_decode=dict(memory=0.5), attention_prefill=dict(memory=0.25, overhead="10us"))
+    first = Operator(name="a", kind=OpKind.ATTENTION, group=OpGroup.ATTENTION, layer=LayerType.DENSE, count=1,
+                     flops=0.0, bytes_read=8e6, dtype="bf16", shape=dict(q_len=1, kv_len=1.0))
+    step = Operator(**{**first.__dict__, "shape": dict(q_len=1, kv_len=2.0)})
+    assert (first.family, step.family) == (Family.ATTENTION_PREFILL, Family.ATTENTION_DECODE)
+    # prefill: 8e6 B at 0.25 x 1e11 = 320 us + 10 us; decode: 8e6 B at 0.5 x 1e11 = 160 us + 1 us
+    assert float(operator_terms(first, hw).time_s) == pytest.approx(330e-6, rel=1e-12)
+    assert float(operator_terms(step, hw).time_s) == pytest.approx(161e-6, rel=1e-12)
+    # without kv_len (an operator that gives none) the query length alone decides, as before
+    bare = Operator(**{**first.__dict__, "shape": dict(q_len=1)})
+    assert bare.family is Family.ATTENTION_DECODE

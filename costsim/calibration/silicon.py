@@ -39,7 +39,8 @@ assumptions:
   tokens (``isl`` = 1); context: ``isl`` new tokens, empty cache. ``window_size`` 0 = full,
   else a sliding window. Mapped to ``kernels.attention_core`` of a GQA/MHA/MQA layer with
   ``num_heads`` / ``num_key_value_heads`` / ``head_dim``; RoPE and the KV append are carried
-  by the fitted overhead and efficiencies. Context rows with FP8 attention compute
+  by the fitted overhead and efficiencies; a context row of isl = 1 (empty cache) is a prefill,
+  costed by the prefill family like every context row. Context rows with FP8 attention compute
   (``attn_dtype`` fp8) are left out: the engine's attention core computes in BF16.
 - MLA kernels (``mla/{generation,context}_mla_perf``, ``collect_mla.py``): the attention op of
   DeepSeek-V3 MLA (d_c 512, d_h^R 64, nope 128, v 128); ``num_heads`` is the heads **per GPU**

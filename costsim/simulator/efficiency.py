@@ -152,6 +152,15 @@ def _roof(op: Operator, hw: HardwareProfile, r: FamilyRates, shape_eff=1.0):
     return compute, memory
 
 
+def _decoding(op: Operator):
+    """Per element: one query per sequence over a cache (a decode step). A one-token step on an
+    empty cache (kv_len = q_len = 1) is a prompt's first pass: the prefill (context) kernel."""
+    q_len = np.asarray(op.shape.get("q_len", 1), dtype=float)
+    if "kv_len" not in op.shape:
+        return q_len <= 1
+    return (q_len <= 1) & (np.asarray(op.shape["kv_len"], dtype=float) > q_len)
+
+
 def _attention(op: Operator, hw: HardwareProfile) -> Terms:
     """Decode and prefill parameters chosen per element by the query length (arrays allowed)."""
     q_len = np.asarray(op.shape.get("q_len", 1), dtype=float)
@@ -173,12 +182,12 @@ def _attention(op: Operator, hw: HardwareProfile) -> Terms:
                      * (np.asarray(op.shape["group"], dtype=float) - 1.0) / (hw.memory_bandwidth.value * r.memory))
         extra = (r.per_element_s * np.asarray(op.shape.get("scores", 0.0), dtype=float)
                  + r.per_row_s * np.asarray(rows, dtype=float) + r.overhead_s)
-        if r.split_memory and "kv_len" in op.shape:  # one chunk of a split decode row, streamed by one block
+        if r.split_memory and "row_bytes" in op.shape:  # one chunk of a split decode row, streamed by one block
             kv_len = np.asarray(op.shape["kv_len"], dtype=float)
             chunk = np.minimum(kv_len, r.split_tokens) if r.split_tokens else kv_len
             extra = extra + chunk * np.asarray(op.shape["row_bytes"], dtype=float) / (hw.memory_bandwidth.value * r.split_memory)
         parts.append((c, m, extra))
-    dec = q_len <= 1
+    dec = _decoding(op)
     c, m, x = (np.where(dec, a, b) for a, b in zip(*parts))
     return Terms(c, m, x, np.maximum(c, m) + x)
 

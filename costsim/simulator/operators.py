@@ -156,7 +156,7 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
             kv_dec = ctx_tokens * (nh * (dn + dv) + dr) * act
             ops.append(core("attn.core(mha)", flops, kv_read + kv_dec + T * nh * (dn + dr) * act,
                             kv_write + T * nh * dv * act,
-                            dict(heads=nh, q_len=s, rows=T * nh, mla=True)))
+                            dict(heads=nh, q_len=s, rows=T * nh, mla=True, kv_len=kv_len)))
         ops.append(gemm("attn.o_proj", T, h, nh * dv))
     else:
         assert isinstance(a, GQAAttention)

@@ -150,8 +150,11 @@ class Operator:
         GEMMs likewise ``grouped_gemm_fp8`` / ``grouped_gemm_fp8_block``, MXFP4 experts
         ``grouped_gemm_mxfp4``)."""
         if self.kind is OpKind.ATTENTION:
-            q = np.asarray(self.shape.get("q_len", 1))
-            dec = bool(np.all(q <= 1))
+            q = np.asarray(self.shape.get("q_len", 1), dtype=float)
+            dec = q <= 1
+            if "kv_len" in self.shape:  # one token on an empty cache: a prompt's first pass (prefill)
+                dec = dec & (np.asarray(self.shape["kv_len"], dtype=float) > q)
+            dec = bool(np.all(dec))
             if self.shape.get("mla"):
                 return Family.ATTENTION_MLA_DECODE if dec else Family.ATTENTION_MLA_PREFILL
             return Family.ATTENTION_DECODE if dec else Family.ATTENTION_PREFILL
