@@ -160,3 +160,14 @@ def test_commands_give_the_rows_values():
     assert tr["mfu"] == by["v3.mfu_implied"].costsim_value
     mt = json.loads(cli(*shlex.split(by["v2.decode_tokens_per_s"].command)[1:], "-f", "json").stdout)
     assert mt["tokens_per_s"] == by["v2.decode_tokens_per_s"].costsim_value
+
+
+def test_day6_command_gives_the_rows_values():
+    # the printed disagg command is the row's computation: both pools get --mtp and --ep-kernel
+    # (fresh-user finding: the prefill pool once lacked them and the command differed by 0.01%)
+    by = {r.id: r for r in ROWS}
+    row = by["day6.prefill_per_node.h800-calibrated"]
+    d = json.loads(cli(*shlex.split(row.command)[1:], "-f", "json").stdout)
+    assert d["prefill"]["tokens_per_s_per_node"] == pytest.approx(row.costsim_value, rel=1e-9)
+    assert d["decode"]["tokens_per_s_per_node"] == pytest.approx(
+        by["day6.decode_per_node.h800-calibrated"].costsim_value, rel=1e-9)

@@ -252,14 +252,15 @@ def _day6(model: Loader, hardware: Loader) -> list[Claim]:
     # the day's token mix: 608B input (56.3% prefix-cache hits), 168B output, average KV length
     # 4,989: I + O / 2 = 4,989 with I = (608 / 168) O gives O = 1,211, I = 4,384; 20-22 tokens/s
     # per user: TPOT <= 47.6 ms (1 / 21)
-    pre = LayoutRequest(devices=32, tp=1, ep=32, redundant_experts=32, prefix_hit=0.563)
+    # both pools with the command's flags (disagg applies them to both; MTP's module also
+    # prefills the prompt, and auto picks the normal kernels for prefill)
+    pre = LayoutRequest(devices=32, tp=1, ep=32, redundant_experts=32, prefix_hit=0.563, mtp_depth=1, ep_kernel="auto")
     dec = LayoutRequest(devices=144, tp=1, ep=144, redundant_experts=32, mtp_depth=1, ep_kernel="auto")
     assume = ("V3 FP8 weights with 128 x 128 block scales (fp8-b128, V3 report §3.3), BF16 KV; prefill unit 4 nodes EP32/DP32 with 32 redundant experts and 56.3% "
               "prefix hits (cached tokens counted as input, as the overview does), decode unit 18 nodes "
               "EP144/DP144, 32 redundant, MTP 1 at 85% acceptance, DeepEP low-latency kernels for decode; "
               "4,384 in -> 1,211 out (the day's token mix and average KV length 4,989), TPOT <= 47.6 ms; "
-              "no two-batch overlap; each pool at its best batch (a saturated node, the overview a day's average); "
-              "the command's --mtp and --ep-kernel also reach its prefill pool (0.01% on prefill)")
+              "no two-batch overlap; each pool at its best batch (a saturated node, the overview a day's average)")
     rows = []
     for prof in ("h800", "h800-calibrated"):
         r = disaggregate(v3, hardware(prof), 4384, 1211, tpot_slo_s=0.0476, weight_dtypes=("fp8-b128",),

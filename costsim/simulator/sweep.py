@@ -402,9 +402,12 @@ def serve_grid(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, inp
     steps = np.maximum(o - 1, 0.0)
     pre = prefill(spec, hw, dep, b, i)
     first = decode(spec, hw, dep, b, i)
-    lmax = int(np.max(i + steps))
-    F = decode_prefix(spec, hw, dep, b, lmax)
-    total = F(i + steps) - F(i)
+    if np.any(steps > 0):
+        lmax = int(np.max(i + steps))
+        F = decode_prefix(spec, hw, dep, b, lmax)
+        total = F(i + steps) - F(i)
+    else:  # no decode step after the first token (output 0 or 1): nothing to sum
+        total = np.zeros(np.broadcast_shapes(b.shape, i.shape, o.shape))
     ttft = np.asarray(pre.time_s)
     with np.errstate(divide="ignore", invalid="ignore"):
         tpot = np.where(steps > 0, total / steps, np.asarray(first.time_s))
