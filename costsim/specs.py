@@ -544,16 +544,16 @@ class KernelFamily(_Frozen):
 
 
 # the parameters each family's formula reads (costsim.simulator.efficiency); others are refused
+_GROUPED_FIELDS = {"compute", "memory", "overhead", "per_group_overhead", "per_slot_overhead", "m_half", "n_half",
+                   "gemv_rows"}
 _FAMILY_FIELDS = {
     "gemm": {"compute", "memory", "overhead", "m_half", "n_half", "gemv_rows", "tile_m", "tile_n", "units"},
     "gemm_fp8": {"compute", "memory", "overhead", "m_half", "n_half", "gemv_rows", "tile_m", "tile_n", "units"},
     "gemm_fp8_block": {"compute", "memory", "overhead", "m_half", "n_half", "gemv_rows", "tile_m", "tile_n", "units"},
-    "grouped_gemm": {"compute", "memory", "overhead", "per_group_overhead", "per_slot_overhead", "m_half", "n_half", "gemv_rows"},
-    "grouped_gemm_fp8": {"compute", "memory", "overhead", "per_group_overhead", "per_slot_overhead", "m_half", "n_half", "gemv_rows"},
-    "grouped_gemm_fp8_block": {"compute", "memory", "overhead", "per_group_overhead", "per_slot_overhead", "m_half", "n_half",
-                               "gemv_rows"},
-    "grouped_gemm_mxfp4": {"compute", "memory", "overhead", "per_group_overhead", "per_slot_overhead", "m_half",
-                           "n_half", "gemv_rows"},
+    "grouped_gemm": _GROUPED_FIELDS,
+    "grouped_gemm_fp8": _GROUPED_FIELDS,
+    "grouped_gemm_fp8_block": _GROUPED_FIELDS,
+    "grouped_gemm_mxfp4": _GROUPED_FIELDS,
     "attention_decode": {"compute", "memory", "overhead", "per_element", "per_row", "group_limit", "group_compute",
                          "group_reread", "split_tokens", "split_memory"},
     "attention_prefill": {"compute", "memory", "overhead", "per_element", "per_row"},

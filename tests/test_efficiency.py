@@ -167,7 +167,8 @@ def test_split_decode_row_adds_one_chunk_streamed_by_one_block():
 
 
 def test_engine_decode_core_carries_the_row_of_its_kv_head():
-    # Llama-3.1-8B decode core: 8 KV heads x 128 x 2 (K, V) x 2 B = 4,096 B per token per layer,
+    # Llama-3.1-8B decode core (meta-llama/Llama-3.1-8B config.json: num_key_value_heads 8,
+    # head_dim 128): 8 KV heads x 128 x 2 (K, V) x 2 B = 4,096 B per token per layer,
     # so a (sequence, KV head) row is 512 B per token; kv_len = context + the new token
     from costsim.registry import load_hardware, load_model
     from costsim.simulator.kernels import attention_core_operators
@@ -175,7 +176,9 @@ def test_engine_decode_core_carries_the_row_of_its_kv_head():
     (core,) = attention_core_operators(load_model("llama-3.1-8b"), load_hardware("h100"), 4, 1023)
     assert core.shape["row_bytes"] == 512.0 and float(core.shape["kv_len"]) == 1024.0
     (mla,) = attention_core_operators(load_model("deepseek-v3"), load_hardware("h100"), 4, 1023)
-    assert mla.shape["row_bytes"] == (512 + 64) * 2  # one latent row per sequence: d_c + d_h^R, BF16
+    # one latent row per sequence: d_c + d_h^R = 512 + 64 (deepseek-ai/DeepSeek-V3 config.json
+    # kv_lora_rank, qk_rope_head_dim), BF16
+    assert mla.shape["row_bytes"] == (512 + 64) * 2
 
 
 def test_fp8_expert_gemms_have_their_own_families_falling_back_to_grouped_gemm():

@@ -56,8 +56,9 @@ assumptions:
   (top-k over **given** router logits: no router GEMM), token permute, FC1, activation, FC2,
   unpermute and weighted sum; no all-to-all (``reduce_results=False``). ``num_tokens`` is every
   token of the step, and rank 0 routes and permutes them all (``routed_tokens`` = num_tokens:
-  predicted / measured was 0.6-0.75 at EP 128-256 without it, H200). ``balanced``: each expert gets tokens x top-k / experts; ``power_law_a``:
-  expert loads drawn from a power law with EP rank 0 made the busiest. Mapped to
+  predicted / measured was 0.6-0.75 at EP 128-256 without it, H200). ``balanced``: each expert
+  gets tokens x top-k / experts; ``power_law_a``: expert loads drawn from a power law with EP
+  rank 0 made the busiest. Mapped to
   ``kernels.moe(router=False)`` on a spec with that hidden/intermediate size, experts and top-k
   (gated unless the kernel source is ``nongated``), which assumes uniform routing; a
   power-law row is predicted as the balanced kernel of tokens x ``power_law_imbalance`` (the
@@ -88,7 +89,8 @@ SYSTEMS = {"h200_sxm": "h200", "h100_sxm": "h100", "b200_sxm": "b200", "a100_sxm
 MS = 1e-3  # the tables' latency unit
 # families in fitting order: later kernels contain no operators of the earlier families
 FAMILIES = ("gemm", "gemm_fp8", "gemm_fp8_block", "attention_decode", "attention_prefill", "attention_mla_decode",
-            "attention_mla_prefill", "grouped_gemm", "grouped_gemm_fp8", "grouped_gemm_fp8_block", "grouped_gemm_mxfp4", "comm")
+            "attention_mla_prefill", "grouped_gemm", "grouped_gemm_fp8", "grouped_gemm_fp8_block", "grouped_gemm_mxfp4",
+            "comm")
 
 
 def data_root() -> Path:

@@ -56,36 +56,29 @@ def summary(df: pd.DataFrame, pred) -> list[dict]:
 # protocol's link efficiency and per-step latency, the per-collective overhead, and the
 # low-latency protocol's latency (``parallel.collective_seconds`` takes the
 # faster one per size, as NCCL's tuner does).
+_GEMM = [("compute", 0.05, 1.0), ("memory", 0.05, 1.0), ("overhead", 0.0, 1e-4), ("m_half", 0.0, 2048.0),
+         ("n_half", 0.0, 4096.0)]
+_ATTENTION = [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-7), ("overhead", 0.0, 1e-4)]
+_SPLIT = [("split_memory", 0.001, 0.2), ("split_tokens", 16.0, 8192.0)]  # decode kernels split over the context
+_GROUPED = [("compute", 0.005, 1.0), ("memory", 0.02, 1.0), ("per_group_overhead", 0.0, 1e-4),
+            ("per_slot_overhead", 0.0, 1e-6), ("overhead", 0.0, 2e-4), ("m_half", 0.0, 2048.0), ("n_half", 0.0, 4096.0)]
 FREE = {
-    "gemm": [("compute", 0.05, 1.0), ("memory", 0.05, 1.0), ("overhead", 0.0, 1e-4), ("m_half", 0.0, 2048.0),
-             ("n_half", 0.0, 4096.0)],
-    "gemm_fp8": [("compute", 0.05, 1.0), ("memory", 0.05, 1.0), ("overhead", 0.0, 1e-4), ("m_half", 0.0, 2048.0),
-                 ("n_half", 0.0, 4096.0)],
-    "gemm_fp8_block": [("compute", 0.05, 1.0), ("memory", 0.05, 1.0), ("overhead", 0.0, 1e-4),
-                       ("m_half", 0.0, 2048.0), ("n_half", 0.0, 4096.0)],
+    "gemm": _GEMM,
+    "gemm_fp8": _GEMM,
+    "gemm_fp8_block": _GEMM,
     # per_element is not fitted: the engine's attention operators give no ``scores`` shape
-    "attention_decode": [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-7),
-                         ("overhead", 0.0, 1e-4), ("group_compute", 0.0005, 1.0), ("split_memory", 0.001, 0.2),
-                         ("split_tokens", 16.0, 8192.0)],
-    "attention_prefill": [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-7),
-                          ("overhead", 0.0, 1e-4)],
-    "attention_mla_decode": [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-7),
-                             ("overhead", 0.0, 1e-4), ("split_memory", 0.001, 0.2), ("split_tokens", 16.0, 8192.0)],
-    "attention_mla_prefill": [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-7),
-                              ("overhead", 0.0, 1e-4)],
-    "grouped_gemm": [("compute", 0.005, 1.0), ("memory", 0.02, 1.0), ("per_group_overhead", 0.0, 1e-4), ("per_slot_overhead", 0.0, 1e-6),
-                     ("overhead", 0.0, 2e-4), ("m_half", 0.0, 2048.0), ("n_half", 0.0, 4096.0)],
+    "attention_decode": [*_ATTENTION, ("group_compute", 0.0005, 1.0), *_SPLIT],
+    "attention_prefill": _ATTENTION,
+    "attention_mla_decode": [*_ATTENTION, *_SPLIT],
+    "attention_mla_prefill": _ATTENTION,
+    "grouped_gemm": _GROUPED,
     # fp8 MoE kernels (per-tensor / block scales) fitted apart from BF16 ones: one shared set left
     # BF16 1.4-1.8x slow and fp8-block 1.5x fast at 16k tokens (H200 held-out MoE 25.8% shared,
     # 18.9% per format; /tmp experiment, 2026-12-04)
-    "grouped_gemm_fp8": [("compute", 0.005, 1.0), ("memory", 0.02, 1.0), ("per_group_overhead", 0.0, 1e-4), ("per_slot_overhead", 0.0, 1e-6),
-                         ("overhead", 0.0, 2e-4), ("m_half", 0.0, 2048.0), ("n_half", 0.0, 4096.0)],
-    "grouped_gemm_fp8_block": [("compute", 0.005, 1.0), ("memory", 0.02, 1.0), ("per_group_overhead", 0.0, 1e-4), ("per_slot_overhead", 0.0, 1e-6),
-                               ("overhead", 0.0, 2e-4), ("m_half", 0.0, 2048.0), ("n_half", 0.0, 4096.0)],
+    "grouped_gemm_fp8": _GROUPED,
+    "grouped_gemm_fp8_block": _GROUPED,
     # MXFP4 experts (W4A16, gpt-oss): predicted / measured 0.5 on the BF16 fit (H200)
-    "grouped_gemm_mxfp4": [("compute", 0.005, 1.0), ("memory", 0.02, 1.0), ("per_group_overhead", 0.0, 1e-4),
-                           ("per_slot_overhead", 0.0, 1e-6), ("overhead", 0.0, 2e-4), ("m_half", 0.0, 2048.0),
-                           ("n_half", 0.0, 4096.0)],
+    "grouped_gemm_mxfp4": _GROUPED,
     # the low-latency protocol's efficiency is not fitted: half the simple one (NCCL LL's
     # 4-byte flag per 4 data bytes); fitting it too overfits the rank counts (groups held out:
     # H200 20.6% instead of 13.9%, H100 17.6% instead of 15.8%, /tmp experiment, 2026-12-02)

@@ -15,26 +15,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from costsim.simulator.efficiency import FALLBACK
 from costsim.simulator.roofline import StepTiming
 from costsim.simulator.types import Family, OpKind
 from costsim.specs import HardwareProfile
 
-# a family without its own residuals borrows its fallback's (as its rates do, ``efficiency``)
-_FALLBACK = {Family.GEMM_FP8_BLOCK: Family.GEMM_FP8, Family.GEMM_FP8: Family.GEMM,
-             Family.GROUPED_GEMM_FP8_BLOCK: Family.GROUPED_GEMM_FP8, Family.GROUPED_GEMM_FP8: Family.GROUPED_GEMM,
-             Family.GROUPED_GEMM_MXFP4: Family.GROUPED_GEMM,
-             Family.ATTENTION_MLA_DECODE: Family.ATTENTION_DECODE,
-             Family.ATTENTION_MLA_PREFILL: Family.ATTENTION_PREFILL}
-
-
 def family_band(hw: HardwareProfile, family: Family) -> tuple[float, float]:
-    """(p10, p90) of measured / predicted for ``family`` (or its fallback); (1, 1) if none."""
+    """(p10, p90) of measured / predicted for ``family`` (or, as its rates do, its fallback:
+    ``efficiency.FALLBACK``); (1, 1) if none."""
     f = family
     while f is not None:
         r = hw.residuals.get(f.value)
         if r is not None:
             return r.p10, r.p90
-        f = _FALLBACK.get(f)
+        f = FALLBACK.get(f)
     return 1.0, 1.0
 
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from costsim.simulator.types import Family, Operator, OpKind
+from costsim.simulator.types import Family, Operator, OpKind, decoding
 from costsim.specs import HardwareProfile, KernelFamily
 
 
@@ -152,18 +152,8 @@ def _roof(op: Operator, hw: HardwareProfile, r: FamilyRates, shape_eff=1.0):
     return compute, memory
 
 
-def _decoding(op: Operator):
-    """Per element: one query per sequence over a cache (a decode step). A one-token step on an
-    empty cache (kv_len = q_len = 1) is a prompt's first pass: the prefill (context) kernel."""
-    q_len = np.asarray(op.shape.get("q_len", 1), dtype=float)
-    if "kv_len" not in op.shape:
-        return q_len <= 1
-    return (q_len <= 1) & (np.asarray(op.shape["kv_len"], dtype=float) > q_len)
-
-
 def _attention(op: Operator, hw: HardwareProfile) -> Terms:
-    """Decode and prefill parameters chosen per element by the query length (arrays allowed)."""
-    q_len = np.asarray(op.shape.get("q_len", 1), dtype=float)
+    """Decode and prefill parameters chosen per element by ``types.decoding`` (arrays allowed)."""
     parts = []
     fams = ((Family.ATTENTION_MLA_DECODE, Family.ATTENTION_MLA_PREFILL) if op.shape.get("mla") else
             (Family.ATTENTION_DECODE, Family.ATTENTION_PREFILL))
@@ -187,7 +177,7 @@ def _attention(op: Operator, hw: HardwareProfile) -> Terms:
             chunk = np.minimum(kv_len, r.split_tokens) if r.split_tokens else kv_len
             extra = extra + chunk * np.asarray(op.shape["row_bytes"], dtype=float) / (hw.memory_bandwidth.value * r.split_memory)
         parts.append((c, m, extra))
-    dec = _decoding(op)
+    dec = decoding(op.shape)
     c, m, x = (np.where(dec, a, b) for a, b in zip(*parts))
     return Terms(c, m, x, np.maximum(c, m) + x)
 

@@ -278,8 +278,8 @@ def at_rate_chunked(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, rate:
       loaded.
     - B: the smallest batch with B / s >= (rate / dp) x O (Little's law, as ``at_rate``). TPOT
       = s: no decode stall from prefill.
-    - TTFT = S = ceil(P / (T - B)) steps of the full spare budget (s at c = T - B: the prompt's
-      own chunks, each charged a full step, the last one too) + M/D/1
+    - TTFT = S = n = ceil(P / (T - B)) steps, the prompt's own chunks: n - 1 of the full spare
+      budget (s at c = T - B) and a last one of what is left, P - (n - 1)(T - B) tokens, + M/D/1
       queueing rho S / (2 (1 - rho)) for that service time S + half a step (the step in flight).
     - Saturated when no batch up to the memory limit (at most T - 1) decodes fast enough, or
       rho >= 1 at that smallest batch B (the spare budget cannot prefill the prompts; a larger

@@ -1,6 +1,7 @@
 """Reproduce the papers: each quantitative claim of DeepSeek-V2 (arXiv 2405.04434), the
-DeepSeek-V3 technical report (arXiv 2412.19437) and ISCA 2025 "Insights into DeepSeek-V3"
-(arXiv 2505.09343) that costsim can compute, beside costsim's value.
+DeepSeek-V3 technical report (arXiv 2412.19437), ISCA 2025 "Insights into DeepSeek-V3"
+(arXiv 2505.09343) and DeepSeek's Day-6 inference system overview (open-infra-index,
+2025-02-28) that costsim can compute, beside costsim's value.
 
 A claim is one of two kinds:
 - ``exact``: arithmetic on the published configs (parameters, KV bytes, FLOPs, GPU-hours). The
@@ -9,7 +10,7 @@ A claim is one of two kinds:
   the difference; it is never adjusted to match.
 - ``model``: a roofline estimate (throughput). The tolerance is a band (+-25% of the paper's
   value, or at least 75% of a "more than" figure; DeepSeek-V2's generation throughput and its
-  5.76x: +-10% / at least 90%), and ``assumptions`` says what the paper
+  5.76x: +-10% / at least 90%; the Day-6 per-node throughputs: +-15%), and ``assumptions`` says what the paper
   left unstated and what costsim assumed in its place.
 
 Pure: the specs come through the ``model`` and ``hardware`` loaders the caller passes

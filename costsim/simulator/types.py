@@ -29,6 +29,16 @@ from costsim.units import FORMATS
 BLOCK_FP8 = frozenset(n for n, f in FORMATS.items() if f.compute == "fp8" and f.group_size == 128 * 128)
 
 
+def decoding(shape: dict):
+    """Per element of an attention operator's ``shape``: a decode step, one query per sequence
+    over a cache. A one-token step on an empty cache (kv_len = q_len = 1) is a prompt's first
+    pass, the prefill (context) kernel; without ``kv_len`` the query length alone decides."""
+    q = np.asarray(shape.get("q_len", 1), dtype=float)
+    if "kv_len" not in shape:
+        return q <= 1
+    return (q <= 1) & (np.asarray(shape["kv_len"], dtype=float) > q)
+
+
 class OpKind(str, Enum):
     """What kind of work an operator does; decides how it is timed."""
 
@@ -54,7 +64,7 @@ class Family(str, Enum):
     GROUPED_GEMM_FP8_BLOCK = "grouped_gemm_fp8_block"  # 128x128 block-scaled; falls back to grouped_gemm_fp8
     GROUPED_GEMM_MXFP4 = "grouped_gemm_mxfp4"  # MXFP4 experts on BF16 compute (W4A16); falls back to grouped_gemm
     ATTENTION_DECODE = "attention_decode"  # one query per sequence
-    ATTENTION_PREFILL = "attention_prefill"  # more; chosen per element by the query length
+    ATTENTION_PREFILL = "attention_prefill"  # more, or a first token on an empty cache (``decoding``)
     ATTENTION_MLA_DECODE = "attention_mla_decode"  # MLA cores; fall back to attention_decode / _prefill
     ATTENTION_MLA_PREFILL = "attention_mla_prefill"
     ELEMENTWISE = "elementwise"
@@ -144,17 +154,13 @@ class Operator:
     @property
     def family(self) -> Family:
         """The family whose time model costs this operator (attention: decode when every
-        sequence adds one query, else prefill; an array of query lengths is split per element
+        sequence adds one query over a cache (``decoding``), else prefill; an array of query lengths is split per element
         by ``efficiency``; an MLA core: the ``attention_mla_*`` pair; a GEMM on the fp8 tensor
         cores: ``gemm_fp8``, or ``gemm_fp8_block`` with block-scaled weights; grouped expert
         GEMMs likewise ``grouped_gemm_fp8`` / ``grouped_gemm_fp8_block``, MXFP4 experts
         ``grouped_gemm_mxfp4``)."""
         if self.kind is OpKind.ATTENTION:
-            q = np.asarray(self.shape.get("q_len", 1), dtype=float)
-            dec = q <= 1
-            if "kv_len" in self.shape:  # one token on an empty cache: a prompt's first pass (prefill)
-                dec = dec & (np.asarray(self.shape["kv_len"], dtype=float) > q)
-            dec = bool(np.all(dec))
+            dec = bool(np.all(decoding(self.shape)))
             if self.shape.get("mla"):
                 return Family.ATTENTION_MLA_DECODE if dec else Family.ATTENTION_MLA_PREFILL
             return Family.ATTENTION_DECODE if dec else Family.ATTENTION_PREFILL
