@@ -245,7 +245,9 @@ def _isca25(model: Loader, hardware: Loader) -> list[Claim]:
 
 def _day6(model: Loader, hardware: Loader) -> list[Claim]:
     """The overview's per-node throughputs on its own layouts, on the two H800 profiles: ``h800``
-    (FlashMLA / DeepEP-measured factors) and ``h800-calibrated`` (H100's silicon-table fit)."""
+    (FlashMLA / DeepEP-measured factors) and ``h800-calibrated`` (H100's silicon-table fit); and
+    DeepSeek's profile-data traces (saturated prefill and decode, balanced routing) on the same
+    profiles, which separate the model's error from the day's average load."""
     from costsim.simulator.disagg import disaggregate
 
     P, S = "day6", "DeepSeek open-infra-index 202502OpenSourceWeek/day_6 overview"
@@ -254,21 +256,32 @@ def _day6(model: Loader, hardware: Loader) -> list[Claim]:
     # 4,989: I + O / 2 = 4,989 with I = (608 / 168) O gives O = 1,211, I = 4,384; 20-22 tokens/s
     # per user: TPOT <= 47.6 ms (1 / 21)
     # both pools with the command's flags (disagg applies them to both; MTP's module also
-    # prefills the prompt, and auto picks the normal kernels for prefill)
-    pre = LayoutRequest(devices=32, tp=1, ep=32, redundant_experts=32, prefix_hit=0.563, mtp_depth=1, ep_kernel="auto")
-    dec = LayoutRequest(devices=144, tp=1, ep=144, redundant_experts=32, mtp_depth=1, ep_kernel="auto")
+    # prefills the prompt, and auto picks the normal kernels for prefill); both run two
+    # micro-batches, as the overview says ("dual-batch overlap" in prefill, two micro-batches in decode)
+    pre = LayoutRequest(devices=32, tp=1, ep=32, redundant_experts=32, prefix_hit=0.563, mtp_depth=1, ep_kernel="auto",
+                        two_batch_overlap=True)
+    dec = LayoutRequest(devices=144, tp=1, ep=144, redundant_experts=32, mtp_depth=1, ep_kernel="auto",
+                        two_batch_overlap=True)
     assume = ("V3 FP8 weights with 128 x 128 block scales (fp8-b128, V3 report §3.3), BF16 KV; prefill unit 4 nodes EP32/DP32 with 32 redundant experts and 56.3% "
               "prefix hits (cached tokens counted as input, as the overview does), decode unit 18 nodes "
               "EP144/DP144, 32 redundant, MTP 1 at 85% acceptance, DeepEP low-latency kernels for decode; "
               "4,384 in -> 1,211 out (the day's token mix and average KV length 4,989), TPOT <= 47.6 ms; "
-              "no two-batch overlap; each pool at its best batch (a saturated node, the overview a day's average)")
+              "two-batch overlap in both pools (the overview's); each pool at its best batch, a saturated node, "
+              "where the overview gives a day's average (the profile-data rows below time saturated nodes)")
+    # profile-data (deepseek-ai/profile-data README): prefill EP32 TP1, 4K prompts, 16K tokens
+    # per GPU; decode EP128 TP1, 4K prompts, 128 requests per GPU; two micro-batches in both,
+    # "absolutely balanced" routing. The tokens/GPU/s read from those traces: alibaba/InferSim
+    # README, "Simulation Result" (7,839 prefill, 2,324 decode, "Actual")
+    PS = "deepseek-ai/profile-data README (setup); alibaba/InferSim README 'Simulation Result' (tokens/GPU/s, Actual)"
     rows = []
     for prof in ("h800", "h800-calibrated"):
-        r = disaggregate(v3, hardware(prof), 4384, 1211, tpot_slo_s=0.0476, weight_dtypes=("fp8-b128",),
+        hw = hardware(prof)
+        r = disaggregate(v3, hw, 4384, 1211, tpot_slo_s=0.0476, weight_dtypes=("fp8-b128",),
                          kv_dtypes=("bf16",), prefill_layout=pre, decode_layout=dec, colocated=False)
         cmd = (f"costsim disagg deepseek-v3 -H {prof} --input 4384 --output 1211 --tpot-slo 47.6ms --weight-dtype fp8-b128 "
                "--kv-dtype bf16 --prefill-devices 32 --prefill-tp 1 --prefill-ep 32 --decode-devices 144 --decode-tp 1 "
-               "--decode-ep 144 --redundant-experts 32 --prefix-hit 0.563 --mtp 1 --ep-kernel auto --no-colocated")
+               "--decode-ep 144 --redundant-experts 32 --prefix-hit 0.563 --mtp 1 --ep-kernel auto --two-batch-overlap "
+               "--no-colocated")
         rows += [
             _claim(P, f"day6.prefill_per_node.{prof}", f"prefill input tokens/s per H800 node ({prof})", f"{S}",
                    "73.7K tokens/s", 73.7e3, r.prefill.tokens_per_s_per_node, "tokens/s", band=DAY6_BAND, command=cmd,
@@ -276,6 +289,22 @@ def _day6(model: Loader, hardware: Loader) -> list[Claim]:
             _claim(P, f"day6.decode_per_node.{prof}", f"decode output tokens/s per H800 node ({prof})", f"{S}",
                    "14.8K tokens/s", 14.8e3, r.decode.tokens_per_s_per_node, "tokens/s", band=DAY6_BAND, command=cmd,
                    assumptions=assume),
+        ]
+        flags = "--tp 1 --input 4096 --output 2 --weight-dtype fp8-b128 --kv-dtype bf16 --ep-kernel auto --two-batch-overlap"
+        pa = ("4 prompts of 4,096 tokens per GPU (16K tokens), EP32 on 32 GPUs, no prefix hits, no redundant experts, "
+              "two micro-batches, balanced routing; fp8-b128 weights, BF16 KV; the tokens/GPU/s of the trace as InferSim reads it")
+        da = ("128 requests per GPU at 4,096 tokens of context, EP128 on 128 GPUs, no MTP (InferSim's same-setup simulation "
+              "runs none), two micro-batches, balanced routing; fp8-b128 weights, BF16 KV; the first decode step")
+        layout = dict(tp=1, weight_dtype="fp8-b128", kv_dtype="bf16", ep_kernel="auto", two_batch_overlap=True)
+        p = perf(Scenario(v3, hw, LayoutRequest(devices=32, ep=32, **layout), batch=128, input_len=4096, output_len=2))
+        d = perf(Scenario(v3, hw, LayoutRequest(devices=128, ep=128, **layout), batch=16384, input_len=4096, output_len=2))
+        rows += [
+            _claim(P, f"profile.prefill_per_gpu.{prof}", f"profile-data prefill tokens/s per H800 ({prof})", PS, "7,839 tokens/s",
+                   7839, p.prefill_tokens_per_s_per_device, "tokens/s", band=DAY6_BAND,
+                   command=f"costsim perf deepseek-v3 -H {prof} --devices 32 --ep 32 --batch 128 {flags}", assumptions=pa),
+            _claim(P, f"profile.decode_per_gpu.{prof}", f"profile-data decode tokens/s per H800 ({prof})", PS, "2,324 tokens/s",
+                   2324, d.decode_tokens_per_s_per_device, "tokens/s", band=DAY6_BAND,
+                   command=f"costsim perf deepseek-v3 -H {prof} --devices 128 --ep 128 --batch 16384 {flags}", assumptions=da),
         ]
     return rows
 
