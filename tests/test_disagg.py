@@ -161,6 +161,38 @@ def test_deepseek_v3_day6_layouts_ratio():
     assert r.kv_transfer_s == pytest.approx(70_272 * 4384 / rate + hw.inter_node_latency.value, rel=1e-9)
 
 
+def test_each_pool_takes_its_own_request_fields():
+    # prefill_base / decode_base: each pool is what a run with that pool's fields on both gives,
+    # and differs from the shared run (so a swapped or ignored base fails): prefix hits skip half of
+    # each prompt's prefill; two-batch overlap changes the decode step
+    spec, hw = tiny.gqa(), tiny.hw(memory_capacity=7e4)
+    kw = dict(ttft_slo_s=1.0e-3, tpot_slo_s=1.6e-4, max_devices=2, pp=(1,), colocated=False)
+    hit, tbo = LayoutRequest(prefix_hit=0.5), LayoutRequest(two_batch_overlap=True)
+    both = disaggregate(spec, hw, 64, 8, prefill_base=hit, decode_base=tbo, **kw)
+    plain = disaggregate(spec, hw, 64, 8, **kw)
+    assert both.prefill == disaggregate(spec, hw, 64, 8, base=hit, **kw).prefill
+    assert both.decode == disaggregate(spec, hw, 64, 8, base=tbo, **kw).decode
+    assert both.prefill.tokens_per_s != plain.prefill.tokens_per_s
+    assert both.decode.tokens_per_s != plain.decode.tokens_per_s
+    assert both.prefill.modes == "prefix hits 50.0%" and both.decode.modes == "two-batch overlap"
+    assert plain.prefill.modes == plain.decode.modes == ""
+
+
+def test_cli_pool_flags_apply_to_their_pool_only():
+    # --decode-set: the decode pool runs low-latency kernels and two micro-batches, the prefill pool
+    # is the run without them
+    args = ["disagg", "deepseek-v2-lite", "-H", "h100", "--input", "1024", "--output", "256", "--tpot-slo", "50ms",
+            "--prefill-devices", "8", "--prefill-tp", "1", "--prefill-ep", "8", "--decode-devices", "8",
+            "--decode-tp", "1", "--decode-ep", "8", "--weight-dtype", "bf16", "--kv-dtype", "bf16", "--no-colocated",
+            "-f", "json"]
+    got = json.loads(runner.invoke(app, args + ["--decode-set", "two-batch-overlap=true", "--decode-set", "ep-kernel=low-latency"]).stdout)
+    off = json.loads(runner.invoke(app, args).stdout)
+    on = json.loads(runner.invoke(app, args + ["--two-batch-overlap", "--ep-kernel", "low-latency"]).stdout)
+    assert got["prefill"] == off["prefill"] and got["decode"] == on["decode"]
+    assert got["decode"]["modes"] == "DeepEP low-latency, two-batch overlap" and got["prefill"]["modes"] == ""
+    assert got["decode"]["tokens_per_s"] != off["decode"]["tokens_per_s"]
+
+
 # ---- bad input ------------------------------------------------------------------------------
 
 
@@ -184,6 +216,14 @@ def test_engine_refuses_bad_arguments_naming_the_field():
     (["--decode-devices", "3", "--decode-tp", "2"], "--decode-devices 3: not a multiple of tp*pp = 2"),
     (["--max-devices", "0"], "--max-devices 0: must be an integer >= 1"),
     (["--tpot-slo", "1us"], "no decode layout of llama-3.1-70b on h100 meets TPOT <= 0.001 ms"),
+    (["--decode-set", "mtp"], "--decode-set 'mtp': expected NAME=VALUE with NAME one of mtp, mtp-acceptance"),
+    (["--prefill-set", "batch=2"], "--prefill-set 'batch=2': expected NAME=VALUE"),
+    (["--decode-set", "mtp=x"], "--decode-set 'mtp=x': mtp takes an integer"),
+    (["--decode-set", "two-batch-overlap=maybe"], "two-batch-overlap takes true or false"),
+    (["--decode-set", "ep-kernel=fast"], "ep-kernel takes normal, low-latency or auto"),
+    (["--decode-set", "mtp-acceptance=0.9"], "--decode-set mtp-acceptance: applies only with MTP on that pool"),
+    (["--decode-set", "prefix-hit=1.5"], "--decode-set prefix-hit=1.5: must be a share in [0, 1) of each prompt"),
+    (["--prefix-hit", "1.5"], "--prefix-hit 1.5: must be a share in [0, 1) of each prompt"),
 ])
 def test_cli_bad_input_is_one_line_with_exit_code_2(args, message):
     r = runner.invoke(app, ["disagg", "llama-3.1-70b", "-H", "h100", "--input", "2048", "--output", "512", *args])

@@ -93,3 +93,23 @@ def test_cli_perf_with_mtp():
     import json
     d = json.loads(r.stdout)
     assert d["mtp_depth"] == 1 and d["mtp_tokens_per_step"] == pytest.approx(1.85)
+
+
+def test_prefill_includes_one_mtp_module_pass_over_the_prompt():
+    # the MTP module's block attends over the prompt, so prefill must build its KV (DeepSeek-V3
+    # §2.2, Fig. 3: the module is a transformer block over the sequence; SGLang's EAGLE/MTP runs
+    # the draft's extend on every prefill): TTFT grows by one module pass over the computed tokens
+    from costsim.simulator.roofline import per_layer_seconds
+
+    h800 = load_hardware("h800")
+    dep = resolve_deployment(V3, h800, LayoutRequest(devices=16, weight_dtype="fp8", prefix_hit=0.5), 8, 2048)
+    plain = serve(V3, h800, dep, 8, 2048, 2)
+    extra = serve(V3, h800, dep.with_(mtp_depth=1), 8, 2048, 2).ttft_s - plain.ttft_s
+    one = time_step(V3, h800, dep.with_(mtp_depth=1), StepShape(8, 1024, 1024, 1), operators=mtp_operators)
+    assert extra == pytest.approx(float(one.time_s), rel=1e-9)
+    # one of the main model's 58 MoE layers at the same shape, plus the shared LM head again (one
+    # row per sequence: it reads the whole 129,280 x 7168 head, as the main prefill's does), plus
+    # M_k (2h -> h) and the embedding and norms: less than a fifth more
+    layer = per_layer_seconds(plain.prefill.timing, V3)["moe"]
+    head = next(float(t.time_s) for t in plain.prefill.timing.timings if t.op.name == "lm_head")
+    assert layer + head < extra < 1.2 * (layer + head)

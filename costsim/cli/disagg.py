@@ -4,20 +4,59 @@ for a request rate, the KV transfer, and the colocated planner's best beside the
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from costsim.cli import options as O
 from costsim.cli.app import app
 from costsim.cli.plan import search_lists
-from costsim.errors import CostsimError
+from costsim.errors import CostsimError, FieldError
 
 _POOL = "A given {role} layout instead of the search ({what}; formats still searched)."
 
 
 def _opt(flag: str, role: str, what: str):
     return typer.Option(None, flag, help=_POOL.format(role=role, what=what))
+
+
+def _flag(text: str) -> bool:
+    t = text.strip().lower()
+    if t not in ("true", "false", "on", "off", "yes", "no", "1", "0"):
+        raise ValueError(text)
+    return t in ("true", "on", "yes", "1")
+
+
+# --prefill-set / --decode-set NAME=VALUE: a layout flag (without its dashes) for one pool only
+POOL_FLAGS = {"mtp": ("mtp_depth", int), "mtp-acceptance": ("mtp_acceptance", float),
+              "prefix-hit": ("prefix_hit", float), "redundant-experts": ("redundant_experts", int),
+              "ep-kernel": ("ep_kernel", O.ep_kernel_name), "two-batch-overlap": ("two_batch_overlap", _flag),
+              "overlap": ("overlap_comm", _flag), "imbalance": ("imbalance", float),
+              "deepep-max-tokens": ("deepep_max_tokens", int)}
+
+
+def pool_base(base, items, role: str):
+    """``base`` with one pool's ``--{role}-set NAME=VALUE`` items applied (``POOL_FLAGS``);
+    CostsimError, one line naming the flag, for a bad item."""
+    from dataclasses import replace
+
+    flag, got = f"--{role}-set", {}
+    for item in items or ():
+        name, eq, value = item.partition("=")
+        name = name.strip().lstrip("-")
+        if not eq or name not in POOL_FLAGS or not value.strip():
+            raise CostsimError(f"{flag} {item!r}: expected NAME=VALUE with NAME one of {', '.join(POOL_FLAGS)}, "
+                               "e.g. mtp=1")
+        field, conv = POOL_FLAGS[name]
+        try:
+            got[field] = conv(value.strip())
+        except (ValueError, CostsimError):
+            raise CostsimError(f"{flag} {item!r}: {name} takes "
+                               + {int: "an integer", float: "a number", _flag: "true or false"}.get(
+                                   conv, "normal, low-latency or auto")) from None
+    if "mtp_acceptance" in got and not got.get("mtp_depth", base.mtp_depth):
+        raise CostsimError(f"{flag} mtp-acceptance: applies only with MTP on that pool; give mtp=N too")
+    return replace(base, **got)
 
 
 @app.command("disagg")
@@ -48,6 +87,11 @@ def disagg_cmd(model: O.Model, hardware: O.Hardware,
                mla_form: O.MLAForm = "auto", imbalance: O.Imbalance = 1.0, overlap: O.Overlap = False,
                mtp: O.MTP = 0, mtp_acceptance: O.MTPAcceptance = None, prefix_hit: O.PrefixHit = 0.0,
                redundant: O.Redundant = 0, ep_kernel: O.EPKernel = "normal", tbo: O.TBO = False,
+               prefill_set: Optional[List[str]] = typer.Option(
+                   None, "--prefill-set", help="A layout flag for the prefill pool only, NAME=VALUE (repeatable; "
+                   "NAME: " + ", ".join(POOL_FLAGS) + "), e.g. ep-kernel=normal."),
+               decode_set: Optional[List[str]] = typer.Option(
+                   None, "--decode-set", help="A layout flag for the decode pool only, as --prefill-set, e.g. mtp=1."),
                sets: O.Sets = None, hw_sets: O.HwSets = None, fmt: O.Format = O.Fmt.table):
     """Prefill and decode on separate pools: each pool's best layout and per-device rate under
     its SLO, the prefill:decode device ratio, the pools for a request rate, the KV transfer per
@@ -76,6 +120,7 @@ def disagg_cmd(model: O.Model, hardware: O.Hardware,
                         mtp_acceptance=mtp_acceptance, prefix_hit=prefix_hit, redundant=redundant,
                         ep_kernel=ep_kernel, tbo=tbo)
         pools = {}
+        bases = {"prefill": pool_base(base, prefill_set, "prefill"), "decode": pool_base(base, decode_set, "decode")}
         for role, n, t, e, p in (("prefill", prefill_devices, prefill_tp, prefill_ep, prefill_pp),
                                  ("decode", decode_devices, decode_tp, decode_ep, decode_pp)):
             if n is None:
@@ -84,11 +129,20 @@ def disagg_cmd(model: O.Model, hardware: O.Hardware,
                     raise CostsimError(f"--{role}-{extra[0]}: give --{role}-devices too (a {role} layout)")
                 pools[role] = None
             else:
-                pools[role] = replace(base, devices=n, tp=t, ep=e, pp=p)
-        res = disaggregate(spec, hw, i, o, rate=r, ttft_slo_s=O.slo(ttft_slo, "--ttft-slo"),
-                           tpot_slo_s=O.slo(tpot_slo), max_devices=max_devices, weight_dtypes=wds,
-                           kv_dtypes=tuple(kvs), pp=tuple(pps), mla_form=mla_form, base=base,
-                           prefill_layout=pools["prefill"], decode_layout=pools["decode"], colocated=colocated)
+                pools[role] = replace(bases[role], devices=n, tp=t, ep=e, pp=p)
+        try:
+            res = disaggregate(spec, hw, i, o, rate=r, ttft_slo_s=O.slo(ttft_slo, "--ttft-slo"),
+                               tpot_slo_s=O.slo(tpot_slo), max_devices=max_devices, weight_dtypes=wds,
+                               kv_dtypes=tuple(kvs), pp=tuple(pps), mla_form=mla_form, base=base,
+                               prefill_layout=pools["prefill"], decode_layout=pools["decode"], colocated=colocated,
+                               prefill_base=bases["prefill"], decode_base=bases["decode"])
+        except FieldError as e:  # a value one pool's --{role}-set gave: name that flag
+            for role, items in (("prefill", prefill_set), ("decode", decode_set)):
+                for item in items or ():
+                    name = item.partition("=")[0].strip().lstrip("-")
+                    if POOL_FLAGS[name][0] == e.field and getattr(bases[role], e.field) != getattr(base, e.field):
+                        raise CostsimError(f"--{role}-set {item}: {e.reason}") from None
+            raise
         views.disagg(res.to_dict(), fmt.value)
         from costsim.simulator.scenario import context_warnings
 

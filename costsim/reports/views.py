@@ -643,7 +643,7 @@ def disagg(rec: dict, fmt: str) -> None:
         shown.append(r)
     if col:
         n = rec["devices_per_node"]
-        c = dict(col, name="colocated (plan)", role="colocated", _out=col["tokens_per_s"],
+        c = dict(col, name="colocated (plan)", role="colocated", modes=None, _out=col["tokens_per_s"],
                  _out_dev=col["tokens_per_s"] / col["devices"], nodes=col["devices"] / n, limit=col["limit"])
         if rate is not None:
             c["total_nodes"] = math.ceil(col["total_devices"] / n)
@@ -655,8 +655,10 @@ def disagg(rec: dict, fmt: str) -> None:
         r["_formats"] = f"{r['weight_dtype']}/{r['kv_dtype']}"
     rows = [("devices", "devices per replica", F.integer), ("nodes", f"nodes of {rec['devices_per_node']} per replica",
                                                                F.num),
-            ("_layout", "layout", F.text), ("_formats", "weights / KV cache", F.text),
-            ("batch", "batch per replica [sequences]", F.integer), ("ttft_s", "TTFT [ms]", F.ms),
+            ("_layout", "layout", F.text), ("_formats", "weights / KV cache", F.text)]
+    if any(p.get("modes") for p in pools):
+        rows += [("modes", "modes", F.text)]
+    rows += [("batch", "batch per replica [sequences]", F.integer), ("ttft_s", "TTFT [ms]", F.ms),
             ("tpot_s", "TPOT [ms]", F.ms), ("_in", "input tokens/s per replica", F.num),
             ("_in_dev", "input tokens/s per device", F.num), ("_out", "output tokens/s per replica", F.num),
             ("_out_dev", "output tokens/s per device", F.num), ("limit", "limited by", F.text)]

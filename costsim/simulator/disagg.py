@@ -88,6 +88,7 @@ class Pool:
     limit: str  # what stops a larger batch ("memory", "TTFT SLO", "TPOT SLO", "throughput peak", ...)
     candidates: int  # deployments searched (layouts x formats whose weights fit)
     evaluated: int  # costed exactly (the others' bound could not beat the best)
+    modes: str = ""  # the pool's serving modes (MTP, prefix hits, redundant experts, EP kernel, TBO); "" none
 
 
 @dataclass(frozen=True)
@@ -234,13 +235,36 @@ def _search(spec, hw, deps, role, input_len, output_len, ttft_slo, tpot_slo, rea
     return best, evaluated
 
 
+def modes_text(dep, role: str = "prefill") -> str:
+    """A deployment's serving modes in words (those off their defaults), e.g. "MTP 1 at 85%,
+    DeepEP auto, two-batch overlap"; "" when none. Prefix hits only for the prefill ``role``
+    (they skip prefill compute; a decode pool's cost does not depend on them)."""
+    out = []
+    if dep.mtp_depth:
+        out.append(f"{'draft ' + dep.draft_model.name if dep.draft_model is not None else 'MTP'} {dep.mtp_depth} "
+                   f"at {dep.mtp_acceptance:.0%}")
+    if dep.prefix_hit and role == "prefill":
+        out.append(f"prefix hits {dep.prefix_hit:.1%}")
+    if dep.redundant_experts:
+        out.append(f"{dep.redundant_experts} redundant experts")
+    if dep.ep > 1 and dep.ep_kernel != "normal":
+        out.append(f"DeepEP {dep.ep_kernel.replace('_', '-')}")
+    if dep.two_batch_overlap:
+        out.append("two-batch overlap")
+    if dep.overlap_comm:
+        out.append("comm overlapped")
+    if dep.imbalance != 1:
+        out.append(f"imbalance {dep.imbalance:g}")
+    return ", ".join(out)
+
+
 def _pool(role, best, hw, n_deps, evaluated) -> Pool:
     (tps, batch, ttft, tpot, limit), dep, s = best
     per_dev = tps / dep.devices
     n = hw.devices_per_node
     return Pool(role, dep.devices, dep.devices / n, dep.tp, dep.ep, dep.pp, dep.dp, dep.weights_name,
                 dep.kv_format.name, batch, ttft, tpot, tps, per_dev, per_dev * n, s.max_batch, limit, n_deps,
-                evaluated)
+                evaluated, modes_text(dep, role))
 
 
 def _link_rate(hw: HardwareProfile):
@@ -250,13 +274,14 @@ def _link_rate(hw: HardwareProfile):
     return hw.inter_node_bandwidth.value * hw.efficiency.inter_node.value, hw.inter_node_latency.value
 
 
-def _pools(spec, hw, I, O, kv, ttft_slo_s, tpot_slo_s, max_devices, weight_dtypes, pp, mla_form, base,
+def _pools(spec, hw, I, O, kv, ttft_slo_s, tpot_slo_s, max_devices, weight_dtypes, pp, mla_form, bases,
            prefill_layout, decode_layout):
     """Both pools' best deployments with KV format ``kv``: ({role: best}, {role: (candidates,
-    evaluated)}, output tokens/s per device of the balanced pair). CostsimError when a pool has none."""
+    evaluated)}, output tokens/s per device of the balanced pair); ``bases``: {role: the request
+    fields of its searched deployments}. CostsimError when a pool has none."""
     found, n_deps = {}, {}
     for role, lay, ctx in (("prefill", prefill_layout, I), ("decode", decode_layout, I + O)):
-        deps, reasons = _pool_deployments(role, spec, hw, lay, base, max_devices, weight_dtypes, (kv,), pp, ctx,
+        deps, reasons = _pool_deployments(role, spec, hw, lay, bases[role], max_devices, weight_dtypes, (kv,), pp, ctx,
                                           mla_form)
         best, evaluated = _search(spec, hw, deps, role, I, O, ttft_slo_s, tpot_slo_s, reasons)
         if best is None:
@@ -278,14 +303,18 @@ def disaggregate(spec: ModelSpec, hw: HardwareProfile, input_len: int, output_le
                  max_devices: int = 64, weight_dtypes=None, kv_dtypes=("bf16", "fp8"), pp=(1, 2, 4),
                  mla_form: str = "auto", base: LayoutRequest | None = None,
                  prefill_layout: LayoutRequest | None = None, decode_layout: LayoutRequest | None = None,
-                 colocated: bool = True) -> Disaggregated:
+                 colocated: bool = True, prefill_base: LayoutRequest | None = None,
+                 decode_base: LayoutRequest | None = None) -> Disaggregated:
     """The prefill and decode pools of ``spec`` on ``hw`` for requests of ``input_len`` ->
     ``output_len`` tokens (module docstring): each pool's best layout and per-device rate, the
     prefill:decode device ratio, with ``rate`` (requests/s) each pool's replicas, devices and
     nodes, the KV transfer per request, and the colocated planner's best for comparison.
 
     ``base``: request fields every searched deployment takes (MTP, prefix hit, redundant
-    experts, EP kernel, two-batch overlap, ...; not devices/TP/EP/PP or formats).
+    experts, EP kernel, two-batch overlap, ...; not devices/TP/EP/PP or formats), and the
+    colocated comparison's. ``prefill_base`` / ``decode_base``: that pool's own request fields
+    instead of ``base`` (per-pool modes: e.g. MTP only in decode, DeepEP normal kernels in
+    prefill and low-latency in decode, as SGLang launches the two servers with their own flags).
     ``prefill_layout`` / ``decode_layout``: a pool's own layout (devices, TP, EP, PP and its
     other fields as given; formats searched over ``weight_dtypes`` x ``kv_dtypes``) instead of
     the search. ``colocated``: False skips the comparison.
@@ -310,12 +339,15 @@ def disaggregate(spec: ModelSpec, hw: HardwareProfile, input_len: int, output_le
     if not kv_dtypes:
         raise FieldError("kv_dtype", kv_dtypes, "give at least one KV cache format")
     base = LayoutRequest() if base is None else base
-    if not isinstance(base, LayoutRequest):
-        raise CostsimError(f"base: expected a LayoutRequest, got {type(base).__name__}")
-    for k in ("devices", "tp", "ep", "pp"):
-        if getattr(base, k) is not None:
-            raise FieldError(k, getattr(base, k), "the search chooses it; give a pool its own layout "
-                                                  "(prefill_layout / decode_layout) instead")
+    bases = {"prefill": base if prefill_base is None else prefill_base,
+             "decode": base if decode_base is None else decode_base}
+    for name, b in (("base", base), ("prefill_base", bases["prefill"]), ("decode_base", bases["decode"])):
+        if not isinstance(b, LayoutRequest):
+            raise CostsimError(f"{name}: expected a LayoutRequest, got {type(b).__name__}")
+        for k in ("devices", "tp", "ep", "pp"):
+            if getattr(b, k) is not None:
+                raise FieldError(k, getattr(b, k), "the search chooses it; give a pool its own layout "
+                                                   "(prefill_layout / decode_layout) instead")
     for name, lay in (("prefill_layout", prefill_layout), ("decode_layout", decode_layout)):
         if lay is not None and (not isinstance(lay, LayoutRequest) or lay.devices is None):
             raise FieldError(name, lay, "must be a LayoutRequest with devices given")
@@ -327,7 +359,7 @@ def disaggregate(spec: ModelSpec, hw: HardwareProfile, input_len: int, output_le
     pair, errors = None, []
     for kv in kv_dtypes:  # one KV format for both pools: the decode pool takes the prefill's cache as it is
         try:
-            got = _pools(spec, hw, I, O, kv, ttft_slo_s, tpot_slo_s, max_devices, weight_dtypes, pp, mla_form, base,
+            got = _pools(spec, hw, I, O, kv, ttft_slo_s, tpot_slo_s, max_devices, weight_dtypes, pp, mla_form, bases,
                          prefill_layout, decode_layout)
         except CostsimError as e:
             errors.append(e)

@@ -155,6 +155,12 @@ def _weight_choices(spec: ModelSpec, hw: HardwareProfile, weight_dtypes) -> list
     return out
 
 
+# request fields whose check does not depend on the layout searched: a bad value is the
+# caller's error, raised, not a layout counted invalid (``--prefix-hit 1.5`` once read "no layout fits")
+REQUEST_FIELDS = ("prefix_hit", "mtp_acceptance", "mtp_depth", "deepep_max_tokens", "two_batch_overlap", "mla_form",
+                  "block_size", "redundant_experts", "gpu_memory_utilization")
+
+
 def candidates(spec: ModelSpec, hw: HardwareProfile, max_devices: int, weight_dtypes=None,
                kv_dtypes=("bf16", "fp8"), pp=(1, 2, 4), context: int = 0, mla_form: str = "auto",
                base: LayoutRequest | None = None) -> tuple[list[Deployment], Counter]:
@@ -183,6 +189,8 @@ def candidates(spec: ModelSpec, hw: HardwareProfile, max_devices: int, weight_dt
                         try:
                             dep = resolve_deployment(spec, hw, req, 1, context)
                         except FieldError as e:
+                            if e.field in REQUEST_FIELDS:  # wrong at every layout: say so, once
+                                raise
                             reasons["format unsupported" if e.field in ("weight_dtype", "kv_dtype")
                                     else "layout invalid"] += 1
                             continue

@@ -88,21 +88,26 @@ def prefill(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, prompt
     only the rest is computed, attending to them (``tokens`` counts the computed tokens)."""
     c = dep.cached_prefix(prompt)
     r = _phase(spec, hw, dep, batch, np.asarray(prompt, dtype=float) - c, c, fill=True)
-    if dep.draft_model is None:
+    if not dep.mtp_depth:
         return r
-    time = np.asarray(r.time_s) + draft_prefill_s(hw, dep, batch, prompt)
+    time = np.asarray(r.time_s) + speculator_prefill_s(spec, hw, dep, batch, prompt)
     tps = np.asarray(r.tokens) / time
     return PhaseResult(time, r.tokens, tps, tps / dep.devices, r.mfu, r.mbu, r.timing)
 
 
-def draft_prefill_s(hw: HardwareProfile, dep: Deployment, batch, prompt):
-    """Seconds of the draft model's prefill of the prompts (its KV cache; one step on the same
-    devices, after the target's), 0 without ``dep.draft_model``."""
-    if dep.draft_model is None:
+def speculator_prefill_s(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, prompt):
+    """Seconds of the speculator's prefill of the prompts' computed tokens (its KV cache, so that
+    the first decode step has a draft; one step on the same devices, after the target's): the
+    draft model's (``dep.draft_model``), or one pass of the MTP module (DeepSeek-V3 §2.2: its
+    transformer block attends over the prompt; SGLang's EAGLE/MTP runs the draft's extend on
+    every prefill); 0 without speculation."""
+    if not dep.mtp_depth:
         return 0.0
     c = dep.cached_prefix(prompt)
-    d = time_step(dep.draft_model, hw, dep.draft_deployment(), StepShape(batch, np.asarray(prompt, dtype=float) - c, c, 1))
-    return np.asarray(d.time_s)
+    shape = StepShape(batch, np.asarray(prompt, dtype=float) - c, c, 1)
+    if dep.draft_model is None:
+        return np.asarray(time_step(spec, hw, dep, shape, operators=mtp_operators).time_s)
+    return np.asarray(time_step(dep.draft_model, hw, dep.draft_deployment(), shape).time_s)
 
 
 def prefill_workspace(spec: ModelSpec, dep: Deployment, batch, chunk, input_len):
@@ -148,7 +153,7 @@ def chunked_prefill(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch
     logits = (starts == starts[-1]).astype(float)  # only the chunk that ends the prompt samples a token
     t = time_step(spec, hw, dep, StepShape(mb, sizes, starts, logits))
     stage = np.broadcast_to(np.asarray(t.time_s, dtype=float), starts.shape)
-    time = m * float(stage.sum()) + (dep.pp - 1) * float(stage[-1]) + float(draft_prefill_s(hw, dep, batch, input_len))
+    time = m * float(stage.sum()) + (dep.pp - 1) * float(stage[-1]) + float(speculator_prefill_s(spec, hw, dep, batch, input_len))
     tokens = float(batch) * float(input_len - starts[0])  # computed tokens (a cached prefix is skipped)
     flops = float(np.broadcast_to(np.asarray(t.flops, dtype=float), starts.shape).sum())
     moved = float(np.broadcast_to(np.asarray(t.bytes_moved, dtype=float), starts.shape).sum())

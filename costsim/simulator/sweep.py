@@ -50,7 +50,7 @@ from costsim.simulator.deployment import Deployment
 from costsim.simulator.efficiency import rates
 from costsim.simulator.memory import kv_bytes_per_device, memory_report, resident_bytes, weight_bytes_per_device
 from costsim.simulator.roofline import StepTiming, time_step
-from costsim.simulator.serving import (chunked_prefill, decode, draft_prefill_s, mfu_peak, microbatches, prefill,
+from costsim.simulator.serving import (chunked_prefill, decode, speculator_prefill_s, mfu_peak, microbatches, prefill,
                                       prefill_chunk_tokens, prefill_workspace)
 from costsim.simulator.types import Family, OpKind, StepShape
 from costsim.specs import HardwareProfile, MLAAttention, ModelSpec
@@ -291,7 +291,7 @@ def chunked_prefill_grid(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, 
             first = time_step(spec, hw, dep, StepShape(mb, np.minimum(cs, I - cached), cached,
                                                        (ns == 1).astype(float)))
             with np.errstate(divide="ignore", invalid="ignore"):
-                time = np.where(ok, m * total + (dep.pp - 1) * t_last + draft_prefill_s(hw, dep, b, I), np.nan)
+                time = np.where(ok, m * total + (dep.pp - 1) * t_last + speculator_prefill_s(spec, hw, dep, b, I), np.nan)
                 mfu = np.where(ok, (full_f + np.asarray(last.flops)) / (total * mfu_peak(hw, first)), np.nan)
                 mbu = np.where(ok, (full_b + np.asarray(last.bytes_moved)) / (total * hw.memory_bandwidth.value),
                                np.nan)
@@ -313,7 +313,7 @@ def chunked_prefill_grid(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, 
         last = np.take_along_axis(st, np.maximum(n - 1, 0).astype(np.int64)[:, None], axis=1)[:, 0]
         first = time_step(spec, hw, dep, StepShape(mb, np.where(ok, sizes[:, 0], 1.0), starts[:, 0], logits[:, 0]))
         with np.errstate(divide="ignore", invalid="ignore"):
-            time = np.where(ok, m * total + (dep.pp - 1) * last + draft_prefill_s(hw, dep, b, I), np.nan)
+            time = np.where(ok, m * total + (dep.pp - 1) * last + speculator_prefill_s(spec, hw, dep, b, I), np.nan)
             mfu = np.where(ok, fl.sum(axis=1) / (total * mfu_peak(hw, first)), np.nan)
             mbu = np.where(ok, mv.sum(axis=1) / (total * hw.memory_bandwidth.value), np.nan)
         return chunk, time, mfu, mbu, first
