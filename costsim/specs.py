@@ -502,6 +502,7 @@ class KernelFamily(_Frozen):
     per_slot_overhead: Optional[Seconds] = None
     per_element: Optional[Seconds] = None
     per_row: Optional[Seconds] = None
+    per_row_group: Optional[Seconds] = None
     m_half: Optional[Count] = None
     tile_m: Optional[Count] = None
     tile_n: Optional[Count] = None
@@ -532,7 +533,7 @@ class KernelFamily(_Frozen):
         if self.gemv_rows is not None and not (1 <= self.gemv_rows.value <= 2**20
                                                and self.gemv_rows.value == int(self.gemv_rows.value)):
             raise ValueError(f"gemv_rows must be a whole number of rows, 1 to 2^20, got {self.gemv_rows.value}")
-        for k in ("overhead", "per_group_overhead", "per_slot_overhead", "per_element", "per_row"):
+        for k in ("overhead", "per_group_overhead", "per_slot_overhead", "per_element", "per_row", "per_row_group"):
             q = getattr(self, k)
             if q is not None and q.value > 1.0:
                 raise ValueError(f"{k} must be at most 1 s per launch/element, got {q.value} s")
@@ -546,6 +547,8 @@ class KernelFamily(_Frozen):
 # the parameters each family's formula reads (costsim.simulator.efficiency); others are refused
 _GROUPED_FIELDS = {"compute", "memory", "overhead", "per_group_overhead", "per_slot_overhead", "m_half", "n_half",
                    "gemv_rows"}
+_DECODE_FIELDS = {"compute", "memory", "overhead", "per_element", "per_row", "per_row_group", "group_limit",
+                  "group_compute", "group_reread", "split_tokens", "split_memory"}
 _FAMILY_FIELDS = {
     "gemm": {"compute", "memory", "overhead", "m_half", "n_half", "gemv_rows", "tile_m", "tile_n", "units"},
     "gemm_fp8": {"compute", "memory", "overhead", "m_half", "n_half", "gemv_rows", "tile_m", "tile_n", "units"},
@@ -554,8 +557,8 @@ _FAMILY_FIELDS = {
     "grouped_gemm_fp8": _GROUPED_FIELDS,
     "grouped_gemm_fp8_block": _GROUPED_FIELDS,
     "grouped_gemm_mxfp4": _GROUPED_FIELDS,
-    "attention_decode": {"compute", "memory", "overhead", "per_element", "per_row", "group_limit", "group_compute",
-                         "group_reread", "split_tokens", "split_memory"},
+    "attention_decode": _DECODE_FIELDS,
+    "attention_decode_fp8": _DECODE_FIELDS,
     "attention_prefill": {"compute", "memory", "overhead", "per_element", "per_row"},
     "attention_mla_decode": {"compute", "memory", "overhead", "per_element", "per_row", "split_tokens",
                              "split_memory"},
@@ -579,6 +582,9 @@ class Families(_Frozen):
     grouped_gemm_fp8_block: KernelFamily = Field(default_factory=KernelFamily)
     grouped_gemm_mxfp4: KernelFamily = Field(default_factory=KernelFamily)  # W4A16 experts; absent: grouped_gemm's
     attention_decode: KernelFamily = Field(default_factory=KernelFamily)
+    # GQA/MHA decode over an 8-bit KV cache (its own kernels: TensorRT-LLM's FP8 XQA path);
+    # absent fields: attention_decode's
+    attention_decode_fp8: KernelFamily = Field(default_factory=KernelFamily)
     attention_prefill: KernelFamily = Field(default_factory=KernelFamily)
     # MLA attention cores (FlashMLA-style decode over the latent; prefill over decompressed
     # keys and values); absent fields: attention_decode's / attention_prefill's

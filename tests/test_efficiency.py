@@ -249,3 +249,63 @@ def test_one_token_on_an_empty_cache_is_a_prefill():
     # without kv_len (an operator that gives none) the query length alone decides, as before
     bare = Operator(**{**first.__dict__, "shape": dict(q_len=1)})
     assert bare.family is Family.ATTENTION_DECODE
+
+
+def test_grouped_decode_kernel_rows_cost_per_row_group():
+    # TensorRT-LLM's decode tables (H200, BF16 KV, context <= 31, batch >= 512): a GQA kernel's
+    # (sequence, KV head) row costs 36-60 ns at groups 2-32, an MHA row 11-18 ns: per_row_group
+    # prices a row of a grouped kernel (group > 1), per_row the others
+    hw = profile(attention_decode=dict(memory=0.5, per_row="10ns", per_row_group="40ns", group_limit=32,
+                                       group_compute=0.01))
+    shape = dict(q_len=1, scores=0.0, rows=8192.0, decode_rows=1024.0, group=8.0, kv_read=0.0)
+    op = Operator(name="a", kind=OpKind.ATTENTION, group=OpGroup.ATTENTION, layer=LayerType.DENSE, count=1,
+                  flops=0.0, bytes_read=5e6, dtype="bf16", shape=shape)
+    # 5e6 B at 0.5 x 1e11 = 100 us; 1,024 KV rows x 40 ns = 40.96 us; + 1 us
+    assert float(operator_terms(op, hw).time_s) == pytest.approx(100e-6 + 40.96e-6 + 1e-6, rel=1e-12)
+    # MHA (group 1): its 1,024 rows at per_row, 10.24 us
+    mha = Operator(**{**op.__dict__, "shape": {**shape, "rows": 1024.0, "group": 1.0}})
+    assert float(operator_terms(mha, hw).time_s) == pytest.approx(100e-6 + 10.24e-6 + 1e-6, rel=1e-12)
+    # a group beyond group_limit falls back to the per-query-head kernel: 8,192 query rows at
+    # per_row = 81.92 us (and its compute at group_compute; no FLOPs here)
+    big = Operator(**{**op.__dict__, "shape": {**shape, "group": 64.0}})
+    assert float(operator_terms(big, hw).time_s) == pytest.approx(100e-6 + 81.92e-6 + 1e-6, rel=1e-12)
+    # without per_row_group every row is per_row (profiles before the field)
+    plain = profile(attention_decode=dict(memory=0.5, per_row="10ns"))
+    assert float(operator_terms(op, plain).time_s) == pytest.approx(100e-6 + 10.24e-6 + 1e-6, rel=1e-12)
+    with pytest.raises(ValueError):
+        profile(attention_prefill=dict(per_row_group="40ns"))  # a decode-kernel parameter only
+
+
+def test_fp8_kv_grouped_decode_has_its_own_family_falling_back_to_attention_decode():
+    # an 8-bit KV cache under a grouped kernel runs TensorRT-LLM's FP8 XQA path (a 5.4 us floor
+    # against 8.4 us in BF16, H200 tables): attention_decode_fp8, absent fields attention_decode's
+    shape = dict(q_len=1, scores=0.0, rows=64.0, decode_rows=8.0, group=8.0, kv_read=0.0, kv_fp8=True)
+    op = Operator(name="a", kind=OpKind.ATTENTION, group=OpGroup.ATTENTION, layer=LayerType.DENSE, count=1,
+                  flops=0.0, bytes_read=1e6, dtype="bf16", shape=shape)
+    assert op.family is Family.ATTENTION_DECODE_FP8
+    hw = profile(attention_decode=dict(memory=0.5, overhead="8us"), attention_decode_fp8=dict(overhead="5us"))
+    # 1e6 B at attention_decode's 0.5 x 1e11 = 20 us, + the fp8 family's 5 us
+    assert float(operator_terms(op, hw).time_s) == pytest.approx(25e-6, rel=1e-12)
+    bf16 = Operator(**{**op.__dict__, "shape": {**shape, "kv_fp8": False}})
+    assert bf16.family is Family.ATTENTION_DECODE and float(operator_terms(bf16, hw).time_s) == pytest.approx(28e-6)
+
+
+def test_engine_marks_fp8_kv_only_under_a_grouped_kernel():
+    # Llama-3.1-8B (meta-llama config.json: 32 query / 8 KV heads) with an fp8 cache: the fp8
+    # decode family; an MHA model's fp8 decode (DeepSeek-LLM-7B, 30 layers of 32 / 32 heads)
+    # times as the BF16 kernels do in the tables (8/8 heads d128 at batch 1024: 92 vs 99 us):
+    # attention_decode
+    from costsim.api import LayoutRequest, load_hardware, resolve_deployment
+    from costsim.registry import load_model
+    from costsim.simulator.operators import attention_operators
+    from costsim.simulator.types import StepShape
+
+    h100 = load_hardware("h100")
+    for name, kv, fam in (("llama-3.1-8b", "fp8", Family.ATTENTION_DECODE_FP8),
+                          ("llama-3.1-8b", "bf16", Family.ATTENTION_DECODE),
+                          ("deepseek-llm-7b", "fp8", Family.ATTENTION_DECODE)):
+        spec = load_model(name)
+        dep = resolve_deployment(spec, h100, LayoutRequest(devices=1, kv_dtype=kv), 1, 1024)
+        ops = attention_operators(spec, dep, StepShape(4, 1, 1023, 1), 1, None, "absorbed", "", LayerType.DENSE)
+        (c,) = [o for o in ops if o.kind is OpKind.ATTENTION]
+        assert c.family is fam, (name, kv)

@@ -88,8 +88,8 @@ BACKENDS = ("trtllm", "sglang", "vllm")
 SYSTEMS = {"h200_sxm": "h200", "h100_sxm": "h100", "b200_sxm": "b200", "a100_sxm": "a100-80g"}
 MS = 1e-3  # the tables' latency unit
 # families in fitting order: later kernels contain no operators of the earlier families
-FAMILIES = ("gemm", "gemm_fp8", "gemm_fp8_block", "attention_decode", "attention_prefill", "attention_mla_decode",
-            "attention_mla_prefill", "grouped_gemm", "grouped_gemm_fp8", "grouped_gemm_fp8_block", "grouped_gemm_mxfp4",
+FAMILIES = ("gemm", "gemm_fp8", "gemm_fp8_block", "attention_decode", "attention_decode_fp8", "attention_prefill",
+            "attention_mla_decode", "attention_mla_prefill", "grouped_gemm", "grouped_gemm_fp8", "grouped_gemm_fp8_block", "grouped_gemm_mxfp4",
             "comm")
 
 
@@ -208,7 +208,8 @@ def _attention(df: pd.DataFrame, phase: str) -> pd.DataFrame:
     df = df[df["kv_cache_dtype"].isin(list(_KV))]
     dec = phase == "decode"
     return pd.DataFrame(dict(
-        family="attention_" + phase, label=("decode" if dec else "prefill") + " attention", kernel="attention_core",
+        family=("attention_decode" + np.where((df["kv_cache_dtype"] == "fp8") & (df["num_heads"] > df["num_key_value_heads"]),
+                                              "_fp8", "") if dec else "attention_prefill"), label=("decode" if dec else "prefill") + " attention", kernel="attention_core",
         dtype=df["kv_cache_dtype"].map(_KV), heads=df["num_heads"], kv_heads=df["num_key_value_heads"],
         head_dim=df["head_dim"], window=df["window_size"], batch=df["batch_size"],
         new_tokens=1 if dec else df["isl"], context=df["step"] if dec else 0,

@@ -67,7 +67,13 @@ FREE = {
     "gemm_fp8": _GEMM,
     "gemm_fp8_block": _GEMM,
     # per_element is not fitted: the engine's attention operators give no ``scores`` shape
-    "attention_decode": [*_ATTENTION, ("group_compute", 0.0005, 1.0), *_SPLIT],
+    # a GQA decode kernel's KV row (group > 1) costs 2.5-4x an MHA row in BF16 (H200 trtllm tables,
+    # context <= 31, batch >= 512: 36-60 ns per sequence x KV head at groups 2-32 against 11-18 ns
+    # at group 1), and an 8-bit KV cache runs its own kernels (a 5.4 us floor against 8.4 us in
+    # BF16; fp8 GQA rows 8-20 ns): per_row_group, and attention_decode_fp8 fitted apart
+    # (held-out decode attention H200 22.3% -> see README; /tmp experiment, 2026-12-04)
+    "attention_decode": [*_ATTENTION, ("per_row_group", 0.0, 2e-7), ("group_compute", 0.0005, 1.0), *_SPLIT],
+    "attention_decode_fp8": [*_ATTENTION, ("per_row_group", 0.0, 2e-7), ("group_compute", 0.0005, 1.0), *_SPLIT],
     "attention_prefill": _ATTENTION,
     "attention_mla_decode": [*_ATTENTION, *_SPLIT],
     "attention_mla_prefill": _ATTENTION,
@@ -117,7 +123,7 @@ def _current(hw, fam: str) -> dict:
     r = rates(hw, Family(fam))
     return dict(compute=r.compute, memory=r.memory, overhead=r.overhead_s, per_group_overhead=r.per_group_overhead_s,
                 per_slot_overhead=r.per_slot_overhead_s,
-                per_element=r.per_element_s, per_row=r.per_row_s, m_half=r.m_half, group_compute=r.group_compute,
+                per_element=r.per_element_s, per_row=r.per_row_s, per_row_group=r.per_row_group_s or r.per_row_s, m_half=r.m_half, group_compute=r.group_compute,
                 n_half=r.n_half, split_memory=r.split_memory, split_tokens=r.split_tokens)
 
 

@@ -60,6 +60,7 @@ class FamilyRates:
     per_slot_overhead_s: float = 0.0  # grouped GEMMs: per expert slot on the rank, busy or not
     per_element_s: float = 0.0
     per_row_s: float = 0.0
+    per_row_group_s: float = 0.0  # GQA decode: per KV row of a grouped kernel (0: per_row_s)
     m_half: float = 0.0
     tile_m: float = 0.0
     tile_n: float = 0.0
@@ -78,6 +79,7 @@ FALLBACK = {Family.GEMM_FP8: Family.GEMM, Family.GEMM_FP8_BLOCK: Family.GEMM_FP8
             Family.GROUPED_GEMM_FP8: Family.GROUPED_GEMM, Family.GROUPED_GEMM_FP8_BLOCK: Family.GROUPED_GEMM_FP8,
             Family.GROUPED_GEMM_MXFP4: Family.GROUPED_GEMM,
             Family.ATTENTION_MLA_DECODE: Family.ATTENTION_DECODE,
+            Family.ATTENTION_DECODE_FP8: Family.ATTENTION_DECODE,
             Family.ATTENTION_MLA_PREFILL: Family.ATTENTION_PREFILL}
 _TILES = ("tile_m", "tile_n", "units")
 
@@ -106,7 +108,8 @@ def rates(hw: HardwareProfile, family: Family) -> FamilyRates:
     return FamilyRates(compute=v(f.compute, e.compute.value), memory=v(f.memory, e.memory.value),
                        overhead_s=v(f.overhead, e.kernel_overhead.value), per_group_overhead_s=v(f.per_group_overhead),
                        per_slot_overhead_s=v(f.per_slot_overhead),
-                       per_element_s=v(f.per_element), per_row_s=v(f.per_row), m_half=v(f.m_half), tile_m=v(f.tile_m), tile_n=v(f.tile_n),
+                       per_element_s=v(f.per_element), per_row_s=v(f.per_row), per_row_group_s=v(f.per_row_group),
+                       m_half=v(f.m_half), tile_m=v(f.tile_m), tile_n=v(f.tile_n),
                        units=v(f.units), group_limit=v(f.group_limit), group_compute=v(f.group_compute),
                        n_half=v(f.n_half), gemv_rows=v(f.gemv_rows, 1.0),
                        group_reread=v(f.group_reread), split_tokens=v(f.split_tokens), split_memory=v(f.split_memory))
@@ -156,22 +159,27 @@ def _attention(op: Operator, hw: HardwareProfile) -> Terms:
     """Decode and prefill parameters chosen per element by ``types.decoding`` (arrays allowed)."""
     parts = []
     fams = ((Family.ATTENTION_MLA_DECODE, Family.ATTENTION_MLA_PREFILL) if op.shape.get("mla") else
-            (Family.ATTENTION_DECODE, Family.ATTENTION_PREFILL))
+            (Family.ATTENTION_DECODE_FP8 if op.shape.get("kv_fp8") else Family.ATTENTION_DECODE,
+             Family.ATTENTION_PREFILL))
     for fam, rows in zip(fams, (op.shape.get("decode_rows", op.shape.get("rows", 0.0)), op.shape.get("rows", 0.0))):
         r = rates(hw, fam)
-        shape_eff = 1.0
-        if fam is Family.ATTENTION_DECODE and r.group_limit and r.group_compute and "group" in op.shape:
+        shape_eff, per_row = 1.0, r.per_row_s
+        decode_gqa = fam in (Family.ATTENTION_DECODE, Family.ATTENTION_DECODE_FP8) and "group" in op.shape
+        if decode_gqa and r.per_row_group_s:  # a grouped (GQA) kernel's KV row costs its own
+            per_row = np.where(np.asarray(op.shape["group"], dtype=float) > 1, r.per_row_group_s, r.per_row_s)
+        if decode_gqa and r.group_limit and r.group_compute:
             # a query-head group larger than the decode kernel handles: the fallback kernel runs
             # per query head (its rows are the query heads', not the KV heads') at its own rate
             big = np.asarray(op.shape["group"], dtype=float) > r.group_limit
             shape_eff = np.where(big, r.group_compute / r.compute, 1.0)
             rows = np.where(big, np.asarray(op.shape.get("rows", 0.0), dtype=float), rows)
+            per_row = np.where(big, r.per_row_s, per_row)
         c, m = _roof(op, hw, r, shape_eff)
         if r.group_reread and "group" in op.shape:  # KV re-read by the further heads of a group
             m = m + (np.asarray(op.shape.get("kv_read", 0.0), dtype=float) * r.group_reread
                      * (np.asarray(op.shape["group"], dtype=float) - 1.0) / (hw.memory_bandwidth.value * r.memory))
         extra = (r.per_element_s * np.asarray(op.shape.get("scores", 0.0), dtype=float)
-                 + r.per_row_s * np.asarray(rows, dtype=float) + r.overhead_s)
+                 + per_row * np.asarray(rows, dtype=float) + r.overhead_s)
         if r.split_memory and "row_bytes" in op.shape:  # one chunk of a split decode row, streamed by one block
             kv_len = np.asarray(op.shape["kv_len"], dtype=float)
             chunk = np.minimum(kv_len, r.split_tokens) if r.split_tokens else kv_len
@@ -185,8 +193,8 @@ def _attention(op: Operator, hw: HardwareProfile) -> Terms:
 def operator_terms(op: Operator, hw: HardwareProfile) -> Terms:
     """Time of one occurrence of a compute operator (not comm) by its family's formula."""
     fam = op.family
-    if fam in (Family.ATTENTION_DECODE, Family.ATTENTION_PREFILL, Family.ATTENTION_MLA_DECODE,
-               Family.ATTENTION_MLA_PREFILL):
+    if fam in (Family.ATTENTION_DECODE, Family.ATTENTION_DECODE_FP8, Family.ATTENTION_PREFILL,
+               Family.ATTENTION_MLA_DECODE, Family.ATTENTION_MLA_PREFILL):
         return _attention(op, hw)
     r = rates(hw, fam)
     if op.kind is OpKind.GEMM:

@@ -64,6 +64,7 @@ class Family(str, Enum):
     GROUPED_GEMM_FP8_BLOCK = "grouped_gemm_fp8_block"  # 128x128 block-scaled; falls back to grouped_gemm_fp8
     GROUPED_GEMM_MXFP4 = "grouped_gemm_mxfp4"  # MXFP4 experts on BF16 compute (W4A16); falls back to grouped_gemm
     ATTENTION_DECODE = "attention_decode"  # one query per sequence
+    ATTENTION_DECODE_FP8 = "attention_decode_fp8"  # over an 8-bit KV cache; falls back to attention_decode
     ATTENTION_PREFILL = "attention_prefill"  # more, or a first token on an empty cache (``decoding``)
     ATTENTION_MLA_DECODE = "attention_mla_decode"  # MLA cores; fall back to attention_decode / _prefill
     ATTENTION_MLA_PREFILL = "attention_mla_prefill"
@@ -155,7 +156,8 @@ class Operator:
     def family(self) -> Family:
         """The family whose time model costs this operator (attention: decode when every
         sequence adds one query over a cache (``decoding``), else prefill; an array of query lengths is split per element
-        by ``efficiency``; an MLA core: the ``attention_mla_*`` pair; a GEMM on the fp8 tensor
+        by ``efficiency``; a GQA/MHA decode over an 8-bit KV cache (``kv_fp8``):
+        ``attention_decode_fp8``; an MLA core: the ``attention_mla_*`` pair; a GEMM on the fp8 tensor
         cores: ``gemm_fp8``, or ``gemm_fp8_block`` with block-scaled weights; grouped expert
         GEMMs likewise ``grouped_gemm_fp8`` / ``grouped_gemm_fp8_block``, MXFP4 experts
         ``grouped_gemm_mxfp4``)."""
@@ -163,7 +165,9 @@ class Operator:
             dec = bool(np.all(decoding(self.shape)))
             if self.shape.get("mla"):
                 return Family.ATTENTION_MLA_DECODE if dec else Family.ATTENTION_MLA_PREFILL
-            return Family.ATTENTION_DECODE if dec else Family.ATTENTION_PREFILL
+            if not dec:
+                return Family.ATTENTION_PREFILL
+            return Family.ATTENTION_DECODE_FP8 if self.shape.get("kv_fp8") else Family.ATTENTION_DECODE
         if self.kind is OpKind.GEMM and self.dtype == "fp8":
             return Family.GEMM_FP8_BLOCK if self.shape.get("format") in BLOCK_FP8 else Family.GEMM_FP8
         if self.kind is OpKind.GROUPED_GEMM and self.dtype == "fp8":
