@@ -503,6 +503,8 @@ class KernelFamily(_Frozen):
     per_element: Optional[Seconds] = None
     per_row: Optional[Seconds] = None
     per_row_group: Optional[Seconds] = None
+    per_tile: Optional[Seconds] = None
+    q_tile: Optional[Count] = None
     m_half: Optional[Count] = None
     tile_m: Optional[Count] = None
     tile_n: Optional[Count] = None
@@ -533,7 +535,10 @@ class KernelFamily(_Frozen):
         if self.gemv_rows is not None and not (1 <= self.gemv_rows.value <= 2**20
                                                and self.gemv_rows.value == int(self.gemv_rows.value)):
             raise ValueError(f"gemv_rows must be a whole number of rows, 1 to 2^20, got {self.gemv_rows.value}")
-        for k in ("overhead", "per_group_overhead", "per_slot_overhead", "per_element", "per_row", "per_row_group"):
+        if self.q_tile is not None and not (1 <= self.q_tile.value <= 2**20 and self.q_tile.value == int(self.q_tile.value)):
+            raise ValueError(f"q_tile must be a whole number of query tokens, 1 to 2^20, got {self.q_tile.value}")
+        for k in ("overhead", "per_group_overhead", "per_slot_overhead", "per_element", "per_row", "per_row_group",
+                  "per_tile"):
             q = getattr(self, k)
             if q is not None and q.value > 1.0:
                 raise ValueError(f"{k} must be at most 1 s per launch/element, got {q.value} s")
@@ -559,10 +564,10 @@ _FAMILY_FIELDS = {
     "grouped_gemm_mxfp4": _GROUPED_FIELDS,
     "attention_decode": _DECODE_FIELDS,
     "attention_decode_fp8": _DECODE_FIELDS,
-    "attention_prefill": {"compute", "memory", "overhead", "per_element", "per_row"},
+    "attention_prefill": {"compute", "memory", "overhead", "per_element", "per_row", "per_tile", "q_tile"},
     "attention_mla_decode": {"compute", "memory", "overhead", "per_element", "per_row", "split_tokens",
                              "split_memory"},
-    "attention_mla_prefill": {"compute", "memory", "overhead", "per_element", "per_row"},
+    "attention_mla_prefill": {"compute", "memory", "overhead", "per_element", "per_row", "per_tile", "q_tile"},
     "elementwise": {"memory", "overhead"},
 }
 

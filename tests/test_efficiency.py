@@ -309,3 +309,25 @@ def test_engine_marks_fp8_kv_only_under_a_grouped_kernel():
         ops = attention_operators(spec, dep, StepShape(4, 1, 1023, 1), 1, None, "absorbed", "", LayerType.DENSE)
         (c,) = [o for o in ops if o.kind is OpKind.ATTENTION]
         assert c.family is fam, (name, kv)
+
+
+def test_prefill_kernel_pays_per_block_of_q_tile_queries():
+    # a context kernel runs one block per (sequence, query head, q_tile queries): TensorRT-LLM's
+    # tables (H200, 32 heads) charge a one-token prefill 0.7 us per sequence at batch 256
+    hw = profile(attention_prefill=dict(memory=0.5, per_tile="20ns", q_tile=64))
+    # 4 sequences x 100 queries x 8 heads = 3,200 rows; ceil(100 / 64) = 2 tiles per (sequence, head)
+    shape = dict(q_len=100.0, scores=0.0, rows=3200.0, kv_len=100.0)
+    op = Operator(name="a", kind=OpKind.ATTENTION, group=OpGroup.ATTENTION, layer=LayerType.DENSE, count=1,
+                  flops=0.0, bytes_read=5e6, dtype="bf16", shape=shape)
+    # 5e6 B at 0.5 x 1e11 = 100 us; 4 x 8 x 2 = 64 blocks x 20 ns = 1.28 us; + 1 us
+    assert float(operator_terms(op, hw).time_s) == pytest.approx(100e-6 + 1.28e-6 + 1e-6, rel=1e-12)
+    # one query per sequence on an empty cache (a prefill): 32 blocks
+    one = Operator(**{**op.__dict__, "shape": dict(q_len=1.0, scores=0.0, rows=32.0, kv_len=1.0)})
+    assert float(operator_terms(one, hw).time_s) == pytest.approx(100e-6 + 0.64e-6 + 1e-6, rel=1e-12)
+    # q_tile defaults to 64; a decode step never pays it; decode kernels refuse the field
+    assert rates(profile(attention_prefill=dict(per_tile="20ns")), Family.ATTENTION_PREFILL).q_tile == 64
+    dec = Operator(**{**op.__dict__, "shape": dict(q_len=1.0, scores=0.0, rows=32.0, kv_len=100.0)})
+    assert float(operator_terms(dec, hw).time_s) == pytest.approx(5e6 / 0.8e11 + 1e-6, rel=1e-12)
+    for bad in (dict(attention_decode=dict(per_tile="20ns")), dict(attention_prefill=dict(q_tile=0.5))):
+        with pytest.raises(ValueError):
+            profile(**bad)

@@ -74,9 +74,13 @@ FREE = {
     # (held-out decode attention H200 22.3% -> see README; /tmp experiment, 2026-12-04)
     "attention_decode": [*_ATTENTION, ("per_row_group", 0.0, 2e-7), ("group_compute", 0.0005, 1.0), *_SPLIT],
     "attention_decode_fp8": [*_ATTENTION, ("per_row_group", 0.0, 2e-7), ("group_compute", 0.0005, 1.0), *_SPLIT],
-    "attention_prefill": _ATTENTION,
+    # a context kernel's block per (sequence, query head, 64 queries): the tables' prefill of one
+    # token per sequence costs 0.7 us per sequence at 32 heads (H200, batch 256: 181 us), 6x
+    # the per-row term (held-out prefill attention H200 17.5% -> 13.2%; 128 or 256 queries per
+    # tile: 13.9 / 14.7%; /tmp experiment, 2026-12-04)
+    "attention_prefill": [*_ATTENTION, ("per_tile", 0.0, 1e-6)],
     "attention_mla_decode": [*_ATTENTION, *_SPLIT],
-    "attention_mla_prefill": _ATTENTION,
+    "attention_mla_prefill": [*_ATTENTION, ("per_tile", 0.0, 1e-6)],
     "grouped_gemm": _GROUPED,
     # fp8 MoE kernels (per-tensor / block scales) fitted apart from BF16 ones: one shared set left
     # BF16 1.4-1.8x slow and fp8-block 1.5x fast at 16k tokens (H200 held-out MoE 25.8% shared,
@@ -95,6 +99,8 @@ FREE = {
 # 1 KV head at 4k context: 40 us per sequence against 0.65 us for 32 over 1; 2026-12-03)
 GROUP_LIMIT = 32
 GROUP_LIMIT_WHY = "decode kernels handle up to 32 query heads per KV head; larger groups fall back (tables: 48-128)"
+Q_TILE = 64
+Q_TILE_WHY = "context-attention blocks of 64 queries fit the tables best (64 / 128 / 256: H200 13.2 / 13.9 / 14.7%)"
 FIT_ROWS = 1500  # rows per family the least-squares fit sees (a seeded sample of the train half)
 MAX_NFEV = 100  # function evaluations per least-squares pass
 
@@ -123,7 +129,7 @@ def _current(hw, fam: str) -> dict:
     r = rates(hw, Family(fam))
     return dict(compute=r.compute, memory=r.memory, overhead=r.overhead_s, per_group_overhead=r.per_group_overhead_s,
                 per_slot_overhead=r.per_slot_overhead_s,
-                per_element=r.per_element_s, per_row=r.per_row_s, per_row_group=r.per_row_group_s or r.per_row_s, m_half=r.m_half, group_compute=r.group_compute,
+                per_element=r.per_element_s, per_row=r.per_row_s, per_row_group=r.per_row_group_s or r.per_row_s, per_tile=r.per_tile_s, m_half=r.m_half, group_compute=r.group_compute,
                 n_half=r.n_half, split_memory=r.split_memory, split_tokens=r.split_tokens)
 
 
@@ -154,6 +160,8 @@ def fit(base, df: pd.DataFrame, train: np.ndarray, source: str, name: str, seed:
         sub = df.iloc[rows].reset_index(drop=True)
         if fam == "attention_decode":  # the group size beyond which the decode kernel falls back
             _put(data, fam, "group_limit", GROUP_LIMIT, f"{source}: {GROUP_LIMIT_WHY}")
+        if fam == "attention_prefill":  # the queries per block of the context kernel
+            _put(data, fam, "q_tile", Q_TILE, f"{source}: {Q_TILE_WHY}")
         p = plan(sub, base)
         meas = np.log(sub["measured_s"].to_numpy())
         names = [n for n, _, _ in FREE[free_key]]

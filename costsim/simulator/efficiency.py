@@ -26,7 +26,12 @@ One formula per family (``types.Family``), its parameters in the profile's
                  scale/mask/softmax work (an operator that gives no ``scores`` shape gets none);
                  rows = sequences x queries x heads (RoPE, KV append, softmax state per row);
                  a GQA decode kernel works per KV head (XQA, FlashDecoding: one block per
-                 sequence and KV head), so its rows are sequences x KV heads (``decode_rows``);
+                 sequence and KV head), so its rows are sequences x KV heads (``decode_rows``),
+                 each at per_row_group when the kernel is grouped (group > 1; MHA rows and
+                 groups beyond group_limit at per_row); an 8-bit KV cache under a grouped
+                 kernel uses attention_decode_fp8 (absent fields attention_decode's);
+                 a prefill kernel runs one block per (sequence, query head, q_tile queries):
+                 + per_tile x sequences x heads x ceil(q_len / q_tile);
                  one that walks the query heads re-reads group_reread of the KV cache per
                  further head of a group: bytes + kv_read x group_reread x (group - 1);
                  a decode row split into chunks of split_tokens adds one chunk streamed by
@@ -61,6 +66,8 @@ class FamilyRates:
     per_element_s: float = 0.0
     per_row_s: float = 0.0
     per_row_group_s: float = 0.0  # GQA decode: per KV row of a grouped kernel (0: per_row_s)
+    per_tile_s: float = 0.0  # prefill: per (sequence, query head, tile of q_tile queries)
+    q_tile: float = 64.0  # prefill: queries per tile of the attention kernel
     m_half: float = 0.0
     tile_m: float = 0.0
     tile_n: float = 0.0
@@ -109,6 +116,7 @@ def rates(hw: HardwareProfile, family: Family) -> FamilyRates:
                        overhead_s=v(f.overhead, e.kernel_overhead.value), per_group_overhead_s=v(f.per_group_overhead),
                        per_slot_overhead_s=v(f.per_slot_overhead),
                        per_element_s=v(f.per_element), per_row_s=v(f.per_row), per_row_group_s=v(f.per_row_group),
+                       per_tile_s=v(f.per_tile), q_tile=v(f.q_tile, 64.0),
                        m_half=v(f.m_half), tile_m=v(f.tile_m), tile_n=v(f.tile_n),
                        units=v(f.units), group_limit=v(f.group_limit), group_compute=v(f.group_compute),
                        n_half=v(f.n_half), gemv_rows=v(f.gemv_rows, 1.0),
@@ -180,6 +188,9 @@ def _attention(op: Operator, hw: HardwareProfile) -> Terms:
                      * (np.asarray(op.shape["group"], dtype=float) - 1.0) / (hw.memory_bandwidth.value * r.memory))
         extra = (r.per_element_s * np.asarray(op.shape.get("scores", 0.0), dtype=float)
                  + per_row * np.asarray(rows, dtype=float) + r.overhead_s)
+        if r.per_tile_s and "q_len" in op.shape:  # one block per (sequence, head, q_tile queries)
+            q = np.maximum(np.asarray(op.shape["q_len"], dtype=float), 1.0)
+            extra = extra + r.per_tile_s * np.asarray(op.shape.get("rows", 0.0), dtype=float) / q * np.ceil(q / r.q_tile)
         if r.split_memory and "row_bytes" in op.shape:  # one chunk of a split decode row, streamed by one block
             kv_len = np.asarray(op.shape["kv_len"], dtype=float)
             chunk = np.minimum(kv_len, r.split_tokens) if r.split_tokens else kv_len
