@@ -36,7 +36,7 @@ Formulas (per device, per occurrence):
   (BF16 combine) over the kernel's time: 128 x 8 x 7,408 B / 77 us = 98 GB/s at EP 8.
   Against that table (h800 profile) costsim is 11-25% low at EP 16-64 and 24-42% low at
   EP 8 (no NIC traffic; the warp copies reach about half the normal kernels' NVLink
-  rate); each published figure is about 40 us above the link model.
+  rate); each published figure is 12-32 us above the link model (the Feb-2025 ones 6-17 us).
 - Experts split over ``moe_tp`` > TP devices: ring all-gather of the tokens and
   reduce-scatter of the outputs over the moe_tp / TP attention groups, per MoE layer.
 - PP: each stage sends its [T, h] activation to the next once per step.
