@@ -30,7 +30,7 @@ def _flag(text: str) -> bool:
 # --prefill-set / --decode-set NAME=VALUE: a layout flag (without its dashes) for one pool only
 POOL_FLAGS = {"mtp": ("mtp_depth", int), "mtp-acceptance": ("mtp_acceptance", float),
               "prefix-hit": ("prefix_hit", float), "redundant-experts": ("redundant_experts", int),
-              "ep-kernel": ("ep_kernel", O.ep_kernel_name), "two-batch-overlap": ("two_batch_overlap", _flag),
+              "ep-kernel": ("ep_kernel", O.ep_kernel_name), "deepep-nvlink": ("deepep_nvlink", _flag), "two-batch-overlap": ("two_batch_overlap", _flag),
               "overlap": ("overlap_comm", _flag), "imbalance": ("imbalance", float),
               "deepep-max-tokens": ("deepep_max_tokens", int)}
 
@@ -87,6 +87,7 @@ def disagg_cmd(model: O.Model, hardware: O.Hardware,
                mla_form: O.MLAForm = "auto", imbalance: O.Imbalance = 1.0, overlap: O.Overlap = False,
                mtp: O.MTP = 0, mtp_acceptance: O.MTPAcceptance = None, prefix_hit: O.PrefixHit = 0.0,
                redundant: O.Redundant = 0, ep_kernel: O.EPKernel = "normal", tbo: O.TBO = False,
+               deepep_nvlink: O.DeepEPNVLink = False,
                prefill_set: Optional[List[str]] = typer.Option(
                    None, "--prefill-set", help="A layout flag for the prefill pool only, NAME=VALUE (repeatable; "
                    "NAME: " + ", ".join(POOL_FLAGS) + "), e.g. ep-kernel=normal."),
@@ -118,7 +119,7 @@ def disagg_cmd(model: O.Model, hardware: O.Hardware,
         wds, kvs, pps = search_lists(weight_dtype, kv_dtype, pp)
         base = O.layout(None, mla_form=mla_form, imbalance=imbalance, overlap=overlap, mtp=mtp,
                         mtp_acceptance=mtp_acceptance, prefix_hit=prefix_hit, redundant=redundant,
-                        ep_kernel=ep_kernel, tbo=tbo)
+                        ep_kernel=ep_kernel, tbo=tbo, deepep_nvlink=deepep_nvlink)
         pools = {}
         bases = {"prefill": pool_base(base, prefill_set, "prefill"), "decode": pool_base(base, decode_set, "decode")}
         for role, n, t, e, p in (("prefill", prefill_devices, prefill_tp, prefill_ep, prefill_pp),

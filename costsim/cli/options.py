@@ -55,10 +55,11 @@ KVDtype = Annotated[str, typer.Option("--kv-dtype", help=f"KV cache: {_DTYPES}, 
 MLAForm = Annotated[str, typer.Option("--mla-form", help="MLA form: absorbed, naive, or auto (faster per phase).")]
 Imbalance = Annotated[float, typer.Option("--imbalance", help="MoE load imbalance: busiest EP rank over mean (>= 1).")]
 Overlap = Annotated[bool, typer.Option("--overlap/--no-overlap", help="Overlap communication with compute.")]
-EPKernel = Annotated[str, typer.Option("--ep-kernel", help="EP all-to-all kernel (DeepEP): normal (one copy per "
-                                                        "remote node, NVLink forwarding), low-latency (one RDMA copy "
-                                                        "per token-expert pair) or auto (low-latency for decode, "
-                                                        "normal for prefill, as DeepSeek serves V3).")]
+EPKernel = Annotated[str, typer.Option("--ep-kernel", help="EP all-to-all kernel (DeepEP): normal (one copy per remote "
+    "node, NVLink forwarding), low-latency (one RDMA copy per token-expert pair) or auto (low-latency for decode, "
+    "normal for prefill, as DeepSeek serves V3).")]
+DeepEPNVLink = Annotated[bool, typer.Option("--deepep-nvlink", help="DeepEP's NVLink-aware low-latency kernels (2025-06): "
+    "pairs for a rank in the node over NVLink, the rest over the NIC (default: the Feb-2025 kernels, all over the NIC).")]
 TBO = Annotated[bool, typer.Option("--two-batch-overlap", help="Run each step as two micro-batches of half the "
                                                              "sequences, one's communication under the other's "
                                                              "compute (DeepSeek's serving; weights read twice).")]
@@ -69,9 +70,7 @@ Draft = Annotated[Optional[str], typer.Option("--draft-model", help="Speculative
 MTP = Annotated[int, typer.Option("--mtp", help="MTP speculative decoding: draft tokens per decode step from the "
                                                   "model's MTP module (0: off; DeepSeek-V3 serves with 1).")]
 MTPAcceptance = Annotated[Optional[float], typer.Option("--mtp-acceptance", help="With --mtp: probability that each "
-                                                                       "draft token is accepted given the ones before "
-                                                                       "it (default 0.85; DeepSeek-V3: 0.85-0.90 for "
-                                                                       "the second token).")]
+    "draft token is accepted given the ones before it (default 0.85; DeepSeek-V3: 0.85-0.90 for the second token).")]
 PrefixHit = Annotated[float, typer.Option("--prefix-hit", help="Prefix caching: share of each prompt whose KV is "
                                                               "already cached, so its prefill is skipped (0 to <1; "
                                                               "DeepSeek's service: 0.563).")]
@@ -95,7 +94,7 @@ FLAGS = {
     "devices": "--devices", "tp": "--tp", "ep": "--ep", "pp": "--pp", "weight_dtype": "--weight-dtype",
     "weight_format": "--weight-dtype", "kv_dtype": "--kv-dtype", "kv_format": "--kv-dtype", "mla_form": "--mla-form",
     "imbalance": "--imbalance", "block_size": "--block-size", "mtp_depth": "--mtp", "mtp_acceptance": "--mtp-acceptance",
-    "prefix_hit": "--prefix-hit", "redundant_experts": "--redundant-experts", "ep_kernel": "--ep-kernel", "two_batch_overlap": "--two-batch-overlap", "draft_model": "--draft-model", "deepep_max_tokens": "--deepep-max-tokens", "tpot_slo_s": "--tpot-slo", "batch": "--batch",
+    "prefix_hit": "--prefix-hit", "redundant_experts": "--redundant-experts", "ep_kernel": "--ep-kernel", "deepep_nvlink": "--deepep-nvlink", "two_batch_overlap": "--two-batch-overlap", "draft_model": "--draft-model", "deepep_max_tokens": "--deepep-max-tokens", "tpot_slo_s": "--tpot-slo", "batch": "--batch",
     "context": "--context", "input_len": "--input", "output_len": "--output", "mfu": "--mfu",
     "gpu_hours": "--gpu-hours", "tokens": "--tokens", "seq_len": "--seq-len", "dtype": "--dtype",
     "m": "--m", "n": "--n", "k": "--k", "form": "--form", "new_tokens": "--new-tokens", "price": "--price",
@@ -193,7 +192,7 @@ def items(text: str, flag: str) -> list[str]:
 
 def layout(devices=None, tp=None, ep=None, pp=None, weight_dtype=None, kv_dtype="bf16", mla_form="auto",
            imbalance=1.0, overlap=False, block_size=None, mtp=0, mtp_acceptance=None, prefix_hit=0.0,
-           redundant=0, ep_kernel="normal", tbo=False, draft=None, deepep_max_tokens=128):
+           redundant=0, ep_kernel="normal", tbo=False, draft=None, deepep_max_tokens=128, deepep_nvlink=False):
     """The flags of a layout as the engine's ``LayoutRequest`` (the engine checks them).
     ``mtp_acceptance`` None: the engine's default; given without ``mtp`` >= 1, it is refused."""
     from costsim.simulator.layout import LayoutRequest
@@ -207,7 +206,7 @@ def layout(devices=None, tp=None, ep=None, pp=None, weight_dtype=None, kv_dtype=
     return LayoutRequest(devices=devices, tp=tp, ep=ep, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
                          mla_form=mla_form, imbalance=imbalance, overlap_comm=overlap, block_size=block_size,
                          mtp_depth=mtp, mtp_acceptance=mtp_acceptance, prefix_hit=prefix_hit,
-                         redundant_experts=redundant, ep_kernel=ep_kernel_name(ep_kernel),
+                         redundant_experts=redundant, ep_kernel=ep_kernel_name(ep_kernel), deepep_nvlink=deepep_nvlink,
                          two_batch_overlap=tbo, draft_model=draft_spec(draft, mtp), deepep_max_tokens=deepep_max_tokens)
 
 def draft_spec(name, mtp):

@@ -68,7 +68,7 @@ def plan_cmd(model: O.Model,
              top: int = typer.Option(10, "--top", help="How many plans to find and show."),
              ep_kernel: O.EPKernel = "normal", tbo: O.TBO = False, mtp: O.MTP = 0,
              mtp_acceptance: O.MTPAcceptance = None, draft: O.Draft = None,
-             deepep_max_tokens: O.DeepEPMaxTokens = 128,
+             deepep_max_tokens: O.DeepEPMaxTokens = 128, deepep_nvlink: O.DeepEPNVLink = False,
              price: Optional[List[str]] = typer.Option(None, "--price", help="Price per device-hour with its unit: "
                                                        "2.5USD/h for every profile, or NAME=2.5USD/h for one "
                                                        "(repeatable; default: each profile's price_per_device_hour)."),
@@ -103,7 +103,7 @@ def plan_cmd(model: O.Model,
                       target_tokens_per_s=rate, users=n_users, max_devices=max_devices, weight_dtypes=wds,
                       kv_dtypes=tuple(kvs), pp=tuple(pps), top=top,
                       base=O.layout(mtp=mtp, mtp_acceptance=mtp_acceptance, ep_kernel=ep_kernel, tbo=tbo, draft=draft,
-                                     deepep_max_tokens=deepep_max_tokens))
+                                     deepep_max_tokens=deepep_max_tokens, deepep_nvlink=deepep_nvlink))
         if out is None:
             views.plan(result.to_dict(), fmt.value)
         else:

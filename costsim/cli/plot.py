@@ -25,6 +25,7 @@ def plot_throughput_cmd(models: O.Models, hardware: O.Hardware, output: O.Output
                         tp: O.TP = None, ep: O.EP = None, pp: O.PP = None, context: O.Context = "4096",
                         tpot_slo: O.TpotSlo = None, weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16",
                         ep_kernel: O.EPKernel = "normal", tbo: O.TBO = False, mtp: O.MTP = 0,
+                        deepep_nvlink: O.DeepEPNVLink = False,
                         mtp_acceptance: O.MTPAcceptance = None, draft: O.Draft = None, sets: O.Sets = None, hw_sets: O.HwSets = None, force: O.Force = False):
     """Decode throughput per device against TPOT, batch swept up to the memory limit (marked)."""
 
@@ -36,7 +37,7 @@ def plot_throughput_cmd(models: O.Models, hardware: O.Hardware, output: O.Output
         hw = O.hardware(hardware, hw_sets)
         ctx = O.count(context, "--context", minimum=1)
         slo = O.slo(tpot_slo)
-        req = O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype, **_modes(ep_kernel, tbo, mtp, mtp_acceptance, draft))
+        req = O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype, **_modes(ep_kernel, tbo, mtp, mtp_acceptance, draft, deepep_nvlink))
         curves = [throughput_curve(O.model(m, sets), hw, req, ctx, slo) for m in models]
         lays = sorted({c["layout"] for c in curves})
         throughput_latency(curves, path, f"decode on {hw.name}, context {ctx} tokens: {'; '.join(lays)}", slo)
@@ -50,6 +51,7 @@ def plot_roofline_cmd(model: O.Model, hardware: O.Hardware, output: O.Output, de
                       tp: O.TP = None, ep: O.EP = None, pp: O.PP = None, batch: O.Batch = "1",
                       context: O.Context = "4096", weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16",
                       ep_kernel: O.EPKernel = "normal", tbo: O.TBO = False, mtp: O.MTP = 0,
+                      deepep_nvlink: O.DeepEPNVLink = False,
                       mtp_acceptance: O.MTPAcceptance = None, draft: O.Draft = None, sets: O.Sets = None, hw_sets: O.HwSets = None, force: O.Force = False):
     """Operators of one decode step on the hardware's roofline, one roof per compute dtype."""
 
@@ -60,7 +62,7 @@ def plot_roofline_cmd(model: O.Model, hardware: O.Hardware, output: O.Output, de
         path = O.check_plot_output(output, force)
         spec, hw = O.model(model, sets), O.hardware(hardware, hw_sets)
         b, ctx = O.count(batch, "--batch", minimum=1), O.count(context, "--context", minimum=1)
-        req = O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype, **_modes(ep_kernel, tbo, mtp, mtp_acceptance, draft))
+        req = O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype, **_modes(ep_kernel, tbo, mtp, mtp_acceptance, draft, deepep_nvlink))
         r = decode_roofline(spec, hw, req, b, ctx)
         roofline(r, path, f"{spec.name} decode step, batch {b}, context {ctx} on {hw.name}: {r['layout']}"
                           + ("" if r["fits"] else " (does not fit in memory)"))
@@ -118,6 +120,7 @@ def plot_max_batch_cmd(models: O.Models, output: O.Output, hardware: str = Hardw
                        max_context: str = MaxContext, devices: O.Devices = None, tp: O.TP = None, ep: O.EP = None,
                        pp: O.PP = None, weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16",
                        ep_kernel: O.EPKernel = "normal", tbo: O.TBO = False, mtp: O.MTP = 0,
+                       deepep_nvlink: O.DeepEPNVLink = False,
                        mtp_acceptance: O.MTPAcceptance = None, draft: O.Draft = None, sets: O.Sets = None, hw_sets: O.HwSets = None, force: O.Force = False):
     """The largest batch that fits in memory against context, per model and hardware."""
 
@@ -130,7 +133,7 @@ def plot_max_batch_cmd(models: O.Models, output: O.Output, hardware: str = Hardw
         path = O.check_plot_output(output, force)
         top = O.count(max_context, "--max-context", minimum=2)
         hws = [O.hardware(h, hw_sets) for h in O.items(hardware, "--hardware")]
-        req = O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype, **_modes(ep_kernel, tbo, mtp, mtp_acceptance, draft))
+        req = O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype, **_modes(ep_kernel, tbo, mtp, mtp_acceptance, draft, deepep_nvlink))
         ctx = np.unique(np.round(np.geomspace(min(512, top // 2), top, 24)))
         curves = [max_batch_curve(O.model(m, sets), h, req, ctx) for m in models for h in hws]
         max_batch(curves, path, f"largest batch that fits, KV {kv_dtype}")
@@ -139,9 +142,10 @@ def plot_max_batch_cmd(models: O.Models, output: O.Output, hardware: str = Hardw
     O.run(go)
 
 
-def _modes(ep_kernel, tbo, mtp, mtp_acceptance, draft) -> dict:
+def _modes(ep_kernel, tbo, mtp, mtp_acceptance, draft, deepep_nvlink=False) -> dict:
     """The serving-mode flags (the same options as perf's) as ``O.layout`` keywords."""
-    return dict(mtp=mtp, mtp_acceptance=mtp_acceptance, ep_kernel=ep_kernel, tbo=tbo, draft=draft)
+    return dict(mtp=mtp, mtp_acceptance=mtp_acceptance, ep_kernel=ep_kernel, tbo=tbo, draft=draft,
+                deepep_nvlink=deepep_nvlink)
 
 
 def _fronts(models, hardware, context, max_devices, weight_dtype, kv_dtype, sets, hw_sets, price=None, modes=None):
@@ -159,6 +163,7 @@ def plot_frontier_cmd(models: O.Models, output: O.Output, hardware: str = Hardwa
                       context: O.Context = "4096", max_devices: Optional[int] = MaxDevices,
                       weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16",
                       ep_kernel: O.EPKernel = "normal", tbo: O.TBO = False, mtp: O.MTP = 0,
+                      deepep_nvlink: O.DeepEPNVLink = False,
                       mtp_acceptance: O.MTPAcceptance = None, draft: O.Draft = None, sets: O.Sets = None,
                       hw_sets: O.HwSets = None, force: O.Force = False):
     """Serving frontier of decode: tokens/s per device against tokens/s per user over layouts
@@ -169,7 +174,7 @@ def plot_frontier_cmd(models: O.Models, output: O.Output, hardware: str = Hardwa
 
         path = O.check_plot_output(output, force)
         fronts, ctx = _fronts(models, hardware, context, max_devices, weight_dtype, kv_dtype, sets, hw_sets,
-                              modes=_modes(ep_kernel, tbo, mtp, mtp_acceptance, draft))
+                              modes=_modes(ep_kernel, tbo, mtp, mtp_acceptance, draft, deepep_nvlink))
         frontier(fronts, path, f"decode frontier at context {ctx} tokens (every TP/EP layout, batch 1 to the "
                                "memory limit)")
         _wrote(path)
@@ -182,6 +187,7 @@ def plot_cost_cmd(models: O.Models, output: O.Output, hardware: str = HardwareLi
                   context: O.Context = "4096", max_devices: Optional[int] = MaxDevices,
                   weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16", price: O.Price = None,
                   ep_kernel: O.EPKernel = "normal", tbo: O.TBO = False, mtp: O.MTP = 0,
+                  deepep_nvlink: O.DeepEPNVLink = False,
                   mtp_acceptance: O.MTPAcceptance = None, draft: O.Draft = None, sets: O.Sets = None, hw_sets: O.HwSets = None, force: O.Force = False):
     """USD per million output tokens against the TPOT SLO (the cheapest layout and batch that
     meets each SLO, at the profile's price per device-hour)."""
@@ -194,7 +200,7 @@ def plot_cost_cmd(models: O.Models, output: O.Output, hardware: str = HardwareLi
 
         path = O.check_plot_output(output, force)
         fronts, ctx = _fronts(models, hardware, context, max_devices, weight_dtype, kv_dtype, sets, hw_sets, price,
-                              _modes(ep_kernel, tbo, mtp, mtp_acceptance, draft))
+                              _modes(ep_kernel, tbo, mtp, mtp_acceptance, draft, deepep_nvlink))
         lo = min(float(f["tpot_s"].min()) for f in fronts)
         slos = np.geomspace(lo, max(lo * 30, 0.2), 40)
         series = [cost_vs_slo(f, slos) for f in fronts]

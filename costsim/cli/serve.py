@@ -46,7 +46,7 @@ def perf_cmd(model: O.Model, hardware: O.Hardware, devices: O.Devices = None, tp
              weight_dtype: O.WeightDtype = None, kv_dtype: O.KVDtype = "bf16", mla_form: O.MLAForm = "auto",
              imbalance: O.Imbalance = 1.0, overlap: O.Overlap = False, block_size: O.BlockSize = None, mtp: O.MTP = 0, mtp_acceptance: O.MTPAcceptance = None,
              prefix_hit: O.PrefixHit = 0.0, redundant: O.Redundant = 0, ep_kernel: O.EPKernel = "normal", tbo: O.TBO = False, draft: O.Draft = None,
-             deepep_max_tokens: O.DeepEPMaxTokens = 128,
+             deepep_max_tokens: O.DeepEPMaxTokens = 128, deepep_nvlink: O.DeepEPNVLink = False,
              breakdown: bool = typer.Option(False, "--breakdown", help="Per-operator table (prefill and first decode "
                                                                        "step)."),
              sets: O.Sets = None, hw_sets: O.HwSets = None, price: O.Price = None, fmt: O.Format = O.Fmt.table):
@@ -59,7 +59,8 @@ def perf_cmd(model: O.Model, hardware: O.Hardware, devices: O.Devices = None, tp
         spec, hw = O.model(model, sets), O.priced(O.hardware(hardware, hw_sets), price)
         b, i, o = O.lengths(batch, input_len, output_len)
         req = O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype, mla_form, imbalance, overlap, block_size, mtp,
-                       mtp_acceptance, prefix_hit, redundant, ep_kernel, tbo, draft, deepep_max_tokens)
+                       mtp_acceptance, prefix_hit, redundant, ep_kernel, tbo, draft, deepep_max_tokens,
+                       deepep_nvlink)
         rec = perf(Scenario(spec, hw, req, b, i, o), breakdown=breakdown)
         views.perf(rec.to_dict(), fmt.value, breakdown)
         return rec.warnings
@@ -74,8 +75,8 @@ def max_throughput_cmd(model: O.Model, hardware: O.Hardware, devices: O.Devices 
                        mla_form: O.MLAForm = "auto", imbalance: O.Imbalance = 1.0, overlap: O.Overlap = False,
                        block_size: O.BlockSize = None, mtp: O.MTP = 0, mtp_acceptance: O.MTPAcceptance = None,
                        prefix_hit: O.PrefixHit = 0.0, redundant: O.Redundant = 0, ep_kernel: O.EPKernel = "normal", tbo: O.TBO = False, draft: O.Draft = None,
-                       deepep_max_tokens: O.DeepEPMaxTokens = 128, sets: O.Sets = None, hw_sets: O.HwSets = None,
-                       price: O.Price = None, fmt: O.Format = O.Fmt.table):
+                       deepep_max_tokens: O.DeepEPMaxTokens = 128, deepep_nvlink: O.DeepEPNVLink = False,
+                       sets: O.Sets = None, hw_sets: O.HwSets = None, price: O.Price = None, fmt: O.Format = O.Fmt.table):
     """The decode batch that maximises tokens/s under memory and an optional TPOT SLO."""
 
     def go():
@@ -86,7 +87,8 @@ def max_throughput_cmd(model: O.Model, hardware: O.Hardware, devices: O.Devices 
         ctx = O.count(context, "--context", minimum=1)
         slo = O.slo(tpot_slo)
         req = O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype, mla_form, imbalance, overlap, block_size, mtp,
-                       mtp_acceptance, prefix_hit, redundant, ep_kernel, tbo, draft, deepep_max_tokens)
+                       mtp_acceptance, prefix_hit, redundant, ep_kernel, tbo, draft, deepep_max_tokens,
+                       deepep_nvlink)
         rec = max_throughput_record(spec, hw, req, ctx, slo)
         views.max_throughput(rec.to_dict(), fmt.value)
         return rec.warnings
@@ -105,6 +107,7 @@ def rate_cmd(model: O.Model, hardware: O.Hardware,
              mtp: O.MTP = 0, mtp_acceptance: O.MTPAcceptance = None, prefix_hit: O.PrefixHit = 0.0,
              redundant: O.Redundant = 0, ep_kernel: O.EPKernel = "normal", tbo: O.TBO = False,
              draft: O.Draft = None, deepep_max_tokens: O.DeepEPMaxTokens = 128,
+             deepep_nvlink: O.DeepEPNVLink = False,
              chunked: Optional[str] = typer.Option(None, "--chunked-prefill", help="Sarathi-Serve chunked prefill: "
                                                    "tokens per step (decode tokens + a prompt chunk), e.g. 2048."),
              sets: O.Sets = None, hw_sets: O.HwSets = None, fmt: O.Format = O.Fmt.table):
@@ -133,7 +136,8 @@ def rate_cmd(model: O.Model, hardware: O.Hardware,
                 raise CostsimError(f"--rate {t!r}: expected request rates > 0 per second, e.g. 0.5,2,8")
             rates.append(v)
         req = O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype, mla_form, imbalance, overlap, block_size, mtp,
-                       mtp_acceptance, prefix_hit, redundant, ep_kernel, tbo, draft, deepep_max_tokens)
+                       mtp_acceptance, prefix_hit, redundant, ep_kernel, tbo, draft, deepep_max_tokens,
+                       deepep_nvlink)
         head, recs = rate_records(spec, hw, req, rates, i, o, budget)
         views.rate(recs, head, fmt.value)
 

@@ -74,7 +74,7 @@ def sweep_cmd(models: str = typer.Option(..., "--models", "-m", help=f"Models ({
                                                                                       "the checkpoint's)."),
               kv_dtype: str = typer.Option("bf16", "--kv-dtype", help=f"KV cache formats ({_LIST})."),
               mla_form: O.MLAForm = "auto", overlap: O.Overlap = False, ep_kernel: O.EPKernel = "normal",
-              tbo: O.TBO = False,
+              tbo: O.TBO = False, deepep_nvlink: O.DeepEPNVLink = False,
               out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write all rows to a .csv or .parquet file."),
               force: O.Force = False,
               scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run the partitions on Dask: a "
@@ -97,7 +97,8 @@ def sweep_cmd(models: str = typer.Option(..., "--models", "-m", help=f"Models ({
         specs = [O.model(m, sets) for m in O.items(models, "--models")]
         hws = [O.hardware(h, hw_sets) for h in O.items(hardware, "--hardware")]
         grid = (_counts(batch, "--batch"), _counts(context, "--context"), _counts(output_len, "--output", minimum=0))
-        reqs = [O.layout(d, t, e, p, w, k, mla_form, overlap=overlap, ep_kernel=ep_kernel, tbo=tbo)
+        reqs = [O.layout(d, t, e, p, w, k, mla_form, overlap=overlap, ep_kernel=ep_kernel, tbo=tbo,
+                         deepep_nvlink=deepep_nvlink)
                 for d in _opt_counts(devices, "--devices") for t in _opt_counts(tp, "--tp")
                 for e in _opt_counts(ep, "--ep") for p in _counts(pp, "--pp")
                 for w in ([None] if weight_dtype is None else O.items(weight_dtype, "--weight-dtype"))

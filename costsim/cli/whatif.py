@@ -19,7 +19,7 @@ def whatif_cmd(model: O.Model, hardware: O.Hardware, devices: O.Devices = None, 
                mla_form: O.MLAForm = "auto", imbalance: O.Imbalance = 1.0, overlap: O.Overlap = False,
                block_size: O.BlockSize = None, mtp: O.MTP = 0, mtp_acceptance: O.MTPAcceptance = None,
              prefix_hit: O.PrefixHit = 0.0, redundant: O.Redundant = 0, ep_kernel: O.EPKernel = "normal", tbo: O.TBO = False, draft: O.Draft = None,
-             deepep_max_tokens: O.DeepEPMaxTokens = 128, sets: O.Sets = None, hw_sets: O.HwSets = None,
+             deepep_max_tokens: O.DeepEPMaxTokens = 128, deepep_nvlink: O.DeepEPNVLink = False, sets: O.Sets = None, hw_sets: O.HwSets = None,
                convert: Optional[str] = typer.Option(
                    None, "--convert", help="A named conversion applied before --set: mha-to-mla:d_c=512,d_h_r=64"
                                            "[,d_q=1536] (GQA/MQA too; per-head dims kept as the nope and value dims)."),
@@ -40,7 +40,8 @@ def whatif_cmd(model: O.Model, hardware: O.Hardware, devices: O.Devices = None, 
         hw1 = O.hardware(hardware, hw_sets)
         b, i, o = O.lengths(batch, input_len, output_len)
         req = O.layout(devices, tp, ep, pp, weight_dtype, kv_dtype, mla_form, imbalance, overlap, block_size, mtp,
-                       mtp_acceptance, prefix_hit, redundant, ep_kernel, tbo, draft, deepep_max_tokens)
+                       mtp_acceptance, prefix_hit, redundant, ep_kernel, tbo, draft, deepep_max_tokens,
+                       deepep_nvlink)
         rec = whatif(Scenario(spec0, hw0, req, b, i, o), Scenario(spec1, hw1, req, b, i, o))
         views.whatif(rec.to_dict(), fmt.value)
         return rec.warnings

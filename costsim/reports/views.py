@@ -180,7 +180,9 @@ def _mode_notes(rec: dict, breakdown: bool = False) -> list[str]:
     if rec.get("ep_kernel", "normal") != "normal" and rec.get("ep", 2) > 1:  # (whatif's record has no ep)
         notes.append(f"EP all-to-all: DeepEP {rec['ep_kernel'].replace('_', '-')} kernels"
                      + (" (low-latency for decode, normal for prefill)" if rec["ep_kernel"] == "auto" else "")
-                     + "; low-latency sends one RDMA copy per token-expert pair on another rank")
+                     + ("; low-latency sends one copy per token-expert pair on another rank, over NVLink inside "
+                        "the node and RDMA beyond (NVLink-aware, DeepEP 2025-06)" if rec.get("deepep_nvlink") else
+                        "; low-latency sends one RDMA copy per token-expert pair on another rank"))
     if rec.get("two_batch_overlap"):
         notes.append("two-batch overlap: each step is two micro-batches of half the sequences, one's communication "
                      "under the other's compute: step = 2 x max(compute, comm) of one"

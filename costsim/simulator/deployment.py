@@ -63,6 +63,10 @@ class Deployment:
       forwarding), or "auto" (low-latency for decode steps, normal for prefill, as DeepSeek
       serves V3 and SGLang's ``--deepep-mode auto`` does; a step is decode when it computes at
       most 1 + ``mtp_depth`` tokens per sequence).
+    - ``deepep_nvlink``: the low-latency kernels are DeepEP's NVLink-aware ones (2025-06,
+      PR #173): pairs for another rank of the same node go over NVLink, the rest over the NIC,
+      and the time is the slower link's (``parallel.low_latency_seconds``). False (default):
+      the Feb-2025 kernels DeepSeek's Day-6 deployment ran, every peer over the NIC.
     - ``deepep_max_tokens``: tokens one rank may send in a low-latency dispatch, which sizes
       DeepEP's low-latency buffer (``memory.deepep_buffers``; SGLang's
       ``SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK``, default 128, at most 1024).
@@ -86,6 +90,7 @@ class Deployment:
     combine_bytes: float = 2.0
     overlap_comm: bool = False
     ep_kernel: Literal["normal", "low_latency", "auto"] = "normal"
+    deepep_nvlink: bool = False
     two_batch_overlap: bool = False
     deepep_max_tokens: int = 128  # memory.DEEPEP_MAX_TOKENS (SGLang's default)
     gpu_memory_utilization: float = 0.9
@@ -185,6 +190,8 @@ class Deployment:
                 not 1 <= self.deepep_max_tokens <= 1024:
             raise FieldError("deepep_max_tokens", self.deepep_max_tokens, "must be an integer from 1 to 1024 (DeepEP's "
                              "low-latency dispatch counts tokens per rank below FINISHED_SUM_TAG = 1024)")
+        if not isinstance(self.deepep_nvlink, bool):
+            raise FieldError("deepep_nvlink", self.deepep_nvlink, "must be True or False")
         if not isinstance(self.two_batch_overlap, bool):
             raise FieldError("two_batch_overlap", self.two_batch_overlap, "must be True or False")
         if self.draft_model is not None and not isinstance(self.draft_model, ModelSpec):

@@ -248,7 +248,7 @@ def modes_text(dep, role: str = "prefill") -> str:
     if dep.redundant_experts:
         out.append(f"{dep.redundant_experts} redundant experts")
     if dep.ep > 1 and dep.ep_kernel != "normal":
-        out.append(f"DeepEP {dep.ep_kernel.replace('_', '-')}")
+        out.append(f"DeepEP {dep.ep_kernel.replace('_', '-')}" + (" NVLink-aware" if dep.deepep_nvlink else ""))
     if dep.two_batch_overlap:
         out.append("two-batch overlap")
     if dep.overlap_comm:

@@ -63,6 +63,7 @@ class LayoutRequest:
     imbalance: float = 1.0
     overlap_comm: bool = False
     ep_kernel: str = "normal"  # EP all-to-all: normal, low_latency or auto (``Deployment.ep_kernel``)
+    deepep_nvlink: bool = False  # DeepEP's NVLink-aware low-latency kernels (``Deployment.deepep_nvlink``)
     two_batch_overlap: bool = False  # two micro-batches, comm of one under compute of the other
     deepep_max_tokens: int = 128  # tokens per rank of a low-latency dispatch (sizes DeepEP's buffer)
     block_size: int | None = None
@@ -218,7 +219,7 @@ def resolve_deployment(spec: ModelSpec, hw: HardwareProfile, request: LayoutRequ
     act = activation_format(wf)
     base = Deployment(devices=devices, tp=1, ep=1, pp=r.pp or 1, weight_format=wf, expert_format=ef, kv_format=kvf,
                       mla_form=r.mla_form, high_precision=act, act_format=act,
-                      imbalance=r.imbalance, overlap_comm=r.overlap_comm, ep_kernel=r.ep_kernel,
+                      imbalance=r.imbalance, overlap_comm=r.overlap_comm, ep_kernel=r.ep_kernel, deepep_nvlink=r.deepep_nvlink,
                       two_batch_overlap=r.two_batch_overlap, deepep_max_tokens=r.deepep_max_tokens, block_size=r.block_size,
                       dispatch_bytes=1.0 if wf.compute == "fp8" else 2.0, combine_bytes=2.0,
                       mtp_depth=r.mtp_depth, mtp_acceptance=r.mtp_acceptance if r.mtp_depth else 0.0,

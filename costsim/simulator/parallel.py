@@ -20,6 +20,23 @@ Formulas (per device, per occurrence):
   the NIC, inside the node too): T k (EP - 1)/EP h bytes / NIC rate + one latency. On
   DeepEP's published H800 table (128 tokens, top-8, hidden 7168, FP8 dispatch, BF16 combine)
   that is within 12% at EP 8-256 (tests/test_ep_kernels.py).
+- NVLink-aware low-latency kernels (``dep.deepep_nvlink``; DeepEP PR #173, merged
+  2025-05-23, README table of 2025-06-05, commit de8cfca, unchanged at 0eee87b): a pair
+  whose expert is on another rank of the same node is copied over NVLink by the sending
+  warp (``nvshmemi_get_p2p_ptr`` non-null; ``csrc/kernels/internode_ll.cu``), the others
+  are IBGDA puts the NIC carries. With r EP ranks per node, per token k (r - 1)/EP pairs
+  go over NVLink and k (EP - r)/EP over the NIC, and the time is the slower link,
+  max(NVLink bytes / NVLink rate + its latency, NIC bytes / NIC rate + its latency): the
+  NIC's puts are asynchronous DMA that run while the warps copy the NVLink pairs, and the
+  published figures agree: at EP 16-64 the H20 (NVLink 450 GB/s a direction, PR #173:
+  119 / 157 / 176 us dispatch) and the H800 (200 GB/s: 118 / 155 / 173 us) take the same
+  time behind the same 400 Gb/s NIC, so the NVLink share does not add. DeepEP's
+  "bandwidth" column (``tests/test_low_latency.py``) counts every selected pair, the
+  rank's own included, at 7,168 + 224 (scales) + 16 bytes (FP8 dispatch) or 14,336 bytes
+  (BF16 combine) over the kernel's time: 128 x 8 x 7,408 B / 77 us = 98 GB/s at EP 8.
+  Against that table (h800 profile) costsim is 11-25% low at EP 16-64 and 24-42% low at
+  EP 8 (no NIC traffic; the warp copies reach about half the normal kernels' NVLink
+  rate); each published figure is 12-32 us above the link model (the Feb-2025 ones 6-17 us).
 - Experts split over ``moe_tp`` > TP devices: ring all-gather of the tokens and
   reduce-scatter of the outputs over the moe_tp / TP attention groups, per MoE layer.
 - PP: each stage sends its [T, h] activation to the next once per step.
@@ -185,14 +202,46 @@ def comm_seconds(op: Operator, spec: ModelSpec, dep: Deployment, hw: HardwarePro
         low = op.shape.get("low_latency", False)
         if low is False:
             return t
-        # low-latency kernel: one RDMA copy per token-expert pair on another rank
-        nic = hw.inter_node_bandwidth or hw.intra_node_bandwidth
-        e = hw.efficiency.inter_node if hw.inter_node_bandwidth else hw.efficiency.intra_node
-        nic_lat = hw.inter_node_latency if hw.inter_node_bandwidth else hw.intra_node_latency
-        pairs = spec.ffn.num_experts_per_tok * (dep.ep - 1) / dep.ep
-        t_low = ep_alltoall_seconds(1.0, pairs, 1, op.comm_bytes, nic.value * e.value, nic_lat.value) + base
+        t_low = low_latency_seconds(op.comm_bytes, spec, dep, hw) + base
         return np.where(low, t_low, t) if np.ndim(low) else (t_low if low else t)
     return np.asarray(op.comm_bytes, dtype=float) / rate + op.hops * lat + base
+
+
+def low_latency_pairs(spec: ModelSpec, dep: Deployment, devices_per_node: int) -> tuple[float, float]:
+    """(NVLink pairs, NIC pairs) per token of DeepEP's low-latency kernel: token-expert pairs
+    whose expert is on another EP rank (k (EP - 1)/EP in all, uniform placement). The
+    Feb-2025 kernel sends all of them over the NIC: (0, k (EP - 1)/EP). The NVLink-aware one
+    (``dep.deepep_nvlink``) copies those on the r - 1 other ranks of the node over NVLink,
+    r = EP ranks per node (EP over the nodes of a pipeline stage): (k (r - 1)/EP, k (EP - r)/EP)."""
+    k, ep = spec.ffn.num_experts_per_tok, dep.ep
+    if not dep.deepep_nvlink:
+        return 0.0, k * (ep - 1) / ep
+    nodes = max(1, (dep.devices // dep.pp) // devices_per_node)
+    r = max(1.0, ep / nodes)
+    return k * (r - 1) / ep, k * (ep - r) / ep
+
+
+def low_latency_seconds(token_bytes, spec: ModelSpec, dep: Deployment, hw: HardwareProfile):
+    """Seconds of one low-latency dispatch or combine (DeepEP, module docstring) of
+    ``token_bytes`` bytes per rank (tokens x h x bytes per element x imbalance; array ok):
+    pairs (``low_latency_pairs``) x ``token_bytes`` on each link at its rate x efficiency, plus
+    that link's latency; with both links the slower one. The NIC is the inter-node link (the
+    intra-node one for a profile without a NIC, as one node's ranks then have nothing else)."""
+    nvl_pairs, nic_pairs = low_latency_pairs(spec, dep, hw.devices_per_node)
+    b = np.asarray(token_bytes, dtype=float)
+    ef = hw.efficiency
+    t = np.zeros_like(b)
+    if nic_pairs:
+        inter = hw.inter_node_bandwidth is not None
+        bw, e, lat = (hw.inter_node_bandwidth, ef.inter_node, hw.inter_node_latency) if inter else \
+            (hw.intra_node_bandwidth, ef.intra_node, hw.intra_node_latency)
+        t = ep_alltoall_seconds(b, nic_pairs, 1, 1.0, bw.value * e.value, lat.value)
+    if nvl_pairs:
+        if hw.intra_node_bandwidth is None:
+            raise CostsimError(f"hardware {hw.name} has no intra_node_bandwidth for DeepEP's NVLink-aware kernels")
+        t = np.maximum(t, ep_alltoall_seconds(b, nvl_pairs, 1, 1.0, hw.intra_node_bandwidth.value * ef.intra_node.value,
+                                              hw.intra_node_latency.value))
+    return t
 
 
 # collective -> (bytes on the link as a fraction of the buffer, latency steps) for n ranks

@@ -364,6 +364,7 @@ class PerfRecord(_Record):
     mtp_acceptance: float = 0.0
     mtp_tokens_per_step: float = 1.0  # expected tokens per sequence per decode step
     ep_kernel: str = "normal"  # EP all-to-all kernel (``Deployment.ep_kernel``)
+    deepep_nvlink: bool = False  # NVLink-aware low-latency kernels (``Deployment.deepep_nvlink``)
     draft_model: str | None = None  # draft-model speculation: the draft's name (None: MTP module or off)
     two_batch_overlap: bool = False
     # disaggregated serving of this request mix: prefill devices per decode device, so that the
@@ -399,7 +400,7 @@ def decode_modes(dep: Deployment) -> dict:
     ``WhatIfRecord``): MTP / draft speculation, the EP kernel and two-batch overlap."""
     return dict(mtp_depth=dep.mtp_depth, mtp_acceptance=dep.mtp_acceptance,
                 mtp_tokens_per_step=mtp_tokens_per_step(dep.mtp_depth, dep.mtp_acceptance), ep_kernel=dep.ep_kernel,
-                draft_model=dep.draft_model.name if dep.draft_model is not None else None,
+                deepep_nvlink=dep.deepep_nvlink, draft_model=dep.draft_model.name if dep.draft_model is not None else None,
                 two_batch_overlap=dep.two_batch_overlap)
 
 
@@ -478,6 +479,9 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
         warn += _dispatch_warning(spec, dep, b)
     if dep.ep_kernel != "normal" and dep.ep == 1:
         warn.append(f"ep_kernel {dep.ep_kernel} has no effect: ep=1 has no EP all-to-all")
+    if dep.deepep_nvlink and (dep.ep == 1 or dep.ep_kernel == "normal"):
+        warn.append("deepep_nvlink has no effect: it changes DeepEP's low-latency kernels, which "
+                    + ("ep=1 does not run" if dep.ep == 1 else "ep_kernel normal does not use"))
     if dep.two_batch_overlap and float(dep.seqs_per_rank(float(b) / float(microbatches(b, dep.pp)))) < 2:
         warn.append(f"two_batch_overlap with batch {b}: a rank holds one sequence, so both micro-batches hold it "
                     "and every step costs twice one micro-batch (it gains only from 2 sequences per rank)")
@@ -560,6 +564,7 @@ class MaxThroughputRecord(_Record):
     mtp_acceptance: float = 0.0
     mtp_tokens_per_step: float = 1.0
     ep_kernel: str = "normal"
+    deepep_nvlink: bool = False
     draft_model: str | None = None
     two_batch_overlap: bool = False
     _optional = _MONEY + ("tpot_band_s",)

@@ -89,6 +89,7 @@ class WhatIfRecord(_Record):
     mtp_acceptance: float = 0.0
     mtp_tokens_per_step: float = 1.0
     ep_kernel: str = "normal"
+    deepep_nvlink: bool = False
     draft_model: str | None = None
     two_batch_overlap: bool = False
 
@@ -191,7 +192,7 @@ def whatif(before: Scenario, after: Scenario) -> WhatIfRecord:
         elasticity_knob=knob.path if knob is not None else None, elasticity_note=why, metrics=metrics, texts=texts,
         notes=tuple(notes), warnings=tuple(dict.fromkeys(r0.warnings + (r1.warnings if r1 is not None else ()))),
         mtp_depth=r0.mtp_depth, mtp_acceptance=r0.mtp_acceptance, mtp_tokens_per_step=r0.mtp_tokens_per_step,
-        ep_kernel=r0.ep_kernel, draft_model=r0.draft_model, two_batch_overlap=r0.two_batch_overlap)
+        ep_kernel=r0.ep_kernel, deepep_nvlink=r0.deepep_nvlink, draft_model=r0.draft_model, two_batch_overlap=r0.two_batch_overlap)
 
 
 __all__ = ["METRICS", "Knob", "MetricChange", "WhatIfRecord", "elasticity", "spec_diff", "whatif"]
