@@ -504,6 +504,8 @@ class KernelFamily(_Frozen):
     per_row: Optional[Seconds] = None
     per_row_group: Optional[Seconds] = None
     per_tile: Optional[Seconds] = None
+    per_k: Optional[Seconds] = None
+    k_split: Optional[Count] = None
     q_tile: Optional[Count] = None
     m_half: Optional[Count] = None
     tile_m: Optional[Count] = None
@@ -537,8 +539,10 @@ class KernelFamily(_Frozen):
             raise ValueError(f"gemv_rows must be a whole number of rows, 1 to 2^20, got {self.gemv_rows.value}")
         if self.q_tile is not None and not (1 <= self.q_tile.value <= 2**20 and self.q_tile.value == int(self.q_tile.value)):
             raise ValueError(f"q_tile must be a whole number of query tokens, 1 to 2^20, got {self.q_tile.value}")
+        if self.k_split is not None and not 1 <= self.k_split.value <= 2**40:
+            raise ValueError(f"k_split must be a reduction length, 1 to 2^40, got {self.k_split.value}")
         for k in ("overhead", "per_group_overhead", "per_slot_overhead", "per_element", "per_row", "per_row_group",
-                  "per_tile"):
+                  "per_tile", "per_k"):
             q = getattr(self, k)
             if q is not None and q.value > 1.0:
                 raise ValueError(f"{k} must be at most 1 s per launch/element, got {q.value} s")
@@ -554,10 +558,12 @@ _GROUPED_FIELDS = {"compute", "memory", "overhead", "per_group_overhead", "per_s
                    "gemv_rows"}
 _DECODE_FIELDS = {"compute", "memory", "overhead", "per_element", "per_row", "per_row_group", "group_limit",
                   "group_compute", "group_reread", "split_tokens", "split_memory"}
+_GEMM_FIELDS = {"compute", "memory", "overhead", "m_half", "n_half", "gemv_rows", "tile_m", "tile_n", "units", "per_k",
+                "k_split"}
 _FAMILY_FIELDS = {
-    "gemm": {"compute", "memory", "overhead", "m_half", "n_half", "gemv_rows", "tile_m", "tile_n", "units"},
-    "gemm_fp8": {"compute", "memory", "overhead", "m_half", "n_half", "gemv_rows", "tile_m", "tile_n", "units"},
-    "gemm_fp8_block": {"compute", "memory", "overhead", "m_half", "n_half", "gemv_rows", "tile_m", "tile_n", "units"},
+    "gemm": _GEMM_FIELDS,
+    "gemm_fp8": _GEMM_FIELDS,
+    "gemm_fp8_block": _GEMM_FIELDS,
     "grouped_gemm": _GROUPED_FIELDS,
     "grouped_gemm_fp8": _GROUPED_FIELDS,
     "grouped_gemm_fp8_block": _GROUPED_FIELDS,

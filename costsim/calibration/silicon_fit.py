@@ -56,14 +56,18 @@ def summary(df: pd.DataFrame, pred) -> list[dict]:
 # protocol's link efficiency and per-step latency, the per-collective overhead, and the
 # low-latency protocol's latency (``parallel.collective_seconds`` takes the
 # faster one per size, as NCCL's tuner does).
+# per_k / k_split: a block's serial K loop, held by split-K beyond k_split (the tables at M = 8,
+# N = 32: 2.5 us at K = 32 rising 1.4 ns per K element to 5.3 us at 2,048, then flat to 16,384;
+# held-out GEMM bf16 H200 11.7 -> 7.8%, H100 10.7 -> 7.7, B200 13.9 -> 9.5, A100 13.5 -> 10.3;
+# /tmp experiment, 2026-12-04); per_k's bound 5e-8 starts the fit at 5e-10 (from 1e-10 it stayed)
 _GEMM = [("compute", 0.05, 1.0), ("memory", 0.05, 1.0), ("overhead", 0.0, 1e-4), ("m_half", 0.0, 2048.0),
-         ("n_half", 0.0, 4096.0)]
+         ("n_half", 0.0, 4096.0), ("per_k", 0.0, 5e-8), ("k_split", 64.0, 65536.0)]
 _ATTENTION = [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-7), ("overhead", 0.0, 1e-4)]
 # decode kernels split over the context; split_tokens is fitted on a log scale up to 2^20 tokens
 # (a kernel that never splits: A100's MLA decode streams a whole 131k-token row with one block,
 # 15.5 ms at batch 1; the old bound of 8,192 left it at 0.08 of its time)
 _SPLIT = [("split_memory", 0.001, 0.2), ("split_tokens", 16.0, 2.0**20)]
-LOG_SCALED = {"split_tokens"}  # parameters fitted on a log scale (they span decades)
+LOG_SCALED = {"split_tokens", "k_split"}  # parameters fitted on a log scale (they span decades)
 _GROUPED = [("compute", 0.005, 1.0), ("memory", 0.02, 1.0), ("per_group_overhead", 0.0, 1e-4),
             ("per_slot_overhead", 0.0, 1e-6), ("overhead", 0.0, 2e-4), ("m_half", 0.0, 2048.0), ("n_half", 0.0, 4096.0)]
 FREE = {
@@ -133,7 +137,7 @@ def _current(hw, fam: str) -> dict:
     r = rates(hw, Family(fam))
     return dict(compute=r.compute, memory=r.memory, overhead=r.overhead_s, per_group_overhead=r.per_group_overhead_s,
                 per_slot_overhead=r.per_slot_overhead_s,
-                per_element=r.per_element_s, per_row=r.per_row_s, per_row_group=r.per_row_group_s or r.per_row_s, per_tile=r.per_tile_s, m_half=r.m_half, group_compute=r.group_compute,
+                per_element=r.per_element_s, per_row=r.per_row_s, per_row_group=r.per_row_group_s or r.per_row_s, per_tile=r.per_tile_s, per_k=r.per_k_s, k_split=r.k_split or 4096.0, m_half=r.m_half, group_compute=r.group_compute,
                 n_half=r.n_half, split_memory=r.split_memory, split_tokens=r.split_tokens)
 
 

@@ -12,6 +12,9 @@ One formula per family (``types.Family``), its parameters in the profile's
 - gemm_fp8:      as gemm, for GEMMs on the fp8 tensor cores; each parameter it lacks is gemm's
                  (the overhead then also carries the activation-quantisation kernels that fp8
                  GEMMs launch before the matmul)
+- gemm K loop:   + per_k x min(K, k_split): the latency of a block's serial loop over the
+                 reduction (about 1.4 ns per element on H100/H200, which a GEMM of few
+                 output tiles cannot hide), held at k_split by cuBLAS' split-K
 - grouped_gemm:  as gemm with M = rows per busy expert, + per_group_overhead x busy experts
                  + per_slot_overhead x expert slots on the rank (busy or not)
 - grouped_gemm_fp8, grouped_gemm_fp8_block: as grouped_gemm, expert GEMMs on the fp8 tensor
@@ -67,6 +70,8 @@ class FamilyRates:
     per_row_s: float = 0.0
     per_row_group_s: float = 0.0  # GQA decode: per KV row of a grouped kernel (0: per_row_s)
     per_tile_s: float = 0.0  # prefill: per (sequence, query head, tile of q_tile queries)
+    per_k_s: float = 0.0  # GEMM: latency per reduction element of a block's K loop
+    k_split: float = 0.0  # GEMM: K beyond which split-K holds the loop (0: no limit)
     q_tile: float = 64.0  # prefill: queries per tile of the attention kernel
     m_half: float = 0.0
     tile_m: float = 0.0
@@ -116,7 +121,7 @@ def rates(hw: HardwareProfile, family: Family) -> FamilyRates:
                        overhead_s=v(f.overhead, e.kernel_overhead.value), per_group_overhead_s=v(f.per_group_overhead),
                        per_slot_overhead_s=v(f.per_slot_overhead),
                        per_element_s=v(f.per_element), per_row_s=v(f.per_row), per_row_group_s=v(f.per_row_group),
-                       per_tile_s=v(f.per_tile), q_tile=v(f.q_tile, 64.0),
+                       per_tile_s=v(f.per_tile), q_tile=v(f.q_tile, 64.0), per_k_s=v(f.per_k), k_split=v(f.k_split),
                        m_half=v(f.m_half), tile_m=v(f.tile_m), tile_n=v(f.tile_n),
                        units=v(f.units), group_limit=v(f.group_limit), group_compute=v(f.group_compute),
                        n_half=v(f.n_half), gemv_rows=v(f.gemv_rows, 1.0),
@@ -211,6 +216,9 @@ def operator_terms(op: Operator, hw: HardwareProfile) -> Terms:
     if op.kind is OpKind.GEMM:
         c, m = _roof(op, hw, r, gemm_shape_efficiency(r, op.shape["M"], op.shape["N"]))
         x = r.overhead_s
+        if r.per_k_s:  # a block's serial K loop, held at k_split by split-K
+            K = np.asarray(op.shape["K"], dtype=float)
+            x = x + r.per_k_s * (np.minimum(K, r.k_split) if r.k_split else K)
     elif op.kind is OpKind.GROUPED_GEMM:
         groups = np.asarray(op.shape["groups"], dtype=float)
         # the narrower weight dimension (an expert split over moe_tp: N of gate/up, K of down)
