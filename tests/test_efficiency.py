@@ -331,3 +331,25 @@ def test_prefill_kernel_pays_per_block_of_q_tile_queries():
     for bad in (dict(attention_decode=dict(per_tile="20ns")), dict(attention_prefill=dict(q_tile=0.5))):
         with pytest.raises(ValueError):
             profile(**bad)
+
+
+def test_gemm_pays_its_k_loop_up_to_k_split():
+    # a GEMM of few output tiles waits for one block's serial loop over K: per_k per reduction
+    # element, held at k_split by split-K (the H200 tables at M = 8, N = 32: 2.5 us at K = 32,
+    # 5.3 us at K = 2,048, ~5.7 us from 3,072 to 16,384)
+    hw = profile(gemm=dict(per_k="1ns", k_split=2048, overhead="2us"))
+    small = gemm(8, 32, 1024)  # 8 x 32 x 1024: 0.5 MFLOP, 82 kB: both terms under 1 us
+    c, m = 2 * 8 * 32 * 1024 / 0.5e12, (2.0 * (32 * 1024 + 8 * 1024) + 2.0 * 8 * 32) / 0.8e11
+    assert float(operator_terms(small, hw).time_s) == pytest.approx(max(c, m) + 2e-6 + 1024e-9, rel=1e-12)
+    big_k = gemm(8, 32, 16384)  # the loop is held at 2,048 elements: + 2.048 us
+    c, m = 2 * 8 * 32 * 16384 / 0.5e12, (2.0 * (32 * 16384 + 8 * 16384) + 2.0 * 8 * 32) / 0.8e11
+    assert float(operator_terms(big_k, hw).time_s) == pytest.approx(max(c, m) + 2e-6 + 2048e-9, rel=1e-12)
+    # without k_split the whole loop; without per_k none (every profile before the field)
+    assert float(operator_terms(big_k, profile(gemm=dict(per_k="1ns", overhead="2us"))).time_s) == \
+        pytest.approx(max(c, m) + 2e-6 + 16384e-9, rel=1e-12)
+    assert float(operator_terms(big_k, profile(gemm=dict(overhead="2us"))).time_s) == pytest.approx(max(c, m) + 2e-6)
+    # gemm_fp8 falls back to gemm's; attention refuses the fields; k_split is a length
+    assert rates(hw, Family.GEMM_FP8).per_k_s == 1e-9
+    for bad in (dict(attention_prefill=dict(per_k="1ns")), dict(gemm=dict(k_split=0.5))):
+        with pytest.raises(ValueError):
+            profile(**bad)

@@ -163,6 +163,13 @@ def test_split_halves_are_seeded_and_groups_stay_whole():
     assert (a == b).all() and a.sum() == 20  # 5 of 10 groups
     for _, g in df.assign(t=a).groupby("group"):
         assert g["t"].nunique() == 1
+    # each label of a family gets both halves (the comm family's collectives: all-to-all's four
+    # groups once all fell in the train half, leaving it no groups-held-out figure)
+    two = pd.DataFrame(dict(family=["comm"] * 16, label=["nccl all_reduce"] * 8 + ["nccl all_to_all"] * 8,
+                            group=[f"g{i // 2}" for i in range(16)]))
+    t = F.split(two, 0, by_group=True)
+    for _, g in two.assign(t=t).groupby("label"):
+        assert g["t"].sum() == 4  # 2 of its 4 groups
 
 
 def test_version_order():

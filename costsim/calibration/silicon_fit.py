@@ -16,12 +16,13 @@ from costsim.calibration.silicon import FAMILIES, SYSTEMS, plan, predict_frame, 
 
 def split(df: pd.DataFrame, seed: int = 0, by_group: bool = False) -> np.ndarray:
     """A seeded half of the rows (True = train): random rows, or whole shape groups
-    (``group``), per family so every family has both halves."""
+    (``group``), per family and label so every family and reported label (each collective of
+    ``comm``) has both halves."""
     rng = np.random.default_rng(seed)
     train = np.zeros(len(df), dtype=bool)
     if not by_group:
         return rng.random(len(df)) < 0.5
-    for fam, g in df.groupby("family", sort=True):
+    for _, g in df.groupby(["family", "label"] if "label" in df else ["family"], sort=True):
         groups = np.array(sorted(g["group"].unique()))
         pick = set(groups[rng.permutation(len(groups))[: max(1, len(groups) // 2)]])
         train[g.index[g["group"].isin(pick)]] = True
