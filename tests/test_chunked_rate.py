@@ -254,3 +254,67 @@ def test_a_budget_beyond_the_prompt_is_one_step_and_a_budget_of_one_says_why():
     assert big.ttft_s == pytest.approx(fit.ttft_s, rel=0.05)  # one step carrying the 2,048 tokens either way
     one = at_rate_chunked(spec, hw, dep, 0.5, 2048, 512, 1)
     assert one.saturated and one.prefill_share is None and "no room for a prompt" in one.reason
+
+
+def _v3_mtp(depth=1):
+    # DeepSeek-V3 (deepseek-ai/DeepSeek-V3 config.json: num_nextn_predict_layers 1) on 16 H800,
+    # FP8, MTP at the engine's default acceptance 0.85 (V3 report §5.4.3: 85-90%)
+    spec, hw = load_model("deepseek-v3"), load_hardware("h800")
+    dep = resolve_deployment(spec, hw, LayoutRequest(devices=16, weight_dtype="fp8", mtp_depth=depth), 8, 4096)
+    return spec, hw, dep
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_mixed_step_with_mtp_is_the_speculative_decode_and_the_prefill(depth):
+    # no chunk: the mixed step is serving.decode's speculative step, TPOT x E (E = 1 + a + ... +
+    # a^D: 1.85 at depth 1, 2.5725 at depth 2); no decodes: the prefill of one prompt per DP rank
+    # with the MTP module's pass over it (serving.prefill's TTFT)
+    from costsim.simulator.serving import prefill
+
+    spec, hw, dep = _v3_mtp(depth)
+    E = {1: 1.85, 2: 1 + 0.85 + 0.85 ** 2}[depth]
+    for b, L in ((1, 1000), (4, 3000)):  # sequences per DP rank
+        step = float(mixed_step(spec, hw, dep, b, L, 0, 0).time_s)
+        assert step == pytest.approx(float(decode(spec, hw, dep, b * dep.dp, L).time_s) * E, rel=1e-9)
+    assert float(mixed_step(spec, hw, dep, 0, 0, 2048, 0, 1).time_s) == pytest.approx(
+        float(prefill(spec, hw, dep, dep.dp, 2048).time_s), rel=1e-9)
+    # a chunk riding along costs more than the speculative decode alone and less than both apart
+    both = float(mixed_step(spec, hw, dep, 4, 3000, 512, 1024, 1).time_s)
+    alone = float(mixed_step(spec, hw, dep, 4, 3000, 0, 0).time_s)
+    chunk = float(mixed_step(spec, hw, dep, 0, 0, 512, 1024, 1).time_s)
+    assert alone < both < alone + chunk
+
+
+def test_chunked_rate_with_mtp_balances_e_tokens_per_step():
+    # at 2 requests/s of 1024 -> 256 tokens with a 2048-token budget per DP rank: each decode takes
+    # V = 2 budget tokens (its verify pass) and gains E = 1.85; TPOT = step / E; the batch is the
+    # smallest whose B E / s meets rate x O per rank; the chunk is rho x (T - V B)
+    spec, hw, dep = _v3_mtp()
+    I, O, T, rate = 1024, 256, 2048, 2.0
+    r = at_rate_chunked(spec, hw, dep, rate, I, O, T)
+    plain = at_rate_chunked(spec, hw, dep.with_(mtp_depth=0), rate, I, O, T)
+    assert not r.saturated and r.tpot_s < plain.tpot_s
+    b = r.batch / dep.dp
+    c = r.prefill_share * (T - 2 * b)
+    L = I + (O - 1) / 2
+
+    def s(bb, cc):
+        return float(mixed_step(spec, hw, dep, bb, L, cc, (I - cc) / 2, cc / I).time_s)
+
+    assert r.tpot_s == pytest.approx(s(b, c) / 1.85, rel=1e-6)
+    need = rate / dep.dp * O
+    assert b * 1.85 / s(b, c) >= need * (1 - 1e-9)
+    if b > 1:  # one fewer sequence would not keep up, whatever chunk it carried
+        assert (b - 1) * 1.85 / s(b - 1, 0) < need
+
+
+def test_cli_rate_chunked_with_mtp():
+    args = ["rate", "deepseek-v3", "-H", "h800", "--devices", "16", "--weight-dtype", "fp8", "--rate", "2",
+            "--input", "1024", "--output", "256", "--chunked-prefill", "2048", "-f", "json"]
+    on, off = (CliRunner().invoke(app, args + extra) for extra in (["--mtp", "1"], []))
+    assert on.exit_code == 0 and off.exit_code == 0, on.output
+    import json
+
+    a, b = json.loads(on.stdout), json.loads(off.stdout)
+    rows = lambda d: d["points"] if isinstance(d, dict) and "points" in d else d
+    assert rows(a)[0]["tpot_s"] < rows(b)[0]["tpot_s"]

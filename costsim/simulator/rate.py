@@ -33,9 +33,9 @@ import numpy as np
 from costsim.errors import FieldError
 from costsim.simulator.deployment import Deployment
 from costsim.simulator.memory import memory_report
-from costsim.simulator.operators import step_operators
+from costsim.simulator.operators import mtp_operators, step_operators
 from costsim.simulator.roofline import StepTiming, time_step
-from costsim.simulator.serving import decode, prefill
+from costsim.simulator.serving import decode, mtp_tokens_per_step, prefill
 from costsim.simulator.types import OpKind, StepShape
 from costsim.specs import HardwareProfile, ModelSpec
 
@@ -53,7 +53,7 @@ class RatePoint:
     reason: str = ""  # why saturated
 
 
-def mixed_operators(decode_batch, context, chunk, chunk_context, chunk_logits=1.0):
+def mixed_operators(decode_batch, context, chunk, chunk_context, chunk_logits=1.0, verify=1, builder=step_operators):
     """An ``operators`` callable for ``roofline.time_step``: ONE Sarathi-Serve mixed step
     (Agrawal et al., OSDI 2024, arXiv 2403.02310, §4.2 "stall-free batching"): ``decode_batch``
     = B sequences each decoding one token after ``context`` = L cached tokens, plus a prefill
@@ -77,20 +77,25 @@ def mixed_operators(decode_batch, context, chunk, chunk_context, chunk_logits=1.
     StepShape(dp, B + c, 0, B + chunk_logits): one sequence of B + c tokens per rank
     (``Deployment.seqs_per_rank``), while the routed experts and the EP all-to-all of a MoE
     layer see the dp (B + c) tokens of all ranks (``operators.ffn_operators``). Every rank is
-    assumed to carry the same (B, c)."""
-    B, c = float(decode_batch), float(chunk)
+    assumed to carry the same (B, c).
+
+    ``verify`` = V tokens per decoding sequence (MTP's verify pass: D + 1, logits for each; the
+    fused batch then holds B V + c tokens); ``builder``: the operators of one pass
+    (``step_operators``, or ``operators.mtp_operators`` for the MTP module's pass over the same
+    decodes and chunk)."""
+    B, c, V = float(decode_batch), float(chunk), float(verify)
 
     def ops(spec, dep, step, *, form=None, include_comm=True):
         dp = float(dep.dp)
         parts = []
         if B > 0:
-            parts.append(("", step_operators(spec, dep, StepShape(dp * B, 1.0, float(context), 1.0), form=form,
-                                             include_comm=include_comm)))
+            parts.append(("", builder(spec, dep, StepShape(dp * B, V, float(context), V), form=form,
+                                      include_comm=include_comm)))
         if c > 0:
-            parts.append((".chunk", step_operators(spec, dep, StepShape(dp, c, float(chunk_context), float(chunk_logits)),
-                                                   form=form, include_comm=include_comm)))
-        fused = step_operators(spec, dep, StepShape(dp, B + c, 0.0, B * 1.0 + float(chunk_logits) * (c > 0)),
-                               form=form, include_comm=include_comm)
+            parts.append((".chunk", builder(spec, dep, StepShape(dp, c, float(chunk_context), float(chunk_logits)),
+                                            form=form, include_comm=include_comm)))
+        fused = builder(spec, dep, StepShape(dp, B * V + c, 0.0, B * V + float(chunk_logits) * (c > 0)),
+                        form=form, include_comm=include_comm)
         out = []
         for i, op in enumerate(fused):
             mine = [(sfx, p[i]) for sfx, p in parts]
@@ -111,9 +116,28 @@ def mixed_step(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, decode_bat
     (``mixed_operators``): ``decode_batch`` sequences and a ``chunk`` of prompt tokens on each
     of the ``dep.dp`` attention DP ranks. With ``chunk`` = 0 it is the decode step of
     dp x ``decode_batch`` sequences (``serving.decode``); with ``decode_batch`` = 0 the
-    prefill step of dp chunks, one per rank."""
-    return time_step(spec, hw, dep.with_(two_batch_overlap=False), StepShape(dep.dp * decode_batch, 1, context, 1),
-                     operators=mixed_operators(decode_batch, context, chunk, chunk_context, chunk_logits))
+    prefill step of dp chunks, one per rank.
+
+    With MTP (``dep.mtp_depth`` = D >= 1, as ``serving.decode``): the decodes verify D + 1
+    tokens each in the mixed pass, then the MTP module runs D passes: the first over the decodes
+    and the chunk together (the chunk's tokens build the module's KV cache, as a prefill's do,
+    ``serving.speculator_prefill_s``), the other D - 1 over the decodes alone. ``time_s``,
+    ``flops`` and ``bytes_moved`` are the step's; the other fields the mixed pass's."""
+    d = dep.with_(two_batch_overlap=False)
+    D = dep.mtp_depth
+    t = time_step(spec, hw, d, StepShape(dep.dp * decode_batch, 1, context, 1),
+                  operators=mixed_operators(decode_batch, context, chunk, chunk_context, chunk_logits, verify=D + 1))
+    if not D:
+        return t
+    passes = [time_step(spec, hw, d, StepShape(dep.dp * decode_batch, 1, context, 1),
+                        operators=mixed_operators(decode_batch, context, chunk, chunk_context, chunk_logits,
+                                                  builder=mtp_operators))]
+    if D > 1 and decode_batch > 0:
+        passes += [time_step(spec, hw, d, StepShape(dep.dp * decode_batch, 1, context, 1),
+                             operators=mtp_operators)] * (D - 1)
+    return replace(t, time_s=float(t.time_s) + sum(float(p.time_s) for p in passes),
+                   flops=float(t.flops) + sum(float(p.flops) for p in passes),
+                   bytes_moved=float(t.bytes_moved) + sum(float(p.bytes_moved) for p in passes))
 
 
 def max_rate(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, input_len: int, output_len: int) -> float:
@@ -202,10 +226,16 @@ def rate_records(spec: ModelSpec, hw: HardwareProfile, request, rates, input_len
 def _check_chunked(dep: Deployment, budget) -> None:
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
         raise FieldError("chunked_prefill", budget, "must be an integer token budget per step >= 1")
-    for bad, why in ((dep.pp > 1, "pp > 1"), (bool(dep.mtp_depth), "MTP"),
-                     (dep.draft_model is not None, "a draft model"), (dep.two_batch_overlap, "two-batch overlap")):
+    for bad, why in ((dep.pp > 1, "pp > 1"), (dep.draft_model is not None, "a draft model"),
+                     (dep.two_batch_overlap, "two-batch overlap")):
         if bad:
             raise FieldError("chunked_prefill", budget, f"is not modelled with {why}")
+
+
+def _per_decode(dep: Deployment) -> tuple[int, float]:
+    """(V, E): budget tokens a decoding sequence takes per step (1 + MTP depth: its verify
+    pass) and the output tokens it gains (``mtp_tokens_per_step``; 1 and 1 without MTP)."""
+    return 1 + dep.mtp_depth, mtp_tokens_per_step(dep.mtp_depth, dep.mtp_acceptance)
 
 
 def _chunk_step(spec, hw, dep, I, O, T):
@@ -230,24 +260,27 @@ def max_rate_chunked(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, inpu
     saturated.
 
     Per DP rank, a batch of b running sequences sustains at most R_b = c_b / (P s(b, c_b))
-    requests/s with c_b = min(T - b, b P / O) chunk tokens per step: the steady-state balance
-    rate x P = c / s of ``at_rate_chunked`` with, on the decode side, b / s = rate x O, i.e.
-    c / b = P / O (below the crossover b0 = T O / (O + P) the decode binds, above it the spare
-    budget). R_b rises with b up to b0 and falls after it, so max_rate = dp x max R_b over the
-    integers next to b0, clipped to [1, Bmax] (Bmax: the memory limit per rank, at most T - 1).
+    requests/s with c_b = min(T - V b, b E P / O) chunk tokens per step: the steady-state
+    balance rate x P = c / s of ``at_rate_chunked`` with, on the decode side, b E / s = rate x O,
+    i.e. c / b = E P / O (below the crossover b0 = T O / (V O + E P) the decode binds, above it
+    the spare budget); V = 1 + MTP depth budget tokens and E = ``mtp_tokens_per_step`` output
+    tokens per decoding sequence per step (1 and 1 without MTP). R_b rises with b up to b0 and
+    falls after it, so max_rate = dp x max R_b over the integers next to b0, clipped to
+    [1, Bmax] (Bmax: the memory limit per rank, at most (T - 1) / V).
     0.0 when not one sequence fits or T = 1. Raises FieldError as ``at_rate_chunked``."""
     _check_chunked(dep, budget)
     _check(1.0, input_len, output_len)
     I, O, T = int(input_len), int(output_len), int(budget)
     P, _, _, s = _chunk_step(spec, hw, dep, I, O, T)
-    bmax = min(_bmax(spec, hw, dep, I, O) // dep.dp, T - 1)
+    V, E = _per_decode(dep)
+    bmax = min(_bmax(spec, hw, dep, I, O) // dep.dp, (T - 1) // V)
     if bmax < 1:
         return 0.0
-    b0 = T * O / (O + P)
+    b0 = T * O / (V * O + E * P)
     cands = {min(max(b, 1), bmax) for b in (int(np.floor(b0)), int(np.ceil(b0)))}
 
     def r_b(b):
-        c = min(T - b, b * P / O)
+        c = min(T - V * b, b * E * P / O)
         return c / (P * s(b, c))
 
     return dep.dp * max(r_b(b) for b in cands)
@@ -284,19 +317,24 @@ def at_rate_chunked(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, rate:
     - Saturated when no batch up to the memory limit (at most T - 1) decodes fast enough, or
       rho >= 1 at that smallest batch B (the spare budget cannot prefill the prompts; a larger
       batch leaves less of it). ``max_rate_chunked``: the largest rate that is not.
-    Not modelled: pp > 1, MTP / draft speculation, two-batch overlap (FieldError names
+    - MTP (``dep.mtp_depth`` = D, acceptance a): each decoding sequence takes V = D + 1 budget
+      tokens per step (its verify pass) and gains E = 1 + a + ... + a^D tokens; the step adds
+      the MTP module's D passes (``mixed_step``); B is the smallest batch with B E / s >=
+      (rate / dp) x O, TPOT = s / E, and the spare budget is T - V B.
+    Not modelled: pp > 1, draft-model speculation, two-batch overlap (FieldError names
     ``chunked_prefill``). Raises FieldError for a budget that is not an integer >= 1."""
     _check_chunked(dep, budget)
     _check(rate, input_len, output_len)
     I, O, T = int(input_len), int(output_len), int(budget)
     P, _, _, s_of = _chunk_step(spec, hw, dep, I, O, T)
+    V, E = _per_decode(dep)
     r = rate / dep.dp  # requests/s per DP rank
     need = r * O
-    bmax = min(_bmax(spec, hw, dep, I, O) // dep.dp, T - 1)
+    bmax = min(_bmax(spec, hw, dep, I, O) // dep.dp, (T - 1) // V)
 
     def state(b: int):
         """(step seconds, chunk tokens c, rho, step seconds at the full spare budget) at batch b."""
-        spare = float(T - b)
+        spare = float(T - V * b)
         s_full = s_of(b, spare)
         if r * P * s_full >= spare:
             return s_full, spare, r * P * s_full / spare, s_full
@@ -309,18 +347,19 @@ def at_rate_chunked(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, rate:
         return s_of(b, c), c, c / spare, s_full
 
     if bmax < 1:
-        why = "not one sequence fits in memory" if T > 1 else "a budget of 1 token leaves no room for a prompt"
+        why = ("not one sequence fits in memory" if (T - 1) // V >= 1 else
+               f"a budget of {T} token(s) leaves no room for a prompt beside a decode's {V}")
         return RatePoint(rate, True, None, None, None, None, None, None, why)
 
     def decodes(b: int) -> bool:
         s, _, _, _ = state(b)
-        return b / s >= need
+        return b * E / s >= need
 
     if not decodes(bmax):
         _, _, rho, _ = state(bmax)  # a full budget of prompt chunks stretches the steps: name the prefill
         return RatePoint(rate, True, None, None, None, None, rho, None,
                          f"prefill needs {rho:.0%} of the spare budget" if rho >= 1 else
-                         f"{bmax * dep.dp} sequences ({'memory' if bmax < T - 1 else 'budget'}) decode "
+                         f"{bmax * dep.dp} sequences ({'memory' if bmax < (T - 1) // V else 'budget'}) decode "
                          f"< {need * dep.dp:,.0f} tokens/s")
     lo, hi = 1, bmax
     while lo < hi:
@@ -332,7 +371,9 @@ def at_rate_chunked(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, rate:
                          f"prefill needs {rho:.0%} of the spare budget")
     # the prompt's chunks: n - 1 full ones of the spare budget, the last of what is left (a
     # prompt within one step's spare budget is one step carrying all of it)
-    n = float(np.ceil(P / (T - lo)))
-    service = (n - 1) * s_full + float(s_of(lo, P - (n - 1) * (T - lo)))
+    spare = T - V * lo
+    n = float(np.ceil(P / spare))
+    service = (n - 1) * s_full + float(s_of(lo, P - (n - 1) * spare))
     ttft = service + rho * service / (2 * (1 - rho)) + s / 2
-    return RatePoint(rate, False, lo * dep.dp, ttft, s, ttft + (O - 1) * s, rho, rate * O)
+    tpot = s / E
+    return RatePoint(rate, False, lo * dep.dp, ttft, tpot, ttft + (O - 1) * tpot, rho, rate * O)
