@@ -634,11 +634,14 @@ class CollectiveModel(_Frozen):
     overhead: Optional[Seconds] = None
     ll_efficiency: Optional[Fraction] = None
     ll_latency: Optional[Seconds] = None
+    ll_threshold: Optional[Count] = None
 
     @model_validator(mode="after")
     def _ll_needs_latency(self):
         if self.ll_efficiency is not None and self.ll_latency is None:
             raise ValueError("ll_efficiency needs ll_latency (the low-latency protocol's per-step latency)")
+        if self.ll_threshold is not None and not 1 <= self.ll_threshold.value <= 2**40:
+            raise ValueError(f"ll_threshold must be bytes per peer, 1 to 2^40, got {self.ll_threshold.value}")
         return self
 
 

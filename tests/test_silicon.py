@@ -57,6 +57,24 @@ def test_the_faster_protocol_is_taken_per_size():
     assert collective_seconds(h, "all_gather", 1e6, 2) == pytest.approx(0.5 * 1e6 / 5e7 + 1e-6, rel=1e-12)
 
 
+def test_all_to_all_takes_ll_up_to_its_threshold_per_peer():
+    """NCCL's point-to-point sends (all-to-all) take LL up to NCCL_P2P_LL_THRESHOLD bytes per
+    peer (16 KiB by default; src/enqueue.cc), not the faster protocol. 4 ranks in a node of 8
+    on tiny's 1e8 B/s link, simple at 0.5 (4 us per step), LL at 0.25 (0.1 us), all-to-all sends 3/4 of S in one
+    step: S = 64 KiB is 16 KiB per peer, LL: 0.75 x 65,536 / 2.5e7 + 0.1 us = 1,966.18 us (the
+    simple one would take 987.04 us); S = 64 KiB + 4, simple: 0.75 x 65,540 / 5e7 + 4 us."""
+    coll = dict(all_to_all=dict(efficiency=0.5, latency=4e-6, ll_latency=1e-7, ll_threshold=16384))
+    h = tiny.hw(devices_per_node=8, efficiency=dict(compute=0.5, memory=0.5, intra_node=0.5, inter_node=0.25,
+                                                    kernel_overhead=1e-6, collectives=coll))
+    got = collective_seconds(h, "all_to_all", [65536.0, 65540.0], 4)
+    assert got == pytest.approx([0.75 * 65536 / 2.5e7 + 1e-7, 0.75 * 65540 / 5e7 + 4e-6], rel=1e-12)
+    # without the threshold the faster protocol is taken at both sizes (simple here)
+    coll["all_to_all"].pop("ll_threshold")
+    h = tiny.hw(devices_per_node=8, efficiency=dict(compute=0.5, memory=0.5, intra_node=0.5, inter_node=0.25,
+                                                    kernel_overhead=1e-6, collectives=coll))
+    assert collective_seconds(h, "all_to_all", 65536.0, 4) == pytest.approx(0.75 * 65536 / 5e7 + 4e-6, rel=1e-12)
+
+
 def test_serving_tp_allreduce_uses_the_collective_model():
     from costsim.simulator.deployment import Deployment
     from costsim.simulator.operators import step_operators

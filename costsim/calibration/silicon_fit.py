@@ -7,6 +7,8 @@ bands, and the calibrated profile with its provenance.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 
@@ -68,7 +70,14 @@ _ATTENTION = [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1
 # (a kernel that never splits: A100's MLA decode streams a whole 131k-token row with one block,
 # 15.5 ms at batch 1; the old bound of 8,192 left it at 0.08 of its time)
 _SPLIT = [("split_memory", 0.001, 0.2), ("split_tokens", 16.0, 2.0**20)]
-LOG_SCALED = {"split_tokens", "k_split"}  # parameters fitted on a log scale (they span decades)
+LOG_SCALED = {"split_tokens", "k_split"}
+# structural choices made per fitting unit on its train half: each value is fitted in turn and
+# the one with the lower train error kept. All-to-all is point-to-point sends, and NCCL takes LL
+# up to a size per peer (NCCL_P2P_LL_THRESHOLD, 16 KiB by default), not the faster protocol: the
+# Hopper/Blackwell tables (NCCL 2.29) sit on a 14-15 us plateau from 32 KiB per peer to 2 MiB
+# (held-out all-to-all H100 17.3 -> 8.3%, H200 15.7 -> 9.8, B200 14.9 -> 8.9), while A100's (NCCL
+# 2.27) shows none (the rule would take it from 8.2 to 14.4%): /tmp experiment, 2026-12-04
+CHOICES = {"comm:all_to_all": ("ll_threshold", (None, 16384.0))}  # parameters fitted on a log scale (they span decades)
 _GROUPED = [("compute", 0.005, 1.0), ("memory", 0.02, 1.0), ("per_group_overhead", 0.0, 1e-4),
             ("per_slot_overhead", 0.0, 1e-6), ("overhead", 0.0, 2e-4), ("m_half", 0.0, 2048.0), ("n_half", 0.0, 4096.0)]
 FREE = {
@@ -138,7 +147,9 @@ def _current(hw, fam: str) -> dict:
     r = rates(hw, Family(fam))
     return dict(compute=r.compute, memory=r.memory, overhead=r.overhead_s, per_group_overhead=r.per_group_overhead_s,
                 per_slot_overhead=r.per_slot_overhead_s,
-                per_element=r.per_element_s, per_row=r.per_row_s, per_row_group=r.per_row_group_s or r.per_row_s, per_tile=r.per_tile_s, per_k=r.per_k_s, k_split=r.k_split or 4096.0, m_half=r.m_half, group_compute=r.group_compute,
+                per_element=r.per_element_s, per_row=r.per_row_s, per_row_group=r.per_row_group_s or r.per_row_s,
+                per_tile=r.per_tile_s, per_k=r.per_k_s, k_split=r.k_split or 4096.0, m_half=r.m_half,
+                group_compute=r.group_compute,
                 n_half=r.n_half, split_memory=r.split_memory, split_tokens=r.split_tokens)
 
 
@@ -147,9 +158,8 @@ def fit(base, df: pd.DataFrame, train: np.ndarray, source: str, name: str, seed:
     """Fit ``base``'s family parameters (``FREE``) to the ``train`` rows of ``df``; returns
     (profile, per-family fitted values and train MAPE). Peaks and bandwidths stay the
     datasheet's. Robust least squares on log time (``scipy.optimize.least_squares``: a
-    linear pass, then soft-L1) over at most ``FIT_ROWS`` seeded rows per family."""
-    from scipy.optimize import least_squares
-
+    linear pass, then soft-L1) over at most ``FIT_ROWS`` seeded rows per family; for a unit in
+    ``CHOICES`` once per structural option, keeping the lower train error."""
     from costsim.specs import HardwareProfile
 
     data = base.model_dump(mode="json", exclude_none=True)
@@ -172,44 +182,64 @@ def fit(base, df: pd.DataFrame, train: np.ndarray, source: str, name: str, seed:
         if fam == "attention_prefill":  # the queries per block of the context kernel
             _put(data, fam, "q_tile", Q_TILE, f"{source}: {Q_TILE_WHY}")
         p = plan(sub, base)
-        meas = np.log(sub["measured_s"].to_numpy())
-        names = [n for n, _, _ in FREE[free_key]]
-        lo = np.array([b for _, b, _ in FREE[free_key]])
-        hi = np.array([b for _, _, b in FREE[free_key]])
-        cur = _current(HardwareProfile.model_validate(data), fam)
-        x0 = np.clip([cur[n] for n in names], lo, hi)
-        x0 = np.where(x0 > lo, x0, lo + 1e-2 * (hi - lo))
-        logs = np.array([n in LOG_SCALED for n in names])
-
-        llo, lhi = np.log(np.where(logs, lo, 1.0)), np.log(np.where(logs, hi, 1.0))
-
-        def value(u):  # the unit cube -> parameter values (log-scaled ones geometrically)
-            return np.where(logs, np.exp(llo + u * (lhi - llo)), lo + u * (hi - lo))
-
-        def trial(x):
-            eff = data["efficiency"]
-            d = {**data, "efficiency": {**eff, "families": {k: dict(v) for k, v in eff["families"].items()},
-                                        "collectives": {k: dict(v) for k, v in eff.get("collectives", {}).items()}}}
-            for n, v in zip(names, x):
-                _put(d, fam, n, v, source)
-            return HardwareProfile.model_validate(d)
-
-        def residuals(u):
-            return np.log(p.predict(trial(value(u)))) - meas
-
-        u = np.where(logs, (np.log(np.where(logs, x0, 1.0)) - llo) / np.where(logs, lhi - llo, 1.0),
-                     (x0 - lo) / (hi - lo))
-        for loss in ("linear", "soft_l1"):
-            u = least_squares(residuals, u, bounds=(0.0, 1.0), loss=loss, f_scale=0.1, diff_step=1e-3,
-                              max_nfev=MAX_NFEV).x
-        x = value(u)
-        n_train = int((train & (df["family"].to_numpy() == free_key) & sel).sum())
-        for n, v in zip(names, x):
-            _put(data, fam, n, v, f"{source}: fitted on {len(rows)} of {n_train} {fam} rows (train half)")
-        pred = np.exp(residuals(u) + meas)
-        report[fam] = dict(rows=len(rows), values=dict(zip(names, map(float, x))),
-                           train_mape=float(np.mean(np.abs(pred / np.exp(meas) - 1))))
+        start, best = data, None
+        choice, options = CHOICES.get(fam, (None, (None,)))
+        for option in options:
+            data = copy.deepcopy(start)
+            if option is not None:
+                _put(data, fam, choice, option, f"{source}: {choice} {option:g} fits the train half better than none")
+            got = _fit_unit(data, fam, free_key, sub, p, source, f"fitted on {len(rows)} of "
+                            f"{int((train & (df['family'].to_numpy() == free_key) & sel).sum())} {fam} rows (train half)")
+            if best is None or got[1]["train_mape"] < best[1]["train_mape"]:
+                best = (data, got[1] if option is None else {**got[1], "values": {**got[1]["values"], choice: option}})
+        data, report[fam] = best
     return HardwareProfile.model_validate(data), report
+
+
+def _fit_unit(data: dict, fam: str, free_key: str, sub: pd.DataFrame, p, source: str, how: str):
+    """Fit one unit's ``FREE`` parameters into ``data`` (in place) on the rows ``sub`` (``plan``
+    ``p``); returns (data, report entry with rows, values and train MAPE)."""
+    from scipy.optimize import least_squares
+
+    from costsim.specs import HardwareProfile
+
+    meas = np.log(sub["measured_s"].to_numpy())
+    free = FREE[free_key]
+    names = [n for n, _, _ in free]
+    lo = np.array([b for _, b, _ in free])
+    hi = np.array([b for _, _, b in free])
+    cur = _current(HardwareProfile.model_validate(data), fam)
+    x0 = np.clip([cur[n] for n in names], lo, hi)
+    x0 = np.where(x0 > lo, x0, lo + 1e-2 * (hi - lo))
+    logs = np.array([n in LOG_SCALED for n in names])
+
+    llo, lhi = np.log(np.where(logs, lo, 1.0)), np.log(np.where(logs, hi, 1.0))
+
+    def value(u):  # the unit cube -> parameter values (log-scaled ones geometrically)
+        return np.where(logs, np.exp(llo + u * (lhi - llo)), lo + u * (hi - lo))
+
+    def trial(x):
+        eff = data["efficiency"]
+        d = {**data, "efficiency": {**eff, "families": {k: dict(v) for k, v in eff["families"].items()},
+                                    "collectives": {k: dict(v) for k, v in eff.get("collectives", {}).items()}}}
+        for n, v in zip(names, x):
+            _put(d, fam, n, v, source)
+        return HardwareProfile.model_validate(d)
+
+    def residuals(u):
+        return np.log(p.predict(trial(value(u)))) - meas
+
+    u = np.where(logs, (np.log(np.where(logs, x0, 1.0)) - llo) / np.where(logs, lhi - llo, 1.0),
+                 (x0 - lo) / (hi - lo))
+    for loss in ("linear", "soft_l1"):
+        u = least_squares(residuals, u, bounds=(0.0, 1.0), loss=loss, f_scale=0.1, diff_step=1e-3,
+                          max_nfev=MAX_NFEV).x
+    x = value(u)
+    for n, v in zip(names, x):
+        _put(data, fam, n, v, f"{source}: {how}")
+    pred = np.exp(residuals(u) + meas)
+    return data, dict(rows=len(sub), values=dict(zip(names, map(float, x))),
+                      train_mape=float(np.mean(np.abs(pred / np.exp(meas) - 1))))
 
 
 def calibrate(system: str, backend: str = "trtllm", base=None, seed: int = 0, name: str | None = None) -> dict:

@@ -259,7 +259,9 @@ def collective_seconds(hw: HardwareProfile, collective: str, size_bytes, ranks):
     the NIC: fraction(n) x size / (bandwidth x efficiency) + steps(n) x latency (``COLLECTIVES``;
     ring algorithms, Patarasuk & Yuan 2009; one-shot all-to-all) + ``efficiency.comm_overhead``
     (once per collective). Inside a node the fastest of the collective's protocols is taken,
-    as NCCL's tuner does (``collective_protocols``: simple and, when calibrated, low-latency).
+    as NCCL's tuner does (``collective_protocols``: simple and, when calibrated, low-latency),
+    or, where the collective's model gives ``ll_threshold``, low-latency up to that many bytes
+    per peer and simple beyond (NCCL's point-to-point rule, which all-to-all follows).
     0 for one rank.
 
     Raises CostsimError for an unknown collective or a missing link bandwidth."""
@@ -281,8 +283,14 @@ def collective_seconds(hw: HardwareProfile, collective: str, size_bytes, ranks):
             rate = bw.value * hw.efficiency.inter_node.value
             t = frac(n) * size / rate + steps(n) * hw.inter_node_latency.value + hw.efficiency.comm_overhead.value
         else:
-            t = np.min([frac(n) * size / (bw.value * e) + steps(n) * lat + ov
-                        for e, lat, ov in collective_protocols(hw, collective)], axis=0)
+            ts = [frac(n) * size / (bw.value * e) + steps(n) * lat + ov for e, lat, ov in collective_protocols(hw, collective)]
+            thr = getattr(hw.efficiency.collectives, collective).ll_threshold
+            if thr is not None and len(ts) == 2:
+                # point-to-point sends (all-to-all): NCCL picks LL by a fixed size per peer, not by
+                # speed (src/enqueue.cc: nBytes <= NCCL_P2P_LL_THRESHOLD, default 16 KiB)
+                t = np.where(size / np.maximum(n, 1.0) <= thr.value, ts[1], ts[0])
+            else:
+                t = np.min(ts, axis=0)
         out = np.where(mask, t, out)
     return out if out.ndim else float(out)
 
