@@ -560,6 +560,7 @@ _DECODE_FIELDS = {"compute", "memory", "overhead", "per_element", "per_row", "pe
                   "group_compute", "group_reread", "split_tokens", "split_memory"}
 _GEMM_FIELDS = {"compute", "memory", "overhead", "m_half", "n_half", "gemv_rows", "tile_m", "tile_n", "units", "per_k",
                 "k_split"}
+_PREFILL_FIELDS = {"compute", "memory", "overhead", "per_element", "per_row", "per_tile", "q_tile"}
 _FAMILY_FIELDS = {
     "gemm": _GEMM_FIELDS,
     "gemm_fp8": _GEMM_FIELDS,
@@ -570,10 +571,12 @@ _FAMILY_FIELDS = {
     "grouped_gemm_mxfp4": _GROUPED_FIELDS,
     "attention_decode": _DECODE_FIELDS,
     "attention_decode_fp8": _DECODE_FIELDS,
-    "attention_prefill": {"compute", "memory", "overhead", "per_element", "per_row", "per_tile", "q_tile"},
+    "attention_prefill": _PREFILL_FIELDS,
+    "attention_prefill_fp8": _PREFILL_FIELDS,
     "attention_mla_decode": {"compute", "memory", "overhead", "per_element", "per_row", "split_tokens",
                              "split_memory"},
-    "attention_mla_prefill": {"compute", "memory", "overhead", "per_element", "per_row", "per_tile", "q_tile"},
+    "attention_mla_prefill": _PREFILL_FIELDS,
+    "attention_mla_prefill_fp8": _PREFILL_FIELDS,
     "elementwise": {"memory", "overhead"},
 }
 
@@ -597,10 +600,12 @@ class Families(_Frozen):
     # absent fields: attention_decode's
     attention_decode_fp8: KernelFamily = Field(default_factory=KernelFamily)
     attention_prefill: KernelFamily = Field(default_factory=KernelFamily)
+    attention_prefill_fp8: KernelFamily = Field(default_factory=KernelFamily)  # 8-bit KV; absent: attention_prefill's
     # MLA attention cores (FlashMLA-style decode over the latent; prefill over decompressed
     # keys and values); absent fields: attention_decode's / attention_prefill's
     attention_mla_decode: KernelFamily = Field(default_factory=KernelFamily)
     attention_mla_prefill: KernelFamily = Field(default_factory=KernelFamily)
+    attention_mla_prefill_fp8: KernelFamily = Field(default_factory=KernelFamily)  # absent: attention_mla_prefill's
     elementwise: KernelFamily = Field(default_factory=KernelFamily)
 
     @model_validator(mode="after")

@@ -279,18 +279,31 @@ def test_grouped_decode_kernel_rows_cost_per_row_group():
 def test_fp8_kv_grouped_decode_has_its_own_family_falling_back_to_attention_decode():
     # an 8-bit KV cache under a grouped kernel runs TensorRT-LLM's FP8 XQA path (a 5.4 us floor
     # against 8.4 us in BF16, H200 tables): attention_decode_fp8, absent fields attention_decode's
-    shape = dict(q_len=1, scores=0.0, rows=64.0, decode_rows=8.0, group=8.0, kv_read=0.0, kv_fp8=True)
+    shape = dict(q_len=1, scores=0.0, rows=64.0, decode_rows=8.0, group=8.0, kv_read=0.0, kv8=True)
     op = Operator(name="a", kind=OpKind.ATTENTION, group=OpGroup.ATTENTION, layer=LayerType.DENSE, count=1,
                   flops=0.0, bytes_read=1e6, dtype="bf16", shape=shape)
     assert op.family is Family.ATTENTION_DECODE_FP8
     hw = profile(attention_decode=dict(memory=0.5, overhead="8us"), attention_decode_fp8=dict(overhead="5us"))
     # 1e6 B at attention_decode's 0.5 x 1e11 = 20 us, + the fp8 family's 5 us
     assert float(operator_terms(op, hw).time_s) == pytest.approx(25e-6, rel=1e-12)
-    bf16 = Operator(**{**op.__dict__, "shape": {**shape, "kv_fp8": False}})
+    bf16 = Operator(**{**op.__dict__, "shape": {**shape, "kv8": False}})
     assert bf16.family is Family.ATTENTION_DECODE and float(operator_terms(bf16, hw).time_s) == pytest.approx(28e-6)
+    # an MHA decode (group 1) over the 8-bit cache keeps attention_decode (the tables: its times
+    # equal the BF16 ones); a prefill over it takes attention_prefill_fp8, an MLA prefill
+    # attention_mla_prefill_fp8, each falling back to its BF16 family
+    mha = Operator(**{**op.__dict__, "shape": {**shape, "group": 1.0}})
+    assert mha.family is Family.ATTENTION_DECODE
+    pre = Operator(**{**op.__dict__, "shape": {**shape, "q_len": 64}})
+    assert pre.family is Family.ATTENTION_PREFILL_FP8
+    mla = Operator(**{**op.__dict__, "shape": dict(q_len=64, rows=64.0, mla=True, kv_len=64.0, kv8=True)})
+    assert mla.family is Family.ATTENTION_MLA_PREFILL_FP8
+    hw = profile(attention_prefill=dict(memory=0.5, overhead="8us"), attention_prefill_fp8=dict(overhead="5us"))
+    assert float(operator_terms(pre, hw).time_s) == pytest.approx(25e-6, rel=1e-12)
+    assert float(operator_terms(Operator(**{**pre.__dict__, "shape": {**pre.shape, "kv8": False}}), hw).time_s) == \
+        pytest.approx(28e-6, rel=1e-12)
 
 
-def test_engine_marks_fp8_kv_only_under_a_grouped_kernel():
+def test_engine_marks_the_fp8_decode_family_only_under_a_grouped_kernel():
     # Llama-3.1-8B (meta-llama config.json: 32 query / 8 KV heads) with an fp8 cache: the fp8
     # decode family; an MHA model's fp8 decode (DeepSeek-LLM-7B, 30 layers of 32 / 32 heads)
     # times as the BF16 kernels do in the tables (8/8 heads d128 at batch 1024: 92 vs 99 us):

@@ -91,7 +91,7 @@ SYSTEMS = {"h200_sxm": "h200", "h100_sxm": "h100", "b200_sxm": "b200", "a100_sxm
 MS = 1e-3  # the tables' latency unit
 # families in fitting order: later kernels contain no operators of the earlier families
 FAMILIES = ("gemm", "gemm_fp8", "gemm_fp8_block", "attention_decode", "attention_decode_fp8", "attention_prefill",
-            "attention_mla_decode", "attention_mla_prefill", "grouped_gemm", "grouped_gemm_fp8", "grouped_gemm_fp8_block", "grouped_gemm_mxfp4",
+            "attention_prefill_fp8", "attention_mla_decode", "attention_mla_prefill", "attention_mla_prefill_fp8", "grouped_gemm", "grouped_gemm_fp8", "grouped_gemm_fp8_block", "grouped_gemm_mxfp4",
             "comm")
 
 
@@ -210,8 +210,9 @@ def _attention(df: pd.DataFrame, phase: str) -> pd.DataFrame:
     df = df[df["kv_cache_dtype"].isin(list(_KV))]
     dec = phase == "decode"
     return pd.DataFrame(dict(
-        family=("attention_decode" + np.where((df["kv_cache_dtype"] == "fp8") & (df["num_heads"] > df["num_key_value_heads"]),
-                                              "_fp8", "") if dec else "attention_prefill"), label=("decode" if dec else "prefill") + " attention", kernel="attention_core",
+        family=("attention_" + phase + np.where((df["kv_cache_dtype"] == "fp8")
+                                                & ((df["num_heads"] > df["num_key_value_heads"]) | (not dec)), "_fp8", "")),
+        label=("decode" if dec else "prefill") + " attention", kernel="attention_core",
         dtype=df["kv_cache_dtype"].map(_KV), heads=df["num_heads"], kv_heads=df["num_key_value_heads"],
         head_dim=df["head_dim"], window=df["window_size"], batch=df["batch_size"],
         new_tokens=1 if dec else df["isl"], context=df["step"] if dec else 0,
@@ -228,7 +229,8 @@ def _mla(df: pd.DataFrame, phase: str, module: bool) -> pd.DataFrame:
     what = "mla module" if module else "mla"
     wdt = df["gemm_type"].map(_DT) if module else "bf16"
     return pd.DataFrame(dict(
-        family="mla_module" if module else "attention_mla_" + phase, label=f"{phase} {what}",
+        family="mla_module" if module else "attention_mla_" + phase + np.where(
+            (df["kv_cache_dtype"] == "fp8") & (phase == "prefill"), "_fp8", ""), label=f"{phase} {what}",
         kernel="mla_block" if module else "mla_core", dtype=df["kv_cache_dtype"].map(_KV), weight_dtype=wdt,
         heads=df["num_heads"], batch=df["batch_size"], new_tokens=1 if dec else df["isl"],
         context=df["step"] if dec else 0,
@@ -306,6 +308,7 @@ def load(system: str, backend: str = "trtllm", tables: tuple[str, ...] | None = 
     if not _has_fp8(system):  # fp8-KV MLA rows ran the BF16 path (module docstring)
         mla = df["table"].str.contains("mla").to_numpy() & (df["dtype"] == "fp8").to_numpy()
         df.loc[mla, "dtype"] = "bf16"
+        df.loc[mla, "family"] = df.loc[mla, "family"].str.replace("_fp8", "", regex=False)
     return Tables(system, backend, df, sources)
 
 

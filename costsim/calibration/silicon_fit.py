@@ -97,8 +97,13 @@ FREE = {
     # the per-row term (held-out prefill attention H200 17.5% -> 13.2%; 128 or 256 queries per
     # tile: 13.9 / 14.7%; /tmp experiment, 2026-12-04)
     "attention_prefill": [*_ATTENTION, ("per_tile", 0.0, 1e-6)],
+    # an 8-bit KV cache's context attention (TensorRT-LLM's FP8 context FMHA) fitted apart:
+    # held-out prefill H200 13.2 -> 11.6%, prefill MLA 14.9 -> 10.4, H100 16.5 -> 10.6, B200
+    # 17.5 -> 12.5 (one fit per KV format; /tmp experiment, 2026-12-04)
+    "attention_prefill_fp8": [*_ATTENTION, ("per_tile", 0.0, 1e-6)],
     "attention_mla_decode": [*_ATTENTION, *_SPLIT],
     "attention_mla_prefill": [*_ATTENTION, ("per_tile", 0.0, 1e-6)],
+    "attention_mla_prefill_fp8": [*_ATTENTION, ("per_tile", 0.0, 1e-6)],
     "grouped_gemm": _GROUPED,
     # fp8 MoE kernels (per-tensor / block scales) fitted apart from BF16 ones: one shared set left
     # BF16 1.4-1.8x slow and fp8-block 1.5x fast at 16k tokens (H200 held-out MoE 25.8% shared,

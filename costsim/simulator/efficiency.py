@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from costsim.simulator.types import Family, Operator, OpKind, decoding
+from costsim.simulator.types import Family, Operator, OpKind, attention_families, decoding
 from costsim.specs import HardwareProfile, KernelFamily
 
 
@@ -92,6 +92,8 @@ FALLBACK = {Family.GEMM_FP8: Family.GEMM, Family.GEMM_FP8_BLOCK: Family.GEMM_FP8
             Family.GROUPED_GEMM_MXFP4: Family.GROUPED_GEMM,
             Family.ATTENTION_MLA_DECODE: Family.ATTENTION_DECODE,
             Family.ATTENTION_DECODE_FP8: Family.ATTENTION_DECODE,
+            Family.ATTENTION_PREFILL_FP8: Family.ATTENTION_PREFILL,
+            Family.ATTENTION_MLA_PREFILL_FP8: Family.ATTENTION_MLA_PREFILL,
             Family.ATTENTION_MLA_PREFILL: Family.ATTENTION_PREFILL}
 _TILES = ("tile_m", "tile_n", "units")
 
@@ -171,9 +173,7 @@ def _roof(op: Operator, hw: HardwareProfile, r: FamilyRates, shape_eff=1.0):
 def _attention(op: Operator, hw: HardwareProfile) -> Terms:
     """Decode and prefill parameters chosen per element by ``types.decoding`` (arrays allowed)."""
     parts = []
-    fams = ((Family.ATTENTION_MLA_DECODE, Family.ATTENTION_MLA_PREFILL) if op.shape.get("mla") else
-            (Family.ATTENTION_DECODE_FP8 if op.shape.get("kv_fp8") else Family.ATTENTION_DECODE,
-             Family.ATTENTION_PREFILL))
+    fams = attention_families(op.shape)
     for fam, rows in zip(fams, (op.shape.get("decode_rows", op.shape.get("rows", 0.0)), op.shape.get("rows", 0.0))):
         r = rates(hw, fam)
         shape_eff, per_row = 1.0, r.per_row_s
@@ -209,8 +209,7 @@ def _attention(op: Operator, hw: HardwareProfile) -> Terms:
 def operator_terms(op: Operator, hw: HardwareProfile) -> Terms:
     """Time of one occurrence of a compute operator (not comm) by its family's formula."""
     fam = op.family
-    if fam in (Family.ATTENTION_DECODE, Family.ATTENTION_DECODE_FP8, Family.ATTENTION_PREFILL,
-               Family.ATTENTION_MLA_DECODE, Family.ATTENTION_MLA_PREFILL):
+    if op.kind is OpKind.ATTENTION:
         return _attention(op, hw)
     r = rates(hw, fam)
     if op.kind is OpKind.GEMM:

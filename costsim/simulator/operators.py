@@ -107,6 +107,7 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
     kv_len = L + s if window is None else np.minimum(L + s, s + window - 1)
     pairs = attended_pairs(L, s, window) * b
     kv_tok = kv_bytes_per_token_per_layer(spec, dep.kv_format, dep.tp)
+    kv8 = dep.kv_format.bytes_per_element <= 1  # an 8-bit (or narrower) cache: its own kernels (``types.attention_families``)
     idx_tok = indexer_bytes_per_token_per_layer(spec)
     sparse = isinstance(a, MLAAttention) and a.sparse
     pairs_all = pairs  # what a dense layer (and the DSA indexer) scores
@@ -147,7 +148,8 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
             ops.append(gemm("attn.q_absorb(W_UK)", T, dc, dn, batch_dims=nh))
             flops = 2.0 * nh * (dc + dr) * pairs + 2.0 * nh * dc * pairs
             ops.append(core("attn.core(latent)", flops, kv_read + T * nh * (dc + dr) * act, kv_write + T * nh * dc * act,
-                            dict(heads=nh, q_len=s, rows=T * nh, mla=True, kv_len=kv_len, row_bytes=kv_tok - idx_tok)))
+                            dict(heads=nh, q_len=s, rows=T * nh, mla=True, kv_len=kv_len, row_bytes=kv_tok - idx_tok,
+                                 kv8=kv8)))
             ops.append(gemm("attn.o_absorb(W_UV)", T, dv, dc, batch_dims=nh))
         else:  # naive: decompress K_nope and V for every cached token, every step
             ctx_tokens = b * kv_len
@@ -156,7 +158,7 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
             kv_dec = ctx_tokens * (nh * (dn + dv) + dr) * act
             ops.append(core("attn.core(mha)", flops, kv_read + kv_dec + T * nh * (dn + dr) * act,
                             kv_write + T * nh * dv * act,
-                            dict(heads=nh, q_len=s, rows=T * nh, mla=True, kv_len=kv_len)))
+                            dict(heads=nh, q_len=s, rows=T * nh, mla=True, kv_len=kv_len, kv8=kv8)))
         ops.append(gemm("attn.o_proj", T, h, nh * dv))
     else:
         assert isinstance(a, GQAAttention)
@@ -167,7 +169,7 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
         ops.append(gemm("attn.qkv_proj", T, (nh + 2 * nkv) * d + gate, h))
         ops.append(core("attn.core", 4.0 * nh * d * pairs, kv_read + T * nh * d * act, kv_write + T * nh * d * act,
                         dict(heads=nh, q_len=s, rows=T * nh, decode_rows=T * nkv, group=nh / nkv, kv_read=kv_read,
-                             kv_len=kv_len, row_bytes=kv_tok / nkv, kv_fp8=dep.kv_format.bytes_per_element <= 1 and nh > nkv)))
+                             kv_len=kv_len, row_bytes=kv_tok / nkv, kv8=kv8)))
         ops.append(gemm("attn.o_proj", T, h, nh * d))
     if norms:
         k = spec.norms_per_layer

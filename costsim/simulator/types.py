@@ -39,6 +39,20 @@ def decoding(shape: dict):
     return (q <= 1) & (np.asarray(shape["kv_len"], dtype=float) > q)
 
 
+def attention_families(shape: dict) -> tuple:
+    """(decode family, prefill family) of an attention core with ``shape``: MLA cores the
+    ``attention_mla_*`` pair, others ``attention_decode`` / ``attention_prefill``. Over an 8-bit
+    KV cache (``kv8``; TensorRT-LLM's FP8 XQA decode and FP8 context attention, their own
+    kernels in the silicon tables) a grouped GQA decode (group > 1: MHA and fallback groups time
+    as BF16) takes ``attention_decode_fp8``, and every prefill its ``_fp8`` prefill family."""
+    kv8 = bool(shape.get("kv8"))
+    if shape.get("mla"):
+        return Family.ATTENTION_MLA_DECODE, (Family.ATTENTION_MLA_PREFILL_FP8 if kv8 else Family.ATTENTION_MLA_PREFILL)
+    grouped = bool(np.all(np.asarray(shape.get("group", 1.0), dtype=float) > 1))
+    return (Family.ATTENTION_DECODE_FP8 if kv8 and grouped else Family.ATTENTION_DECODE,
+            Family.ATTENTION_PREFILL_FP8 if kv8 else Family.ATTENTION_PREFILL)
+
+
 class OpKind(str, Enum):
     """What kind of work an operator does; decides how it is timed."""
 
@@ -66,8 +80,10 @@ class Family(str, Enum):
     ATTENTION_DECODE = "attention_decode"  # one query per sequence
     ATTENTION_DECODE_FP8 = "attention_decode_fp8"  # over an 8-bit KV cache; falls back to attention_decode
     ATTENTION_PREFILL = "attention_prefill"  # more, or a first token on an empty cache (``decoding``)
+    ATTENTION_PREFILL_FP8 = "attention_prefill_fp8"  # over an 8-bit KV cache; falls back to attention_prefill
     ATTENTION_MLA_DECODE = "attention_mla_decode"  # MLA cores; fall back to attention_decode / _prefill
     ATTENTION_MLA_PREFILL = "attention_mla_prefill"
+    ATTENTION_MLA_PREFILL_FP8 = "attention_mla_prefill_fp8"  # over an 8-bit cache; falls back to attention_mla_prefill
     ELEMENTWISE = "elementwise"
     COMM = "comm"
 
@@ -156,18 +172,13 @@ class Operator:
     def family(self) -> Family:
         """The family whose time model costs this operator (attention: decode when every
         sequence adds one query over a cache (``decoding``), else prefill; an array of query lengths is split per element
-        by ``efficiency``; a GQA/MHA decode over an 8-bit KV cache (``kv_fp8``):
-        ``attention_decode_fp8``; an MLA core: the ``attention_mla_*`` pair; a GEMM on the fp8 tensor
+        by ``efficiency``; the pair is ``attention_families``'s; a GEMM on the fp8 tensor
         cores: ``gemm_fp8``, or ``gemm_fp8_block`` with block-scaled weights; grouped expert
         GEMMs likewise ``grouped_gemm_fp8`` / ``grouped_gemm_fp8_block``, MXFP4 experts
         ``grouped_gemm_mxfp4``)."""
         if self.kind is OpKind.ATTENTION:
-            dec = bool(np.all(decoding(self.shape)))
-            if self.shape.get("mla"):
-                return Family.ATTENTION_MLA_DECODE if dec else Family.ATTENTION_MLA_PREFILL
-            if not dec:
-                return Family.ATTENTION_PREFILL
-            return Family.ATTENTION_DECODE_FP8 if self.shape.get("kv_fp8") else Family.ATTENTION_DECODE
+            dec, pre = attention_families(self.shape)
+            return dec if bool(np.all(decoding(self.shape))) else pre
         if self.kind is OpKind.GEMM and self.dtype == "fp8":
             return Family.GEMM_FP8_BLOCK if self.shape.get("format") in BLOCK_FP8 else Family.GEMM_FP8
         if self.kind is OpKind.GROUPED_GEMM and self.dtype == "fp8":
