@@ -394,6 +394,9 @@ def disaggregate(spec: ModelSpec, hw: HardwareProfile, input_len: int, output_le
                                 f"not the {role} compute, limits the pool (not modelled)")
     else:
         warnings.append(f"{hw.name} has no inter_node_bandwidth: KV transfer time not computed")
+    from costsim.simulator.scenario import _dispatch_warning  # (scenario imports this module's users)
+
+    warnings += _dispatch_warning(spec, ddep, dec.batch)  # DeepEP's low-latency capacity per rank
 
     counts = {}
     if rate is not None:
