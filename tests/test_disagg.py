@@ -225,6 +225,8 @@ def test_engine_refuses_bad_arguments_naming_the_field():
     (["--decode-set", "mtp-acceptance=0.9"], "--decode-set mtp-acceptance: applies only with MTP on that pool"),
     (["--decode-set", "prefix-hit=1.5"], "--decode-set prefix-hit=1.5: must be a share in [0, 1) of each prompt"),
     (["--prefix-hit", "1.5"], "--prefix-hit 1.5: must be a share in [0, 1) of each prompt"),
+    (["--prefill-devices", "8", "--prefill-tp", "8", "--decode-devices", "8", "--decode-tp", "8",
+      "--decode-set", "redundant-experts=3"], "--decode-set redundant-experts=3:"),
 ])
 def test_cli_bad_input_is_one_line_with_exit_code_2(args, message):
     r = runner.invoke(app, ["disagg", "llama-3.1-70b", "-H", "h100", "--input", "2048", "--output", "512", *args])

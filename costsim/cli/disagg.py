@@ -141,8 +141,13 @@ def disagg_cmd(model: O.Model, hardware: O.Hardware,
             for role, items in (("prefill", prefill_set), ("decode", decode_set)):
                 for item in items or ():
                     name = item.partition("=")[0].strip().lstrip("-")
-                    if POOL_FLAGS[name][0] == e.field and getattr(bases[role], e.field) != getattr(base, e.field):
-                        raise CostsimError(f"--{role}-set {item}: {e.reason}") from None
+                    field = POOL_FLAGS[name][0]
+                    if getattr(bases[role], field) == getattr(base, field):
+                        continue
+                    # the value itself, or the pool's EP that cannot take the redundant copies it set
+                    if field == e.field or (field == "redundant_experts" and e.field == f"{role}_ep"):
+                        raise CostsimError(f"--{role}-set {item}: {e.reason}" if field == e.field else
+                                           f"--{role}-set {item}: --{role}-ep {e.value} {e.reason}") from None
             raise
         views.disagg(res.to_dict(), fmt.value)
         from costsim.simulator.scenario import context_warnings
