@@ -505,6 +505,7 @@ class KernelFamily(_Frozen):
     per_row_group: Optional[Seconds] = None
     per_tile: Optional[Seconds] = None
     per_k: Optional[Seconds] = None
+    overlap_p: Optional[Count] = None
     k_split: Optional[Count] = None
     q_tile: Optional[Count] = None
     m_half: Optional[Count] = None
@@ -539,6 +540,8 @@ class KernelFamily(_Frozen):
             raise ValueError(f"gemv_rows must be a whole number of rows, 1 to 2^20, got {self.gemv_rows.value}")
         if self.q_tile is not None and not (1 <= self.q_tile.value <= 2**20 and self.q_tile.value == int(self.q_tile.value)):
             raise ValueError(f"q_tile must be a whole number of query tokens, 1 to 2^20, got {self.q_tile.value}")
+        if self.overlap_p is not None and not 1 <= self.overlap_p.value <= 64:
+            raise ValueError(f"overlap_p must be from 1 (no overlap) to 64 (the max), got {self.overlap_p.value}")
         if self.k_split is not None and not 1 <= self.k_split.value <= 2**40:
             raise ValueError(f"k_split must be a reduction length, 1 to 2^40, got {self.k_split.value}")
         for k in ("overhead", "per_group_overhead", "per_slot_overhead", "per_element", "per_row", "per_row_group",
@@ -559,7 +562,7 @@ _GROUPED_FIELDS = {"compute", "memory", "overhead", "per_group_overhead", "per_s
 _DECODE_FIELDS = {"compute", "memory", "overhead", "per_element", "per_row", "per_row_group", "group_limit",
                   "group_compute", "group_reread", "split_tokens", "split_memory"}
 _GEMM_FIELDS = {"compute", "memory", "overhead", "m_half", "n_half", "gemv_rows", "tile_m", "tile_n", "units", "per_k",
-                "k_split"}
+                "k_split", "overlap_p"}
 _PREFILL_FIELDS = {"compute", "memory", "overhead", "per_element", "per_row", "per_tile", "q_tile"}
 _FAMILY_FIELDS = {
     "gemm": _GEMM_FIELDS,

@@ -366,3 +366,18 @@ def test_gemm_pays_its_k_loop_up_to_k_split():
     for bad in (dict(attention_prefill=dict(per_k="1ns")), dict(gemm=dict(k_split=0.5))):
         with pytest.raises(ValueError):
             profile(**bad)
+
+
+def test_gemm_overlap_p_blends_compute_and_memory():
+    # (c^p + m^p)^(1/p) instead of max(c, m): 8192 x 8192 x 256 on the round profile: c = 2 x
+    # 8192^2 x 256 / 0.5e12 = 68.72 ms, m = 2 x (8192 x 256 x 2 + 8192^2) B / 0.8e11 = 1.7826 ms
+    op = gemm(8192, 8192, 256)
+    c, m = 2.0 * 8192 * 8192 * 256 / 0.5e12, 2.0 * (8192 * 256 * 2 + 8192 * 8192) / 0.8e11
+    for p in (1.0, 2.0):
+        hw = profile(gemm=dict(overlap_p=p))
+        assert float(operator_terms(op, hw).time_s) == pytest.approx((c ** p + m ** p) ** (1 / p) + 1e-6, rel=1e-12)
+    # p = 1 is the sum (no overlap); without the field the max; a grouped GEMM keeps the max
+    assert float(operator_terms(op, profile()).time_s) == pytest.approx(max(c, m) + 1e-6, rel=1e-12)
+    for bad in (dict(gemm=dict(overlap_p=0.5)), dict(attention_decode=dict(overlap_p=2))):
+        with pytest.raises(ValueError):
+            profile(**bad)

@@ -63,8 +63,11 @@ def summary(df: pd.DataFrame, pred) -> list[dict]:
 # N = 32: 2.5 us at K = 32 rising 1.4 ns per K element to 5.3 us at 2,048, then flat to 16,384;
 # held-out GEMM bf16 H200 11.7 -> 7.8%, H100 10.7 -> 7.7, B200 13.9 -> 9.5, A100 13.5 -> 10.3;
 # /tmp experiment, 2026-12-04); per_k's bound 5e-8 starts the fit at 5e-10 (from 1e-10 it stayed)
+# overlap_p: compute and memory terms as (c^p + m^p)^(1/p), not their max: large M with K <= 512
+# ran at 0.5-0.7 of the max's prediction, output-bound tiles with few K blocks (held-out GEMM
+# bf16 H200 7.9 -> 7.5%, A100 10.3 -> 9.6, fp8_block H200 12.5 -> 11.1; /tmp experiment)
 _GEMM = [("compute", 0.05, 1.0), ("memory", 0.05, 1.0), ("overhead", 0.0, 1e-4), ("m_half", 0.0, 2048.0),
-         ("n_half", 0.0, 4096.0), ("per_k", 0.0, 5e-8), ("k_split", 64.0, 65536.0)]
+         ("n_half", 0.0, 4096.0), ("per_k", 0.0, 5e-8), ("k_split", 64.0, 65536.0), ("overlap_p", 1.0, 16.0)]
 _ATTENTION = [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-7), ("overhead", 0.0, 1e-4)]
 # decode kernels split over the context; split_tokens is fitted on a log scale up to 2^20 tokens
 # (a kernel that never splits: A100's MLA decode streams a whole 131k-token row with one block,
@@ -153,7 +156,7 @@ def _current(hw, fam: str) -> dict:
     return dict(compute=r.compute, memory=r.memory, overhead=r.overhead_s, per_group_overhead=r.per_group_overhead_s,
                 per_slot_overhead=r.per_slot_overhead_s,
                 per_element=r.per_element_s, per_row=r.per_row_s, per_row_group=r.per_row_group_s or r.per_row_s,
-                per_tile=r.per_tile_s, per_k=r.per_k_s, k_split=r.k_split or 4096.0, m_half=r.m_half,
+                per_tile=r.per_tile_s, per_k=r.per_k_s, k_split=r.k_split or 4096.0, overlap_p=r.overlap_p or 8.0, m_half=r.m_half,
                 group_compute=r.group_compute,
                 n_half=r.n_half, split_memory=r.split_memory, split_tokens=r.split_tokens)
 

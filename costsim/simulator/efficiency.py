@@ -12,6 +12,8 @@ One formula per family (``types.Family``), its parameters in the profile's
 - gemm_fp8:      as gemm, for GEMMs on the fp8 tensor cores; each parameter it lacks is gemm's
                  (the overhead then also carries the activation-quantisation kernels that fp8
                  GEMMs launch before the matmul)
+- gemm overlap:  with overlap_p, max(c, m) becomes (c^p + m^p)^(1/p): compute and memory
+                 overlap only partly (p = 1: not at all; large p: the max); fitted per GEMM family
 - gemm K loop:   + per_k x min(K, k_split): the latency of a block's serial loop over the
                  reduction (about 1.4 ns per element on H100/H200, which a GEMM of few
                  output tiles cannot hide), held at k_split by cuBLAS' split-K
@@ -71,6 +73,7 @@ class FamilyRates:
     per_row_group_s: float = 0.0  # GQA decode: per KV row of a grouped kernel (0: per_row_s)
     per_tile_s: float = 0.0  # prefill: per (sequence, query head, tile of q_tile queries)
     per_k_s: float = 0.0  # GEMM: latency per reduction element of a block's K loop
+    overlap_p: float = 0.0  # GEMM: (c^p + m^p)^(1/p) instead of max(c, m) (0: the max)
     k_split: float = 0.0  # GEMM: K beyond which split-K holds the loop (0: no limit)
     q_tile: float = 64.0  # prefill: queries per tile of the attention kernel
     m_half: float = 0.0
@@ -124,6 +127,7 @@ def rates(hw: HardwareProfile, family: Family) -> FamilyRates:
                        per_slot_overhead_s=v(f.per_slot_overhead),
                        per_element_s=v(f.per_element), per_row_s=v(f.per_row), per_row_group_s=v(f.per_row_group),
                        per_tile_s=v(f.per_tile), q_tile=v(f.q_tile, 64.0), per_k_s=v(f.per_k), k_split=v(f.k_split),
+                       overlap_p=v(f.overlap_p),
                        m_half=v(f.m_half), tile_m=v(f.tile_m), tile_n=v(f.tile_n),
                        units=v(f.units), group_limit=v(f.group_limit), group_compute=v(f.group_compute),
                        n_half=v(f.n_half), gemv_rows=v(f.gemv_rows, 1.0),
@@ -227,4 +231,10 @@ def operator_terms(op: Operator, hw: HardwareProfile) -> Terms:
     else:
         c, m = _roof(op, hw, r)
         x = r.overhead_s
-    return Terms(c, m, x, np.maximum(c, m) + x)
+    roof = np.maximum(c, m)
+    if op.kind is OpKind.GEMM and r.overlap_p:  # compute and memory overlap only partly
+        lo = np.minimum(c, m)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            roof = np.where(roof > 0, roof * (1.0 + (lo / np.where(roof > 0, roof, 1.0)) ** r.overlap_p)
+                            ** (1.0 / r.overlap_p), 0.0)
+    return Terms(c, m, x, roof + x)
