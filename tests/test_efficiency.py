@@ -376,7 +376,7 @@ def test_gemm_overlap_p_blends_compute_and_memory():
     for p in (1.0, 2.0):
         hw = profile(gemm=dict(overlap_p=p))
         assert float(operator_terms(op, hw).time_s) == pytest.approx((c ** p + m ** p) ** (1 / p) + 1e-6, rel=1e-12)
-    # p = 1 is the sum (no overlap); without the field the max; a grouped GEMM keeps the max
+    # p = 1 is the sum (no overlap); without the field the max
     assert float(operator_terms(op, profile()).time_s) == pytest.approx(max(c, m) + 1e-6, rel=1e-12)
     for bad in (dict(gemm=dict(overlap_p=0.5)), dict(attention_decode=dict(overlap_p=2))):
         with pytest.raises(ValueError):
