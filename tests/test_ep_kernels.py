@@ -138,7 +138,7 @@ def test_deepep_nvlink_bad_values_and_no_effect():
 
     hw = load_hardware("h800")
     req = LayoutRequest(devices=16, tp=1, ep=16, weight_dtype="fp8", deepep_nvlink=True)  # normal kernel
-    assert any("deepep_nvlink has no effect" in w for w in perf(Scenario(spec, hw, req, 16, 1024, 16)).warnings)
+    assert any("--deepep-nvlink (deepep_nvlink) has no effect" in w for w in perf(Scenario(spec, hw, req, 16, 1024, 16)).warnings)
 
 
 def test_normal_kernel_dedups_per_node_and_is_cheaper_than_low_latency():

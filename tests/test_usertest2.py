@@ -74,10 +74,14 @@ def test_a_draft_model_file_path_works(tmp_path):
 
 def test_ep_kernel_without_ep_warns_that_it_does_nothing():
     r = _run("perf", "llama-3.1-8b", "-H", "h100", "--devices", "1", "--ep-kernel", "low-latency")
-    assert r.exit_code == 0 and "ep_kernel low_latency has no effect: ep=1" in r.stderr
+    assert r.exit_code == 0 and "--ep-kernel low-latency (ep_kernel) has no effect: ep=1" in r.stderr
     r = _run("perf", "deepseek-v3", "-H", "h800", "--devices", "32", "--weight-dtype", "fp8", "--batch", "64",
              "--ep-kernel", "auto")
     assert r.exit_code == 0 and "has no effect" not in r.stderr
+    # max-throughput says so too (fresh-user finding: only perf did)
+    r = _run("max-throughput", "llama-3.1-8b", "-H", "h100", "--deepep-nvlink")
+    assert r.exit_code == 0 and "--deepep-nvlink (deepep_nvlink) has no effect: it changes DeepEP's low-latency" \
+        in r.stderr
 
 
 def test_two_batch_overlap_with_one_sequence_per_rank_warns():

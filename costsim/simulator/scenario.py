@@ -431,6 +431,18 @@ def _dispatch_warning(spec: ModelSpec, dep: Deployment, batch) -> list[str]:
             "SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK); DeepEP refuses such a step"]
 
 
+def mode_warnings(dep: Deployment) -> list[str]:
+    """Warnings for serving modes that change nothing on ``dep`` (the CLI's flag names): an EP
+    kernel without EP, the NVLink-aware kernels without the low-latency ones."""
+    warn = []
+    if dep.ep_kernel != "normal" and dep.ep == 1:
+        warn.append(f"--ep-kernel {dep.ep_kernel.replace('_', '-')} (ep_kernel) has no effect: ep=1 has no EP all-to-all")
+    if dep.deepep_nvlink and (dep.ep == 1 or dep.ep_kernel == "normal"):
+        warn.append("--deepep-nvlink (deepep_nvlink) has no effect: it changes DeepEP's low-latency kernels, which "
+                    + ("ep=1 does not run" if dep.ep == 1 else "--ep-kernel normal does not use"))
+    return warn
+
+
 def _band(t: float, factors) -> tuple | None:
     return None if factors is None else (t * factors[0], t * factors[1])
 
@@ -477,11 +489,7 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
     bufs = deepep_buffers(spec, dep)
     if o > 0:
         warn += _dispatch_warning(spec, dep, b)
-    if dep.ep_kernel != "normal" and dep.ep == 1:
-        warn.append(f"ep_kernel {dep.ep_kernel} has no effect: ep=1 has no EP all-to-all")
-    if dep.deepep_nvlink and (dep.ep == 1 or dep.ep_kernel == "normal"):
-        warn.append("deepep_nvlink has no effect: it changes DeepEP's low-latency kernels, which "
-                    + ("ep=1 does not run" if dep.ep == 1 else "ep_kernel normal does not use"))
+    warn += mode_warnings(dep)
     if dep.two_batch_overlap and float(dep.seqs_per_rank(float(b) / float(microbatches(b, dep.pp)))) < 2:
         warn.append(f"two_batch_overlap with batch {b}: a rank holds one sequence, so both micro-batches hold it "
                     "and every step costs twice one micro-batch (it gains only from 2 sequences per rank)")
@@ -599,7 +607,8 @@ def max_throughput_record(spec: ModelSpec, hw: HardwareProfile, request: LayoutR
         spec.name, hw.name, dep.devices, dep.tp, dep.ep, dep.pp, dep.weights_name, dep.kv_format.name, context,
         tpot_slo_s, r.batch, r.tpot_s, r.tokens_per_s, r.tokens_per_s_per_device,
         r.tokens_per_s_per_device * hw.devices_per_node, r.max_batch_memory, r.limit,
-        tuple(context_warnings(spec, context) + (_dispatch_warning(spec, dep, r.batch) if r.batch else [])), *money,
+        tuple(context_warnings(spec, context) + (_dispatch_warning(spec, dep, r.batch) if r.batch else [])
+              + mode_warnings(dep)), *money,
         _band(r.tpot_s, band), **decode_modes(dep))
 
 
