@@ -73,14 +73,14 @@ _ATTENTION = [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1
 # (a kernel that never splits: A100's MLA decode streams a whole 131k-token row with one block,
 # 15.5 ms at batch 1; the old bound of 8,192 left it at 0.08 of its time)
 _SPLIT = [("split_memory", 0.001, 0.2), ("split_tokens", 16.0, 2.0**20)]
-LOG_SCALED = {"split_tokens", "k_split"}
+LOG_SCALED = {"split_tokens", "k_split"}  # parameters fitted on a log scale (they span decades)
 # structural choices made per fitting unit on its train half: each value is fitted in turn and
 # the one with the lower train error kept. All-to-all is point-to-point sends, and NCCL takes LL
 # up to a size per peer (NCCL_P2P_LL_THRESHOLD, 16 KiB by default), not the faster protocol: the
 # Hopper/Blackwell tables (NCCL 2.29) sit on a 14-15 us plateau from 32 KiB per peer to 2 MiB
 # (held-out all-to-all H100 17.3 -> 8.3%, H200 15.7 -> 9.8, B200 14.9 -> 8.9), while A100's (NCCL
 # 2.27) shows none (the rule would take it from 8.2 to 14.4%): /tmp experiment, 2026-12-04
-CHOICES = {"comm:all_to_all": ("ll_threshold", (None, 16384.0))}  # parameters fitted on a log scale (they span decades)
+CHOICES = {"comm:all_to_all": ("ll_threshold", (None, 16384.0))}
 _GROUPED = [("compute", 0.005, 1.0), ("memory", 0.02, 1.0), ("per_group_overhead", 0.0, 1e-4),
             ("per_slot_overhead", 0.0, 1e-6), ("overhead", 0.0, 2e-4), ("m_half", 0.0, 2048.0), ("n_half", 0.0, 4096.0)]
 FREE = {
@@ -92,7 +92,7 @@ FREE = {
     # context <= 31, batch >= 512: 36-60 ns per sequence x KV head at groups 2-32 against 11-18 ns
     # at group 1), and an 8-bit KV cache runs its own kernels (a 5.4 us floor against 8.4 us in
     # BF16; fp8 GQA rows 8-20 ns): per_row_group, and attention_decode_fp8 fitted apart
-    # (held-out decode attention H200 22.3% -> see README; /tmp experiment, 2026-12-04)
+    # (held-out decode attention H200 22.6 -> 17.1%, H100 21.6 -> 16.4, A100 22.6 -> 17.2; 2026-12-04)
     "attention_decode": [*_ATTENTION, ("per_row_group", 0.0, 2e-7), ("group_compute", 0.0005, 1.0), *_SPLIT],
     "attention_decode_fp8": [*_ATTENTION, ("per_row_group", 0.0, 2e-7), ("group_compute", 0.0005, 1.0), *_SPLIT],
     # a context kernel's block per (sequence, query head, 64 queries): the tables' prefill of one
@@ -156,9 +156,9 @@ def _current(hw, fam: str) -> dict:
     return dict(compute=r.compute, memory=r.memory, overhead=r.overhead_s, per_group_overhead=r.per_group_overhead_s,
                 per_slot_overhead=r.per_slot_overhead_s,
                 per_element=r.per_element_s, per_row=r.per_row_s, per_row_group=r.per_row_group_s or r.per_row_s,
-                per_tile=r.per_tile_s, per_k=r.per_k_s, k_split=r.k_split or 4096.0, overlap_p=r.overlap_p or 8.0, m_half=r.m_half,
-                group_compute=r.group_compute,
-                n_half=r.n_half, split_memory=r.split_memory, split_tokens=r.split_tokens)
+                per_tile=r.per_tile_s, per_k=r.per_k_s, k_split=r.k_split or 4096.0, overlap_p=r.overlap_p or 8.0,
+                m_half=r.m_half, group_compute=r.group_compute, n_half=r.n_half, split_memory=r.split_memory,
+                split_tokens=r.split_tokens)
 
 
 def fit(base, df: pd.DataFrame, train: np.ndarray, source: str, name: str, seed: int = 0,

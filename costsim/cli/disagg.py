@@ -30,7 +30,8 @@ def _flag(text: str) -> bool:
 # --prefill-set / --decode-set NAME=VALUE: a layout flag (without its dashes) for one pool only
 POOL_FLAGS = {"mtp": ("mtp_depth", int), "mtp-acceptance": ("mtp_acceptance", float),
               "prefix-hit": ("prefix_hit", float), "redundant-experts": ("redundant_experts", int),
-              "ep-kernel": ("ep_kernel", O.ep_kernel_name), "deepep-nvlink": ("deepep_nvlink", _flag), "two-batch-overlap": ("two_batch_overlap", _flag),
+              "ep-kernel": ("ep_kernel", O.ep_kernel_name), "deepep-nvlink": ("deepep_nvlink", _flag),
+              "two-batch-overlap": ("two_batch_overlap", _flag),
               "overlap": ("overlap_comm", _flag), "imbalance": ("imbalance", float),
               "deepep-max-tokens": ("deepep_max_tokens", int)}
 

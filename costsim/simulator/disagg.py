@@ -54,7 +54,7 @@ import numpy as np
 from costsim.errors import CostsimError, FieldError
 from costsim.simulator.kv import kv_cache_bytes
 from costsim.simulator.layout import LayoutRequest, check_types, resolve_deployment
-from costsim.simulator.memory import kv_bytes_per_device
+from costsim.simulator.memory import dispatch_warning, kv_bytes_per_device
 from costsim.simulator.planner import (MAX_DEVICES, _check, _largest_batch, _screen, _weight_choices, admit, candidates, plan,
                                        pp_problem, slo_text)
 from costsim.simulator.serving import decode, prefill
@@ -394,9 +394,7 @@ def disaggregate(spec: ModelSpec, hw: HardwareProfile, input_len: int, output_le
                                 f"not the {role} compute, limits the pool (not modelled)")
     else:
         warnings.append(f"{hw.name} has no inter_node_bandwidth: KV transfer time not computed")
-    from costsim.simulator.scenario import _dispatch_warning  # (scenario imports this module's users)
-
-    warnings += _dispatch_warning(spec, ddep, dec.batch)  # DeepEP's low-latency capacity per rank
+    warnings += dispatch_warning(spec, ddep, dec.batch)  # DeepEP's low-latency capacity per rank
 
     counts = {}
     if rate is not None:

@@ -34,7 +34,8 @@ One formula per family (``types.Family``), its parameters in the profile's
                  sequence and KV head), so its rows are sequences x KV heads (``decode_rows``),
                  each at per_row_group when the kernel is grouped (group > 1; MHA rows and
                  groups beyond group_limit at per_row); an 8-bit KV cache under a grouped
-                 kernel uses attention_decode_fp8 (absent fields attention_decode's);
+                 kernel uses attention_decode_fp8 (absent fields attention_decode's), a prefill
+                 over it attention_prefill_fp8 / attention_mla_prefill_fp8 (``types.attention_families``);
                  a prefill kernel runs one block per (sequence, query head, q_tile queries):
                  + per_tile x sequences x heads x ceil(q_len / q_tile);
                  one that walks the query heads re-reads group_reread of the KV cache per

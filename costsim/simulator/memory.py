@@ -316,3 +316,14 @@ def require_fit(spec: ModelSpec, hw: HardwareProfile, dep: Deployment) -> None:
             f"{spec.name} does not fit on {hw.name}: {wb / 1e9:.1f} GB of weights per device "
             f"> {usable / 1e9:.1f} GB usable ({dep.devices} devices, tp={dep.tp}, ep={dep.ep}, pp={dep.pp}, "
             f"weights {dep.weights_name}); add devices or use a narrower weight format")
+
+
+def dispatch_warning(spec: ModelSpec, dep: Deployment, batch) -> list[str]:
+    """A warning when a decode step's low-latency dispatch sends more tokens per rank than
+    DeepEP's buffer holds (``memory.deepep_buffers``), else none."""
+    cap, sent = deepep_buffers(spec, dep).tokens, decode_dispatch_tokens(dep, batch)
+    if not cap or sent <= cap:
+        return []
+    return [f"at batch {int(batch)} a decode step's low-latency dispatch sends {sent} tokens per rank, more than "
+            f"the {cap} DeepEP's buffer is sized for (--deepep-max-tokens; SGLang: "
+            "SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK); DeepEP refuses such a step"]

@@ -25,8 +25,8 @@ from costsim.simulator.deployment import Deployment, kv_format_problem, tp_probl
 from costsim.simulator.flops import flops_per_token_decode, prefill_flops
 from costsim.simulator.kv import kv_bytes_per_token, kv_cache_bytes, kv_elements_per_token
 from costsim.simulator.layout import LayoutRequest, check_types, number_format, resolve_deployment, valid_tp
-from costsim.simulator.memory import (decode_dispatch_tokens, deepep_buffers, kv_bytes_per_device, memory_report,
-                                     require_fit, weight_bytes_per_device)
+from costsim.simulator.memory import (deepep_buffers, dispatch_warning, kv_bytes_per_device, memory_report, require_fit,
+                                     weight_bytes_per_device)
 from costsim.simulator.params import param_counts
 from costsim.simulator.bands import step_band
 from costsim.simulator.roofline import StepTiming, per_layer_seconds, rate_provenance
@@ -420,17 +420,6 @@ def _buffers(m) -> str:
     return f"and {_gb(m.comm_buffer_bytes)} of DeepEP buffers " if m.comm_buffer_bytes else ""
 
 
-def _dispatch_warning(spec: ModelSpec, dep: Deployment, batch) -> list[str]:
-    """A warning when a decode step's low-latency dispatch sends more tokens per rank than
-    DeepEP's buffer holds (``memory.deepep_buffers``), else none."""
-    cap, sent = deepep_buffers(spec, dep).tokens, decode_dispatch_tokens(dep, batch)
-    if not cap or sent <= cap:
-        return []
-    return [f"at batch {int(batch)} a decode step's low-latency dispatch sends {sent} tokens per rank, more than "
-            f"the {cap} DeepEP's buffer is sized for (--deepep-max-tokens; SGLang: "
-            "SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK); DeepEP refuses such a step"]
-
-
 def mode_warnings(dep: Deployment) -> list[str]:
     """Warnings for serving modes that change nothing on ``dep`` (the CLI's flag names): an EP
     kernel without EP, the NVLink-aware kernels without the low-latency ones."""
@@ -488,7 +477,7 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
                     f"{_gb(r.prefill_workspace_bytes)} of activations)")
     bufs = deepep_buffers(spec, dep)
     if o > 0:
-        warn += _dispatch_warning(spec, dep, b)
+        warn += dispatch_warning(spec, dep, b)
     warn += mode_warnings(dep)
     if dep.two_batch_overlap and float(dep.seqs_per_rank(float(b) / float(microbatches(b, dep.pp)))) < 2:
         warn.append(f"two_batch_overlap with batch {b}: a rank holds one sequence, so both micro-batches hold it "
@@ -607,7 +596,7 @@ def max_throughput_record(spec: ModelSpec, hw: HardwareProfile, request: LayoutR
         spec.name, hw.name, dep.devices, dep.tp, dep.ep, dep.pp, dep.weights_name, dep.kv_format.name, context,
         tpot_slo_s, r.batch, r.tpot_s, r.tokens_per_s, r.tokens_per_s_per_device,
         r.tokens_per_s_per_device * hw.devices_per_node, r.max_batch_memory, r.limit,
-        tuple(context_warnings(spec, context) + (_dispatch_warning(spec, dep, r.batch) if r.batch else [])
+        tuple(context_warnings(spec, context) + (dispatch_warning(spec, dep, r.batch) if r.batch else [])
               + mode_warnings(dep)), *money,
         _band(r.tpot_s, band), **decode_modes(dep))
 
