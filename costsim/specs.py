@@ -493,6 +493,15 @@ class KernelFamily(_Frozen):
       the whole cache at ``memory``. The pipeline's fill: why a single short sequence takes
       5-10 us more than its bytes (aiconfigurator's H200 tables: one 1k-token row 16 us, one
       16k-token row 19 us, 256 16k rows at 4.5 TB/s).
+    - ``per_row_query``: grouped decode attention (1 < group <= group_limit), seconds per query
+      element of a KV row: + per_row_query x rows x group x head_dim. A grouped kernel's block
+      loads and reduces its group's queries (aiconfigurator's H200 tables, context <= 7, 2,048
+      sequences, BF16: 32 / 37 / 52 ns per row at head_dim 64 / 128 / 256 and group 4; 36 / 42
+      / 57 ns at group 2 / 16 / 32, head_dim 128).
+    - ``kv8_memory``: ``attention_decode`` only, the fraction of the bandwidth an ungrouped
+      (MHA: one query head per KV head) decode over an 8-bit cache streams at, in place of
+      ``memory``: the kernel dequantises each element (the H200 tables: an fp8 MHA cache
+      streams 1.6 TB/s at 16k+ tokens, a BF16 one 3.1 TB/s; both about 1.6 T elements/s).
     """
 
     compute: Optional[Fraction] = None
@@ -519,6 +528,8 @@ class KernelFamily(_Frozen):
     group_reread: Optional[Share] = None
     split_tokens: Optional[Count] = None
     split_memory: Optional[Fraction] = None
+    per_row_query: Optional[Seconds] = None
+    kv8_memory: Optional[Fraction] = None
 
     @model_validator(mode="after")
     def _tiles_together(self):
@@ -545,7 +556,7 @@ class KernelFamily(_Frozen):
         if self.k_split is not None and not 1 <= self.k_split.value <= 2**40:
             raise ValueError(f"k_split must be a reduction length, 1 to 2^40, got {self.k_split.value}")
         for k in ("overhead", "per_group_overhead", "per_slot_overhead", "per_element", "per_row", "per_row_group",
-                  "per_tile", "per_k"):
+                  "per_tile", "per_k", "per_row_query"):
             q = getattr(self, k)
             if q is not None and q.value > 1.0:
                 raise ValueError(f"{k} must be at most 1 s per launch/element, got {q.value} s")
@@ -560,7 +571,7 @@ class KernelFamily(_Frozen):
 _GROUPED_FIELDS = {"compute", "memory", "overhead", "per_group_overhead", "per_slot_overhead", "m_half", "n_half",
                    "gemv_rows"}
 _DECODE_FIELDS = {"compute", "memory", "overhead", "per_element", "per_row", "per_row_group", "group_limit",
-                  "group_compute", "group_reread", "split_tokens", "split_memory"}
+                  "group_compute", "group_reread", "split_tokens", "split_memory", "per_row_query", "kv8_memory"}
 _GEMM_FIELDS = {"compute", "memory", "overhead", "m_half", "n_half", "gemv_rows", "tile_m", "tile_n", "units", "per_k",
                 "k_split", "overlap_p"}
 _PREFILL_FIELDS = {"compute", "memory", "overhead", "per_element", "per_row", "per_tile", "q_tile"}

@@ -381,3 +381,55 @@ def test_gemm_overlap_p_blends_compute_and_memory():
     for bad in (dict(gemm=dict(overlap_p=0.5)), dict(attention_decode=dict(overlap_p=2))):
         with pytest.raises(ValueError):
             profile(**bad)
+
+
+def test_grouped_decode_row_pays_per_row_query_for_its_queries():
+    # TensorRT-LLM's decode tables (H200, BF16, context <= 7, 2,048 sequences): a grouped row
+    # costs 32 / 37 / 52 ns at head_dim 64 / 128 / 256 (group 4): per_row_query x group x head_dim
+    hw = profile(attention_decode=dict(memory=0.5, per_row="10ns", per_row_group="20ns", per_row_query="0.01ns",
+                                       group_limit=32, group_compute=0.01))
+    shape = dict(q_len=1, scores=0.0, rows=8192.0, decode_rows=1024.0, group=8.0, kv_read=0.0, head_dim=128)
+    op = Operator(name="a", kind=OpKind.ATTENTION, group=OpGroup.ATTENTION, layer=LayerType.DENSE, count=1,
+                  flops=0.0, bytes_read=5e6, dtype="bf16", shape=shape)
+    # 100 us of bytes; 1,024 rows x (20 ns + 0.01 ns x 8 x 128 = 10.24 ns) = 30.97 us; + 1 us
+    assert float(operator_terms(op, hw).time_s) == pytest.approx(100e-6 + 1024 * 30.24e-9 + 1e-6, rel=1e-12)
+    # MHA (group 1) and fallback groups (beyond group_limit) pay no query term
+    mha = Operator(**{**op.__dict__, "shape": {**shape, "rows": 1024.0, "group": 1.0}})
+    assert float(operator_terms(mha, hw).time_s) == pytest.approx(100e-6 + 10.24e-6 + 1e-6, rel=1e-12)
+    big = Operator(**{**op.__dict__, "shape": {**shape, "group": 64.0}})
+    assert float(operator_terms(big, hw).time_s) == pytest.approx(100e-6 + 81.92e-6 + 1e-6, rel=1e-12)
+    with pytest.raises(ValueError):
+        profile(attention_prefill=dict(per_row_query="0.01ns"))  # a decode-kernel parameter only
+
+
+def test_ungrouped_decode_over_an_8bit_cache_streams_at_kv8_memory():
+    # H200 tables at 16k+ tokens: an fp8 MHA cache streams 1.6 TB/s, a BF16 one 3.1 TB/s
+    hw = profile(attention_decode=dict(memory=0.5, kv8_memory=0.25))
+    shape = dict(q_len=1, scores=0.0, rows=1024.0, decode_rows=1024.0, group=1.0, kv_read=0.0, kv8=True)
+    op = Operator(name="a", kind=OpKind.ATTENTION, group=OpGroup.ATTENTION, layer=LayerType.DENSE, count=1,
+                  flops=0.0, bytes_read=5e6, dtype="bf16", shape=shape)
+    # 5e6 B at 0.25 x 1e11 = 200 us, + 1 us; a BF16 cache at memory 0.5: 100 us
+    assert float(operator_terms(op, hw).time_s) == pytest.approx(200e-6 + 1e-6, rel=1e-12)
+    bf16 = Operator(**{**op.__dict__, "shape": {**shape, "kv8": False}})
+    assert float(operator_terms(bf16, hw).time_s) == pytest.approx(100e-6 + 1e-6, rel=1e-12)
+    # MLA cores never take it (their own family falls back to attention_decode's fields)
+    mla = Operator(**{**op.__dict__, "shape": {**shape, "mla": True}})
+    assert float(operator_terms(mla, hw).time_s) == pytest.approx(100e-6 + 1e-6, rel=1e-12)
+
+
+def test_windowed_decode_splits_the_whole_cache():
+    # H200 tables: window-128 rows at batch 1 take 0.95 of the full-context rows' time (the
+    # multi-block kernel cuts its chunks from the whole cache); the engine's GQA core carries
+    # ctx_len = context + 1 beside kv_len = min(context + 1, window)
+    from costsim.registry import load_hardware, load_model
+    from costsim.simulator.kernels import attention_core_operators
+
+    spec = load_model("llama-3.1-8b")
+    (op,) = attention_core_operators(spec, load_hardware("h200"), 1.0, 16383.0, 1.0, tp=1, window=128)
+    assert (float(op.shape["kv_len"]), float(op.shape["ctx_len"]), op.shape["head_dim"]) == (128.0, 16384.0, 128)
+    hw = profile(attention_decode=dict(memory=0.5, split_tokens=1024, split_memory=0.01))
+    shape = dict(q_len=1, scores=0.0, kv_len=128.0, ctx_len=16384.0, row_bytes=512.0)
+    w = Operator(name="a", kind=OpKind.ATTENTION, group=OpGroup.ATTENTION, layer=LayerType.DENSE, count=1,
+                 flops=0.0, bytes_read=8e6, dtype="bf16", shape=shape)
+    # the chunk is min(16,384, 1,024) tokens x 512 B at 1e9 B/s = 524.288 us, not 128 tokens' 65.5 us
+    assert float(operator_terms(w, hw).time_s) == pytest.approx(160e-6 + 524.288e-6 + 1e-6, rel=1e-12)

@@ -93,8 +93,15 @@ FREE = {
     # at group 1), and an 8-bit KV cache runs its own kernels (a 5.4 us floor against 8.4 us in
     # BF16; fp8 GQA rows 8-20 ns): per_row_group, and attention_decode_fp8 fitted apart
     # (held-out decode attention H200 22.6 -> 17.1%, H100 21.6 -> 16.4, A100 22.6 -> 17.2; 2026-12-04)
-    "attention_decode": [*_ATTENTION, ("per_row_group", 0.0, 2e-7), ("group_compute", 0.0005, 1.0), *_SPLIT],
-    "attention_decode_fp8": [*_ATTENTION, ("per_row_group", 0.0, 2e-7), ("group_compute", 0.0005, 1.0), *_SPLIT],
+    # per_row_query: a grouped row's block loads and reduces group x head_dim query elements;
+    # kv8_memory: an ungrouped (MHA) kernel over an 8-bit cache dequantises at its own rate; and a
+    # sliding-window row's split chunk is cut from the whole cache (window-128 rows at batch 1
+    # take 0.95 of the full-context rows' time): held-out decode attention H200 16.9 -> 15.2%,
+    # H100 16.0 -> 15.0, B200 10.6 -> 9.8, A100 17.5 -> 17.1 (/tmp experiment, 2026-12-04)
+    "attention_decode": [*_ATTENTION, ("per_row_group", 0.0, 2e-7), ("group_compute", 0.0005, 1.0), *_SPLIT,
+                         ("per_row_query", 0.0, 1e-10), ("kv8_memory", 0.05, 1.0)],
+    "attention_decode_fp8": [*_ATTENTION, ("per_row_group", 0.0, 2e-7), ("group_compute", 0.0005, 1.0), *_SPLIT,
+                             ("per_row_query", 0.0, 1e-10)],
     # a context kernel's block per (sequence, query head, 64 queries): the tables' prefill of one
     # token per sequence costs 0.7 us per sequence at 32 heads (H200, batch 256: 181 us), 6x
     # the per-row term (held-out prefill attention H200 17.5% -> 13.2%; 128 or 256 queries per
@@ -158,7 +165,7 @@ def _current(hw, fam: str) -> dict:
                 per_element=r.per_element_s, per_row=r.per_row_s, per_row_group=r.per_row_group_s or r.per_row_s,
                 per_tile=r.per_tile_s, per_k=r.per_k_s, k_split=r.k_split or 4096.0, overlap_p=r.overlap_p or 8.0,
                 m_half=r.m_half, group_compute=r.group_compute, n_half=r.n_half, split_memory=r.split_memory,
-                split_tokens=r.split_tokens)
+                split_tokens=r.split_tokens, per_row_query=r.per_row_query_s, kv8_memory=r.kv8_memory or r.memory)
 
 
 def fit(base, df: pd.DataFrame, train: np.ndarray, source: str, name: str, seed: int = 0,

@@ -41,7 +41,10 @@ One formula per family (``types.Family``), its parameters in the profile's
                  one that walks the query heads re-reads group_reread of the KV cache per
                  further head of a group: bytes + kv_read x group_reread x (group - 1);
                  a decode row split into chunks of split_tokens adds one chunk streamed by
-                 one block: min(kv_len, split_tokens) x row_bytes / (bw x split_memory)
+                 one block: min(kv_len, split_tokens) x row_bytes / (bw x split_memory), a
+                 sliding window's chunk cut from the whole cache (ctx_len, not kv_len);
+                 a grouped decode row + per_row_query x group x head_dim (its queries);
+                 an ungrouped decode over an 8-bit cache streams at kv8_memory, not memory
                  MLA cores use attention_mla_decode / _prefill, each absent field the GQA one's
 - elementwise:   bytes / (bw x m) + overhead
 - comm:          ``parallel.comm_seconds`` (link bandwidth x efficiency, latency terms)
@@ -88,6 +91,8 @@ class FamilyRates:
     group_reread: float = 0.0  # GQA decode: share of the KV cache each further query head re-reads
     split_tokens: float = 0.0  # decode: tokens per chunk of a split row (0: the whole row is one chunk)
     split_memory: float = 0.0  # decode: fraction of the bandwidth one chunk streams at (0: no chunk term)
+    per_row_query_s: float = 0.0  # grouped decode: per query element (query head x head dim) of a KV row
+    kv8_memory: float = 0.0  # ungrouped decode over an 8-bit cache: fraction of the bandwidth (0: memory)
 
 
 # family -> the family whose parameters fill its absent fields
@@ -132,7 +137,8 @@ def rates(hw: HardwareProfile, family: Family) -> FamilyRates:
                        m_half=v(f.m_half), tile_m=v(f.tile_m), tile_n=v(f.tile_n),
                        units=v(f.units), group_limit=v(f.group_limit), group_compute=v(f.group_compute),
                        n_half=v(f.n_half), gemv_rows=v(f.gemv_rows, 1.0),
-                       group_reread=v(f.group_reread), split_tokens=v(f.split_tokens), split_memory=v(f.split_memory))
+                       group_reread=v(f.group_reread), split_tokens=v(f.split_tokens), split_memory=v(f.split_memory),
+                       per_row_query_s=v(f.per_row_query), kv8_memory=v(f.kv8_memory))
 
 
 def gemm_shape_efficiency(r: FamilyRates, M, N):
@@ -193,16 +199,24 @@ def _attention(op: Operator, hw: HardwareProfile) -> Terms:
             rows = np.where(big, np.asarray(op.shape.get("rows", 0.0), dtype=float), rows)
             per_row = np.where(big, r.per_row_s, per_row)
         c, m = _roof(op, hw, r, shape_eff)
+        if r.kv8_memory and fam is Family.ATTENTION_DECODE and op.shape.get("kv8") and not op.shape.get("mla"):
+            m = m * r.memory / r.kv8_memory  # an ungrouped kernel dequantising an 8-bit cache at its own rate
         if r.group_reread and "group" in op.shape:  # KV re-read by the further heads of a group
             m = m + (np.asarray(op.shape.get("kv_read", 0.0), dtype=float) * r.group_reread
                      * (np.asarray(op.shape["group"], dtype=float) - 1.0) / (hw.memory_bandwidth.value * r.memory))
+        rows = np.asarray(rows, dtype=float)
         extra = (r.per_element_s * np.asarray(op.shape.get("scores", 0.0), dtype=float)
-                 + per_row * np.asarray(rows, dtype=float) + r.overhead_s)
+                 + per_row * rows + r.overhead_s)
+        if decode_gqa and r.per_row_query_s and "head_dim" in op.shape:  # a grouped row's queries
+            g = np.asarray(op.shape["group"], dtype=float)
+            q = np.where((g > 1) & ((g <= r.group_limit) if r.group_limit else True), g * float(op.shape["head_dim"]), 0.0)
+            extra = extra + r.per_row_query_s * q * rows
         if r.per_tile_s and "q_len" in op.shape:  # one block per (sequence, head, q_tile queries)
             q = np.maximum(np.asarray(op.shape["q_len"], dtype=float), 1.0)
             extra = extra + r.per_tile_s * np.asarray(op.shape.get("rows", 0.0), dtype=float) / q * np.ceil(q / r.q_tile)
         if r.split_memory and "row_bytes" in op.shape:  # one chunk of a split decode row, streamed by one block
-            kv_len = np.asarray(op.shape["kv_len"], dtype=float)
+            # a sliding window's chunk: the kernel still splits the whole cache (ctx_len)
+            kv_len = np.asarray(op.shape.get("ctx_len", op.shape["kv_len"]), dtype=float)
             chunk = np.minimum(kv_len, r.split_tokens) if r.split_tokens else kv_len
             extra = extra + chunk * np.asarray(op.shape["row_bytes"], dtype=float) / (hw.memory_bandwidth.value * r.split_memory)
         parts.append((c, m, extra))

@@ -169,7 +169,7 @@ def attention_operators(spec: ModelSpec, dep: Deployment, step: StepShape, n_lay
         ops.append(gemm("attn.qkv_proj", T, (nh + 2 * nkv) * d + gate, h))
         ops.append(core("attn.core", 4.0 * nh * d * pairs, kv_read + T * nh * d * act, kv_write + T * nh * d * act,
                         dict(heads=nh, q_len=s, rows=T * nh, decode_rows=T * nkv, group=nh / nkv, kv_read=kv_read,
-                             kv_len=kv_len, row_bytes=kv_tok / nkv, kv8=kv8)))
+                             kv_len=kv_len, row_bytes=kv_tok / nkv, kv8=kv8, head_dim=d, ctx_len=L + s)))
         ops.append(gemm("attn.o_proj", T, h, nh * d))
     if norms:
         k = spec.norms_per_layer
