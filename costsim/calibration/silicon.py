@@ -70,6 +70,14 @@ assumptions:
   ``w4a16_mxfp4`` weights map to costsim's ``mxfp4`` format (BF16 compute). Rows are fitted per
   weight format's expert-GEMM family: bf16 ``grouped_gemm``, fp8 ``grouped_gemm_fp8``, mxfp4
   ``grouped_gemm_mxfp4``, fp8_block ``grouped_gemm_fp8_block``.
+  **EP-inconsistent rows** are reported apart (label ``moe ep-inconsistent``) and not fitted:
+  a row more than ``EP_JUMP`` x slower than the same kernel, shape, TP, routing and token count
+  on half the EP degree (doubling EP halves the rank's experts at the same tokens, so its time
+  cannot grow). In the H200 tables the BF16 and per-tensor FP8 CUTLASS rows have whole (TP, EP)
+  configurations 3-7x slow at every token count (4096 x 1024, 512 experts, top-10, BF16, 128
+  tokens, TP1: EP 1 / 2 / 4 / 8 / 16 = 2,978 / 1,500 / 772 / 2,613 / 214 us), while the
+  fp8_block rows of the same shapes halve smoothly (1 such row in 19k): a tactic choice of the
+  collected build, not a property of the shape.
 """
 
 from __future__ import annotations
@@ -247,7 +255,7 @@ _MOE_FAMILY = {"bf16": "grouped_gemm", "mxfp4": "grouped_gemm_mxfp4", "fp8": "gr
 def _moe(df: pd.DataFrame) -> pd.DataFrame:
     df = df[df["moe_dtype"].isin(list(_DT))]
     dist = np.where(df["distribution"] == "balanced", "balanced", "power_law")
-    return pd.DataFrame(dict(
+    out = pd.DataFrame(dict(
         family=df["moe_dtype"].map(_DT).map(_MOE_FAMILY), label="moe " + pd.Series(dist, index=df.index), kernel="moe",
         dtype=df["moe_dtype"].map(_DT), tokens=df["num_tokens"], hidden=df["hidden_size"], inter=df["inter_size"],
         topk=df["topk"], experts=df["num_experts"], moe_tp=df["moe_tp_size"], ep=df["moe_ep_size"],
@@ -256,6 +264,21 @@ def _moe(df: pd.DataFrame) -> pd.DataFrame:
                + ":e" + df["num_experts"].astype(str) + "k" + df["topk"].astype(str) + ":tp"
                + df["moe_tp_size"].astype(str) + "ep" + df["moe_ep_size"].astype(str)),
         measured_s=df["latency"] * MS))
+    bad = _ep_inconsistent(out)
+    out.loc[bad, "label"] = "moe ep-inconsistent"
+    return out.assign(fitted=~bad)
+
+
+EP_JUMP = 1.5  # a MoE row this much slower than its half-EP neighbour is EP-inconsistent
+
+
+def _ep_inconsistent(out: pd.DataFrame) -> np.ndarray:
+    """Rows of a ``_moe`` frame more than ``EP_JUMP`` x slower than the same kernel at half the EP."""
+    key = ["dtype", "hidden", "inter", "experts", "topk", "gated", "moe_tp", "distribution", "tokens"]
+    half = out.groupby(key + ["ep"], sort=False)["measured_s"].median().rename("half_s").reset_index()
+    half["ep"] = half["ep"] * 2
+    j = out[key + ["ep", "measured_s"]].merge(half, on=key + ["ep"], how="left")
+    return (j["measured_s"] > EP_JUMP * j["half_s"]).to_numpy()
 
 
 # table name -> (op dir, file, reader)

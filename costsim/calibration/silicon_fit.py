@@ -185,8 +185,10 @@ def fit(base, df: pd.DataFrame, train: np.ndarray, source: str, name: str, seed:
     # fitting units: each family, and each collective of ``comm`` on its own
     units = [(f"comm:{k}", "comm", df["kernel"].to_numpy() == k) if fam == "comm" else (fam, fam, True)
              for fam in families for k in (COLLECTIVE_KERNELS if fam == "comm" else (None,))]
+    # rows the reader marks as not fitted (``silicon``: EP-inconsistent MoE rows)
+    usable = train & (df["fitted"].fillna(True).to_numpy(bool) if "fitted" in df else True)
     for fam, free_key, sel in units:
-        rows = np.flatnonzero(train & (df["family"].to_numpy() == free_key) & sel)
+        rows = np.flatnonzero(usable & (df["family"].to_numpy() == free_key) & sel)
         if not len(rows) or free_key not in FREE:
             continue
         if len(rows) > FIT_ROWS:
@@ -204,7 +206,7 @@ def fit(base, df: pd.DataFrame, train: np.ndarray, source: str, name: str, seed:
             if option is not None:
                 _put(data, fam, choice, option, f"{source}: {choice} {option:g} fits the train half better than none")
             got = _fit_unit(data, fam, free_key, sub, p, source, f"fitted on {len(rows)} of "
-                            f"{int((train & (df['family'].to_numpy() == free_key) & sel).sum())} {fam} rows (train half)")
+                            f"{int((usable & (df['family'].to_numpy() == free_key) & sel).sum())} {fam} rows (train half)")
             if best is None or got[1]["train_mape"] < best[1]["train_mape"]:
                 best = (data, got[1] if option is None else {**got[1], "values": {**got[1]["values"], choice: option}})
         data, report[fam] = best
