@@ -514,6 +514,7 @@ class KernelFamily(_Frozen):
     per_row_group: Optional[Seconds] = None
     per_tile: Optional[Seconds] = None
     per_k: Optional[Seconds] = None
+    per_output: Optional[Seconds] = None
     overlap_p: Optional[Count] = None
     k_split: Optional[Count] = None
     q_tile: Optional[Count] = None
@@ -556,7 +557,7 @@ class KernelFamily(_Frozen):
         if self.k_split is not None and not 1 <= self.k_split.value <= 2**40:
             raise ValueError(f"k_split must be a reduction length, 1 to 2^40, got {self.k_split.value}")
         for k in ("overhead", "per_group_overhead", "per_slot_overhead", "per_element", "per_row", "per_row_group",
-                  "per_tile", "per_k", "per_row_query"):
+                  "per_tile", "per_k", "per_row_query", "per_output"):
             q = getattr(self, k)
             if q is not None and q.value > 1.0:
                 raise ValueError(f"{k} must be at most 1 s per launch/element, got {q.value} s")
@@ -569,11 +570,11 @@ class KernelFamily(_Frozen):
 
 # the parameters each family's formula reads (costsim.simulator.efficiency); others are refused
 _GROUPED_FIELDS = {"compute", "memory", "overhead", "per_group_overhead", "per_slot_overhead", "m_half", "n_half",
-                   "gemv_rows"}
+                   "gemv_rows", "per_output"}
 _DECODE_FIELDS = {"compute", "memory", "overhead", "per_element", "per_row", "per_row_group", "group_limit",
                   "group_compute", "group_reread", "split_tokens", "split_memory", "per_row_query", "kv8_memory"}
 _GEMM_FIELDS = {"compute", "memory", "overhead", "m_half", "n_half", "gemv_rows", "tile_m", "tile_n", "units", "per_k",
-                "k_split", "overlap_p"}
+                "k_split", "overlap_p", "per_output"}
 _PREFILL_FIELDS = {"compute", "memory", "overhead", "per_element", "per_row", "per_tile", "q_tile"}
 _FAMILY_FIELDS = {
     "gemm": _GEMM_FIELDS,

@@ -137,24 +137,24 @@ def test_deepseek_v3_day6_layouts_ratio():
     dec = LayoutRequest(devices=144, tp=1, ep=144, redundant_experts=32, mtp_depth=1, ep_kernel="auto")
     r = disaggregate(spec, hw, 4384, 1211, tpot_slo_s=0.0476, weight_dtypes=("fp8-b128",), kv_dtypes=("bf16",),
                      prefill_layout=pre, decode_layout=dec, colocated=False)
-    # costsim says (no two-batch overlap): prefill 81.1K input tokens/s per node (the overview:
-    # 73.7K, +10%), decode 10.3K output tokens/s per node (the overview: 14.8K, -30%;
-    # tests/test_derived_profiles.py gives 10.3K at a context of 4,989)
-    assert r.prefill.tokens_per_s_per_node == pytest.approx(81_055, rel=0.01)
-    assert r.decode.tokens_per_s_per_node == pytest.approx(10_325, rel=0.01)
+    # costsim says (no two-batch overlap): prefill 87.8K input tokens/s per node (the overview:
+    # 73.7K, +19%), decode 10.5K output tokens/s per node (the overview: 14.8K, -29%;
+    # tests/test_derived_profiles.py gives 10.4K at a context of 4,989)
+    assert r.prefill.tokens_per_s_per_node == pytest.approx(87_756, rel=0.01)
+    assert r.decode.tokens_per_s_per_node == pytest.approx(10_460, rel=0.01)
     assert r.decode.limit == "TPOT SLO" and r.decode.tpot_s <= 0.0476
     # each pool is perf on its layout: the prefill batch's TTFT, the decode batch's mean TPOT
     one = perf(Scenario(spec, hw, replace(pre, weight_dtype="fp8-b128"), r.prefill.batch, 4384, 0))
     assert r.prefill.tokens_per_s == pytest.approx(r.prefill.batch * 4384 / one.ttft_s, rel=1e-9)
     # the ratio: the overview's own rates imply (608e9 / 73.7e3) / (168e9 / 14.8e3) = 0.727 prefill
     # nodes per decode node (its units are 4 : 18 = 0.222, many of each); costsim's rates give
-    # (4384 / 10,131.9) / (1211 / 1,290.64) = 0.461, i.e. 8.30 prefill nodes per 18-node decode unit
-    # (2.1 prefill units of 4 nodes), not 4: its prefill is faster and its decode slower than the
+    # (4384 / 10,969.5) / (1211 / 1,307.48) = 0.431, i.e. 7.77 prefill nodes per 18-node decode unit
+    # (1.9 prefill units of 4 nodes), not 4: its prefill is faster and its decode slower than the
     # overview's day-long averages
     assert (608e9 / 73.7e3) / (168e9 / 14.8e3) == pytest.approx(0.727, abs=5e-4)
-    assert (4384 / 10_131.9) / (1211 / 1_290.64) == pytest.approx(0.461, abs=5e-4)
-    assert r.prefill_devices_per_decode_device == pytest.approx(0.461, rel=0.01)
-    assert r.prefill_devices_per_decode_replica / 8 == pytest.approx(8.30, rel=0.01)
+    assert (4384 / 10_969.5) / (1211 / 1_307.48) == pytest.approx(0.431, abs=5e-4)
+    assert r.prefill_devices_per_decode_device == pytest.approx(0.431, rel=0.01)
+    assert r.prefill_devices_per_decode_replica / 8 == pytest.approx(7.77, rel=0.01)
     # KV of 4,384 tokens: 70,272 B per token in BF16 (ISCA 2025 Table 1: 576 x 2 x 61) = 308.07 MB;
     # with DP-attention (TP1) one device holds and sends a request's whole cache
     assert r.kv_bytes_per_request == 70_272 * 4384

@@ -383,6 +383,29 @@ def test_gemm_overlap_p_blends_compute_and_memory():
             profile(**bad)
 
 
+def test_gemm_epilogue_pays_per_output_for_each_output_element():
+    # an output-bound GEMM's epilogue (scale, convert, store each output element) does not hide
+    # behind a short K loop: TensorRT-LLM's fp8 block-scale GEMM at K = 128, M = 16,384, N =
+    # 65,536 takes 1,372 us (H200 tables), 3.1x the 447 us its 2.1 GB BF16 output takes at the
+    # datasheet's 4.8 TB/s; per_output x M x N is added to the roofline (not overlapped)
+    op = gemm(8192, 8192, 256)
+    c, m = 2.0 * 8192 * 8192 * 256 / 0.5e12, 2.0 * (8192 * 256 * 2 + 8192 * 8192) / 0.8e11
+    assert float(operator_terms(op, profile(gemm=dict(per_output=1e-12))).time_s) == \
+        pytest.approx(max(c, m) + 1e-6 + 8192 * 8192 * 1e-12, rel=1e-12)
+    # gemm_fp8_block's own value: a BF16 GEMM does not pay it (nor any profile before the field)
+    hw = profile(gemm_fp8_block=dict(per_output=1e-12))
+    assert rates(hw, Family.GEMM_FP8_BLOCK).per_output_s == 1e-12 and rates(hw, Family.GEMM).per_output_s == 0.0
+    assert float(operator_terms(op, hw).time_s) == pytest.approx(max(c, m) + 1e-6, rel=1e-12)
+    # a grouped GEMM: every expert's output rows (M = token-expert pairs on the rank)
+    g = gemm(64, 4096, 2048, kind=OpKind.GROUPED_GEMM, groups=4.0, tokens_per_expert=16.0, slots=8.0)
+    base = float(operator_terms(g, profile()).time_s)
+    assert float(operator_terms(g, profile(grouped_gemm=dict(per_output=1e-12))).time_s) == \
+        pytest.approx(base + 64 * 4096 * 1e-12, rel=1e-12)
+    for bad in (dict(attention_decode=dict(per_output=1e-12)), dict(gemm=dict(per_output=2.0))):
+        with pytest.raises(ValueError):
+            profile(**bad)
+
+
 def test_grouped_decode_row_pays_per_row_query_for_its_queries():
     # TensorRT-LLM's decode tables (H200, BF16, context <= 7, 2,048 sequences): a grouped row
     # costs 32 / 37 / 52 ns at head_dim 64 / 128 / 256 (group 4): per_row_query x group x head_dim

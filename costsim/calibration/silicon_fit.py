@@ -66,8 +66,13 @@ def summary(df: pd.DataFrame, pred) -> list[dict]:
 # overlap_p: compute and memory terms as (c^p + m^p)^(1/p), not their max: large M with K <= 512
 # ran at 0.5-0.7 of the max's prediction, output-bound tiles with few K blocks (held-out GEMM
 # bf16 H200 7.9 -> 7.5%, A100 10.3 -> 9.6, fp8_block H200 12.5 -> 11.1; /tmp experiment)
+# per_output: the epilogue per output element, not hidden by a short K loop (fp8_block at K = 128,
+# M = 16,384, N = 65,536: 1,372 us, 3.1x its BF16 output's 447 us at 4.8 TB/s): held-out GEMM
+# bf16 H200 7.5 -> 6.4%, fp8 5.5 -> 4.5, fp8_block 11.1 -> 8.8, H100 fp8_block 10.6 -> 9.1
+# (/tmp experiment, 2026-12-04); in the expert GEMMs too: MoE power-law H200 15.1 -> 12.5%
 _GEMM = [("compute", 0.05, 1.0), ("memory", 0.05, 1.0), ("overhead", 0.0, 1e-4), ("m_half", 0.0, 2048.0),
-         ("n_half", 0.0, 4096.0), ("per_k", 0.0, 5e-8), ("k_split", 64.0, 65536.0), ("overlap_p", 1.0, 16.0)]
+         ("n_half", 0.0, 4096.0), ("per_k", 0.0, 5e-8), ("k_split", 64.0, 65536.0), ("overlap_p", 1.0, 16.0),
+         ("per_output", 0.0, 1e-11)]
 _ATTENTION = [("compute", 0.005, 1.0), ("memory", 0.05, 1.0), ("per_row", 0.0, 1e-7), ("overhead", 0.0, 1e-4)]
 # decode kernels split over the context; split_tokens is fitted on a log scale up to 2^20 tokens
 # (a kernel that never splits: A100's MLA decode streams a whole 131k-token row with one block,
@@ -82,7 +87,8 @@ LOG_SCALED = {"split_tokens", "k_split"}  # parameters fitted on a log scale (th
 # 2.27) shows none (the rule would take it from 8.2 to 14.4%): /tmp experiment, 2026-12-04
 CHOICES = {"comm:all_to_all": ("ll_threshold", (None, 16384.0))}
 _GROUPED = [("compute", 0.005, 1.0), ("memory", 0.02, 1.0), ("per_group_overhead", 0.0, 1e-4),
-            ("per_slot_overhead", 0.0, 1e-6), ("overhead", 0.0, 2e-4), ("m_half", 0.0, 2048.0), ("n_half", 0.0, 4096.0)]
+            ("per_slot_overhead", 0.0, 1e-6), ("overhead", 0.0, 2e-4), ("m_half", 0.0, 2048.0), ("n_half", 0.0, 4096.0),
+            ("per_output", 0.0, 1e-11)]
 FREE = {
     "gemm": _GEMM,
     "gemm_fp8": _GEMM,
@@ -163,7 +169,7 @@ def _current(hw, fam: str) -> dict:
     return dict(compute=r.compute, memory=r.memory, overhead=r.overhead_s, per_group_overhead=r.per_group_overhead_s,
                 per_slot_overhead=r.per_slot_overhead_s,
                 per_element=r.per_element_s, per_row=r.per_row_s, per_row_group=r.per_row_group_s or r.per_row_s,
-                per_tile=r.per_tile_s, per_k=r.per_k_s, k_split=r.k_split or 4096.0, overlap_p=r.overlap_p or 8.0,
+                per_tile=r.per_tile_s, per_k=r.per_k_s, per_output=r.per_output_s, k_split=r.k_split or 4096.0, overlap_p=r.overlap_p or 8.0,
                 m_half=r.m_half, group_compute=r.group_compute, n_half=r.n_half, split_memory=r.split_memory,
                 split_tokens=r.split_tokens, per_row_query=r.per_row_query_s, kv8_memory=r.kv8_memory or r.memory)
 

@@ -17,6 +17,8 @@ One formula per family (``types.Family``), its parameters in the profile's
 - gemm K loop:   + per_k x min(K, k_split): the latency of a block's serial loop over the
                  reduction (about 1.4 ns per element on H100/H200, which a GEMM of few
                  output tiles cannot hide), held at k_split by cuBLAS' split-K
+- gemm epilogue: + per_output x M x N: scaling, converting and storing each output element,
+                 which a short K loop does not hide (grouped GEMMs too, M = the rank's pairs)
 - grouped_gemm:  as gemm with M = rows per busy expert, + per_group_overhead x busy experts
                  + per_slot_overhead x expert slots on the rank (busy or not)
 - grouped_gemm_fp8, grouped_gemm_fp8_block: as grouped_gemm, expert GEMMs on the fp8 tensor
@@ -77,6 +79,7 @@ class FamilyRates:
     per_row_group_s: float = 0.0  # GQA decode: per KV row of a grouped kernel (0: per_row_s)
     per_tile_s: float = 0.0  # prefill: per (sequence, query head, tile of q_tile queries)
     per_k_s: float = 0.0  # GEMM: latency per reduction element of a block's K loop
+    per_output_s: float = 0.0  # GEMM: epilogue time per output element (not overlapped)
     overlap_p: float = 0.0  # GEMM: (c^p + m^p)^(1/p) instead of max(c, m) (0: the max)
     k_split: float = 0.0  # GEMM: K beyond which split-K holds the loop (0: no limit)
     q_tile: float = 64.0  # prefill: queries per tile of the attention kernel
@@ -132,7 +135,7 @@ def rates(hw: HardwareProfile, family: Family) -> FamilyRates:
                        overhead_s=v(f.overhead, e.kernel_overhead.value), per_group_overhead_s=v(f.per_group_overhead),
                        per_slot_overhead_s=v(f.per_slot_overhead),
                        per_element_s=v(f.per_element), per_row_s=v(f.per_row), per_row_group_s=v(f.per_row_group),
-                       per_tile_s=v(f.per_tile), q_tile=v(f.q_tile, 64.0), per_k_s=v(f.per_k), k_split=v(f.k_split),
+                       per_tile_s=v(f.per_tile), q_tile=v(f.q_tile, 64.0), per_k_s=v(f.per_k), per_output_s=v(f.per_output), k_split=v(f.k_split),
                        overlap_p=v(f.overlap_p),
                        m_half=v(f.m_half), tile_m=v(f.tile_m), tile_n=v(f.tile_n),
                        units=v(f.units), group_limit=v(f.group_limit), group_compute=v(f.group_compute),
@@ -237,12 +240,16 @@ def operator_terms(op: Operator, hw: HardwareProfile) -> Terms:
         if r.per_k_s:  # a block's serial K loop, held at k_split by split-K
             K = np.asarray(op.shape["K"], dtype=float)
             x = x + r.per_k_s * (np.minimum(K, r.k_split) if r.k_split else K)
+        if r.per_output_s:  # the epilogue: each output element scaled, converted and stored
+            x = x + r.per_output_s * np.asarray(op.shape["M"], dtype=float) * np.asarray(op.shape["N"], dtype=float)
     elif op.kind is OpKind.GROUPED_GEMM:
         groups = np.asarray(op.shape["groups"], dtype=float)
         # the narrower weight dimension (an expert split over moe_tp: N of gate/up, K of down)
         narrow = np.minimum(np.asarray(op.shape["N"], dtype=float), np.asarray(op.shape.get("K", op.shape["N"]), dtype=float))
         c, m = _roof(op, hw, r, gemm_shape_efficiency(r, op.shape["tokens_per_expert"], narrow))
         x = r.overhead_s + r.per_group_overhead_s * groups + r.per_slot_overhead_s * float(op.shape.get("slots", 0.0))
+        if r.per_output_s:  # the epilogue of every expert's output rows
+            x = x + r.per_output_s * np.asarray(op.shape["M"], dtype=float) * np.asarray(op.shape["N"], dtype=float)
     else:
         c, m = _roof(op, hw, r)
         x = r.overhead_s
