@@ -502,6 +502,16 @@ class KernelFamily(_Frozen):
       (MHA: one query head per KV head) decode over an 8-bit cache streams at, in place of
       ``memory``: the kernel dequantises each element (the H200 tables: an fp8 MHA cache
       streams 1.6 TB/s at 16k+ tokens, a BF16 one 3.1 TB/s; both about 1.6 T elements/s).
+    - ``per_output``: GEMMs and grouped GEMMs, seconds per output element of the epilogue
+      (scale, convert, store), added to the roofline: + per_output x M x N. A short K loop does
+      not hide it (aiconfigurator's H200 tables: an fp8 block-scale GEMM at K = 128, M = 16,384,
+      N = 65,536 takes 1,372 us, 3.1x its BF16 output's write time at the datasheet bandwidth).
+    - ``per_row_tile``, ``kv_tile``: decode attention, seconds per (row, tile of ``kv_tile``
+      cached tokens, default 256) of a row's loop over its cache: + per_row_tile x rows x
+      ceil(kv_len / kv_tile).
+    - ``overlap_p``: GEMMs, compute and memory as (c^p + m^p)^(1/p) instead of their max; decode
+      attention, the row terms R (per_row, per_row_query, per_row_tile) and the roofline T as
+      (T^p + R^p)^(1/p) instead of T + R. 1 to 64; absent: max (GEMM), sum (decode).
     """
 
     compute: Optional[Fraction] = None
@@ -515,9 +525,11 @@ class KernelFamily(_Frozen):
     per_tile: Optional[Seconds] = None
     per_k: Optional[Seconds] = None
     per_output: Optional[Seconds] = None
+    per_row_tile: Optional[Seconds] = None
     overlap_p: Optional[Count] = None
     k_split: Optional[Count] = None
     q_tile: Optional[Count] = None
+    kv_tile: Optional[Count] = None
     m_half: Optional[Count] = None
     tile_m: Optional[Count] = None
     tile_n: Optional[Count] = None
@@ -552,12 +564,15 @@ class KernelFamily(_Frozen):
             raise ValueError(f"gemv_rows must be a whole number of rows, 1 to 2^20, got {self.gemv_rows.value}")
         if self.q_tile is not None and not (1 <= self.q_tile.value <= 2**20 and self.q_tile.value == int(self.q_tile.value)):
             raise ValueError(f"q_tile must be a whole number of query tokens, 1 to 2^20, got {self.q_tile.value}")
+        if self.kv_tile is not None and not (1 <= self.kv_tile.value <= 2**20
+                                             and self.kv_tile.value == int(self.kv_tile.value)):
+            raise ValueError(f"kv_tile must be a whole number of cached tokens, 1 to 2^20, got {self.kv_tile.value}")
         if self.overlap_p is not None and not 1 <= self.overlap_p.value <= 64:
             raise ValueError(f"overlap_p must be from 1 (no overlap) to 64 (the max), got {self.overlap_p.value}")
         if self.k_split is not None and not 1 <= self.k_split.value <= 2**40:
             raise ValueError(f"k_split must be a reduction length, 1 to 2^40, got {self.k_split.value}")
         for k in ("overhead", "per_group_overhead", "per_slot_overhead", "per_element", "per_row", "per_row_group",
-                  "per_tile", "per_k", "per_row_query", "per_output"):
+                  "per_tile", "per_k", "per_row_query", "per_output", "per_row_tile"):
             q = getattr(self, k)
             if q is not None and q.value > 1.0:
                 raise ValueError(f"{k} must be at most 1 s per launch/element, got {q.value} s")
@@ -572,7 +587,8 @@ class KernelFamily(_Frozen):
 _GROUPED_FIELDS = {"compute", "memory", "overhead", "per_group_overhead", "per_slot_overhead", "m_half", "n_half",
                    "gemv_rows", "per_output"}
 _DECODE_FIELDS = {"compute", "memory", "overhead", "per_element", "per_row", "per_row_group", "group_limit",
-                  "group_compute", "group_reread", "split_tokens", "split_memory", "per_row_query", "kv8_memory"}
+                  "group_compute", "group_reread", "split_tokens", "split_memory", "per_row_query", "kv8_memory",
+                  "overlap_p", "per_row_tile", "kv_tile"}
 _GEMM_FIELDS = {"compute", "memory", "overhead", "m_half", "n_half", "gemv_rows", "tile_m", "tile_n", "units", "per_k",
                 "k_split", "overlap_p", "per_output"}
 _PREFILL_FIELDS = {"compute", "memory", "overhead", "per_element", "per_row", "per_tile", "q_tile"}

@@ -378,7 +378,7 @@ def test_gemm_overlap_p_blends_compute_and_memory():
         assert float(operator_terms(op, hw).time_s) == pytest.approx((c ** p + m ** p) ** (1 / p) + 1e-6, rel=1e-12)
     # p = 1 is the sum (no overlap); without the field the max
     assert float(operator_terms(op, profile()).time_s) == pytest.approx(max(c, m) + 1e-6, rel=1e-12)
-    for bad in (dict(gemm=dict(overlap_p=0.5)), dict(attention_decode=dict(overlap_p=2))):
+    for bad in (dict(gemm=dict(overlap_p=0.5)), dict(attention_prefill=dict(overlap_p=2))):
         with pytest.raises(ValueError):
             profile(**bad)
 
@@ -423,6 +423,30 @@ def test_grouped_decode_row_pays_per_row_query_for_its_queries():
     assert float(operator_terms(big, hw).time_s) == pytest.approx(100e-6 + 81.92e-6 + 1e-6, rel=1e-12)
     with pytest.raises(ValueError):
         profile(attention_prefill=dict(per_row_query="0.01ns"))  # a decode-kernel parameter only
+
+
+def test_decode_rows_pay_per_row_tile_and_overlap_the_stream_by_overlap_p():
+    # H200 decode tables, 32 query / 8 KV heads, batch 64: a row costs 48 ns up to 127 cached
+    # tokens, 100 ns at 255, 132 ns at 511 (per tile of the row's loop over the cache); at batch
+    # 256 and 511 tokens the rows' 63 us and the stream's 125 us take 146 us together, not 188
+    hw = profile(attention_decode=dict(memory=0.5, per_row="10ns", per_row_tile="5ns", kv_tile=256))
+    shape = dict(q_len=1, scores=0.0, rows=1024.0, decode_rows=1024.0, group=1.0, kv_read=0.0, kv_len=1000.0)
+    op = Operator(name="a", kind=OpKind.ATTENTION, group=OpGroup.ATTENTION, layer=LayerType.DENSE, count=1,
+                  flops=0.0, bytes_read=5e6, dtype="bf16", shape=shape)
+    # 100 us of bytes; rows: 1,024 x (10 ns + 5 ns x ceil(1000 / 256) = 4 tiles) = 30.72 us; + 1 us
+    rows = 1024 * (10e-9 + 4 * 5e-9)
+    assert float(operator_terms(op, hw).time_s) == pytest.approx(100e-6 + rows + 1e-6, rel=1e-12)
+    # kv_tile defaults to 256; a short cache (kv_len 2: one cached token and the new one) is one tile
+    assert rates(profile(attention_decode=dict(per_row_tile="5ns")), Family.ATTENTION_DECODE).kv_tile == 256
+    empty = Operator(**{**op.__dict__, "shape": {**shape, "kv_len": 2.0}})
+    assert float(operator_terms(empty, hw).time_s) == pytest.approx(100e-6 + 1024 * 15e-9 + 1e-6, rel=1e-12)
+    # overlap_p 2: (100^2 + 30.72^2)^(1/2) us instead of their sum
+    hw2 = profile(attention_decode=dict(memory=0.5, per_row="10ns", per_row_tile="5ns", kv_tile=256, overlap_p=2))
+    assert float(operator_terms(op, hw2).time_s) == pytest.approx(((100e-6) ** 2 + rows ** 2) ** 0.5 + 1e-6, rel=1e-12)
+    # a prefill does not overlap them; the decode fields are refused on prefill; kv_tile is whole
+    for bad in (dict(attention_prefill=dict(per_row_tile="5ns")), dict(attention_decode=dict(kv_tile=0.5))):
+        with pytest.raises(ValueError):
+            profile(**bad)
 
 
 def test_ungrouped_decode_over_an_8bit_cache_streams_at_kv8_memory():

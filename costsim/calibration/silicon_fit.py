@@ -104,10 +104,17 @@ FREE = {
     # sliding-window row's split chunk is cut from the whole cache (window-128 rows at batch 1
     # take 0.95 of the full-context rows' time): held-out decode attention H200 16.9 -> 15.2%,
     # H100 16.0 -> 15.0, B200 10.6 -> 9.8, A100 17.5 -> 17.1 (/tmp experiment, 2026-12-04)
+    # overlap_p: a decode's row terms overlap its stream partly, (T^p + R^p)^(1/p) (fitted p
+    # 1.2-2.3; at batch 256, 511 tokens, 32/8 heads the H200 row costs 63 us and the stream 125
+    # us, measured 146 us); per_row_tile: a row's loop pays per tile of kv_tile cached tokens
+    # (at batch 64 the rows cost 48 ns each up to 127 tokens, 100 at 255, 132 at 511): held-out
+    # decode attention H200 15.4 -> 14.8%, H100 15.4 -> 14.5, B200 9.8 -> 8.2, A100 17.0 -> 14.1
+    # (/tmp experiment, 2026-12-04)
     "attention_decode": [*_ATTENTION, ("per_row_group", 0.0, 2e-7), ("group_compute", 0.0005, 1.0), *_SPLIT,
-                         ("per_row_query", 0.0, 1e-10), ("kv8_memory", 0.05, 1.0)],
+                         ("per_row_query", 0.0, 1e-10), ("kv8_memory", 0.05, 1.0), ("overlap_p", 1.0, 16.0),
+                         ("per_row_tile", 0.0, 1e-7)],
     "attention_decode_fp8": [*_ATTENTION, ("per_row_group", 0.0, 2e-7), ("group_compute", 0.0005, 1.0), *_SPLIT,
-                             ("per_row_query", 0.0, 1e-10)],
+                             ("per_row_query", 0.0, 1e-10), ("overlap_p", 1.0, 16.0), ("per_row_tile", 0.0, 1e-7)],
     # a context kernel's block per (sequence, query head, 64 queries): the tables' prefill of one
     # token per sequence costs 0.7 us per sequence at 32 heads (H200, batch 256: 181 us), 6x
     # the per-row term (held-out prefill attention H200 17.5% -> 13.2%; 128 or 256 queries per
@@ -140,6 +147,9 @@ GROUP_LIMIT = 32
 GROUP_LIMIT_WHY = "decode kernels handle up to 32 query heads per KV head; larger groups fall back (tables: 48-128)"
 Q_TILE = 64
 Q_TILE_WHY = "context-attention blocks of 64 queries fit the tables best (64 / 128 / 256: H200 13.2 / 13.9 / 14.7%)"
+KV_TILE = 256
+KV_TILE_WHY = ("a decode row's loop in tiles of 256 cached tokens fits the tables best "
+               "(64 / 128 / 256 / 512 / 1,024: H200 15.3 / 15.0 / 14.8 / 14.9 / 14.8%)")
 FIT_ROWS = 1500  # rows per family the least-squares fit sees (a seeded sample of the train half)
 MAX_NFEV = 100  # function evaluations per least-squares pass
 
@@ -171,7 +181,7 @@ def _current(hw, fam: str) -> dict:
                 per_element=r.per_element_s, per_row=r.per_row_s, per_row_group=r.per_row_group_s or r.per_row_s,
                 per_tile=r.per_tile_s, per_k=r.per_k_s, per_output=r.per_output_s, k_split=r.k_split or 4096.0, overlap_p=r.overlap_p or 8.0,
                 m_half=r.m_half, group_compute=r.group_compute, n_half=r.n_half, split_memory=r.split_memory,
-                split_tokens=r.split_tokens, per_row_query=r.per_row_query_s, kv8_memory=r.kv8_memory or r.memory)
+                split_tokens=r.split_tokens, per_row_query=r.per_row_query_s, per_row_tile=r.per_row_tile_s, kv8_memory=r.kv8_memory or r.memory)
 
 
 def fit(base, df: pd.DataFrame, train: np.ndarray, source: str, name: str, seed: int = 0,
@@ -202,6 +212,8 @@ def fit(base, df: pd.DataFrame, train: np.ndarray, source: str, name: str, seed:
         sub = df.iloc[rows].reset_index(drop=True)
         if fam == "attention_decode":  # the group size beyond which the decode kernel falls back
             _put(data, fam, "group_limit", GROUP_LIMIT, f"{source}: {GROUP_LIMIT_WHY}")
+        if fam == "attention_decode":  # the cached tokens per tile of a decode row's loop
+            _put(data, fam, "kv_tile", KV_TILE, f"{source}: {KV_TILE_WHY}")
         if fam == "attention_prefill":  # the queries per block of the context kernel
             _put(data, fam, "q_tile", Q_TILE, f"{source}: {Q_TILE_WHY}")
         p = plan(sub, base)

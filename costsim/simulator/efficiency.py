@@ -46,6 +46,9 @@ One formula per family (``types.Family``), its parameters in the profile's
                  one block: min(kv_len, split_tokens) x row_bytes / (bw x split_memory), a
                  sliding window's chunk cut from the whole cache (ctx_len, not kv_len);
                  a grouped decode row + per_row_query x group x head_dim (its queries);
+                 a decode row + per_row_tile x ceil(kv_len / kv_tile) (its loop over the cache);
+                 with overlap_p, a decode's row terms R and its roofline T overlap partly:
+                 (T^p + R^p)^(1/p) instead of T + R;
                  an ungrouped decode over an 8-bit cache streams at kv8_memory, not memory
                  MLA cores use attention_mla_decode / _prefill, each absent field the GQA one's
 - elementwise:   bytes / (bw x m) + overhead
@@ -80,6 +83,8 @@ class FamilyRates:
     per_tile_s: float = 0.0  # prefill: per (sequence, query head, tile of q_tile queries)
     per_k_s: float = 0.0  # GEMM: latency per reduction element of a block's K loop
     per_output_s: float = 0.0  # GEMM: epilogue time per output element (not overlapped)
+    per_row_tile_s: float = 0.0  # decode: per (row, tile of kv_tile cached tokens)
+    kv_tile: float = 256.0  # decode: cached tokens per tile of a row's loop
     overlap_p: float = 0.0  # GEMM: (c^p + m^p)^(1/p) instead of max(c, m) (0: the max)
     k_split: float = 0.0  # GEMM: K beyond which split-K holds the loop (0: no limit)
     q_tile: float = 64.0  # prefill: queries per tile of the attention kernel
@@ -135,7 +140,8 @@ def rates(hw: HardwareProfile, family: Family) -> FamilyRates:
                        overhead_s=v(f.overhead, e.kernel_overhead.value), per_group_overhead_s=v(f.per_group_overhead),
                        per_slot_overhead_s=v(f.per_slot_overhead),
                        per_element_s=v(f.per_element), per_row_s=v(f.per_row), per_row_group_s=v(f.per_row_group),
-                       per_tile_s=v(f.per_tile), q_tile=v(f.q_tile, 64.0), per_k_s=v(f.per_k), per_output_s=v(f.per_output), k_split=v(f.k_split),
+                       per_tile_s=v(f.per_tile), q_tile=v(f.q_tile, 64.0), per_k_s=v(f.per_k), per_output_s=v(f.per_output), per_row_tile_s=v(f.per_row_tile), kv_tile=v(f.kv_tile, 256.0),
+                       k_split=v(f.k_split),
                        overlap_p=v(f.overlap_p),
                        m_half=v(f.m_half), tile_m=v(f.tile_m), tile_n=v(f.tile_n),
                        units=v(f.units), group_limit=v(f.group_limit), group_compute=v(f.group_compute),
@@ -208,12 +214,23 @@ def _attention(op: Operator, hw: HardwareProfile) -> Terms:
             m = m + (np.asarray(op.shape.get("kv_read", 0.0), dtype=float) * r.group_reread
                      * (np.asarray(op.shape["group"], dtype=float) - 1.0) / (hw.memory_bandwidth.value * r.memory))
         rows = np.asarray(rows, dtype=float)
-        extra = (r.per_element_s * np.asarray(op.shape.get("scores", 0.0), dtype=float)
-                 + per_row * rows + r.overhead_s)
+        row_s = per_row * rows
         if decode_gqa and r.per_row_query_s and "head_dim" in op.shape:  # a grouped row's queries
             g = np.asarray(op.shape["group"], dtype=float)
             q = np.where((g > 1) & ((g <= r.group_limit) if r.group_limit else True), g * float(op.shape["head_dim"]), 0.0)
-            extra = extra + r.per_row_query_s * q * rows
+            row_s = row_s + r.per_row_query_s * q * rows
+        if r.per_row_tile_s and "kv_len" in op.shape and fam in (Family.ATTENTION_DECODE, Family.ATTENTION_DECODE_FP8):
+            # a row's block walks its cache in tiles of kv_tile tokens, each with a fixed cost
+            kv = np.maximum(np.asarray(op.shape["kv_len"], dtype=float), 1.0)
+            row_s = row_s + r.per_row_tile_s * rows * np.ceil(kv / r.kv_tile)
+        if r.overlap_p and fam in (Family.ATTENTION_DECODE, Family.ATTENTION_DECODE_FP8):
+            # the rows' work overlaps the stream partly: (roof^p + rows^p)^(1/p) - roof extra
+            roof = np.maximum(c, m)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                big, small = np.maximum(roof, row_s), np.minimum(roof, row_s)
+                row_s = np.where(big > 0, big * (1.0 + (small / np.where(big > 0, big, 1.0)) ** r.overlap_p)
+                                 ** (1.0 / r.overlap_p), 0.0) - roof
+        extra = r.per_element_s * np.asarray(op.shape.get("scores", 0.0), dtype=float) + row_s + r.overhead_s
         if r.per_tile_s and "q_len" in op.shape:  # one block per (sequence, head, q_tile queries)
             q = np.maximum(np.asarray(op.shape["q_len"], dtype=float), 1.0)
             extra = extra + r.per_tile_s * np.asarray(op.shape.get("rows", 0.0), dtype=float) / q * np.ceil(q / r.q_tile)
