@@ -84,6 +84,22 @@ def test_ep_kernel_without_ep_warns_that_it_does_nothing():
         in r.stderr
 
 
+def test_disagg_and_plan_warn_of_ep_modes_that_change_nothing():
+    # disagg: per pool (Llama-3.1-70B has no experts: both pools run ep=1)
+    r = _run("disagg", "llama-3.1-70b", "-H", "h100", "--input", "2048", "--output", "512", "--ttft-slo", "2s",
+             "--tpot-slo", "50ms", "--ep-kernel", "low-latency")
+    assert r.exit_code == 0
+    assert "prefill pool: --ep-kernel low-latency (ep_kernel) has no effect: ep=1" in r.stderr
+    assert "decode pool: --ep-kernel low-latency (ep_kernel) has no effect: ep=1" in r.stderr
+    # plan: when every layout shown has ep = 1; not when one runs EP (DeepSeek-V2 on 8 H100)
+    r = _run("plan", "llama-3.1-70b", "--hardware", "h100", "--context", "2k", "--output", "512", "--tpot-slo", "50ms",
+             "--ep-kernel", "auto", "--top", "2")
+    assert r.exit_code == 0 and "--ep-kernel auto has no effect on the layouts shown: all have ep=1" in r.stderr
+    r = _run("plan", "deepseek-v2", "--hardware", "h100", "--context", "2k", "--output", "512", "--tpot-slo", "50ms",
+             "--ep-kernel", "auto", "--top", "2")
+    assert r.exit_code == 0 and "has no effect" not in r.stderr
+
+
 def test_two_batch_overlap_with_one_sequence_per_rank_warns():
     # batch 1: both micro-batches hold the one sequence, every step twice as long, silently
     r = _run("perf", "llama-3.1-8b", "-H", "h100", "--devices", "1", "--two-batch-overlap", "--format", "json")

@@ -112,6 +112,13 @@ def plan_cmd(model: O.Model,
             atomic_write_text(out, buf.getvalue())
         from costsim.simulator.scenario import context_warnings
 
-        return context_warnings(spec, i + o)
+        warn = context_warnings(spec, i + o)
+        # EP modes that no layout shown uses: every row the search kept has ep = 1
+        if result.rows and all(r.ep == 1 for r in result.rows):
+            if O.ep_kernel_name(ep_kernel) != "normal":
+                warn.append(f"--ep-kernel {ep_kernel} has no effect on the layouts shown: all have ep=1 (no EP all-to-all)")
+            if deepep_nvlink:
+                warn.append("--deepep-nvlink has no effect on the layouts shown: all have ep=1")
+        return warn
 
     O.run(go, given={"tpot_slo_s": tpot_slo, "ttft_slo_s": ttft_slo, "max_devices": str(max_devices)})

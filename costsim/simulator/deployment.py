@@ -285,3 +285,15 @@ def kv_format_problem(spec: ModelSpec, fmt: NumberFormat) -> str | None:
     if fmt.rope_bits is not None and not isinstance(spec.attention, MLAAttention):
         return f"an MLA cache layout; {spec.name} uses {spec.attention.kind}"
     return None
+
+
+def mode_warnings(dep: Deployment) -> list[str]:
+    """Warnings for serving modes that change nothing on ``dep`` (the CLI's flag names): an EP
+    kernel without EP, the NVLink-aware kernels without the low-latency ones."""
+    warn = []
+    if dep.ep_kernel != "normal" and dep.ep == 1:
+        warn.append(f"--ep-kernel {dep.ep_kernel.replace('_', '-')} (ep_kernel) has no effect: ep=1 has no EP all-to-all")
+    if dep.deepep_nvlink and (dep.ep == 1 or dep.ep_kernel == "normal"):
+        warn.append("--deepep-nvlink (deepep_nvlink) has no effect: it changes DeepEP's low-latency kernels, which "
+                    + ("ep=1 does not run" if dep.ep == 1 else "--ep-kernel normal does not use"))
+    return warn

@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from costsim.errors import CostsimError, FieldError
+from costsim.simulator.deployment import mode_warnings
 from costsim.simulator.kv import kv_cache_bytes
 from costsim.simulator.layout import LayoutRequest, check_types, resolve_deployment
 from costsim.simulator.memory import dispatch_warning, kv_bytes_per_device
@@ -395,6 +396,8 @@ def disaggregate(spec: ModelSpec, hw: HardwareProfile, input_len: int, output_le
     else:
         warnings.append(f"{hw.name} has no inter_node_bandwidth: KV transfer time not computed")
     warnings += dispatch_warning(spec, ddep, dec.batch)  # DeepEP's low-latency capacity per rank
+    for role, dep in (("prefill", pdep), ("decode", ddep)):  # modes that change nothing in a pool
+        warnings += [f"{role} pool: {w}" for w in mode_warnings(dep)]
 
     counts = {}
     if rate is not None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from costsim.errors import CostsimError, FieldError
 from costsim.simulator.cost import serving_cost, training_cost, usd_per_hour, usd_per_million_tokens
-from costsim.simulator.deployment import Deployment, kv_format_problem, tp_problem
+from costsim.simulator.deployment import Deployment, kv_format_problem, mode_warnings, tp_problem  # noqa: F401 (re-exported)
 from costsim.simulator.flops import flops_per_token_decode, prefill_flops
 from costsim.simulator.kv import kv_bytes_per_token, kv_cache_bytes, kv_elements_per_token
 from costsim.simulator.layout import LayoutRequest, check_types, number_format, resolve_deployment, valid_tp
@@ -418,18 +418,6 @@ def _gb(x) -> str:
 def _buffers(m) -> str:
     """``and 2.3 GB of DeepEP buffers `` when the memory report holds any, else ""."""
     return f"and {_gb(m.comm_buffer_bytes)} of DeepEP buffers " if m.comm_buffer_bytes else ""
-
-
-def mode_warnings(dep: Deployment) -> list[str]:
-    """Warnings for serving modes that change nothing on ``dep`` (the CLI's flag names): an EP
-    kernel without EP, the NVLink-aware kernels without the low-latency ones."""
-    warn = []
-    if dep.ep_kernel != "normal" and dep.ep == 1:
-        warn.append(f"--ep-kernel {dep.ep_kernel.replace('_', '-')} (ep_kernel) has no effect: ep=1 has no EP all-to-all")
-    if dep.deepep_nvlink and (dep.ep == 1 or dep.ep_kernel == "normal"):
-        warn.append("--deepep-nvlink (deepep_nvlink) has no effect: it changes DeepEP's low-latency kernels, which "
-                    + ("ep=1 does not run" if dep.ep == 1 else "--ep-kernel normal does not use"))
-    return warn
 
 
 def _band(t: float, factors) -> tuple | None:
