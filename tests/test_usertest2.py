@@ -82,6 +82,11 @@ def test_ep_kernel_without_ep_warns_that_it_does_nothing():
     r = _run("max-throughput", "llama-3.1-8b", "-H", "h100", "--deepep-nvlink")
     assert r.exit_code == 0 and "--deepep-nvlink (deepep_nvlink) has no effect: it changes DeepEP's low-latency" \
         in r.stderr
+    # --overlap under two-batch overlap (which already overlaps each micro-batch's communication)
+    r = _run("perf", "llama-3.1-70b", "-H", "h100", "--devices", "8", "--batch", "8", "--two-batch-overlap", "--overlap")
+    assert r.exit_code == 0 and "--overlap (overlap_comm) has no effect with --two-batch-overlap" in r.stderr
+    r = _run("perf", "llama-3.1-70b", "-H", "h100", "--devices", "8", "--batch", "8", "--two-batch-overlap")
+    assert r.exit_code == 0 and "has no effect" not in r.stderr
 
 
 def test_disagg_and_plan_warn_of_ep_modes_that_change_nothing():

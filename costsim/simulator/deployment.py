@@ -289,11 +289,15 @@ def kv_format_problem(spec: ModelSpec, fmt: NumberFormat) -> str | None:
 
 def mode_warnings(dep: Deployment) -> list[str]:
     """Warnings for serving modes that change nothing on ``dep`` (the CLI's flag names): an EP
-    kernel without EP, the NVLink-aware kernels without the low-latency ones."""
+    kernel without EP, the NVLink-aware kernels without the low-latency ones, the one-batch
+    overlap under two-batch overlap (which overlaps each micro-batch's communication already)."""
     warn = []
     if dep.ep_kernel != "normal" and dep.ep == 1:
         warn.append(f"--ep-kernel {dep.ep_kernel.replace('_', '-')} (ep_kernel) has no effect: ep=1 has no EP all-to-all")
     if dep.deepep_nvlink and (dep.ep == 1 or dep.ep_kernel == "normal"):
         warn.append("--deepep-nvlink (deepep_nvlink) has no effect: it changes DeepEP's low-latency kernels, which "
                     + ("ep=1 does not run" if dep.ep == 1 else "--ep-kernel normal does not use"))
+    if dep.overlap_comm and dep.two_batch_overlap:
+        warn.append("--overlap (overlap_comm) has no effect with --two-batch-overlap: each micro-batch's communication "
+                    "already overlaps the other's computation")
     return warn
