@@ -66,3 +66,25 @@ def test_compare_carries_the_tpot_band():
     assert lo < c.tpot_s < hi
     (p,) = compare([load_model("deepseek-v2")], load_hardware("h200"), LayoutRequest(), context=4096, batch=32)
     assert "tpot_band_s" not in p.to_dict()
+
+
+def test_a_profile_without_residuals_says_uncalibrated():
+    # the calibration issue: "a profile without residuals says `uncalibrated` instead of a band"
+    from typer.testing import CliRunner
+
+    from costsim.api import max_throughput_record
+    from costsim.cli import app
+
+    spec = load_model("llama-3.1-70b")
+    r = perf(Scenario(spec, load_hardware("h200"), LayoutRequest(devices=8), 1, 1024, 16))
+    assert r.band == "uncalibrated" and r.ttft_band_s is None
+    assert perf(Scenario(spec, load_hardware("h200-calibrated"), LayoutRequest(devices=8), 1, 1024, 16)).band == "p10-p90"
+    assert max_throughput_record(spec, load_hardware("h200"), LayoutRequest(devices=8)).to_dict()["band"] == "uncalibrated"
+    run = CliRunner()
+    for cmd in (["perf", "llama-3.1-70b", "-H", "h200", "--devices", "8"],
+                ["max-throughput", "llama-3.1-70b", "-H", "h200", "--devices", "8"],
+                ["compare", "llama-3.1-70b", "-H", "h200", "--devices", "8"]):
+        out = run.invoke(app, cmd)
+        assert out.exit_code == 0 and "uncalibrated" in out.stdout, cmd
+    out = run.invoke(app, ["perf", "llama-3.1-70b", "-H", "h200-calibrated", "--devices", "8"])
+    assert out.exit_code == 0 and "uncalibrated" not in out.stdout

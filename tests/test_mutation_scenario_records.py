@@ -66,6 +66,7 @@ def test_perf_record_every_field_by_hand():
         layout_reason="", prefill_chunk_tokens=None, mtp_depth=0, mtp_acceptance=0.0, mtp_tokens_per_step=1.0,
         ep_kernel="normal", deepep_nvlink=False, two_batch_overlap=False, draft_model=None,
         prefill_devices_per_decode_device=(4 / (4 / TTFT)) / (2 / (1 / t4)), ttft_band_s=None, tpot_band_s=None,
+        band="uncalibrated",  # the tiny profile has no residuals
         comm_buffer_bytes_per_device=0.0, deepep_max_tokens=0,  # no EP: no DeepEP buffers
     )
     assert set(d) == set(expected)
@@ -165,7 +166,7 @@ def test_max_throughput_record_searches_tp_by_hand():
         context=9, tpot_slo_s=SLO, batch=20, tpot_s=t, tokens_per_s=20 / t, tokens_per_s_per_device=10 / t,
         tokens_per_s_per_node=20 / t, max_batch_memory=2 * 995569, limit="TPOT SLO", warnings=(),
         mtp_depth=0, mtp_acceptance=0.0, mtp_tokens_per_step=1.0, ep_kernel="normal", deepep_nvlink=False,
-        draft_model=None, two_batch_overlap=False))
+        draft_model=None, two_batch_overlap=False, band="uncalibrated"))
     # TP given: only that layout is costed
     dep, m = max_throughput_search(gqa(), hw(), LayoutRequest(devices=2, tp=2), context=9, tpot_slo_s=SLO)
     assert dep.tp == 2 and m.batch == 6

@@ -118,11 +118,8 @@ def compare(recs: list[dict], fmt: str, devices: int) -> None:
             ("_band", "TPOT band, calibration p10-p90 [ms]", F.text),
             ("decode_tokens_per_s", f"decode at batch {b} [tokens/s per {devices} devices]", F.num),
             ("max_batch", f"max batch at {ctx} tokens [sequences]", F.integer)] + _compare_money(recs, devices, b)
-    if any(r.get("tpot_band_s") for r in recs):
-        recs = [dict(r, _band="-" if not r.get("tpot_band_s") else
-                     f"{F.ms(r['tpot_band_s'][0])} - {F.ms(r['tpot_band_s'][1])}") for r in recs]
-    else:
-        rows = [r for r in rows if r[0] != "_band"]
+    recs = [dict(r, _band=f"{F.ms(r['tpot_band_s'][0])} - {F.ms(r['tpot_band_s'][1])}" if r.get("tpot_band_s") else
+                 r.get("band", "-") if r.get("band") == "uncalibrated" else "-") for r in recs]
     table, cols = F.transpose(recs, rows)
     notes = [f"note: {r['name']}: {r['note']}" for r in recs if r["note"]]
     notes.append(f"GB = 1e9 bytes. Decode is a roofline estimate on {hw} ({devices} devices, efficiency factors "
@@ -231,8 +228,9 @@ def perf(rec: dict, fmt: str, breakdown: bool) -> None:
     shown = dict(rec, name="value")
     for k in ("ttft", "tpot"):
         band = rec.get(f"{k}_band_s")
-        shown[f"_{k}_band"] = "-" if not band else f"{F.ms(band[0])} - {F.ms(band[1])}"
-    if not rec.get("ttft_band_s"):
+        shown[f"_{k}_band"] = (f"{F.ms(band[0])} - {F.ms(band[1])}" if band else
+                               "uncalibrated" if rec.get("band") == "uncalibrated" else "-")
+    if not rec.get("ttft_band_s") and rec.get("band") != "uncalibrated":
         rows = [r for r in rows if r[0] not in ("_ttft_band", "_tpot_band")]
     if not rec.get("comm_buffer_bytes_per_device"):  # no EP all-to-all: no DeepEP buffers
         rows = [r for r in rows if r[0] != "comm_buffer_bytes_per_device"]
@@ -249,7 +247,8 @@ def perf(rec: dict, fmt: str, breakdown: bool) -> None:
     shown["_forms"] = f"{rec['prefill_mla_form']} / {rec['decode_mla_form']}" if mla else "n/a (not MLA)"
     table, cols = F.transpose([shown], rows)
     notes = ["Roofline estimate: time = max(FLOPs / achievable FLOP/s, bytes / achievable bandwidth) + overhead, "
-             "efficiency factors from the hardware profile.",
+             "efficiency factors from the hardware profile (a calibrated profile's families add their fitted "
+             "terms: costsim/simulator/efficiency.py).",
              "Rates used (provenance): " + "; ".join(f"{k} {_rate(k, v['value'])} ({v['provenance']})"
                                                      for k, v in rec["rates"].items())] + _price_note([rec])
     if rec.get("layout_reason"):
@@ -280,9 +279,9 @@ def max_throughput(rec: dict, fmt: str) -> None:
             ("tokens_per_s_per_device", "decode [tokens/s per device]", F.num),
             ("max_batch_memory", "max batch that fits in memory", F.integer), ("limit", "limited by", F.text)]
     shown = dict(rec, name="value")
-    if rec.get("tpot_band_s"):
-        lo, hi = rec["tpot_band_s"]
-        shown["_band"] = f"{F.ms(lo)} - {F.ms(hi)}"
+    if rec.get("tpot_band_s") or rec.get("band") == "uncalibrated":
+        shown["_band"] = (f"{F.ms(rec['tpot_band_s'][0])} - {F.ms(rec['tpot_band_s'][1])}" if rec.get("tpot_band_s")
+                          else "uncalibrated")
         rows.insert(2, ("_band", "TPOT band, calibration p10-p90 [ms]", F.text))
     if rec.get("price_usd_per_device_hour") is not None:
         rows += [("usd_per_hour", f"rent of the {rec['devices']} devices [USD/h]", _usd),

@@ -221,6 +221,7 @@ class CompareRecord(_Record):
     usd_per_hour: float | None = None
     usd_per_million_output_tokens: float | None = None
     tpot_band_s: tuple | None = None  # p10-p90 of TPOT from the profile's calibration residuals
+    band: str = "uncalibrated"  # ``band_kind``: "p10-p90", or "uncalibrated" (no band)
     _optional = _MONEY + ("tpot_band_s",)
 
 
@@ -266,7 +267,7 @@ def compare(specs: list[ModelSpec], hw: HardwareProfile, request: LayoutRequest 
                 rec["note"] = f"batch {batch} at context {context} exceeds memory (max batch {rec['max_batch']})"
             d = decode(spec, hw, dep, batch, context)
             rec.update(decode_tokens_per_s=float(d.tokens_per_s), tpot_s=float(d.time_s),
-                       tpot_band_s=_band(float(d.time_s), step_band(d.timing, hw, dep.overlap_comm)))
+                       tpot_band_s=_band(float(d.time_s), step_band(d.timing, hw, dep.overlap_comm)), band=band_kind(hw))
         price, _ = price_of(hw)
         if price is not None:
             rec.update(price_usd_per_device_hour=price, usd_per_hour=usd_per_hour(dep.devices, price),
@@ -374,6 +375,7 @@ class PerfRecord(_Record):
     # (``costsim.simulator.bands``; None for a profile without residuals)
     ttft_band_s: tuple | None = None
     tpot_band_s: tuple | None = None
+    band: str = "uncalibrated"  # ``band_kind``: "p10-p90", or "uncalibrated" (no band)
     # rent at the profile's price (None without one; ``costsim.simulator.cost.serving_cost``)
     price_usd_per_device_hour: float | None = None
     price_provenance: str | None = None
@@ -418,6 +420,12 @@ def _gb(x) -> str:
 def _buffers(m) -> str:
     """``and 2.3 GB of DeepEP buffers `` when the memory report holds any, else ""."""
     return f"and {_gb(m.comm_buffer_bytes)} of DeepEP buffers " if m.comm_buffer_bytes else ""
+
+
+def band_kind(hw: HardwareProfile) -> str:
+    """What a record's time bands are: ``"p10-p90"`` (the profile's calibration residuals,
+    ``costsim.simulator.bands``) or ``"uncalibrated"`` (a profile without residuals: no band)."""
+    return "p10-p90" if hw.residuals else "uncalibrated"
 
 
 def _band(t: float, factors) -> tuple | None:
@@ -509,6 +517,7 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
                                            if decoding else None),
         ttft_band_s=_band(r.ttft_s, step_band(r.prefill.timing, hw, dep.overlap_comm)),
         tpot_band_s=_band(r.tpot_s, step_band(r.decode_first.timing, hw, dep.overlap_comm)) if decoding else None,
+        band=band_kind(hw),
         decode_operators=operator_rows(r.decode_first.timing) if breakdown else None,
         comm_buffer_bytes_per_device=m.comm_buffer_bytes, deepep_max_tokens=bufs.tokens, **money)
 
@@ -552,6 +561,7 @@ class MaxThroughputRecord(_Record):
     deepep_nvlink: bool = False
     draft_model: str | None = None
     two_batch_overlap: bool = False
+    band: str = "uncalibrated"  # ``band_kind``: "p10-p90", or "uncalibrated" (no band)
     _optional = _MONEY + ("tpot_band_s",)
 
 
@@ -586,7 +596,7 @@ def max_throughput_record(spec: ModelSpec, hw: HardwareProfile, request: LayoutR
         r.tokens_per_s_per_device * hw.devices_per_node, r.max_batch_memory, r.limit,
         tuple(context_warnings(spec, context) + (dispatch_warning(spec, dep, r.batch) if r.batch else [])
               + mode_warnings(dep)), *money,
-        _band(r.tpot_s, band), **decode_modes(dep))
+        _band(r.tpot_s, band), **decode_modes(dep), band=band_kind(hw))
 
 
 # ---- train ------------------------------------------------------------------------------
