@@ -87,9 +87,10 @@ def parse_flops_rate(text: str | float | int) -> float:
 
 
 def parse_time(text: str | float | int) -> float:
-    """Parse a duration to seconds. ``'50ms'`` -> 0.05; plain numbers are seconds."""
+    """Parse a duration to seconds. ``'50ms'`` -> 0.05, ``'0.9ps'`` -> 9e-13 (per-element terms); plain
+    numbers are seconds."""
     v, unit = _split(text)
-    table = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "min": 60.0, "h": 3600.0}
+    table = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "ps": 1e-12, "min": 60.0, "h": 3600.0}
     if unit not in table:
         raise ValueError(f"expected a time (e.g. {_EXAMPLES['a time']}), got {text!r}")
     return v * table[unit]

@@ -255,3 +255,33 @@ def test_fp8_block_format_bytes_and_family():
     # one fp32 scale per 128 x 128 block: 16,384 weights -> 16,384 + 4 bytes
     assert f.bytes_for(16384) == 16388 and f.compute == "fp8"
     assert kernels.gemm_operators(tiny.hw(), 1, 128, 128, "fp8-block")[0].family is Family.GEMM_FP8_BLOCK
+
+
+def test_tables_without_a_window_column_are_full_attention():
+    # A100's sglang / vllm attention tables have no window_size column (fresh-user finding: a
+    # KeyError traceback); their rows are full attention
+    a = S._attention(pd.DataFrame(dict(
+        attn_dtype=["bfloat16"], kv_cache_dtype=["bfloat16"], num_heads=[8], num_key_value_heads=[2], head_dim=[128],
+        batch_size=[4], isl=[1], step=[512], latency=[0.1])), "decode")
+    assert a["window"].tolist() == [0] and a["group"].iloc[0].endswith(":w0:bfloat16")
+
+
+@pytest.mark.parametrize("args,says", [
+    (["calibrate", "--silicon", "a100", "--seed", "-1", "-o", "{tmp}/p.yaml"], "--seed -1: expected an integer >= 0"),
+    (["calibrate", "--silicon", "a100", "--comm", "-o", "{tmp}/p.yaml"], "--comm and --silicon cannot be combined"),
+    (["calibrate", "--silicon", "a100", "--quick", "-o", "{tmp}/p.yaml"], "--silicon and --quick cannot be combined"),
+    (["calibrate", "--silicon", "a100", "--from-csv", "{tmp}/m.csv", "-o", "{tmp}/p.yaml"],
+     "--silicon and --from-csv cannot be combined"),
+    (["validate", "--silicon", "a100", "--device", "cuda"], "--silicon and --device cannot be combined"),
+    (["validate", "--silicon", "a100", "--from-csv", "{tmp}/m.csv"], "--silicon and --from-csv cannot be combined"),
+    (["validate", "--silicon", "a100", "--csv", "{tmp}/s.png", "--plot", "{tmp}/s.png"], "the same file"),
+    (["validate", "-H", "cpu-dev", "--from-csv", "{tmp}/m.csv", "--csv", "{tmp}/s.png", "--plot", "{tmp}/s.png"],
+     "the same file"),
+])
+def test_flags_silicon_does_not_use_are_refused(tmp_path, args, says):
+    # refused before any table is read (none of these needs the package), one line, exit 2,
+    # nothing written
+    r = CliRunner().invoke(app, [a.format(tmp=tmp_path) for a in args])
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and says in lines[0], r.output
+    assert not list(tmp_path.iterdir())

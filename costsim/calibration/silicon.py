@@ -216,6 +216,8 @@ def _attention(df: pd.DataFrame, phase: str) -> pd.DataFrame:
     if phase == "prefill":
         df = df[df["attn_dtype"] == "bfloat16"]
     df = df[df["kv_cache_dtype"].isin(list(_KV))]
+    if "window_size" not in df:  # tables collected without sliding windows (A100 sglang / vllm): full attention
+        df = df.assign(window_size=0)
     dec = phase == "decode"
     return pd.DataFrame(dict(
         family=("attention_" + phase + np.where((df["kv_cache_dtype"] == "fp8")
@@ -304,6 +306,7 @@ def _has_fp8(system: str) -> bool:
 def load(system: str, backend: str = "trtllm", tables: tuple[str, ...] | None = None) -> Tables:
     """Every mapped row of ``system``'s tables for ``backend`` (plus the NCCL tables), as one
     DataFrame of records (seconds). Raises CostsimError naming what is missing."""
+    backend = str(backend).strip().lower()
     if backend not in BACKENDS:
         raise CostsimError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
     root = data_root()

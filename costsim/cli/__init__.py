@@ -7,7 +7,7 @@ User mistakes print one line on stderr and exit with code 2.
 Modules: ``app`` (the typer apps), ``options`` (shared options, parsing, the error contract),
 ``query`` (models, hardware, show, kv, import-hf), ``serve`` (compare, perf, max-throughput,
 train), ``plot`` (plot throughput|roofline|kv|kv-models|max-batch|frontier|cost), ``kernel`` (kernel gemm|attention|moe|ffn),
-``calibrate`` (calibrate, validate), ``whatif`` (whatif), ``reproduce`` (reproduce), ``sweep`` (sweep),
+``calibrate`` (calibrate, validate; their --silicon halves in ``silicon``), ``whatif`` (whatif), ``reproduce`` (reproduce), ``sweep`` (sweep),
 ``plan`` (plan), ``disagg`` (disagg), ``report`` (report).
 """
 

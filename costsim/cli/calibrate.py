@@ -11,12 +11,13 @@ import typer
 
 from costsim.cli import options as O
 from costsim.cli.app import app
+from costsim.cli.silicon import calibrate_silicon, check_seed, refuse_unused, same_file, validate_silicon
 from costsim.errors import CostsimError
 
 Device = typer.Option("cpu", "--device", help="cpu or cuda (cuda:N).")
 Silicon = typer.Option(None, "--silicon", help="Use the aiconfigurator-core measured tables of this system "
                                                "(h200_sxm, h100_sxm, b200_sxm, a100_sxm; or h200, ...) instead of "
-                                               "timing here; needs pip install 'costsim[silicon]'.")
+                                               "timing here; needs pip install 'costsim\\[silicon]'.")
 Backend = typer.Option("trtllm", "--backend", help="Tables of this framework: trtllm, sglang or vllm.")
 Seed = typer.Option(0, "--seed", help="Seed of the train/held-out halves.")
 Threads = typer.Option(None, "--threads", help="CPU threads to pin while timing (default: torch's setting).")
@@ -88,10 +89,21 @@ def calibrate_cmd(device: str = Device,
     With --comm: measure and fit the collectives instead of the kernels."""
 
     if comm:
-        O.run(lambda: _calibrate_comm(device, ranks, quick, output, force, base, name, measurements))
+        def comm_go():
+            refuse_unused("--comm", **{"--silicon": silicon is not None, "--from-csv": from_csv is not None})
+            _calibrate_comm(device, ranks, quick, output, force, base, name, measurements)
+
+        O.run(comm_go)
         return
     if silicon is not None:
-        O.run(lambda: _calibrate_silicon(silicon, backend, output, force, base, name, seed))
+        def silicon_go():
+            refuse_unused("--silicon", **{"--from-csv": from_csv is not None, "--quick": quick,
+                                                 "--measurements": measurements is not None,
+                                                 "--threads": threads is not None, "--device": device != "cpu"})
+            check_seed(seed)
+            calibrate_silicon(silicon, backend, output, force, base, name, seed)
+
+        O.run(silicon_go)
         return
 
     def go():
@@ -143,51 +155,6 @@ def _calibrate_comm(device, ranks, quick, output, force, base, name, measurement
         print(line, file=sys.stderr)
 
 
-def _calibrate_silicon(system, backend, output, force, base, name, seed):
-    from costsim.calibration import silicon as S
-    from costsim.calibration import silicon_fit as F
-    from costsim.files import atomic_write_text
-    from costsim.registry import load_hardware
-
-    O.check_new(output, force, "profile YAML")
-    sysname = S.system_name(system)
-    base_hw = load_hardware(base or S.SYSTEMS[sysname])
-    res = F.calibrate(sysname, backend, base_hw, seed, name or output.stem)
-    hw = F.with_provenance(res["random"]["profile"], res, sysname, backend, seed)
-    atomic_write_text(output, F.profile_yaml(hw, f"written by costsim calibrate --silicon {sysname} --backend "
-                                                 f"{backend} --seed {seed}"), "profile YAML")
-    print(f"wrote {output} ({hw.name}; {res['tables'].source_text()})", file=sys.stderr)
-    tr = {r["label"]: r for r in res["random"]["train"]}
-    grp = {r["label"]: r for r in res["group"]["held_out"]}
-    for r in res["random"]["held_out"]:
-        g = grp.get(r["label"])
-        print(f"  {r['label']:22s} train {tr[r['label']]['mape']:6.1%}  held-out {r['mape']:6.1%}  "
-              f"groups held out {g['mape'] if g else float('nan'):6.1%}  ({r['points']} held-out rows)", file=sys.stderr)
-
-
-def _validate_silicon(system, backend, hardware, hw_sets, csv, plot, fmt):
-    from costsim.calibration import silicon as S
-    from costsim.calibration import silicon_fit as F
-    from costsim.registry import load_hardware
-    from costsim.reports import views
-
-    sysname = S.system_name(system)
-    hw = O.hardware(hardware or F.default_profile(sysname), hw_sets)
-    ref = load_hardware(S.SYSTEMS[sysname])
-    res = F.validate(sysname, hw, backend, reference=ref if ref.name != hw.name else None)
-    frame = res["frame"]
-    if csv is not None:
-        from costsim.files import atomic_write
-
-        atomic_write(csv, lambda tmp: frame.to_csv(tmp, index=False), "predictions CSV")
-    if plot is not None:
-        from costsim.reports.plots import predicted_vs_measured
-
-        predicted_vs_measured(F.scatter_rows(frame), plot, f"{hw.name} on {sysname} ({backend}) tables: MAPE "
-                                          f"{res['overall']['mape']:.1%}")
-    views.silicon_validation(res, hw.name, ref.name if ref.name != hw.name else None, sysname, backend, fmt.value)
-
-
 @app.command("validate")
 def validate_cmd(hardware: Optional[str] = typer.Option(None, "--hardware", "-H", help="Hardware name or profile "
                                                                                       ".yaml (with --silicon: "
@@ -206,12 +173,15 @@ def validate_cmd(hardware: Optional[str] = typer.Option(None, "--hardware", "-H"
 
     if silicon is not None:
         def silicon_go():
+            refuse_unused("--silicon", **{"--from-csv": from_csv is not None, "--threads": threads is not None,
+                                                 "--device": device != "cpu"})
+            same_file(csv, plot)
             for p, what in ((csv, "CSV"), (plot, "plot")):
                 if p is not None:
                     O.check_new(p, force, what)
             if plot is not None:
                 O.check_plot_output(plot, force)
-            _validate_silicon(silicon, backend, hardware, hw_sets, csv, plot, fmt)
+            validate_silicon(silicon, backend, hardware, hw_sets, csv, plot, fmt)
 
         O.run(silicon_go)
         return
@@ -228,6 +198,7 @@ def validate_cmd(hardware: Optional[str] = typer.Option(None, "--hardware", "-H"
         from costsim.registry import load_hardware
         from costsim.reports import views
 
+        same_file(csv, plot)
         for p, what in ((csv, "CSV"), (plot, "plot")):
             if p is not None:
                 O.check_new(p, force, what)

@@ -247,9 +247,13 @@ def predicted_vs_measured(rows: list[dict], path: Path | str, title: str) -> Non
     fig, ax = plt.subplots(figsize=(6.4, 5.6))
     meas = np.array([r["min_s"] for r in rows])
     pred = np.array([r["predicted_s"] for r in rows])
-    for fam in dict.fromkeys(r["family"] for r in rows):
+    fams = list(dict.fromkeys(r["family"] for r in rows))
+    # one colour per family: tab10 up to 10 families, tab20 beyond (the silicon tables have 16)
+    cmap = plt.get_cmap("tab10" if len(fams) <= 10 else "tab20")
+    for i, fam in enumerate(fams):
         m = np.array([r["family"] == fam for r in rows])
-        ax.scatter(meas[m] * 1e6, pred[m] * 1e6, label=fam, s=18)
+        ax.scatter(meas[m] * 1e6, pred[m] * 1e6, label=fam, s=18 if len(fams) <= 10 else 8,
+                   color=cmap(i % cmap.N))
     lo, hi = min(meas.min(), pred.min()) * 1e6 / 2, max(meas.max(), pred.max()) * 1e6 * 2
     ax.plot([lo, hi], [lo, hi], color="grey", lw=1, label="y = x")
     ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi))
