@@ -43,6 +43,14 @@ def test_perf_carries_the_bands():
     assert lo < r.ttft_s < hi
     lo, hi = r.tpot_band_s
     assert lo < r.tpot_s < hi
+    # every time has its band: TPOT at the last token with the first step's factors, end-to-end
+    # as TTFT's band plus the decode steps' (63 of them after the prefill's first token)
+    f_pre, f_dec = (r.ttft_band_s[0] / r.ttft_s, r.ttft_band_s[1] / r.ttft_s), (lo / r.tpot_s, hi / r.tpot_s)
+    assert r.tpot_last_band_s == pytest.approx((r.tpot_last_s * f_dec[0], r.tpot_last_s * f_dec[1]), rel=1e-12)
+    dec = r.e2e_s - r.ttft_s
+    assert dec == pytest.approx(63 * r.tpot_s, rel=1e-12)
+    assert r.e2e_band_s == pytest.approx((r.ttft_s * f_pre[0] + dec * f_dec[0], r.ttft_s * f_pre[1] + dec * f_dec[1]),
+                                         rel=1e-12)
 
 
 def test_max_throughput_carries_the_tpot_band():

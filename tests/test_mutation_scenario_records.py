@@ -66,7 +66,7 @@ def test_perf_record_every_field_by_hand():
         layout_reason="", prefill_chunk_tokens=None, mtp_depth=0, mtp_acceptance=0.0, mtp_tokens_per_step=1.0,
         ep_kernel="normal", deepep_nvlink=False, two_batch_overlap=False, draft_model=None,
         prefill_devices_per_decode_device=(4 / (4 / TTFT)) / (2 / (1 / t4)), ttft_band_s=None, tpot_band_s=None,
-        band="uncalibrated",  # the tiny profile has no residuals
+        tpot_last_band_s=None, e2e_band_s=None, band="uncalibrated",  # the tiny profile has no residuals
         comm_buffer_bytes_per_device=0.0, deepep_max_tokens=0,  # no EP: no DeepEP buffers
     )
     assert set(d) == set(expected)

@@ -203,7 +203,9 @@ def perf(rec: dict, fmt: str, breakdown: bool) -> None:
         ("ttft_s", "TTFT (prefill of the batch) [ms]", F.ms), ("tpot_s", "TPOT, mean over output [ms]", F.ms),
         ("tpot_last_s", "TPOT at the last token [ms]", F.ms),
         ("_ttft_band", "TTFT band, calibration p10-p90 [ms]", F.text),
-        ("_tpot_band", "TPOT band, calibration p10-p90 [ms]", F.text), ("e2e_s", "end-to-end latency [s]", F.num),
+        ("_tpot_band", "TPOT band, calibration p10-p90 [ms]", F.text),
+        ("_tpot_last_band", "TPOT at the last token, band p10-p90 [ms]", F.text), ("e2e_s", "end-to-end latency [s]", F.num),
+        ("_e2e_band", "end-to-end band, calibration p10-p90 [s]", F.text),
         ("prefill_tokens_per_s", f"prefill [tokens/s, all {n} devices]", F.num),
         ("decode_tokens_per_s", f"decode [tokens/s, all {n} devices]", F.num),
         ("decode_tokens_per_s_per_device", "decode [tokens/s per device]", F.num),
@@ -226,12 +228,12 @@ def perf(rec: dict, fmt: str, breakdown: bool) -> None:
                  ("usd_per_million_output_tokens_combined", "prefill+decode on the same devices [USD per 1M output "
                                                             "tokens]", _usd)]
     shown = dict(rec, name="value")
-    for k in ("ttft", "tpot"):
-        band = rec.get(f"{k}_band_s")
-        shown[f"_{k}_band"] = (f"{F.ms(band[0])} - {F.ms(band[1])}" if band else
+    for k in ("ttft", "tpot", "tpot_last", "e2e"):
+        band, fmt_ = rec.get(f"{k}_band_s"), (F.num if k == "e2e" else F.ms)
+        shown[f"_{k}_band"] = (f"{fmt_(band[0])} - {fmt_(band[1])}" if band else
                                "uncalibrated" if rec.get("band") == "uncalibrated" else "-")
     if not rec.get("ttft_band_s") and rec.get("band") != "uncalibrated":
-        rows = [r for r in rows if r[0] not in ("_ttft_band", "_tpot_band")]
+        rows = [r for r in rows if r[0] not in ("_ttft_band", "_tpot_band", "_tpot_last_band", "_e2e_band")]
     if not rec.get("comm_buffer_bytes_per_device"):  # no EP all-to-all: no DeepEP buffers
         rows = [r for r in rows if r[0] != "comm_buffer_bytes_per_device"]
     for kind, sec in rec["decode_seconds_per_layer"].items():

@@ -375,6 +375,8 @@ class PerfRecord(_Record):
     # (``costsim.simulator.bands``; None for a profile without residuals)
     ttft_band_s: tuple | None = None
     tpot_band_s: tuple | None = None
+    tpot_last_band_s: tuple | None = None  # with the first decode step's factors
+    e2e_band_s: tuple | None = None  # TTFT's band + the decode steps' (first step's factors)
     band: str = "uncalibrated"  # ``band_kind``: "p10-p90", or "uncalibrated" (no band)
     # rent at the profile's price (None without one; ``costsim.simulator.cost.serving_cost``)
     price_usd_per_device_hour: float | None = None
@@ -484,6 +486,11 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
         mla = dict(mla_decode_step_absorbed_s=x.decode_absorbed_s, mla_decode_step_naive_s=x.decode_naive_s,
                    mla_naive_faster_from_chunk_tokens=x.chunk_tokens)
     decoding = o > 0  # prefill only: no decode step happens, so no TPOT / decode utilisation
+    # band factors (p10, p90 of measured / predicted, combined over the step's operators): the
+    # prefill's, and the first decode step's, which also stand for the later steps (TPOT at the
+    # last token, the decode part of end-to-end)
+    f_pre = step_band(r.prefill.timing, hw, dep.overlap_comm)
+    f_dec = step_band(r.decode_first.timing, hw, dep.overlap_comm) if decoding else None
     price, provenance = price_of(hw)
     money = {}
     if price is not None:
@@ -515,8 +522,11 @@ def perf(sc: Scenario, breakdown: bool = False) -> PerfRecord:
         prefill_chunk_tokens=r.prefill_chunk_tokens, **decode_modes(dep),
         prefill_devices_per_decode_device=((i / r.prefill_tokens_per_s) / (o / r.decode_tokens_per_s)
                                            if decoding else None),
-        ttft_band_s=_band(r.ttft_s, step_band(r.prefill.timing, hw, dep.overlap_comm)),
-        tpot_band_s=_band(r.tpot_s, step_band(r.decode_first.timing, hw, dep.overlap_comm)) if decoding else None,
+        ttft_band_s=_band(r.ttft_s, f_pre), tpot_band_s=_band(r.tpot_s, f_dec) if decoding else None,
+        tpot_last_band_s=_band(r.tpot_last_s, f_dec) if decoding else None,
+        e2e_band_s=None if f_pre is None else (
+            r.ttft_s * f_pre[0] + (r.e2e_s - r.ttft_s) * (f_dec or (1.0, 1.0))[0],
+            r.ttft_s * f_pre[1] + (r.e2e_s - r.ttft_s) * (f_dec or (1.0, 1.0))[1]),
         band=band_kind(hw),
         decode_operators=operator_rows(r.decode_first.timing) if breakdown else None,
         comm_buffer_bytes_per_device=m.comm_buffer_bytes, deepep_max_tokens=bufs.tokens, **money)
