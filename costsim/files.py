@@ -22,7 +22,13 @@ def check_target(path: Path | str, what: str = "output") -> Path:
             raise CostsimError(f"{path}: is a directory; give a file name for the {what}")
         if path.is_symlink() or (path.exists() and not path.is_file()):
             raise CostsimError(f"{path}: not a regular file; the {what} replaces only regular files")
-    except OSError as e:  # name too long, permission denied on a parent, ...
+        # the directory takes a new file (the temp file an atomic write renames): checked now, before
+        # any work, so that a later output of the same command is not left written alone
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".costsim-probe-"):
+            pass
+    except OSError as e:  # name too long, permission denied on a parent, a read-only directory, ...
         raise CostsimError(f"{_short_path(path)}: cannot write the {what} ({e.strerror or e})") from None
     return path
 

@@ -96,3 +96,8 @@ def test_a_profile_without_residuals_says_uncalibrated():
         assert out.exit_code == 0 and "uncalibrated" in out.stdout, cmd
     out = run.invoke(app, ["perf", "llama-3.1-70b", "-H", "h200-calibrated", "--devices", "8"])
     assert out.exit_code == 0 and "uncalibrated" not in out.stdout
+    # a calibrated profile fitted without a held-out half (cpu-dev, `calibrate --device cpu`) has
+    # no residuals either: it says so, not "uncalibrated"
+    cpu = perf(Scenario(load_model("llama-3.1-8b"), load_hardware("cpu-dev"),
+                        LayoutRequest(devices=1, weight_dtype="fp32", kv_dtype="fp32"), 1, 64, 4))
+    assert cpu.band == "no residuals" and cpu.ttft_band_s is None

@@ -277,6 +277,13 @@ def test_tables_without_a_window_column_are_full_attention():
     (["validate", "--silicon", "a100", "--csv", "{tmp}/s.png", "--plot", "{tmp}/s.png"], "the same file"),
     (["validate", "-H", "cpu-dev", "--from-csv", "{tmp}/m.csv", "--csv", "{tmp}/s.png", "--plot", "{tmp}/s.png"],
      "the same file"),
+    # given explicitly, even at what was the default (second fresh-user run)
+    (["calibrate", "--silicon", "a100", "--device", "cpu", "-o", "{tmp}/p.yaml"], "--silicon and --device cannot"),
+    (["calibrate", "--silicon", "a100", "--ranks", "4", "-o", "{tmp}/p.yaml"], "--silicon and --ranks cannot"),
+    (["calibrate", "--comm", "--seed", "3", "-o", "{tmp}/p.yaml"], "--comm and --seed cannot be combined"),
+    (["calibrate", "--comm", "--backend", "vllm", "-o", "{tmp}/p.yaml"], "--comm and --backend cannot be combined"),
+    (["calibrate", "--from-csv", "{tmp}/m.csv", "--seed", "2", "-o", "{tmp}/p.yaml"], "--seed: used only with --silicon"),
+    (["validate", "-H", "cpu-dev", "--from-csv", "{tmp}/m.csv", "--backend", "vllm"], "--backend: used only with --silicon"),
 ])
 def test_flags_silicon_does_not_use_are_refused(tmp_path, args, says):
     # refused before any table is read (none of these needs the package), one line, exit 2,
@@ -285,3 +292,16 @@ def test_flags_silicon_does_not_use_are_refused(tmp_path, args, says):
     lines = [x for x in r.output.splitlines() if x.strip()]
     assert r.exit_code == 2 and len(lines) == 1 and says in lines[0], r.output
     assert not list(tmp_path.iterdir())
+
+
+def test_an_output_in_a_directory_that_takes_no_file_is_refused_before_any_work(tmp_path):
+    # /proc takes no new file: refused by the first check, so that the CSV of
+    # `validate --csv ok.csv --plot /proc/x.png` is not written alone (second fresh-user run)
+    from costsim.files import check_target
+
+    with pytest.raises(CostsimError, match="cannot write the plot"):
+        check_target("/proc/costsim-x.png", "plot")
+    assert check_target(tmp_path / "ok.csv", "CSV") == tmp_path / "ok.csv" and not list(tmp_path.iterdir())
+    r = CliRunner().invoke(app, ["validate", "--silicon", "a100", "--csv", str(tmp_path / "ok.csv"),
+                                 "--plot", "/proc/costsim-x.png"])
+    assert r.exit_code == 2 and not list(tmp_path.iterdir())

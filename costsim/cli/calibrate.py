@@ -14,12 +14,13 @@ from costsim.cli.app import app
 from costsim.cli.silicon import calibrate_silicon, check_seed, refuse_unused, same_file, validate_silicon
 from costsim.errors import CostsimError
 
-Device = typer.Option("cpu", "--device", help="cpu or cuda (cuda:N).")
+Device = typer.Option(None, "--device", help="cpu or cuda (cuda:N); default cpu.")
 Silicon = typer.Option(None, "--silicon", help="Use the aiconfigurator-core measured tables of this system "
                                                "(h200_sxm, h100_sxm, b200_sxm, a100_sxm; or h200, ...) instead of "
                                                "timing here; needs pip install 'costsim\\[silicon]'.")
-Backend = typer.Option("trtllm", "--backend", help="Tables of this framework: trtllm, sglang or vllm.")
-Seed = typer.Option(0, "--seed", help="Seed of the train/held-out halves.")
+Backend = typer.Option(None, "--backend", help="With --silicon: tables of this framework, trtllm (default), sglang "
+                                              "or vllm.")
+Seed = typer.Option(None, "--seed", help="With --silicon: seed of the train/held-out halves (default 0).")
 Threads = typer.Option(None, "--threads", help="CPU threads to pin while timing (default: torch's setting).")
 
 
@@ -79,19 +80,22 @@ def calibrate_cmd(device: str = Device,
                   from_csv: Optional[Path] = typer.Option(None, "--from-csv", help="Fit these measurements (a "
                                                                                   "CSV --measurements wrote) "
                                                                                   "instead of timing."),
-                  silicon: Optional[str] = Silicon, backend: str = Backend, seed: int = Seed,
+                  silicon: Optional[str] = Silicon, backend: Optional[str] = Backend, seed: Optional[int] = Seed,
                   comm: bool = typer.Option(False, "--comm", help="Time all-reduce, all-gather, reduce-scatter and "
                                                                   "all-to-all on torch.distributed (gloo on cpu, "
                                                                   "NCCL on cuda) and fit the profile's collectives."),
-                  ranks: int = typer.Option(2, "--ranks", help="With --comm: processes (GPUs with cuda).")):
+                  ranks: Optional[int] = typer.Option(None, "--ranks", help="With --comm: processes (GPUs with "
+                                                                              "cuda; default 2).")):
     """Measure this machine's kernels, fit the profile's time-model parameters, write a profile.
     With --silicon SYSTEM: fit to NVIDIA's measured kernel tables instead (no GPU needed).
     With --comm: measure and fit the collectives instead of the kernels."""
 
     if comm:
         def comm_go():
-            refuse_unused("--comm", **{"--silicon": silicon is not None, "--from-csv": from_csv is not None})
-            _calibrate_comm(device, ranks, quick, output, force, base, name, measurements)
+            refuse_unused("--comm", **{"--silicon": silicon is not None, "--from-csv": from_csv is not None,
+                                       "--seed": seed is not None, "--backend": backend is not None})
+            _calibrate_comm(device or "cpu", 2 if ranks is None else ranks, quick, output, force, base, name,
+                            measurements)
 
         O.run(comm_go)
         return
@@ -99,9 +103,10 @@ def calibrate_cmd(device: str = Device,
         def silicon_go():
             refuse_unused("--silicon", **{"--from-csv": from_csv is not None, "--quick": quick,
                                                  "--measurements": measurements is not None,
-                                                 "--threads": threads is not None, "--device": device != "cpu"})
-            check_seed(seed)
-            calibrate_silicon(silicon, backend, output, force, base, name, seed)
+                                                 "--threads": threads is not None, "--device": device is not None,
+                                                 "--ranks": ranks is not None})
+            check_seed(0 if seed is None else seed)
+            calibrate_silicon(silicon, backend or "trtllm", output, force, base, name, 0 if seed is None else seed)
 
         O.run(silicon_go)
         return
@@ -114,6 +119,9 @@ def calibrate_cmd(device: str = Device,
         from costsim.files import atomic_write_text
         from costsim.registry import load_hardware
 
+        refuse_unused("used only with --silicon (--seed, --backend) or --comm (--ranks)", **{"--seed": seed is not None,
+                                                                 "--backend": backend is not None,
+                                                                 "--ranks": ranks is not None})
         O.check_new(output, force, "profile YAML")
         if measurements is not None:
             O.check_new(measurements, force, "measurements CSV")
@@ -123,7 +131,7 @@ def calibrate_cmd(device: str = Device,
                 raise CostsimError(f"{from_csv}: no train-split rows to fit")
             dev = recs[0]["device"]
         else:
-            dev = _device(device)
+            dev = _device(device or "cpu")
             train = [p for p in suite(dev, quick) if p.split == "train"]
             recs = _measure(train, dev, threads, "calibrate: timing", passes=1 if quick else 3)
         base_hw = load_hardware(base or _shipped_for(dev, recs[0].get("device_name")))
@@ -174,14 +182,14 @@ def validate_cmd(hardware: Optional[str] = typer.Option(None, "--hardware", "-H"
     if silicon is not None:
         def silicon_go():
             refuse_unused("--silicon", **{"--from-csv": from_csv is not None, "--threads": threads is not None,
-                                                 "--device": device != "cpu"})
+                                                 "--device": device is not None})
             same_file(csv, plot)
             for p, what in ((csv, "CSV"), (plot, "plot")):
                 if p is not None:
                     O.check_new(p, force, what)
             if plot is not None:
                 O.check_plot_output(plot, force)
-            validate_silicon(silicon, backend, hardware, hw_sets, csv, plot, fmt)
+            validate_silicon(silicon, backend or "trtllm", hardware, hw_sets, csv, plot, fmt)
 
         O.run(silicon_go)
         return
@@ -198,6 +206,7 @@ def validate_cmd(hardware: Optional[str] = typer.Option(None, "--hardware", "-H"
         from costsim.registry import load_hardware
         from costsim.reports import views
 
+        refuse_unused("used only with --silicon", **{"--backend": backend is not None})
         same_file(csv, plot)
         for p, what in ((csv, "CSV"), (plot, "plot")):
             if p is not None:
@@ -209,7 +218,7 @@ def validate_cmd(hardware: Optional[str] = typer.Option(None, "--hardware", "-H"
             recs = _read_records(from_csv)
             dev = recs[0]["device"]
         else:
-            dev = _device(device)
+            dev = _device(device or "cpu")
             recs = _measure([p for p in suite(dev) if p.split == "held-out"], dev, threads, "validate: timing")
         shipped = load_hardware(_shipped_for(dev, recs[0].get("device_name")))
         ours, theirs = score(recs, hw), score(recs, shipped)

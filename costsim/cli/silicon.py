@@ -11,11 +11,14 @@ from costsim.errors import CostsimError, FieldError
 
 
 def refuse_unused(what: str, **given) -> None:
-    """CostsimError naming the first flag in ``given`` (flag -> given?) that ``what`` (--silicon,
-    --comm) does not use: such a flag would otherwise be silently ignored."""
+    """CostsimError naming the first flag in ``given`` (flag -> given?) that ``what`` (a flag such
+    as --silicon, or a sentence for the plain command) does not use: such a flag would otherwise
+    be silently ignored."""
     for flag, on in given.items():
         if on:
-            raise CostsimError(f"{what} and {flag} cannot be combined: {what} does not use {flag}")
+            if what.startswith("--"):
+                raise CostsimError(f"{what} and {flag} cannot be combined: {what} does not use {flag}")
+            raise CostsimError(f"{flag}: {what}")
 
 
 def same_file(csv, plot) -> None:
@@ -29,6 +32,7 @@ def check_seed(seed: int) -> None:
 
 
 def calibrate_silicon(system, backend, output, force, base, name, seed):
+    backend = str(backend).strip().lower()
     from costsim.calibration import silicon as S
     from costsim.calibration import silicon_fit as F
     from costsim.files import atomic_write_text
@@ -46,11 +50,13 @@ def calibrate_silicon(system, backend, output, force, base, name, seed):
     grp = {r["label"]: r for r in res["group"]["held_out"]}
     for r in res["random"]["held_out"]:
         g = grp.get(r["label"])
-        print(f"  {r['label']:22s} train {tr[r['label']]['mape']:6.1%}  held-out {r['mape']:6.1%}  "
+        t = tr.get(r["label"])  # a label can have rows in one half only (a small table)
+        print(f"  {r['label']:22s} train {t['mape'] if t else float('nan'):6.1%}  held-out {r['mape']:6.1%}  "
               f"groups held out {g['mape'] if g else float('nan'):6.1%}  ({r['points']} held-out rows)", file=sys.stderr)
 
 
 def validate_silicon(system, backend, hardware, hw_sets, csv, plot, fmt):
+    backend = str(backend).strip().lower()
     from costsim.calibration import silicon as S
     from costsim.calibration import silicon_fit as F
     from costsim.registry import load_hardware

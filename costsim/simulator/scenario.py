@@ -221,7 +221,7 @@ class CompareRecord(_Record):
     usd_per_hour: float | None = None
     usd_per_million_output_tokens: float | None = None
     tpot_band_s: tuple | None = None  # p10-p90 of TPOT from the profile's calibration residuals
-    band: str = "uncalibrated"  # ``band_kind``: "p10-p90", or "uncalibrated" (no band)
+    band: str = "uncalibrated"  # ``band_kind``: "p10-p90", else "no residuals" / "uncalibrated" (no band)
     _optional = _MONEY + ("tpot_band_s",)
 
 
@@ -377,7 +377,7 @@ class PerfRecord(_Record):
     tpot_band_s: tuple | None = None
     tpot_last_band_s: tuple | None = None  # with the first decode step's factors
     e2e_band_s: tuple | None = None  # TTFT's band + the decode steps' (first step's factors)
-    band: str = "uncalibrated"  # ``band_kind``: "p10-p90", or "uncalibrated" (no band)
+    band: str = "uncalibrated"  # ``band_kind``: "p10-p90", else "no residuals" / "uncalibrated" (no band)
     # rent at the profile's price (None without one; ``costsim.simulator.cost.serving_cost``)
     price_usd_per_device_hour: float | None = None
     price_provenance: str | None = None
@@ -426,8 +426,18 @@ def _buffers(m) -> str:
 
 def band_kind(hw: HardwareProfile) -> str:
     """What a record's time bands are: ``"p10-p90"`` (the profile's calibration residuals,
-    ``costsim.simulator.bands``) or ``"uncalibrated"`` (a profile without residuals: no band)."""
-    return "p10-p90" if hw.residuals else "uncalibrated"
+    ``costsim.simulator.bands``); without residuals no band: ``"no residuals"`` for a profile
+    with calibrated values (``costsim calibrate --device`` fits on its train split only and
+    writes none), else ``"uncalibrated"``."""
+    if hw.residuals:
+        return "p10-p90"
+
+    def calibrated(x) -> bool:
+        if isinstance(x, dict):
+            return x.get("provenance") == "calibrated" or any(calibrated(v) for v in x.values())
+        return isinstance(x, list) and any(calibrated(v) for v in x)
+
+    return "no residuals" if calibrated(hw.model_dump(mode="json")) else "uncalibrated"
 
 
 def _band(t: float, factors) -> tuple | None:
@@ -571,7 +581,7 @@ class MaxThroughputRecord(_Record):
     deepep_nvlink: bool = False
     draft_model: str | None = None
     two_batch_overlap: bool = False
-    band: str = "uncalibrated"  # ``band_kind``: "p10-p90", or "uncalibrated" (no band)
+    band: str = "uncalibrated"  # ``band_kind``: "p10-p90", else "no residuals" / "uncalibrated" (no band)
     _optional = _MONEY + ("tpot_band_s",)
 
 
