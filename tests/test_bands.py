@@ -101,3 +101,19 @@ def test_a_profile_without_residuals_says_uncalibrated():
     cpu = perf(Scenario(load_model("llama-3.1-8b"), load_hardware("cpu-dev"),
                         LayoutRequest(devices=1, weight_dtype="fp32", kv_dtype="fp32"), 1, 64, 4))
     assert cpu.band == "no residuals" and cpu.ttft_band_s is None
+
+
+def test_csv_gives_a_band_as_two_columns_of_raw_numbers():
+    # second fresh-user run: the CSV had "[0.0024, 0.0031]" list strings
+    import csv
+    import io
+
+    from typer.testing import CliRunner
+
+    from costsim.cli import app
+
+    out = CliRunner().invoke(app, ["perf", "llama-3.1-70b", "-H", "h200-calibrated", "--devices", "8", "--format", "csv"])
+    (row,) = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert "tpot_band_s" not in row
+    lo, hi, tpot = float(row["tpot_band_s_lo"]), float(row["tpot_band_s_hi"]), float(row["tpot_s"])
+    assert lo < tpot < hi and row["band"] == "p10-p90"

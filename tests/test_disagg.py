@@ -282,7 +282,8 @@ def test_decode_pool_warns_when_deepep_cannot_dispatch_its_batch():
     r = disaggregate(spec, hw, 4384, 1211, tpot_slo_s=0.0476, weight_dtypes=("fp8-b128",), kv_dtypes=("bf16",),
                      prefill_layout=pre, decode_layout=dec, colocated=False)
     sent = -(-r.decode.batch // 144) * 2
-    assert sent > 32 and any(f"sends {sent} tokens per rank, more than the 32" in w for w in r.warnings)
+    assert sent > 32 and any(w.startswith("decode pool: ") and f"sends {sent} tokens per rank, more than the 32" in w
+                             for w in r.warnings)
     ok = disaggregate(spec, hw, 4384, 1211, tpot_slo_s=0.0476, weight_dtypes=("fp8-b128",), kv_dtypes=("bf16",),
                       prefill_layout=pre, decode_layout=replace(dec, deepep_max_tokens=256), colocated=False)
     assert not any("DeepEP refuses" in w for w in ok.warnings)

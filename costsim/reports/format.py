@@ -104,11 +104,24 @@ def emit(records: list[dict], columns: list[Column], fmt: str = "table", title: 
         return
     if fmt == "csv":
         keys = list(dict.fromkeys(c[0] for c in columns))  # a key shown in two units is one CSV column
+
+        def pair(v) -> bool:  # a (low, high) band: two CSV columns of raw numbers, not a list string
+            return isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v)
+
+        pairs = {k for k in keys if any(pair(r.get(k)) for r in records)}
+        fields = [f for k in keys for f in ((f"{k}_lo", f"{k}_hi") if k in pairs else (k,))]
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
+        w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         for r in records:
-            w.writerow({k: _plain(r.get(k)) for k in keys})
+            row = {}
+            for k in keys:
+                v = r.get(k)
+                if k in pairs:
+                    row[f"{k}_lo"], row[f"{k}_hi"] = (_plain(v[0]), _plain(v[1])) if pair(v) else (None, None)
+                else:
+                    row[k] = _plain(v)
+            w.writerow(row)
         out.write(buf.getvalue())
         return
     from rich.console import Console

@@ -395,7 +395,7 @@ def disaggregate(spec: ModelSpec, hw: HardwareProfile, input_len: int, output_le
                                 f"not the {role} compute, limits the pool (not modelled)")
     else:
         warnings.append(f"{hw.name} has no inter_node_bandwidth: KV transfer time not computed")
-    warnings += dispatch_warning(spec, ddep, dec.batch)  # DeepEP's low-latency capacity per rank
+    warnings += [f"decode pool: {w}" for w in dispatch_warning(spec, ddep, dec.batch)]  # DeepEP's capacity per rank
     for role, dep in (("prefill", pdep), ("decode", ddep)):  # modes that change nothing in a pool
         warnings += [f"{role} pool: {w}" for w in mode_warnings(dep)]
 
