@@ -122,8 +122,19 @@ def mixed_step(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, decode_bat
     tokens each in the mixed pass, then the MTP module runs D passes: the first over the decodes
     and the chunk together (the chunk's tokens build the module's KV cache, as a prefill's do,
     ``serving.speculator_prefill_s``), the other D - 1 over the decodes alone. ``time_s``,
-    ``flops`` and ``bytes_moved`` are the step's; the other fields the mixed pass's."""
-    d = dep.with_(two_batch_overlap=False)
+    ``flops`` and ``bytes_moved`` are the step's; the other fields the mixed pass's.
+
+    With two-batch overlap (``dep.two_batch_overlap``, as ``roofline.time_step``): the step's
+    tokens are split evenly into two micro-batches (half the decodes and half the chunk each;
+    SGLang splits a mixed batch by tokens), one's communication overlapped with the other's
+    computation: 2 x the half step with ``overlap_comm``."""
+    if dep.two_batch_overlap:
+        half = mixed_step(spec, hw, dep.with_(two_batch_overlap=False, overlap_comm=True), decode_batch / 2, context,
+                          chunk / 2, chunk_context, chunk_logits / 2)
+        return replace(half, time_s=2 * float(half.time_s), compute_part_s=2 * float(half.compute_part_s),
+                       comm_part_s=2 * float(half.comm_part_s), flops=2 * float(half.flops),
+                       bytes_moved=2 * float(half.bytes_moved), micro_batches=2)
+    d = dep
     D = dep.mtp_depth
     t = time_step(spec, hw, d, StepShape(dep.dp * decode_batch, 1, context, 1),
                   operators=mixed_operators(decode_batch, context, chunk, chunk_context, chunk_logits, verify=D + 1))
@@ -226,8 +237,7 @@ def rate_records(spec: ModelSpec, hw: HardwareProfile, request, rates, input_len
 def _check_chunked(dep: Deployment, budget) -> None:
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
         raise FieldError("chunked_prefill", budget, "must be an integer token budget per step >= 1")
-    for bad, why in ((dep.pp > 1, "pp > 1"), (dep.draft_model is not None, "a draft model"),
-                     (dep.two_batch_overlap, "two-batch overlap")):
+    for bad, why in ((dep.pp > 1, "pp > 1"), (dep.draft_model is not None, "a draft model")):
         if bad:
             raise FieldError("chunked_prefill", budget, f"is not modelled with {why}")
 
@@ -321,8 +331,8 @@ def at_rate_chunked(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, rate:
       tokens per step (its verify pass) and gains E = 1 + a + ... + a^D tokens; the step adds
       the MTP module's D passes (``mixed_step``); B is the smallest batch with B E / s >=
       (rate / dp) x O, TPOT = s / E, and the spare budget is T - V B.
-    Not modelled: pp > 1, draft-model speculation, two-batch overlap (FieldError names
-    ``chunked_prefill``). Raises FieldError for a budget that is not an integer >= 1."""
+    - Two-batch overlap: each step is ``mixed_step``'s two micro-batches of half its tokens.
+    Not modelled: pp > 1, draft-model speculation (FieldError names ``chunked_prefill``). Raises FieldError for a budget that is not an integer >= 1."""
     _check_chunked(dep, budget)
     _check(rate, input_len, output_len)
     I, O, T = int(input_len), int(output_len), int(budget)
