@@ -102,15 +102,17 @@ def test_bad_budgets_are_refused():
     for bad in (0, -5, 1.5, True, "2048"):
         with pytest.raises(FieldError, match="chunked_prefill"):
             at_rate_chunked(spec, hw, dep, 1.0, 2048, 512, bad)
-    with pytest.raises(FieldError, match="pp > 1"):
-        at_rate_chunked(spec, hw, resolve_deployment(spec, hw, LayoutRequest(devices=8, tp=4, pp=2)), 1.0, 2048, 512, 512)
+    draft = resolve_deployment(spec, hw, LayoutRequest(devices=8, tp=8, mtp_depth=2,
+                                                              draft_model=load_model("llama-3.1-8b")))
+    with pytest.raises(FieldError, match="a draft model"):
+        at_rate_chunked(spec, hw, draft, 1.0, 2048, 512, 512)
     run = CliRunner().invoke
     for bad in ("0", "x", "-3", "1.5", ""):
         r = run(app, ["rate", "llama-3.1-70b", "-H", "h100", "--devices", "8", "--rate", "2", "--chunked-prefill", bad])
         assert r.exit_code == 2 and "--chunked-prefill" in r.output and "Traceback" not in r.output, (bad, r.output)
-    r = run(app, ["rate", "llama-3.1-70b", "-H", "h100", "--devices", "8", "--pp", "2", "--rate", "2",
-                  "--chunked-prefill", "512"])
-    assert r.exit_code == 2 and "--chunked-prefill 512: is not modelled with pp > 1" in r.output
+    r = run(app, ["rate", "llama-3.1-70b", "-H", "h100", "--devices", "8", "--mtp", "2", "--draft-model", "llama-3.1-8b",
+                  "--rate", "2", "--chunked-prefill", "512"])
+    assert r.exit_code == 2 and "--chunked-prefill 512: is not modelled with a draft model" in r.output
 
 
 # ------------------------------------------------------------------ DP attention and max_rate (issue 9)
@@ -341,3 +343,26 @@ def test_two_batch_overlap_splits_the_mixed_step_into_two_half_micro_batches():
     # the rate model takes it (it used to refuse two-batch overlap)
     r = at_rate_chunked(spec, hw, tbo, 2.0, 2048, 256, 2048)
     assert not r.saturated and r.tpot_s is not None
+
+
+def test_pipeline_parallel_mixed_step_is_pp_stage_times_of_its_micro_batches():
+    # as serving.decode: min(B, pp) micro-batches, each with 1/m of the decodes and of the chunk,
+    # pp stage times per step (the chunk crosses every stage within the step)
+    from costsim.simulator.rate import mixed_operators
+
+    spec, hw = load_model("llama-3.1-70b"), load_hardware("h100")
+    for tp, pp in ((4, 2), (2, 4)):
+        dep = resolve_deployment(spec, hw, LayoutRequest(devices=8, tp=tp, pp=pp))
+        for B in (1, 32):
+            assert float(mixed_step(spec, hw, dep, B, 3000, 0, 0).time_s) == pytest.approx(
+                float(decode(spec, hw, dep, B, 3000).time_s), rel=1e-12)
+        m = min(32, pp)
+        stage = time_step(spec, hw, dep, StepShape(32 / m, 1, 3000, 1),
+                          operators=mixed_operators(32 / m, 3000, 512 / m, 1024, 1.0 / m))
+        assert float(mixed_step(spec, hw, dep, 32, 3000, 512, 1024, 1.0).time_s) == pytest.approx(
+            pp * float(stage.time_s), rel=1e-12)
+    # the rate model takes it (it used to refuse pp > 1): PP 2 x TP 4 decodes slower than TP 8
+    pp2 = resolve_deployment(spec, hw, LayoutRequest(devices=8, tp=4, pp=2))
+    tp8 = resolve_deployment(spec, hw, LayoutRequest(devices=8, tp=8))
+    a, b = at_rate_chunked(spec, hw, pp2, 2.0, 2048, 512, 2048), at_rate_chunked(spec, hw, tp8, 2.0, 2048, 512, 2048)
+    assert not a.saturated and not b.saturated and a.tpot_s > b.tpot_s

@@ -35,7 +35,7 @@ from costsim.simulator.deployment import Deployment
 from costsim.simulator.memory import memory_report
 from costsim.simulator.operators import mtp_operators, step_operators
 from costsim.simulator.roofline import StepTiming, time_step
-from costsim.simulator.serving import decode, mtp_tokens_per_step, prefill
+from costsim.simulator.serving import decode, microbatches, mtp_tokens_per_step, prefill
 from costsim.simulator.types import OpKind, StepShape
 from costsim.specs import HardwareProfile, ModelSpec
 
@@ -134,21 +134,25 @@ def mixed_step(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, decode_bat
         return replace(half, time_s=2 * float(half.time_s), compute_part_s=2 * float(half.compute_part_s),
                        comm_part_s=2 * float(half.comm_part_s), flops=2 * float(half.flops),
                        bytes_moved=2 * float(half.bytes_moved), micro_batches=2)
-    d = dep
+    # pipeline parallel (as serving.decode): m = min(decodes, pp) micro-batches of 1/m of the
+    # decodes and of the chunk, each through the pp stages: pp stage times per step
+    m = float(microbatches(decode_batch, dep.pp)) if dep.pp > 1 and decode_batch > 0 else 1.0
+    B, c, lg = decode_batch / m, chunk / m, chunk_logits / m
     D = dep.mtp_depth
-    t = time_step(spec, hw, d, StepShape(dep.dp * decode_batch, 1, context, 1),
-                  operators=mixed_operators(decode_batch, context, chunk, chunk_context, chunk_logits, verify=D + 1))
-    if not D:
+    shape = StepShape(dep.dp * B, 1, context, 1)
+    t = time_step(spec, hw, dep, shape, operators=mixed_operators(B, context, c, chunk_context, lg, verify=D + 1))
+    passes = []
+    if D:
+        passes = [time_step(spec, hw, dep, shape, operators=mixed_operators(B, context, c, chunk_context, lg,
+                                                                            builder=mtp_operators))]
+        if D > 1 and decode_batch > 0:
+            passes += [time_step(spec, hw, dep, shape, operators=mtp_operators)] * (D - 1)
+    if dep.pp == 1 and not D:
         return t
-    passes = [time_step(spec, hw, d, StepShape(dep.dp * decode_batch, 1, context, 1),
-                        operators=mixed_operators(decode_batch, context, chunk, chunk_context, chunk_logits,
-                                                  builder=mtp_operators))]
-    if D > 1 and decode_batch > 0:
-        passes += [time_step(spec, hw, d, StepShape(dep.dp * decode_batch, 1, context, 1),
-                             operators=mtp_operators)] * (D - 1)
-    return replace(t, time_s=float(t.time_s) + sum(float(p.time_s) for p in passes),
-                   flops=float(t.flops) + sum(float(p.flops) for p in passes),
-                   bytes_moved=float(t.bytes_moved) + sum(float(p.bytes_moved) for p in passes))
+    # the MTP module is costed on top of the pp stage times, once per step (as serving.decode)
+    return replace(t, time_s=float(t.time_s) * dep.pp + sum(float(p.time_s) for p in passes),
+                   flops=float(t.flops) * m + sum(float(p.flops) for p in passes),
+                   bytes_moved=float(t.bytes_moved) * m + sum(float(p.bytes_moved) for p in passes))
 
 
 def max_rate(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, input_len: int, output_len: int) -> float:
@@ -237,7 +241,7 @@ def rate_records(spec: ModelSpec, hw: HardwareProfile, request, rates, input_len
 def _check_chunked(dep: Deployment, budget) -> None:
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
         raise FieldError("chunked_prefill", budget, "must be an integer token budget per step >= 1")
-    for bad, why in ((dep.pp > 1, "pp > 1"), (dep.draft_model is not None, "a draft model")):
+    for bad, why in ((dep.draft_model is not None, "a draft model"),):
         if bad:
             raise FieldError("chunked_prefill", budget, f"is not modelled with {why}")
 
@@ -331,8 +335,9 @@ def at_rate_chunked(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, rate:
       tokens per step (its verify pass) and gains E = 1 + a + ... + a^D tokens; the step adds
       the MTP module's D passes (``mixed_step``); B is the smallest batch with B E / s >=
       (rate / dp) x O, TPOT = s / E, and the spare budget is T - V B.
-    - Two-batch overlap: each step is ``mixed_step``'s two micro-batches of half its tokens.
-    Not modelled: pp > 1, draft-model speculation (FieldError names ``chunked_prefill``). Raises FieldError for a budget that is not an integer >= 1."""
+    - Two-batch overlap: each step is ``mixed_step``'s two micro-batches of half its tokens;
+      pp > 1: its min(B, pp) pipeline micro-batches, pp stage times per step.
+    Not modelled: draft-model speculation (FieldError names ``chunked_prefill``). Raises FieldError for a budget that is not an integer >= 1."""
     _check_chunked(dep, budget)
     _check(rate, input_len, output_len)
     I, O, T = int(input_len), int(output_len), int(budget)
