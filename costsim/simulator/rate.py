@@ -142,7 +142,16 @@ def mixed_step(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, decode_bat
     shape = StepShape(dep.dp * B, 1, context, 1)
     t = time_step(spec, hw, dep, shape, operators=mixed_operators(B, context, c, chunk_context, lg, verify=D + 1))
     passes = []
-    if D:
+    if D and dep.draft_model is not None:
+        # a draft model (on its own layout: the replica's devices and TP, dp_d ranks): its first
+        # pass over the decodes and the chunk (the chunk builds its KV cache), then D - 1 over
+        # the decodes; the same sequences and chunk tokens spread over its ranks
+        dd, f = dep.draft_deployment(), dep.dp / dep.draft_deployment().dp
+        passes = [time_step(dep.draft_model, hw, dd, shape, operators=mixed_operators(B * f, context, c * f,
+                                                                                      chunk_context, lg * f))]
+        if D > 1 and decode_batch > 0:
+            passes += [time_step(dep.draft_model, hw, dd, shape)] * (D - 1)
+    elif D:
         passes = [time_step(spec, hw, dep, shape, operators=mixed_operators(B, context, c, chunk_context, lg,
                                                                             builder=mtp_operators))]
         if D > 1 and decode_batch > 0:
@@ -241,9 +250,6 @@ def rate_records(spec: ModelSpec, hw: HardwareProfile, request, rates, input_len
 def _check_chunked(dep: Deployment, budget) -> None:
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
         raise FieldError("chunked_prefill", budget, "must be an integer token budget per step >= 1")
-    for bad, why in ((dep.draft_model is not None, "a draft model"),):
-        if bad:
-            raise FieldError("chunked_prefill", budget, f"is not modelled with {why}")
 
 
 def _per_decode(dep: Deployment) -> tuple[int, float]:
@@ -336,8 +342,8 @@ def at_rate_chunked(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, rate:
       the MTP module's D passes (``mixed_step``); B is the smallest batch with B E / s >=
       (rate / dp) x O, TPOT = s / E, and the spare budget is T - V B.
     - Two-batch overlap: each step is ``mixed_step``'s two micro-batches of half its tokens;
-      pp > 1: its min(B, pp) pipeline micro-batches, pp stage times per step.
-    Not modelled: draft-model speculation (FieldError names ``chunked_prefill``). Raises FieldError for a budget that is not an integer >= 1."""
+      pp > 1: its min(B, pp) pipeline micro-batches, pp stage times per step; a draft model
+      (``dep.draft_model``) in place of the MTP module: its D passes, the first over the chunk too. Raises FieldError for a budget that is not an integer >= 1."""
     _check_chunked(dep, budget)
     _check(rate, input_len, output_len)
     I, O, T = int(input_len), int(output_len), int(budget)
