@@ -384,3 +384,28 @@ def test_a_draft_model_drafts_in_the_mixed_step():
     out = CliRunner().invoke(app, ["rate", "llama-3.1-70b", "-H", "h100", "--devices", "8", "--mtp", "2",
                                    "--draft-model", "llama-3.1-8b", "--rate", "2", "--chunked-prefill", "2048"])
     assert out.exit_code == 0 and "steady" in out.stdout
+
+
+def test_a_fractional_micro_batch_keeps_the_weights_read_once():
+    # second fresh-user run: at pp 8, 17 decodes (micro-batches of 2.125 -> the busiest holds 3)
+    # took 106.5 ms against 54.0 at 16: the decode part counted whole sequences, the fused batch
+    # fractional ones, so no GEMM stayed fused and every weight was read twice
+    spec, hw = load_model("llama-3.1-70b"), load_hardware("h100")
+    dep = resolve_deployment(spec, hw, LayoutRequest(devices=8, tp=1, pp=8))
+    t16, t17 = (mixed_step(spec, hw, dep, b, 3000, 100, 1024) for b in (16, 17))
+    assert float(t17.time_s) < 1.05 * float(t16.time_s) and float(t17.bytes_moved) < 1.05 * float(t16.bytes_moved)
+    # TPOT rises with the rate, and the prompt's last chunk pays the pipeline's fill: m + pp - 1
+    # stage times of its m micro-batches, not the step's pp
+    pts = [at_rate_chunked(spec, hw, dep, r, 2048, 512, 2048) for r in (0.5, 2.0, 5.0)]
+    assert pts[0].tpot_s < pts[1].tpot_s < pts[2].tpot_s
+    p = pts[0]
+    B = p.batch  # >= 8: 8 micro-batches, so the last chunk leaves after 8 + 8 - 1 = 15 stage times
+    assert B >= 8
+    # the prompt: n = ceil(2048 / (2048 - B)) = 2 chunks, 2048 - B tokens then B (docstring of
+    # at_rate_chunked: chunk attention at its mean position, c / P logit rows)
+    L, P, spare = 2048 + 511 / 2, 2048, 2048 - B
+    s_full = float(mixed_step(spec, hw, dep, B, L, spare, (P - spare) / 2, spare / P).time_s)
+    s_last = float(mixed_step(spec, hw, dep, B, L, B, (P - B) / 2, B / P).time_s)
+    service = s_full + s_last * 15 / 8
+    rho = p.prefill_share
+    assert service <= p.ttft_s <= service * (1 + rho / (2 * (1 - rho))) + s_full / 2

@@ -83,7 +83,10 @@ def mixed_operators(decode_batch, context, chunk, chunk_context, chunk_logits=1.
     fused batch then holds B V + c tokens); ``builder``: the operators of one pass
     (``step_operators``, or ``operators.mtp_operators`` for the MTP module's pass over the same
     decodes and chunk)."""
-    B, c, V = float(decode_batch), float(chunk), float(verify)
+    # whole sequences: a micro-batch (PP, two-batch overlap) holds ceil of its share of the
+    # decodes, as every step does (``Deployment.seqs_per_rank``), in the parts and the fused batch
+    # alike, so that additive operators stay fused (their weights read once)
+    B, c, V = float(np.ceil(float(decode_batch) - 1e-9)) if decode_batch > 0 else 0.0, float(chunk), float(verify)
 
     def ops(spec, dep, step, *, form=None, include_comm=True):
         dp = float(dep.dp)
@@ -332,7 +335,8 @@ def at_rate_chunked(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, rate:
     - B: the smallest batch with B / s >= (rate / dp) x O (Little's law, as ``at_rate``). TPOT
       = s: no decode stall from prefill.
     - TTFT = S = n = ceil(P / (T - B)) steps, the prompt's own chunks: n - 1 of the full spare
-      budget (s at c = T - B) and a last one of what is left, P - (n - 1)(T - B) tokens, + M/D/1
+      budget (s at c = T - B) and a last one of what is left, P - (n - 1)(T - B) tokens (with
+      pp > 1 that last step x (m + pp - 1) / pp: the pipeline's fill for m micro-batches), + M/D/1
       queueing rho S / (2 (1 - rho)) for that service time S + half a step (the step in flight).
     - Saturated when no batch up to the memory limit (at most T - 1) decodes fast enough, or
       rho >= 1 at that smallest batch B (the spare budget cannot prefill the prompts; a larger
@@ -394,7 +398,10 @@ def at_rate_chunked(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, rate:
     # prompt within one step's spare budget is one step carrying all of it)
     spare = T - V * lo
     n = float(np.ceil(P / spare))
-    service = (n - 1) * s_full + float(s_of(lo, P - (n - 1) * spare))
+    # with PP the prompt's last chunk, split over m micro-batches, leaves the pipeline after
+    # m + pp - 1 stage times, not the step's pp (m = 1: the same)
+    m = float(microbatches(lo, dep.pp))
+    service = (n - 1) * s_full + float(s_of(lo, P - (n - 1) * spare)) * (m + dep.pp - 1) / dep.pp
     ttft = service + rho * service / (2 * (1 - rho)) + s / 2
     tpot = s / E
     return RatePoint(rate, False, lo * dep.dp, ttft, tpot, ttft + (O - 1) * tpot, rho, rate * O)
