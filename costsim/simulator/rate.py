@@ -250,9 +250,12 @@ def rate_records(spec: ModelSpec, hw: HardwareProfile, request, rates, input_len
     return head, [{k: (float(v) if isinstance(v, np.floating) else v) for k, v in vars(p).items()} for p in pts]
 
 
+MAX_BUDGET = 2**24  # tokens per step: 16.8M, far beyond any engine's (vLLM / SGLang use 512-16k)
+
+
 def _check_chunked(dep: Deployment, budget) -> None:
-    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
-        raise FieldError("chunked_prefill", budget, "must be an integer token budget per step >= 1")
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or not 1 <= budget <= MAX_BUDGET:
+        raise FieldError("chunked_prefill", budget, f"must be an integer token budget per step, 1 to {MAX_BUDGET:,}")
 
 
 def _per_decode(dep: Deployment) -> tuple[int, float]:
