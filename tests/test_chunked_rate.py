@@ -409,3 +409,13 @@ def test_a_fractional_micro_batch_keeps_the_weights_read_once():
     service = s_full + s_last * 15 / 8
     rho = p.prefill_share
     assert service <= p.ttft_s <= service * (1 + rho / (2 * (1 - rho))) + s_full / 2
+
+
+def test_a_budget_bound_saturation_names_the_budget():
+    # third fresh-user run: one-token prompts at 39 req/s (38.8 sustainable) fill the 2,048-token
+    # budget with 2,047 decodes; the reason named only the prefill ("needs 401% of the spare budget")
+    spec, hw = load_model("llama-3.1-70b"), load_hardware("h100")
+    dep = resolve_deployment(spec, hw, LayoutRequest(devices=8, tp=8))
+    assert not at_rate_chunked(spec, hw, dep, 38.0, 1, 512, 2048).saturated
+    r = at_rate_chunked(spec, hw, dep, 39.0, 1, 512, 2048)
+    assert r.saturated and r.reason.startswith("the budget of 2048 tokens holds at most 2047 decodes, too few for 19,968")

@@ -385,10 +385,12 @@ def at_rate_chunked(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, rate:
 
     if not decodes(bmax):
         _, _, rho, _ = state(bmax)  # a full budget of prompt chunks stretches the steps: name the prefill
-        return RatePoint(rate, True, None, None, None, None, rho, None,
-                         f"prefill needs {rho:.0%} of the spare budget" if rho >= 1 else
-                         f"{bmax * dep.dp} sequences ({'memory' if bmax < (T - 1) // V else 'budget'}) decode "
-                         f"< {need * dep.dp:,.0f} tokens/s")
+        by_budget = bmax >= (T - 1) // V  # the budget, not memory, caps the batch
+        why = (f"the budget of {T} tokens holds at most {bmax * dep.dp} decodes, too few for "
+               f"{need * dep.dp:,.0f} tokens/s (the prefill would need {rho:.0%} of the spare budget)" if by_budget and rho >= 1
+               else f"prefill needs {rho:.0%} of the spare budget" if rho >= 1 else
+               f"{bmax * dep.dp} sequences ({'budget' if by_budget else 'memory'}) decode < {need * dep.dp:,.0f} tokens/s")
+        return RatePoint(rate, True, None, None, None, None, rho, None, why)
     lo, hi = 1, bmax
     while lo < hi:
         mid = (lo + hi) // 2
