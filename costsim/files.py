@@ -24,8 +24,6 @@ def check_target(path: Path | str, what: str = "output") -> Path:
             raise CostsimError(f"{path}: not a regular file; the {what} replaces only regular files")
         # the directory takes a new file (the temp file an atomic write renames): checked now, before
         # any work, so that a later output of the same command is not left written alone
-        import tempfile
-
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".costsim-probe-"):
             pass
     except OSError as e:  # name too long, permission denied on a parent, a read-only directory, ...

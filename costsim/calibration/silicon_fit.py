@@ -69,7 +69,7 @@ def summary(df: pd.DataFrame, pred) -> list[dict]:
 # per_output: the epilogue per output element, not hidden by a short K loop (fp8_block at K = 128,
 # M = 16,384, N = 65,536: 1,372 us, 3.1x its BF16 output's 447 us at 4.8 TB/s): held-out GEMM
 # bf16 H200 7.5 -> 6.4%, fp8 5.5 -> 4.5, fp8_block 11.1 -> 8.8, H100 fp8_block 10.6 -> 9.1
-# (/tmp experiment, 2026-12-04); in the expert GEMMs too: MoE power-law H200 15.1 -> 12.5%
+# (the whole refit, 2026-12-04); in the expert GEMMs too: MoE power-law H200 15.2 -> 12.6%
 _GEMM = [("compute", 0.05, 1.0), ("memory", 0.05, 1.0), ("overhead", 0.0, 1e-4), ("m_half", 0.0, 2048.0),
          ("n_half", 0.0, 4096.0), ("per_k", 0.0, 5e-8), ("k_split", 64.0, 65536.0), ("overlap_p", 1.0, 16.0),
          ("per_output", 0.0, 1e-11)]
@@ -108,8 +108,8 @@ FREE = {
     # 1.2-2.3; at batch 256, 511 tokens, 32/8 heads the H200 row costs 63 us and the stream 125
     # us, measured 146 us); per_row_tile: a row's loop pays per tile of kv_tile cached tokens
     # (at batch 64 the rows cost 48 ns each up to 127 tokens, 100 at 255, 132 at 511): held-out
-    # decode attention H200 15.4 -> 14.8%, H100 15.4 -> 14.5, B200 9.8 -> 8.2, A100 17.0 -> 14.1
-    # (/tmp experiment, 2026-12-04)
+    # decode attention H200 15.5 -> 14.9%, H100 15.4 -> 14.9, B200 9.8 -> 8.2, A100 17.0 -> 14.1
+    # (the whole refit, benchmarks/silicon_calibrate.py, 2026-12-04)
     "attention_decode": [*_ATTENTION, ("per_row_group", 0.0, 2e-7), ("group_compute", 0.0005, 1.0), *_SPLIT,
                          ("per_row_query", 0.0, 1e-10), ("kv8_memory", 0.05, 1.0), ("overlap_p", 1.0, 16.0),
                          ("per_row_tile", 0.0, 1e-7)],
@@ -179,9 +179,11 @@ def _current(hw, fam: str) -> dict:
     return dict(compute=r.compute, memory=r.memory, overhead=r.overhead_s, per_group_overhead=r.per_group_overhead_s,
                 per_slot_overhead=r.per_slot_overhead_s,
                 per_element=r.per_element_s, per_row=r.per_row_s, per_row_group=r.per_row_group_s or r.per_row_s,
-                per_tile=r.per_tile_s, per_k=r.per_k_s, per_output=r.per_output_s, k_split=r.k_split or 4096.0, overlap_p=r.overlap_p or 8.0,
+                per_tile=r.per_tile_s, per_k=r.per_k_s, per_output=r.per_output_s, k_split=r.k_split or 4096.0,
+                overlap_p=r.overlap_p or 8.0,
                 m_half=r.m_half, group_compute=r.group_compute, n_half=r.n_half, split_memory=r.split_memory,
-                split_tokens=r.split_tokens, per_row_query=r.per_row_query_s, per_row_tile=r.per_row_tile_s, kv8_memory=r.kv8_memory or r.memory)
+                split_tokens=r.split_tokens, per_row_query=r.per_row_query_s, per_row_tile=r.per_row_tile_s,
+                kv8_memory=r.kv8_memory or r.memory)
 
 
 def fit(base, df: pd.DataFrame, train: np.ndarray, source: str, name: str, seed: int = 0,
@@ -210,9 +212,9 @@ def fit(base, df: pd.DataFrame, train: np.ndarray, source: str, name: str, seed:
         if len(rows) > FIT_ROWS:
             rows = np.sort(rng.choice(rows, FIT_ROWS, replace=False))
         sub = df.iloc[rows].reset_index(drop=True)
-        if fam == "attention_decode":  # the group size beyond which the decode kernel falls back
+        if fam == "attention_decode":  # the group size beyond which the decode kernel falls back, and
+            # the cached tokens per tile of a decode row's loop
             _put(data, fam, "group_limit", GROUP_LIMIT, f"{source}: {GROUP_LIMIT_WHY}")
-        if fam == "attention_decode":  # the cached tokens per tile of a decode row's loop
             _put(data, fam, "kv_tile", KV_TILE, f"{source}: {KV_TILE_WHY}")
         if fam == "attention_prefill":  # the queries per block of the context kernel
             _put(data, fam, "q_tile", Q_TILE, f"{source}: {Q_TILE_WHY}")

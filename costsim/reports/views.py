@@ -27,6 +27,9 @@ def _finite(view):
     return checked
 
 
+# a record's ``band`` when its profile gives no band (``bands.band_kind``): shown in the band rows
+NO_BAND = ("uncalibrated", "no residuals")
+
 def _machine(recs: list[dict], fmt: str, payload=None, skip=()) -> None:
     cols = [(k, k, F.text) for k in recs[0] if k not in skip]
     emit(recs, cols, fmt, payload=payload if payload is not None else (recs if len(recs) > 1 else recs[0]))
@@ -119,7 +122,7 @@ def compare(recs: list[dict], fmt: str, devices: int) -> None:
             ("decode_tokens_per_s", f"decode at batch {b} [tokens/s per {devices} devices]", F.num),
             ("max_batch", f"max batch at {ctx} tokens [sequences]", F.integer)] + _compare_money(recs, devices, b)
     recs = [dict(r, _band=f"{F.ms(r['tpot_band_s'][0])} - {F.ms(r['tpot_band_s'][1])}" if r.get("tpot_band_s") else
-                 r["band"] if r.get("band") in ("uncalibrated", "no residuals") else "-") for r in recs]
+                 r["band"] if r.get("band") in NO_BAND else "-") for r in recs]
     table, cols = F.transpose(recs, rows)
     notes = [f"note: {r['name']}: {r['note']}" for r in recs if r["note"]]
     notes.append(f"GB = 1e9 bytes. Decode is a roofline estimate on {hw} ({devices} devices, efficiency factors "
@@ -231,8 +234,8 @@ def perf(rec: dict, fmt: str, breakdown: bool) -> None:
     for k in ("ttft", "tpot", "tpot_last", "e2e"):
         band, fmt_ = rec.get(f"{k}_band_s"), (F.num if k == "e2e" else F.ms)
         shown[f"_{k}_band"] = (f"{fmt_(band[0])} - {fmt_(band[1])}" if band else
-                               rec["band"] if rec.get("band") in ("uncalibrated", "no residuals") else "-")
-    if not rec.get("ttft_band_s") and rec.get("band") not in ("uncalibrated", "no residuals"):
+                               rec["band"] if rec.get("band") in NO_BAND else "-")
+    if not rec.get("ttft_band_s") and rec.get("band") not in NO_BAND:
         rows = [r for r in rows if r[0] not in ("_ttft_band", "_tpot_band", "_tpot_last_band", "_e2e_band")]
     if not rec.get("comm_buffer_bytes_per_device"):  # no EP all-to-all: no DeepEP buffers
         rows = [r for r in rows if r[0] != "comm_buffer_bytes_per_device"]
@@ -281,7 +284,7 @@ def max_throughput(rec: dict, fmt: str) -> None:
             ("tokens_per_s_per_device", "decode [tokens/s per device]", F.num),
             ("max_batch_memory", "max batch that fits in memory", F.integer), ("limit", "limited by", F.text)]
     shown = dict(rec, name="value")
-    if rec.get("tpot_band_s") or rec.get("band") in ("uncalibrated", "no residuals"):
+    if rec.get("tpot_band_s") or rec.get("band") in NO_BAND:
         shown["_band"] = (f"{F.ms(rec['tpot_band_s'][0])} - {F.ms(rec['tpot_band_s'][1])}" if rec.get("tpot_band_s")
                           else rec["band"])
         rows.insert(2, ("_band", "TPOT band, calibration p10-p90 [ms]", F.text))

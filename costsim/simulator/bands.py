@@ -8,7 +8,9 @@ correlated, which gives the widest band those percentiles allow (a step of many 
 kernels would spread less). Operators of a family without residuals (elementwise kernels) keep
 their time. With overlapped communication the band is max(compute, comm) of the scaled parts.
 
-Units: factors on the predicted time (dimensionless); None when the profile has no residuals.
+Units: factors on the predicted time (dimensionless); None when the profile has no residuals
+(``band_kind`` then says why: ``uncalibrated``, or ``no residuals`` for a calibrated profile
+fitted without a held-out half).
 """
 
 from __future__ import annotations
@@ -51,3 +53,19 @@ def step_band(timing: StepTiming, hw: HardwareProfile, overlap_comm: bool = Fals
     if overlap_comm or timing.micro_batches > 1:
         return max(c_lo, m_lo) / total, max(c_hi, m_hi) / total
     return (c_lo + m_lo) / total, (c_hi + m_hi) / total
+
+
+def band_kind(hw: HardwareProfile) -> str:
+    """What a record's time bands are: ``"p10-p90"`` (the profile's calibration residuals,
+    ``costsim.simulator.bands``); without residuals no band: ``"no residuals"`` for a profile
+    with calibrated values (``costsim calibrate --device`` fits on its train split only and
+    writes none), else ``"uncalibrated"``."""
+    if hw.residuals:
+        return "p10-p90"
+
+    def calibrated(x) -> bool:
+        if isinstance(x, dict):
+            return x.get("provenance") == "calibrated" or any(calibrated(v) for v in x.values())
+        return isinstance(x, list) and any(calibrated(v) for v in x)
+
+    return "no residuals" if calibrated(hw.model_dump(mode="json")) else "uncalibrated"

@@ -115,7 +115,7 @@ def mixed_operators(decode_batch, context, chunk, chunk_context, chunk_logits=1.
 
 def mixed_step(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, decode_batch, context, chunk,
                chunk_context, chunk_logits=1.0) -> StepTiming:
-    """Time (``time_s``, seconds, on the busiest device, one pipeline stage) of ONE mixed step
+    """Time (``time_s``, seconds, on the busiest device; with pp > 1 the pp stage times of a step) of ONE mixed step
     (``mixed_operators``): ``decode_batch`` sequences and a ``chunk`` of prompt tokens on each
     of the ``dep.dp`` attention DP ranks. With ``chunk`` = 0 it is the decode step of
     dp x ``decode_batch`` sequences (``serving.decode``); with ``decode_batch`` = 0 the
@@ -130,7 +130,10 @@ def mixed_step(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, decode_bat
     With two-batch overlap (``dep.two_batch_overlap``, as ``roofline.time_step``): the step's
     tokens are split evenly into two micro-batches (half the decodes and half the chunk each;
     SGLang splits a mixed batch by tokens), one's communication overlapped with the other's
-    computation: 2 x the half step with ``overlap_comm``."""
+    computation: 2 x the half step with ``overlap_comm``. With pp > 1 (as ``serving.decode``):
+    m = min(decodes, pp) micro-batches, each with ceil(decodes / m) sequences and chunk / m
+    tokens, pp stage times per step. With a draft model (``dep.draft_model``) its D passes take
+    the MTP module's place, the first over the chunk too, on ``Deployment.draft_deployment``."""
     if dep.two_batch_overlap:
         half = mixed_step(spec, hw, dep.with_(two_batch_overlap=False, overlap_comm=True), decode_batch / 2, context,
                           chunk / 2, chunk_context, chunk_logits / 2)
@@ -149,7 +152,8 @@ def mixed_step(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, decode_bat
         # a draft model (on its own layout: the replica's devices and TP, dp_d ranks): its first
         # pass over the decodes and the chunk (the chunk builds its KV cache), then D - 1 over
         # the decodes; the same sequences and chunk tokens spread over its ranks
-        dd, f = dep.draft_deployment(), dep.dp / dep.draft_deployment().dp
+        dd = dep.draft_deployment()
+        f = dep.dp / dd.dp
         passes = [time_step(dep.draft_model, hw, dd, shape, operators=mixed_operators(B * f, context, c * f,
                                                                                       chunk_context, lg * f))]
         if D > 1 and decode_batch > 0:
@@ -350,7 +354,9 @@ def at_rate_chunked(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, rate:
       (rate / dp) x O, TPOT = s / E, and the spare budget is T - V B.
     - Two-batch overlap: each step is ``mixed_step``'s two micro-batches of half its tokens;
       pp > 1: its min(B, pp) pipeline micro-batches, pp stage times per step; a draft model
-      (``dep.draft_model``) in place of the MTP module: its D passes, the first over the chunk too. Raises FieldError for a budget that is not an integer >= 1."""
+      (``dep.draft_model``) in place of the MTP module: its D passes, the first over the chunk
+      too.
+    Raises FieldError for a budget that is not an integer from 1 to ``MAX_BUDGET``."""
     _check_chunked(dep, budget)
     _check(rate, input_len, output_len)
     I, O, T = int(input_len), int(output_len), int(budget)
@@ -386,10 +392,13 @@ def at_rate_chunked(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, rate:
     if not decodes(bmax):
         _, _, rho, _ = state(bmax)  # a full budget of prompt chunks stretches the steps: name the prefill
         by_budget = bmax >= (T - 1) // V  # the budget, not memory, caps the batch
-        why = (f"the budget of {T} tokens holds at most {bmax * dep.dp} decodes, too few for "
-               f"{need * dep.dp:,.0f} tokens/s (the prefill would need {rho:.0%} of the spare budget)" if by_budget and rho >= 1
-               else f"prefill needs {rho:.0%} of the spare budget" if rho >= 1 else
-               f"{bmax * dep.dp} sequences ({'budget' if by_budget else 'memory'}) decode < {need * dep.dp:,.0f} tokens/s")
+        if by_budget and rho >= 1:
+            why = (f"the budget of {T} tokens holds at most {bmax * dep.dp} decodes, too few for "
+                   f"{need * dep.dp:,.0f} tokens/s (the prefill would need {rho:.0%} of the spare budget)")
+        elif rho >= 1:
+            why = f"prefill needs {rho:.0%} of the spare budget"
+        else:
+            why = f"{bmax * dep.dp} sequences ({'budget' if by_budget else 'memory'}) decode < {need * dep.dp:,.0f} tokens/s"
         return RatePoint(rate, True, None, None, None, None, rho, None, why)
     lo, hi = 1, bmax
     while lo < hi:

@@ -28,7 +28,7 @@ from costsim.simulator.layout import LayoutRequest, check_types, number_format, 
 from costsim.simulator.memory import (deepep_buffers, dispatch_warning, kv_bytes_per_device, memory_report, require_fit,
                                      weight_bytes_per_device)
 from costsim.simulator.params import param_counts
-from costsim.simulator.bands import step_band
+from costsim.simulator.bands import band_kind, step_band
 from costsim.simulator.roofline import StepTiming, per_layer_seconds, rate_provenance
 from costsim.simulator.serving import (MaxThroughput, best_max_throughput, decode, max_throughput, microbatches,
                                       mla_crossover, mtp_tokens_per_step, prefill_workspace, serve)
@@ -422,22 +422,6 @@ def _gb(x) -> str:
 def _buffers(m) -> str:
     """``and 2.3 GB of DeepEP buffers `` when the memory report holds any, else ""."""
     return f"and {_gb(m.comm_buffer_bytes)} of DeepEP buffers " if m.comm_buffer_bytes else ""
-
-
-def band_kind(hw: HardwareProfile) -> str:
-    """What a record's time bands are: ``"p10-p90"`` (the profile's calibration residuals,
-    ``costsim.simulator.bands``); without residuals no band: ``"no residuals"`` for a profile
-    with calibrated values (``costsim calibrate --device`` fits on its train split only and
-    writes none), else ``"uncalibrated"``."""
-    if hw.residuals:
-        return "p10-p90"
-
-    def calibrated(x) -> bool:
-        if isinstance(x, dict):
-            return x.get("provenance") == "calibrated" or any(calibrated(v) for v in x.values())
-        return isinstance(x, list) and any(calibrated(v) for v in x)
-
-    return "no residuals" if calibrated(hw.model_dump(mode="json")) else "uncalibrated"
 
 
 def _band(t: float, factors) -> tuple | None:
