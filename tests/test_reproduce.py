@@ -47,6 +47,11 @@ PAPER = {
     # DeepSeek open-infra-index, 202502OpenSourceWeek day_6 overview: "each H800 node delivers an
     # average throughput of ~73.7k tokens/s input (including cache hits) during prefilling or
     # ~14.8k tokens/s output during decoding"
+    # the same overview: "average node occupancy 226.75", "$2 per H800 GPU per hour", "total daily cost $87,072"
+    "day6.cost_per_day": (87_072, "Day-6 overview: total daily cost $87,072"),
+    "day6.occupancy": (226.75, "Day-6 overview: average node occupancy 226.75 nodes"),
+    "day6.cost_per_day.h800": (87_072, "Day-6 overview: total daily cost $87,072"),
+    "day6.cost_per_day.h800-calibrated": (87_072, "Day-6 overview: total daily cost $87,072"),
     "day6.prefill_per_node.h800": (73.7e3, "Day-6 overview: ~73.7k input tokens/s per H800 node"),
     "day6.decode_per_node.h800": (14.8e3, "Day-6 overview: ~14.8k output tokens/s per H800 node"),
     "day6.prefill_per_node.h800-calibrated": (73.7e3, "Day-6 overview: ~73.7k input tokens/s per H800 node"),
@@ -75,9 +80,12 @@ KNOWN = {
 OUTSIDE = {
     # Day-6 with its two-batch overlap: h800's assumed factors put every figure 1.5-2.8x high;
     # h800-calibrated meets decode and DeepSeek's own traces (profile.*), but the day's average
-    # prefill is 0.65 of its saturated node (see the README)
+    # prefill is 0.58 of its saturated node (see the README)
     "day6.prefill_per_node.h800": (202_865, 0.01),
     "day6.decode_per_node.h800": (28_419, 0.01),
+    # the day's tokens on h800's saturated pools: 608e9 / 86400 / 202,865 + 168e9 / 86400 / 28,419
+    # = 34.69 + 68.42 = 103.1 nodes, x 8 x 2 x 24 = $39,594
+    "day6.cost_per_day.h800": (39_594, 0.01),
     "profile.prefill_per_gpu.h800": (13_089, 0.01),
     "profile.decode_per_gpu.h800": (3_512, 0.01),
     "day6.prefill_per_node.h800-calibrated": (127_903, 0.01),
@@ -191,3 +199,20 @@ def test_profile_data_commands_give_the_rows_values():
         d = json.loads(cli(*shlex.split(by[rid].command)[1:], "-f", "json").stdout)
         assert d[key] == pytest.approx(by[rid].costsim_value, rel=1e-9), rid
         assert d["two_batch_overlap"] is True
+
+
+def test_day6_occupancy_and_rent_by_hand():
+    # Day-6 overview: 608B input, 168B output tokens in 24 h; 73.7K and 14.8K tokens/s per node;
+    # 226.75 nodes on average at $2 per GPU-hour = $87,072. By hand: 608e9 / 86,400 / 73,700 =
+    # 95.48 prefill nodes, 168e9 / 86,400 / 14,800 = 131.38 decode nodes, 226.86 in all (+0.05%);
+    # rounding of 73.7K / 14.8K (+-0.05K): 95.48 x 0.05 / 73.7 + 131.38 x 0.05 / 14.8 = 0.509
+    by = {r.id: r for r in ROWS}
+    occ = by["day6.occupancy"]
+    assert occ.costsim_value == pytest.approx(226.86, abs=0.005) and occ.tolerance == pytest.approx(0.509, abs=5e-4)
+    assert by["day6.cost_per_day"].costsim_value == 87_072 and by["day6.cost_per_day"].passes
+    # h800-calibrated: 608e9 / 86400 / 127,903 = 55.02 + 168e9 / 86400 / 13,797 = 140.93 = 195.95
+    # nodes = $75,247 (-13.6%: the saturated pools' lower bound on the day's rent)
+    cal = by["day6.cost_per_day.h800-calibrated"]
+    pre, dec = (by[f"day6.{k}_per_node.h800-calibrated"].costsim_value for k in ("prefill", "decode"))
+    assert cal.costsim_value == pytest.approx((608e9 / 86400 / pre + 168e9 / 86400 / dec) * 8 * 2 * 24, rel=1e-12)
+    assert cal.costsim_value == pytest.approx(75_247, rel=1e-3) and cal.passes

@@ -466,7 +466,9 @@ def _claim_value(v: float, unit: str, like: str = "") -> str:
     if unit == "s":
         return f"{v * 1e6:.2f} us" if like.endswith("us") or (v < 1e-4 and not like) else f"{v * 1e3:.3f} ms"
     if unit == "USD":
-        return f"${v / 1e6:.3f}M" if v >= 1e5 else f"${v:,.0f}"
+        return f"${v / 1e6:.3f}M" if v >= 1e5 else (f"${v:,.0f}" if v >= 1 else f"${v:.2f}")
+    if unit == "nodes":
+        return f"{v:,.2f} nodes"
     if unit == "FLOP/s":
         return f"{v / 1e12:.1f} TFLOP/s"
     if unit == "GFLOP":

@@ -273,7 +273,25 @@ def _day6(model: Loader, hardware: Loader) -> list[Claim]:
     # "absolutely balanced" routing. The tokens/GPU/s read from those traces: alibaba/InferSim
     # README, "Simulation Result" (7,839 prefill, 2,324 decode, "Actual")
     PS = "deepseek-ai/profile-data README (setup); alibaba/InferSim README 'Simulation Result' (tokens/GPU/s, Actual)"
-    rows = []
+    # the day's totals (overview): 608B input and 168B output tokens over 86,400 s on 226.75 nodes
+    # on average (8 H800 each, $2 per GPU-hour: $87,072 per day). Its per-node rates are those
+    # totals over each pool's average occupancy: the two pools' nodes add up to the day's average
+    day_in, day_out, day_s, nodes_avg = 608e9, 168e9, 86_400.0, 226.75
+    occupancy = day_in / day_s / 73.7e3 + day_out / day_s / 14.8e3
+    # 73.7K and 14.8K are printed to 0.05K: the sum's rounding is the sum of each pool's share
+    occ_tol = day_in / day_s / 73.7e3 * (0.05 / 73.7) + day_out / day_s / 14.8e3 * (0.05 / 14.8)
+    usd_day = lambda nodes: nodes * 8 * 2.0 * 24  # noqa: E731 (8 GPUs, $2 per GPU-hour, 24 h)
+    rows = [
+        _claim(P, "day6.cost_per_day", "rent per day: 226.75 nodes x 8 GPUs x $2/GPU-h x 24 h", S,
+               "$87,072", 87_072, usd_day(nodes_avg), "USD", tol=0.5,
+               command="226.75 x 8 x 2 x 24  (arithmetic on the overview's figures)",
+               assumptions="the overview's average occupancy and its $2 per H800-hour"),
+        _claim(P, "day6.occupancy", "average nodes from the day's tokens and the per-node rates", S,
+               "226.75 nodes", nodes_avg, occupancy, "nodes", tol=occ_tol,
+               command="608e9 / 86400 / 73.7e3 + 168e9 / 86400 / 14.8e3  (arithmetic on the overview's figures)",
+               assumptions="the per-node rates are the day's tokens over each pool's average node count "
+                           "(tolerance: 73.7K and 14.8K are printed to 0.05K), so they include the pools' idle time"),
+    ]
     for prof in ("h800", "h800-calibrated"):
         hw = hardware(prof)
         r = disaggregate(v3, hw, 4384, 1211, tpot_slo_s=0.0476, weight_dtypes=("fp8-b128",),
@@ -289,6 +307,13 @@ def _day6(model: Loader, hardware: Loader) -> list[Claim]:
             _claim(P, f"day6.decode_per_node.{prof}", f"decode output tokens/s per H800 node ({prof})", f"{S}",
                    "14.8K tokens/s", 14.8e3, r.decode.tokens_per_s_per_node, "tokens/s", band=DAY6_BAND, command=cmd,
                    assumptions=assume),
+            _claim(P, f"day6.cost_per_day.{prof}", f"rent per day, the day's tokens on saturated pools ({prof})", S,
+                   "$87,072", 87_072, usd_day(day_in / day_s / r.prefill.tokens_per_s_per_node
+                                              + day_out / day_s / r.decode.tokens_per_s_per_node),
+                   "USD", band=DAY6_BAND, command=cmd + "  (608B / 86,400 s / prefill per node + 168B / 86,400 s / "
+                   "decode per node, x 8 x $2 x 24 h)",
+                   assumptions="as the per-node rows, each pool saturated all day: a lower bound on the rent, "
+                               "as the overview's average occupancy includes the pools' idle time"),
         ]
         flags = "--tp 1 --input 4096 --output 2 --weight-dtype fp8-b128 --kv-dtype bf16 --ep-kernel auto --two-batch-overlap"
         pa = ("4 prompts of 4,096 tokens per GPU (16K tokens), EP32 on 32 GPUs, no prefix hits, no redundant experts, "
