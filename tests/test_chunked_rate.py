@@ -210,8 +210,8 @@ def test_chunked_max_rate_by_hand():
     dep = resolve_deployment(spec, h100, LayoutRequest(devices=8, tp=8))
     R = max_rate_chunked(spec, h100, dep, 2048, 512, 8192)  # b0 = 8192 x 512 / 2560 = 1638 > Bmax 517
     c = 517 * 2048 / 512  # 2068 > one prompt: whole prompts from position 0, c / I = 1.01 of them end per step
-    assert R == pytest.approx(517 / (512 * float(mixed_step(spec, h100, dep, 517, 2303.5, c, 0, c / 2048).time_s)),
-                              rel=1e-12)
+    assert R == pytest.approx(517 / (512 * float(mixed_step(spec, h100, dep, 517, 2303.5, c, 0, c / 2048,
+                                                            prompt=2048).time_s)), rel=1e-12)
     assert not at_rate_chunked(spec, h100, dep, R * 0.999, 2048, 512, 8192).saturated
     assert "517 sequences (memory)" in at_rate_chunked(spec, h100, dep, R * 1.001, 2048, 512, 8192).reason
 
@@ -419,3 +419,40 @@ def test_a_budget_bound_saturation_names_the_budget():
     assert not at_rate_chunked(spec, hw, dep, 38.0, 1, 512, 2048).saturated
     r = at_rate_chunked(spec, hw, dep, 39.0, 1, 512, 2048)
     assert r.saturated and r.reason.startswith("the budget of 2048 tokens holds at most 2047 decodes, too few for 19,968")
+
+
+def test_a_chunk_of_several_prompts_attends_within_each():
+    # a budget above one prompt holds n whole prompts and the start of the next, each its own
+    # causal attention: Llama-3.1-70B TP8, c = 2068 tokens of 2048-token prompts = one whole
+    # prompt (2048^2 pairs) + 20 tokens of the next (20^2), not one 2068-token sequence (2068^2)
+    from costsim.simulator.rate import mixed_operators
+    spec, h100 = load_model("llama-3.1-70b"), load_hardware("h100")
+    dep = resolve_deployment(spec, h100, LayoutRequest(devices=8, tp=8))
+    core = lambda ops: {o.name: float(o.flops) for o in ops if o.name.startswith("attn.core.chunk")}  # noqa: E731
+    one = core(mixed_operators(517, 2303.5, 2068, 0, 2068 / 2048)(spec, dep, None))
+    split = core(mixed_operators(517, 2303.5, 2068, 0, 2068 / 2048, prompt=2048)(spec, dep, None))
+    whole = core(mixed_operators(0, 0, 2048, 0, 1)(spec, dep, None))["attn.core.chunk"]
+    assert split["attn.core.chunk"] == pytest.approx(whole, rel=1e-12)
+    assert one["attn.core.chunk"] / whole == pytest.approx(2068 ** 2 / 2048 ** 2, rel=2e-3)  # causal: s(s+1)/2 pairs
+    assert split["attn.core.chunk_next"] / whole == pytest.approx(20 * 21 / (2048 * 2049), rel=1e-9)
+    # the other operators stay fused (weights read once for the 517 decodes and the chunk)
+    names = [o.name for o in mixed_operators(517, 2303.5, 2068, 0, 2068 / 2048, prompt=2048)(spec, dep, None)]
+    assert "ffn.down_proj" in names and not any(n.startswith("ffn.") and "chunk" in n for n in names)
+
+
+def test_a_budget_of_ten_million_tokens_is_not_saturated_at_a_low_rate():
+    # fresh-user finding: a 1e7-token budget reported every rate saturated ("prefill needs 206% of
+    # the spare budget" at 1 request/s) while its largest sustainable rate said 16.3 requests/s: the
+    # full-budget step was one 1e7-token sequence attending to itself, and a rate whose smallest
+    # fixed point c = r P s(c) lies far below the budget was judged by the full-budget step
+    from costsim.simulator.rate import max_rate_chunked
+    spec, h100 = load_model("llama-3.1-8b"), load_hardware("h100")
+    dep = resolve_deployment(spec, h100, LayoutRequest(devices=8))
+    R = max_rate_chunked(spec, h100, dep, 4096, 1024, 10_000_000)
+    for f in (0.05, 0.5, 0.98):
+        p = at_rate_chunked(spec, h100, dep, R * f, 4096, 1024, 10_000_000)
+        assert not p.saturated and p.prefill_share < 0.01, (f, p.reason)
+        small = at_rate_chunked(spec, h100, dep, R * f, 4096, 1024, 8192)
+        # an unfilled budget: the same batch and TPOT as a budget just large enough
+        assert p.batch == small.batch and p.tpot_s == pytest.approx(small.tpot_s, rel=0.05)
+    assert at_rate_chunked(spec, h100, dep, R * 1.02, 4096, 1024, 10_000_000).saturated

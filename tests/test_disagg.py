@@ -225,6 +225,9 @@ def test_engine_refuses_bad_arguments_naming_the_field():
     (["--decode-set", "mtp-acceptance=0.9"], "--decode-set mtp-acceptance: applies only with MTP on that pool"),
     (["--decode-set", "prefix-hit=1.5"], "--decode-set prefix-hit=1.5: must be a share in [0, 1) of each prompt"),
     (["--prefix-hit", "1.5"], "--prefix-hit 1.5: must be a share in [0, 1) of each prompt"),
+    # fresh-user finding: a NAME given twice for one pool once let the last silently win
+    (["--prefill-set", "mtp=1", "--prefill-set", "mtp=2"], "--prefill-set 'mtp=2': mtp is given twice for the prefill"),
+    (["--deepep-max-tokens", "0"], "--deepep-max-tokens 0: must be an integer from 1 to 1024"),
     (["--prefill-devices", "8", "--prefill-tp", "8", "--decode-devices", "8", "--decode-tp", "8",
       "--decode-set", "redundant-experts=3"], "--decode-set redundant-experts=3:"),
 ])
@@ -287,3 +290,16 @@ def test_decode_pool_warns_when_deepep_cannot_dispatch_its_batch():
     ok = disaggregate(spec, hw, 4384, 1211, tpot_slo_s=0.0476, weight_dtypes=("fp8-b128",), kv_dtypes=("bf16",),
                       prefill_layout=pre, decode_layout=replace(dec, deepep_max_tokens=256), colocated=False)
     assert not any("DeepEP refuses" in w for w in ok.warnings)
+
+
+def test_cli_global_deepep_max_tokens_reaches_the_decode_pool():
+    # --deepep-max-tokens for both pools (only the decode's low-latency kernels use it), as perf and
+    # rate take it: V3 decode on 18 H800 nodes at EP144 sends 74 tokens per rank at its best batch
+    # under TPOT <= 50 ms, above a 64-token buffer (DeepEP refuses such a step: a warning), not a 128
+    args = ["disagg", "deepseek-v3", "-H", "h800-calibrated", "--decode-devices", "144", "--decode-ep", "144",
+            "--decode-tp", "1", "--redundant-experts", "32", "--ep-kernel", "auto", "--no-colocated",
+            "--weight-dtype", "fp8-b128", "--kv-dtype", "bf16", "--tpot-slo", "50ms", "-f", "json"]
+    small, default = (runner.invoke(app, args + extra) for extra in (["--deepep-max-tokens", "64"], []))
+    assert small.exit_code == 0 and default.exit_code == 0
+    assert "more than the 64 DeepEP's buffer is sized for" in small.stderr
+    assert "DeepEP's buffer" not in default.stderr

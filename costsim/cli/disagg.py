@@ -49,6 +49,8 @@ def pool_base(base, items, role: str):
             raise CostsimError(f"{flag} {item!r}: expected NAME=VALUE with NAME one of {', '.join(POOL_FLAGS)}, "
                                "e.g. mtp=1")
         field, conv = POOL_FLAGS[name]
+        if field in got:  # one value per pool: a second would silently win
+            raise CostsimError(f"{flag} {item!r}: {name} is given twice for the {role} pool; give it once")
         try:
             got[field] = conv(value.strip())
         except (ValueError, CostsimError):
@@ -88,7 +90,7 @@ def disagg_cmd(model: O.Model, hardware: O.Hardware,
                mla_form: O.MLAForm = "auto", imbalance: O.Imbalance = 1.0, overlap: O.Overlap = False,
                mtp: O.MTP = 0, mtp_acceptance: O.MTPAcceptance = None, prefix_hit: O.PrefixHit = 0.0,
                redundant: O.Redundant = 0, ep_kernel: O.EPKernel = "normal", tbo: O.TBO = False,
-               deepep_nvlink: O.DeepEPNVLink = False,
+               deepep_nvlink: O.DeepEPNVLink = False, deepep_max_tokens: O.DeepEPMaxTokens = 128,
                prefill_set: Optional[List[str]] = typer.Option(
                    None, "--prefill-set", help="A layout flag for the prefill pool only, NAME=VALUE (repeatable; "
                    "NAME: " + ", ".join(POOL_FLAGS) + "), e.g. ep-kernel=normal."),
@@ -120,7 +122,7 @@ def disagg_cmd(model: O.Model, hardware: O.Hardware,
         wds, kvs, pps = search_lists(weight_dtype, kv_dtype, pp)
         base = O.layout(None, mla_form=mla_form, imbalance=imbalance, overlap=overlap, mtp=mtp,
                         mtp_acceptance=mtp_acceptance, prefix_hit=prefix_hit, redundant=redundant,
-                        ep_kernel=ep_kernel, tbo=tbo, deepep_nvlink=deepep_nvlink)
+                        ep_kernel=ep_kernel, tbo=tbo, deepep_nvlink=deepep_nvlink, deepep_max_tokens=deepep_max_tokens)
         pools = {}
         bases = {"prefill": pool_base(base, prefill_set, "prefill"), "decode": pool_base(base, decode_set, "decode")}
         for role, n, t, e, p in (("prefill", prefill_devices, prefill_tp, prefill_ep, prefill_pp),

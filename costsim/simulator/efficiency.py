@@ -165,9 +165,12 @@ def gemm_shape_efficiency(r: FamilyRates, M, N):
     if r.tile_m:
         tm, tn = np.ceil(M / r.tile_m), np.ceil(np.asarray(N, dtype=float) / r.tile_n)
         tiles = tm * tn
-        padded = (M * N) / (tm * r.tile_m * tn * r.tile_n)
-        waves = tiles / (np.ceil(tiles / r.units) * r.units)
-        eff = eff * padded * waves
+        # an empty GEMM (M or N zero: a part with no rows) has no tiles; its efficiency is moot
+        # (no FLOPs) and 1 keeps 0/0 out of the arrays
+        with np.errstate(divide="ignore", invalid="ignore"):
+            padded = (M * N) / (tm * r.tile_m * tn * r.tile_n)
+            waves = tiles / (np.ceil(tiles / r.units) * r.units)
+        eff = eff * np.where(tiles > 0, padded * waves, 1.0)
     return eff
 
 

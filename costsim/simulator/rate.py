@@ -53,7 +53,8 @@ class RatePoint:
     reason: str = ""  # why saturated
 
 
-def mixed_operators(decode_batch, context, chunk, chunk_context, chunk_logits=1.0, verify=1, builder=step_operators):
+def mixed_operators(decode_batch, context, chunk, chunk_context, chunk_logits=1.0, verify=1, builder=step_operators,
+                    prompt=None):
     """An ``operators`` callable for ``roofline.time_step``: ONE Sarathi-Serve mixed step
     (Agrawal et al., OSDI 2024, arXiv 2403.02310, §4.2 "stall-free batching"): ``decode_batch``
     = B sequences each decoding one token after ``context`` = L cached tokens, plus a prefill
@@ -79,6 +80,12 @@ def mixed_operators(decode_batch, context, chunk, chunk_context, chunk_logits=1.
     layer see the dp (B + c) tokens of all ranks (``operators.ffn_operators``). Every rank is
     assumed to carry the same (B, c).
 
+    ``prompt`` = P tokens per prompt (None: unbounded): a chunk longer than one prompt (a budget
+    that holds several whole ones) is n = floor(c / P) whole prompts, StepShape(dp n, P, k, ...),
+    and the start of the next, c - n P tokens (name suffix ``.chunk_next``), each attending
+    within itself, not one sequence of c tokens (whose self-attention grows as c squared: a
+    10M-token budget once saturated at 1 request/s); the logit rows split in proportion.
+
     ``verify`` = V tokens per decoding sequence (MTP's verify pass: D + 1, logits for each; the
     fused batch then holds B V + c tokens); ``builder``: the operators of one pass
     (``step_operators``, or ``operators.mtp_operators`` for the MTP module's pass over the same
@@ -87,6 +94,10 @@ def mixed_operators(decode_batch, context, chunk, chunk_context, chunk_logits=1.
     # decodes, as every step does (``Deployment.seqs_per_rank``), in the parts and the fused batch
     # alike, so that additive operators stay fused (their weights read once)
     B, c, V = float(np.ceil(float(decode_batch) - 1e-9)) if decode_batch > 0 else 0.0, float(chunk), float(verify)
+    # a chunk of several prompts: n whole ones of P tokens and the start of the next (rem tokens)
+    n, rem = (float(np.floor(c / float(prompt) + 1e-9)), 0.0) if prompt and c > prompt else (0.0, c)
+    rem = c - n * float(prompt) if n else rem
+    rem = rem if rem > 1e-9 * c else 0.0
 
     def ops(spec, dep, step, *, form=None, include_comm=True):
         dp = float(dep.dp)
@@ -94,9 +105,14 @@ def mixed_operators(decode_batch, context, chunk, chunk_context, chunk_logits=1.
         if B > 0:
             parts.append(("", builder(spec, dep, StepShape(dp * B, V, float(context), V), form=form,
                                       include_comm=include_comm)))
-        if c > 0:
-            parts.append((".chunk", builder(spec, dep, StepShape(dp, c, float(chunk_context), float(chunk_logits)),
+        if n:
+            parts.append((".chunk", builder(spec, dep, StepShape(dp * n, float(prompt), float(chunk_context),
+                                                                 float(chunk_logits) * float(prompt) / c),
                                             form=form, include_comm=include_comm)))
+        if rem:
+            parts.append((".chunk" if not n else ".chunk_next",
+                          builder(spec, dep, StepShape(dp, rem, float(chunk_context), float(chunk_logits) * rem / c),
+                                  form=form, include_comm=include_comm)))
         fused = builder(spec, dep, StepShape(dp, B * V + c, 0.0, B * V + float(chunk_logits) * (c > 0)),
                         form=form, include_comm=include_comm)
         out = []
@@ -114,7 +130,7 @@ def mixed_operators(decode_batch, context, chunk, chunk_context, chunk_logits=1.
 
 
 def mixed_step(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, decode_batch, context, chunk,
-               chunk_context, chunk_logits=1.0) -> StepTiming:
+               chunk_context, chunk_logits=1.0, prompt=None) -> StepTiming:
     """Time (``time_s``, seconds, on the busiest device; with pp > 1 the pp stage times of a step) of ONE mixed step
     (``mixed_operators``): ``decode_batch`` sequences and a ``chunk`` of prompt tokens on each
     of the ``dep.dp`` attention DP ranks. With ``chunk`` = 0 it is the decode step of
@@ -133,10 +149,11 @@ def mixed_step(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, decode_bat
     computation: 2 x the half step with ``overlap_comm``. With pp > 1 (as ``serving.decode``):
     m = min(decodes, pp) micro-batches, each with ceil(decodes / m) sequences and chunk / m
     tokens, pp stage times per step. With a draft model (``dep.draft_model``) its D passes take
-    the MTP module's place, the first over the chunk too, on ``Deployment.draft_deployment``."""
+    the MTP module's place, the first over the chunk too, on ``Deployment.draft_deployment``.
+    ``prompt``: tokens per prompt, as ``mixed_operators`` (a chunk of several whole prompts)."""
     if dep.two_batch_overlap:
         half = mixed_step(spec, hw, dep.with_(two_batch_overlap=False, overlap_comm=True), decode_batch / 2, context,
-                          chunk / 2, chunk_context, chunk_logits / 2)
+                          chunk / 2, chunk_context, chunk_logits / 2, prompt)
         return replace(half, time_s=2 * float(half.time_s), compute_part_s=2 * float(half.compute_part_s),
                        comm_part_s=2 * float(half.comm_part_s), flops=2 * float(half.flops),
                        bytes_moved=2 * float(half.bytes_moved), micro_batches=2)
@@ -146,7 +163,8 @@ def mixed_step(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, decode_bat
     B, c, lg = decode_batch / m, chunk / m, chunk_logits / m
     D = dep.mtp_depth
     shape = StepShape(dep.dp * B, 1, context, 1)
-    t = time_step(spec, hw, dep, shape, operators=mixed_operators(B, context, c, chunk_context, lg, verify=D + 1))
+    t = time_step(spec, hw, dep, shape, operators=mixed_operators(B, context, c, chunk_context, lg, verify=D + 1,
+                                                                       prompt=prompt))
     passes = []
     if D and dep.draft_model is not None:
         # a draft model (on its own layout: the replica's devices and TP, dp_d ranks): its first
@@ -155,12 +173,13 @@ def mixed_step(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, decode_bat
         dd = dep.draft_deployment()
         f = dep.dp / dd.dp
         passes = [time_step(dep.draft_model, hw, dd, shape, operators=mixed_operators(B * f, context, c * f,
-                                                                                      chunk_context, lg * f))]
+                                                                                      chunk_context, lg * f,
+                                                                                      prompt=prompt))]
         if D > 1 and decode_batch > 0:
             passes += [time_step(dep.draft_model, hw, dd, shape)] * (D - 1)
     elif D:
         passes = [time_step(spec, hw, dep, shape, operators=mixed_operators(B, context, c, chunk_context, lg,
-                                                                            builder=mtp_operators))]
+                                                                            builder=mtp_operators, prompt=prompt))]
         if D > 1 and decode_batch > 0:
             passes += [time_step(spec, hw, dep, shape, operators=mtp_operators)] * (D - 1)
     if dep.pp == 1 and not D:
@@ -277,7 +296,7 @@ def _chunk_step(spec, hw, dep, I, O, T):
     L = _context(I, O)
 
     def s(b, c):
-        return float(mixed_step(spec, hw, dep, b, L, c, k + max(P - c, 0.0) / 2, c / P).time_s)
+        return float(mixed_step(spec, hw, dep, b, L, c, k + max(P - c, 0.0) / 2, c / P, prompt=P).time_s)
 
     return P, k, L, s
 
@@ -370,14 +389,21 @@ def at_rate_chunked(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, rate:
         """(step seconds, chunk tokens c, rho, step seconds at the full spare budget) at batch b."""
         spare = float(T - V * b)
         s_full = s_of(b, spare)
-        if r * P * s_full >= spare:
-            return s_full, spare, r * P * s_full / spare, s_full
-        c = r * P * s_full
-        for _ in range(30):  # s grows slowly with c: the iteration contracts
+        # the smallest fixed point c = r P s(b, c): start from the line through s(b, 0) and
+        # s(b, spare), then iterate (s grows slowly with c: the iteration contracts towards
+        # it). A large budget at a moderate rate is not filled (it has such a point well below
+        # the spare budget even when r P s(b, spare) exceeds it); none up to the spare budget:
+        # the prompts fill it and rho = r P s / spare >= 1
+        s0 = s_of(b, 0.0)
+        den = 1.0 - r * P * (s_full - s0) / spare
+        c = min(spare, r * P * s0 / den) if den > 0 else spare
+        for _ in range(30):
             c_new = min(spare, r * P * s_of(b, c))
             if abs(c_new - c) <= 1e-9 * spare:
                 break
             c = c_new
+        if c >= spare * (1 - 1e-9):
+            return s_full, spare, r * P * s_full / spare, s_full
         return s_of(b, c), c, c / spare, s_full
 
     if bmax < 1:
