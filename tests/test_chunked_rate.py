@@ -1,6 +1,6 @@
 """Issue 9: Sarathi-Serve chunked prefill (Agrawal et al., OSDI 2024, arXiv 2403.02310):
-``rate.mixed_step`` (one step of B decode tokens + a prompt chunk, weights read once) and
-``rate.at_rate_chunked`` / ``costsim rate --chunked-prefill T`` (a token budget per step)."""
+``scheduling.mixed_step`` (one step of B decode tokens + a prompt chunk, weights read once) and
+``scheduling.at_rate_chunked`` / ``costsim rate --chunked-prefill T`` (a token budget per step)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from costsim.api import LayoutRequest, load_hardware, load_model, resolve_deploy
 from costsim.cli.app import app
 from costsim.errors import FieldError
 from costsim.simulator.deployment import Deployment
-from costsim.simulator.rate import at_rate, at_rate_chunked, mixed_step
+from costsim.simulator.rate import at_rate
+from costsim.simulator.scheduling import at_rate_chunked, mixed_step
 from costsim.simulator.roofline import time_step
 from costsim.simulator.serving import decode
 from costsim.simulator.types import StepShape
@@ -195,7 +196,7 @@ def test_chunked_max_rate_by_hand():
     # decode core 2 x (64 q + 4 x 14.5 x 16 KV + 128 out and new KV); chunk core 2 x (384 + 384);
     # o 2 x (128 + 256 + 256); norms 2 x 1024; gate_up 2 x (512 + 256 + 1024); act 2 x 1536;
     # down 2 x (256 + 512 + 256); LM head (5 logit rows) 1600 + 80 + 1000 -> 21,048.
-    from costsim.simulator.rate import max_rate_chunked
+    from costsim.simulator.scheduling import max_rate_chunked
     spec, hw = gqa(), tiny_hw()
     s = 18e-6 + 21048 / 5e8
     assert float(mixed_step(spec, hw, Deployment(), 4, 13.5, 12, 0, 1).time_s) == pytest.approx(s, rel=1e-12)
@@ -342,7 +343,7 @@ def test_two_batch_overlap_splits_the_mixed_step_into_two_half_micro_batches():
 def test_pipeline_parallel_mixed_step_is_pp_stage_times_of_its_micro_batches():
     # as serving.decode: min(B, pp) micro-batches, each with 1/m of the decodes and of the chunk,
     # pp stage times per step (the chunk crosses every stage within the step)
-    from costsim.simulator.rate import mixed_operators
+    from costsim.simulator.scheduling import mixed_operators
 
     spec, hw = load_model("llama-3.1-70b"), load_hardware("h100")
     for tp, pp in ((4, 2), (2, 4)):
@@ -425,7 +426,7 @@ def test_a_chunk_of_several_prompts_attends_within_each():
     # a budget above one prompt holds n whole prompts and the start of the next, each its own
     # causal attention: Llama-3.1-70B TP8, c = 2068 tokens of 2048-token prompts = one whole
     # prompt (2048^2 pairs) + 20 tokens of the next (20^2), not one 2068-token sequence (2068^2)
-    from costsim.simulator.rate import mixed_operators
+    from costsim.simulator.scheduling import mixed_operators
     spec, h100 = load_model("llama-3.1-70b"), load_hardware("h100")
     dep = resolve_deployment(spec, h100, LayoutRequest(devices=8, tp=8))
     core = lambda ops: {o.name: float(o.flops) for o in ops if o.name.startswith("attn.core.chunk")}  # noqa: E731
@@ -445,7 +446,7 @@ def test_a_budget_of_ten_million_tokens_is_not_saturated_at_a_low_rate():
     # the spare budget" at 1 request/s) while its largest sustainable rate said 16.3 requests/s: the
     # full-budget step was one 1e7-token sequence attending to itself, and a rate whose smallest
     # fixed point c = r P s(c) lies far below the budget was judged by the full-budget step
-    from costsim.simulator.rate import max_rate_chunked
+    from costsim.simulator.scheduling import max_rate_chunked
     spec, h100 = load_model("llama-3.1-8b"), load_hardware("h100")
     dep = resolve_deployment(spec, h100, LayoutRequest(devices=8))
     R = max_rate_chunked(spec, h100, dep, 4096, 1024, 10_000_000)

@@ -115,7 +115,7 @@ def rate_cmd(model: O.Model, hardware: O.Hardware,
 
     def go():
         from costsim.reports import views
-        from costsim.simulator.rate import rate_records
+        from costsim.simulator.scheduling import rate_records
 
         spec, hw = O.model(model, sets), O.hardware(hardware, hw_sets)
         i = O.count(input_len, "--input", minimum=1)

@@ -621,7 +621,7 @@ def rate(recs: list[dict], head: dict, fmt: str) -> None:
                "output x TPOT (Little's law); TPOT = one mixed step (decode + a prompt chunk, weights read once; "
                "with MTP: / the tokens gained per step, each decode taking 1 + depth budget tokens); "
                "prefill share = chunk / spare budget; TTFT = ceil(prompt / spare budget) full steps + M/D/1 queueing "
-               "+ half a step (costsim/simulator/rate.py)."])
+               "+ half a step (costsim/simulator/scheduling.py)."])
 
 
 @_finite
