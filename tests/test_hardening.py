@@ -154,8 +154,11 @@ def test_sigint_exits_130_without_a_traceback():
             "r.load_model = lambda ref: (print('ready', flush=True), time.sleep(30))\n"
             "from costsim.cli import main\nmain()\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # a shell's background job inherits SIGINT ignored, and Python then installs no handler: give
+    # the child the default disposition a terminal-started command has
     p = subprocess.Popen([sys.executable, "-c", code, "show", "llama-3.1-8b"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=env, text=True)
+                         stderr=subprocess.PIPE, env=env, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert p.stdout.readline().strip() == "ready"
     p.send_signal(signal.SIGINT)
     err = p.communicate(timeout=20)[1]
