@@ -618,7 +618,8 @@ def rate(recs: list[dict], head: dict, fmt: str) -> None:
                f"best batch up to the memory limit of {head['max_batch']:,} sequences)",
                f"Chunked prefill, {head['chunked_prefill']:,} tokens per step"
                f"{' per DP rank' if head['dp'] > 1 else ''} (Sarathi-Serve): running batch = rate x "
-               "output x TPOT (Little's law); TPOT = one mixed step (decode + a prompt chunk, weights read once; "
+               "output x TPOT (Little's law)" + (", rounded up to whole sequences on every DP rank (each steps "
+               "at least one)" if head['dp'] > 1 else "") + "; TPOT = one mixed step (decode + a prompt chunk, weights read once; "
                "with MTP: / the tokens gained per step, each decode taking 1 + depth budget tokens); "
                "prefill share = chunk / spare budget; TTFT = ceil(prompt / spare budget) full steps + M/D/1 queueing "
                "+ half a step (costsim/simulator/scheduling.py)."])
