@@ -126,9 +126,27 @@ def test_replicas_and_fleet_cost_for_a_target_rate_and_for_users():
     assert row.usd_per_million_output_tokens == pytest.approx(11 * one.devices * PRICE / 3600 / target * 1e6)
     users = 3 * one.batch + 1
     row = next(r for r in plan(spec, [hw], IN, OUT, users=users, top=None, **kw).rows if _key(r) == _key(one))
-    assert row.replicas == 4
+    # 4 replicas share the 3 B + 1 users: each runs ceil(users / 4) of them, at that batch's e2e
+    share = -(-users // 4)
+    assert row.replicas == 4 and row.batch == share < one.batch and row.limit == "users"
+    dep = resolve_deployment(spec, hw, LayoutRequest(devices=one.devices, tp=one.tp, pp=one.pp,
+                                                     weight_dtype=one.weight_dtype, kv_dtype=one.kv_dtype), 1, IN + OUT)
+    e2e = serve(spec, hw, dep, share, IN, OUT).e2e_s
+    assert row.e2e_s == pytest.approx(e2e, rel=1e-9) and e2e < one.e2e_s
     assert row.usd_per_million_output_tokens == pytest.approx(
-        4 * one.devices * PRICE / 3600 / (users * OUT / one.e2e_s) * 1e6)
+        4 * one.devices * PRICE / 3600 / (users * OUT / e2e) * 1e6)
+
+
+def test_one_user_is_served_at_batch_one():
+    # fresh-user finding: plan --users 1 once costed a replica at its largest batch (207 on one
+    # H100 for Llama-3.1-8B, TTFT 5.4 s, 49.48 USD/M tokens) while perf at batch 1 costs 3.93
+    spec, hw = tiny.gqa(), _hw()
+    row = plan(spec, [hw], IN, OUT, users=1, max_devices=1, kv_dtypes=("bf16",), pp=(1,), weight_dtypes=["bf16"]).rows[0]
+    dep = resolve_deployment(spec, hw, LayoutRequest(devices=1, weight_dtype="bf16"), 1, IN + OUT)
+    r = serve(spec, hw, dep, 1, IN, OUT)
+    assert row.batch == 1 and row.replicas == 1 and row.limit == "users"
+    assert (row.ttft_s, row.tpot_s) == (pytest.approx(r.ttft_s, rel=1e-9), pytest.approx(r.tpot_s, rel=1e-9))
+    assert row.usd_per_million_output_tokens == pytest.approx(PRICE / 3600 / (OUT / r.e2e_s) * 1e6, rel=1e-9)
 
 
 def test_cheaper_hardware_wins_and_the_price_is_the_profiles():

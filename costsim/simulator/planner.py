@@ -28,8 +28,9 @@ rate is the combined rate: batch x output / e2e (the replica prefills, then deco
 Cost (``costsim.simulator.cost``): a replica rents devices x price per device-hour.
 - ``target_tokens_per_s`` (output tokens/s of the whole fleet): replicas = ceil(target /
   replica rate); the fleet delivers the target.
-- ``users`` (concurrent requests): replicas = ceil(users / batch); the fleet delivers
-  users x output / e2e.
+- ``users`` (concurrent requests): replicas = ceil(users / largest batch), each running its
+  share ceil(users / replicas) (a replica's batch, TTFT and TPOT are at that share: one user
+  is served at batch 1); the fleet delivers users x output / e2e.
 - neither: one replica at its full rate.
 USD per 1e6 output tokens = fleet USD per hour / 3600 / delivered tokens per s x 1e6; the
 deployments are ranked by it (then by fewer devices, then by less memory per device).
@@ -421,6 +422,13 @@ def plan(spec: ModelSpec, hardware, input_len: int, output_len: int, *, tpot_slo
         def at(x):
             return float(np.broadcast_to(x, sh)[i])
 
+        if users is not None and users < int(b[i]) * math.ceil(users / int(b[i])):
+            # fewer users than the replicas' largest batches: each replica runs its share of
+            # them, ceil(users / replicas), at that batch's (shorter) TTFT and TPOT
+            share = math.ceil(users / math.ceil(users / int(b[i])))
+            b, i, g = np.array([float(share)]), 0, serve_grid(spec, hw, dep, np.array([float(share)]), input_len,
+                                                              output_len, bounds=False)
+            sh, limit = np.shape(b), "users"
         batch, e2e, tps = int(b[i]), at(g.e2e_s), at(g.combined_tokens_per_s)
         price = summ["price"]
         replicas, fleet, usd_m = _money(price, dep.devices, batch, tps, e2e, output_len, target_tokens_per_s, users)
