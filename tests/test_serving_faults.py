@@ -216,10 +216,11 @@ def test_prefill_that_does_not_fit_is_chunked_with_the_largest_chunk_that_fits()
     assert float(prefill_workspace(spec, dep, 1, I, I)) > room  # one step does not fit
     assert float(prefill_workspace(spec, dep, 1, c, I)) <= room < float(prefill_workspace(spec, dep, 1, c + 1, I))
     assert r.prefill_fits and r.prefill_workspace_bytes <= room and c == prefill_chunk_tokens(spec, h100, dep, 1, I)
-    # two chunks (c, I - c) through the two stages: t0 + t1 + (pp - 1) t1
+    # two chunks (c, I - c), each through the two stages before the next starts (the second
+    # attends to the first's KV on both stages; one sequence, m = 1 < pp): pp (t0 + t1)
     t0 = float(time_step(spec, h100, dep, StepShape(1.0, float(c), 0.0, 0.0)).time_s)
     t1 = float(time_step(spec, h100, dep, StepShape(1.0, float(I - c), float(c), 1.0)).time_s)
-    assert -(-I // c) == 2 and r.ttft_s == pytest.approx(t0 + t1 + t1, rel=1e-12)
+    assert -(-I // c) == 2 and r.ttft_s == pytest.approx(2 * (t0 + t1), rel=1e-12)
     assert r.e2e_s == pytest.approx(r.ttft_s + 15 * r.tpot_s, rel=1e-12)
 
 
@@ -253,3 +254,14 @@ def test_disaggregated_prefill_to_decode_device_ratio_by_hand():
     assert 0.05 < want < 0.1  # decode-heavy: about 13 decode devices per prefill device
     assert perf(Scenario(spec, h800, LayoutRequest(devices=16, weight_dtype="fp8"), 64, 4096, 0)
                 ).prefill_devices_per_decode_device is None
+
+
+def test_a_chunked_prompt_under_pp_is_not_faster_than_a_shorter_whole_one():
+    # fresh-user finding: Llama-3.1-405B on 16 H100 (tp4 pp4), batch 1: 100k tokens prefilled
+    # whole took 53.1 s and 120k, chunked because it does not fit, 22.1 s (its chunks had been
+    # pipelined over the stages). A sequence's chunk k + 1 needs chunk k's KV on every stage.
+    spec, h100 = load_model("llama-3.1-405b"), load_hardware("h100")
+    dep = resolve_deployment(spec, h100, LayoutRequest(devices=16, tp=4, pp=4), 1, 120_000)
+    a, b = (serve(spec, h100, dep, 1, i, 16) for i in (100_000, 120_000))
+    assert a.prefill_chunk_tokens is None and b.prefill_chunk_tokens < 120_000  # whole, then chunked
+    assert b.ttft_s > a.ttft_s * 1.2  # 51.4 s -> 67.7 s (resolved at 120k tokens here)

@@ -251,7 +251,7 @@ def _prefix_dense(spec, hw, dep, b, lmax):
 
 def chunked_prefill_grid(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, batch, input_len,
                          max_cells: int = 4_000_000):
-    """``prefill_chunk_tokens`` + ``chunked_prefill`` for many (batch, input_len) points at once
+    """``prefill_chunk_tokens`` + ``chunked_prefill`` (its pipeline formula) for many (batch, input_len) points at once
     (1-D arrays of equal length): a vectorised bisection, then every point's chunks as one
     padded (points x chunks) step array, or exactly by ``chunk_prefix``'s
     piecewise sums where it applies (O(kinks) per point instead of O(chunks)). Returns (chunk, time_s, mfu, mbu, first_timing) as
@@ -291,7 +291,8 @@ def chunked_prefill_grid(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, 
             first = time_step(spec, hw, dep, StepShape(mb, np.minimum(cs, I - cached), cached,
                                                        (ns == 1).astype(float)))
             with np.errstate(divide="ignore", invalid="ignore"):
-                time = np.where(ok, m * total + (dep.pp - 1) * t_last + speculator_prefill_s(spec, hw, dep, b, I), np.nan)
+                time = np.where(ok, np.maximum(m, dep.pp) * total + (np.minimum(m, dep.pp) - 1) * t_last
+                                + speculator_prefill_s(spec, hw, dep, b, I), np.nan)
                 mfu = np.where(ok, (full_f + np.asarray(last.flops)) / (total * mfu_peak(hw, first)), np.nan)
                 mbu = np.where(ok, (full_b + np.asarray(last.bytes_moved)) / (total * hw.memory_bandwidth.value),
                                np.nan)
@@ -313,7 +314,8 @@ def chunked_prefill_grid(spec: ModelSpec, hw: HardwareProfile, dep: Deployment, 
         last = np.take_along_axis(st, np.maximum(n - 1, 0).astype(np.int64)[:, None], axis=1)[:, 0]
         first = time_step(spec, hw, dep, StepShape(mb, np.where(ok, sizes[:, 0], 1.0), starts[:, 0], logits[:, 0]))
         with np.errstate(divide="ignore", invalid="ignore"):
-            time = np.where(ok, m * total + (dep.pp - 1) * last + speculator_prefill_s(spec, hw, dep, b, I), np.nan)
+            time = np.where(ok, np.maximum(m, dep.pp) * total + (np.minimum(m, dep.pp) - 1) * last
+                            + speculator_prefill_s(spec, hw, dep, b, I), np.nan)
             mfu = np.where(ok, fl.sum(axis=1) / (total * mfu_peak(hw, first)), np.nan)
             mbu = np.where(ok, mv.sum(axis=1) / (total * hw.memory_bandwidth.value), np.nan)
         return chunk, time, mfu, mbu, first
